@@ -1,0 +1,24 @@
+"""MLflow "model from code": the QIN package behind MLflow's pyfunc interface.
+
+MLflow stores this file with the model and runs it at load time; the model package (weights, config, item
+table) is attached as the artifact "package" and the `qin` library is bundled as code, so the logged model
+loads without this project's training code or flows.
+"""
+
+import mlflow
+import pandas as pd
+from mlflow.pyfunc import PythonModel
+
+
+class QinModel(PythonModel):
+    def load_context(self, context):
+        from qin.inference import load_package
+
+        self.scorer = load_package(context.artifacts["package"], device="auto")
+
+    def predict(self, context, model_input: pd.DataFrame, params=None):
+        """Raw challenge rows (likes_level, views_level, item_id, item_seq as a list) -> click probability."""
+        return self.scorer.predict_frame(model_input)
+
+
+mlflow.models.set_model(QinModel())

@@ -1,0 +1,3 @@
+from qin.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,91 @@
+"""The `featurize` stage: validated parquet -> compact arrays on disk, loaded memory-mapped.
+
+Output directory layout:
+    {split}_item_seq.npy   int32 (N, L')  the last L' = min(L, max_len) history items
+    {split}_likes_level.npy, {split}_views_level.npy, {split}_item_id.npy   int32 (N,)
+    {split}_label.npy      float32 (N,)   train and valid only
+    {split}_truth.npy      float32 (N,)   true click probability, when the data ships it (synthetic)
+    item_tags.npy int32 (n_items, 5), item_emb.npy float32 (n_items, 128)
+    manifest.json          shapes, dtypes, vocabularies and the md5 of every source file
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from qin.config import FeaturizeConfig
+from qin.data import schema
+from qin.io import atomic_dir, file_hash, read_json, write_json
+from qin.validate import require_passed
+
+MANIFEST = "manifest.json"
+ROW_FIELDS = ("item_seq", "likes_level", "views_level", "item_id")
+
+
+def _fixed_list(table, column: str) -> np.ndarray:
+    col = table[column].combine_chunks()
+    values = pc.list_flatten(col).to_numpy(zero_copy_only=False)
+    return values.reshape(len(col), -1)
+
+
+def featurize(data_dir: str | Path, validation_dir: str | Path, out_dir: str | Path,
+              cfg: FeaturizeConfig) -> dict:
+    data_dir, out_dir = Path(data_dir), Path(out_dir)
+    require_passed(validation_dir, data_dir)
+    manifest: dict = {"max_len": cfg.max_len, "sources": {}, "arrays": {}}
+    with atomic_dir(out_dir) as tmp:
+
+        def save(name: str, arr: np.ndarray) -> None:
+            np.save(tmp / f"{name}.npy", arr)
+            manifest["arrays"][name] = {"shape": list(arr.shape), "dtype": str(arr.dtype)}
+
+        item_path = data_dir / f"{schema.ITEM_FILE}.parquet"
+        items = pq.read_table(item_path)
+        manifest["sources"][schema.ITEM_FILE] = file_hash(item_path)
+        tags = _fixed_list(items, "item_tags").astype(np.int32)
+        save("item_tags", tags)
+        save("item_emb", _fixed_list(items, "item_emb_d128").astype(np.float32))
+        manifest["n_items"] = int(items.num_rows)
+        manifest["n_tags"] = int(tags.max()) + 1
+        for split in schema.SPLITS:
+            path = data_dir / f"{split}.parquet"
+            table = pq.read_table(path)
+            manifest["sources"][split] = file_hash(path)
+            seq = _fixed_list(table, "item_seq")
+            save(f"{split}_item_seq", np.ascontiguousarray(seq[:, -cfg.max_len :], dtype=np.int32))
+            for col in ROW_FIELDS[1:]:
+                save(f"{split}_{col}", table[col].to_numpy().astype(np.int32))
+            if split in schema.LABELLED_SPLITS:
+                save(f"{split}_label", table["label"].to_numpy().astype(np.float32))
+            truth = data_dir / schema.truth_file(split)
+            if truth.exists():
+                p = pq.read_table(truth)["p_click"].to_numpy().astype(np.float32)
+                if len(p) != table.num_rows:
+                    raise ValueError(f"{truth}: {len(p)} rows, expected {table.num_rows} as in {path}")
+                save(f"{split}_truth", p)
+        write_json(tmp / MANIFEST, manifest)
+    return manifest
+
+
+class Features:
+    """Read access to a featurize output directory (arrays memory-mapped)."""
+
+    def __init__(self, root: str | Path) -> None:
+        self.root = Path(root)
+        self.manifest = read_json(self.root / MANIFEST)
+
+    def has(self, name: str) -> bool:
+        return name in self.manifest["arrays"]
+
+    def array(self, name: str) -> np.ndarray:
+        if not self.has(name):
+            raise KeyError(f"{self.root}: no array '{name}' (have {sorted(self.manifest['arrays'])})")
+        return np.load(self.root / f"{name}.npy", mmap_mode="r")
+
+    def split(self, split: str) -> dict[str, np.ndarray]:
+        cols = [*ROW_FIELDS, "label"] if self.has(f"{split}_label") else list(ROW_FIELDS)
+        return {c: self.array(f"{split}_{c}") for c in cols}

@@ -1,0 +1,107 @@
+"""A trained model as a self-contained package, and scoring with it (no training code needed).
+
+A package directory holds:
+    weights.pt      the model's state_dict
+    model.json      model config, feature vocabularies, history length, provenance
+    item_tags.npy, item_emb.npy   the item table the model looks items up in
+`load_package` rebuilds the model from these alone; `Scorer` turns raw challenge columns into
+probabilities. Evaluation, MLflow's pyfunc wrapper and (later) batch and online serving all score
+through this one path.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+from torch import nn
+
+from qin.config import ModelConfig, from_dict
+from qin.io import atomic_dir, read_json, tree_hash, write_json
+from qin.models import Batch, FeatureSpec, build_model
+
+WEIGHTS, CONFIG = "weights.pt", "model.json"
+INPUT_COLUMNS = ("likes_level", "views_level", "item_id", "item_seq")
+
+
+def resolve_device(name: str = "auto") -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ValueError("device 'cuda' requested but no CUDA device is available (use 'auto' or 'cpu')")
+    return torch.device(name)
+
+
+def save_package(out_dir: str | Path, model: nn.Module, model_cfg: ModelConfig, spec: FeatureSpec,
+                 max_len: int, item_tags: np.ndarray, item_emb: np.ndarray, meta: dict[str, Any]) -> str:
+    """Write the package atomically; return its content hash."""
+    with atomic_dir(out_dir) as tmp:
+        torch.save({k: v.detach().cpu() for k, v in model.state_dict().items()}, tmp / WEIGHTS)
+        np.save(tmp / "item_tags.npy", np.asarray(item_tags))
+        np.save(tmp / "item_emb.npy", np.asarray(item_emb))
+        write_json(
+            tmp / CONFIG,
+            {
+                "model": dataclasses.asdict(model_cfg),
+                "features": dataclasses.asdict(spec),
+                "max_len": max_len,
+                "meta": meta,
+            },
+        )
+    return tree_hash([out_dir])
+
+
+class Scorer:
+    def __init__(self, model: nn.Module, max_len: int, device: torch.device) -> None:
+        self.model = model.to(device)
+        self.max_len = max_len
+        self.device = device
+
+    @torch.inference_mode()
+    def predict(self, cols: dict[str, np.ndarray], batch_size: int = 8192) -> np.ndarray:
+        """Click probabilities for arrays `item_seq` (N, L) and `likes_level`, `views_level`, `item_id` (N,)."""
+        self.model.eval()
+        n = len(cols["item_id"])
+        out = np.empty(n, dtype=np.float32)
+        for start in range(0, n, batch_size):
+            sl = slice(start, start + batch_size)
+            batch = Batch(**{c: torch.from_numpy(np.array(cols[c][sl])) for c in INPUT_COLUMNS})
+            batch = batch.to(self.device)
+            out[sl] = torch.sigmoid(self.model(batch).float()).cpu().numpy()
+        return out
+
+    def predict_frame(self, frame: pd.DataFrame, batch_size: int = 8192) -> np.ndarray:
+        """Score raw challenge rows: `item_seq` as a list per row (any length), the rest as integers."""
+        missing = [c for c in INPUT_COLUMNS if c not in frame.columns]
+        if missing:
+            raise ValueError(f"input frame: missing columns {missing}; expected {list(INPUT_COLUMNS)}")
+        seq = np.zeros((len(frame), self.max_len), dtype=np.int64)
+        for i, items in enumerate(frame["item_seq"]):
+            tail = np.asarray(items, dtype=np.int64)[-self.max_len :]
+            if len(tail):
+                seq[i, -len(tail) :] = tail  # left padding, most recent last
+        cols = {c: frame[c].to_numpy(dtype=np.int64) for c in INPUT_COLUMNS[:3]}
+        n_items = self.model.items.item_tags.shape[0]  # type: ignore[union-attr]
+        for name, ids in (("item_id", cols["item_id"]), ("item_seq", seq)):
+            bad = ids[(ids < 0) | (ids >= n_items)]
+            if bad.size:
+                raise ValueError(f"input column '{name}': ids must be in 0..{n_items - 1}, found {bad[:5].tolist()}")
+        return self.predict({**cols, "item_seq": seq}, batch_size)
+
+
+def load_package(path: str | Path, device: str = "cpu") -> Scorer:
+    path = Path(path)
+    if not (path / CONFIG).exists():
+        raise FileNotFoundError(f"{path}: not a model package (no {CONFIG})")
+    cfg = read_json(path / CONFIG)
+    model_cfg = from_dict(ModelConfig, cfg["model"], prefix="model.")
+    spec = FeatureSpec(**cfg["features"])
+    tags = torch.from_numpy(np.load(path / "item_tags.npy"))
+    emb = torch.from_numpy(np.load(path / "item_emb.npy"))
+    model = build_model(model_cfg, spec, tags, emb)
+    model.load_state_dict(torch.load(path / WEIGHTS, map_location="cpu", weights_only=True))
+    return Scorer(model, int(cfg["max_len"]), resolve_device(device))

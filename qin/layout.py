@@ -1,0 +1,12 @@
+"""Where things live, relative to the project root. dvc.yaml and the Prefect flow use the same paths."""
+
+from pathlib import Path
+
+PARAMS = Path("params.yaml")
+DATA = Path("data")  # raw data: written only by `qin data synth` / `qin data import`
+VALIDATION = Path("artifacts/validate")
+FEATURES = Path("artifacts/features")
+MODEL = Path("artifacts/model")
+TRAIN_METRICS = Path("metrics/train.json")
+EVAL_METRICS = Path("metrics/evaluate.json")
+REGISTRATION = Path("artifacts/register.json")

@@ -1,0 +1,327 @@
+"""The `validate` stage: a great-expectations gate in front of everything else.
+
+Each file is checked in two passes:
+1. its schema, as a small frame of (column, type) rows: every expected column present with an allowed
+   type, no extra columns;
+2. its values, on a frame where list cells are replaced by derived scalar columns (`item_seq.len`,
+   `item_seq.min`, `item_seq.max`, `item_emb_d128.nonfinite`, ...), because GX's column expectations do
+   not work on list cells.
+
+Output (always, pass or fail): `summary.json` (machine-readable, with the data files' md5) and
+`report.md` (for people) in the output directory. On failure `ValidationError` carries one line per failed
+expectation naming the file, column, expectation, the count and up to 5 offending values.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from qin.config import ValidateConfig
+from qin.data import schema
+from qin.io import atomic_dir, file_hash, read_json, write_json
+
+log = logging.getLogger(__name__)
+
+SUMMARY = "summary.json"
+REPORT = "report.md"
+
+INT_TYPES = ("int8", "int16", "int32", "int64", "uint8", "uint16", "uint32")
+FLOAT_TYPES = ("float", "double")
+ALLOWED_TYPES: dict[str, tuple[str, ...]] = {
+    "user_id": INT_TYPES,
+    "likes_level": INT_TYPES,
+    "views_level": INT_TYPES,
+    "item_id": INT_TYPES,
+    "label": (*FLOAT_TYPES, *INT_TYPES),
+    "item_seq": tuple(f"list<{t}>" for t in INT_TYPES),
+    "item_tags": tuple(f"list<{t}>" for t in INT_TYPES),
+    "item_emb_d128": tuple(f"list<{t}>" for t in FLOAT_TYPES),
+}
+
+
+class ValidationError(RuntimeError):
+    """The data broke the contract; the message names every failed expectation."""
+
+
+@dataclass
+class Finding:
+    file: str
+    column: str
+    expectation: str
+    severity: str
+    count: int | None
+    examples: list[Any] = field(default_factory=list)
+    observed: Any = None
+
+    def line(self) -> str:
+        what = f"{self.count} offending rows" if self.count is not None else f"found {self.observed!r}"
+        ex = f"; e.g. {self.examples[:5]}" if self.examples else ""
+        return f"{self.file}: column '{self.column}': {self.expectation} failed: {what}{ex}"
+
+
+def _type_name(t: pa.DataType) -> str:
+    if pa.types.is_list(t) or pa.types.is_large_list(t) or pa.types.is_fixed_size_list(t):
+        return f"list<{_type_name(t.value_type)}>"
+    return str(t)
+
+
+def _contract_type(name: str, column: str) -> str:
+    return _type_name(schema.schema_for(name).field(column).type)
+
+
+def _derive(table: pa.Table) -> pd.DataFrame:
+    """Scalar columns as they are; each list column as .len/.min/.max/.nonfinite per row."""
+    cols: dict[str, Any] = {}
+    for name in table.column_names:
+        col = table[name].combine_chunks()
+        if not _type_name(col.type).startswith("list<"):
+            cols[name] = col.to_pandas()
+            continue
+        lengths = pc.list_value_length(col)
+        cols[f"{name}.len"] = lengths.to_pandas()
+        n = pc.fill_null(lengths, 0).to_numpy().astype(np.int64)
+        values = pc.list_flatten(col).to_numpy(zero_copy_only=False).astype(np.float64)
+        starts = np.concatenate([[0], np.cumsum(n)[:-1]])
+        full = n > 0
+        lo = np.full(len(n), np.nan)
+        hi = np.full(len(n), np.nan)
+        if values.size:
+            lo[full] = np.minimum.reduceat(values, starts[full])
+            hi[full] = np.maximum.reduceat(values, starts[full])
+            bad = (~np.isfinite(values)).astype(np.int64)
+            nonfinite = np.add.reduceat(bad, starts[full])
+        else:
+            nonfinite = np.zeros(0, dtype=np.int64)
+        nf = np.zeros(len(n), dtype=np.int64)
+        nf[full] = nonfinite
+        cols[f"{name}.min"], cols[f"{name}.max"], cols[f"{name}.nonfinite"] = lo, hi, nf
+    return pd.DataFrame(cols)
+
+
+class _Gx:
+    """One ephemeral GX context; a suite per (file, pass)."""
+
+    def __init__(self) -> None:
+        import great_expectations as gx  # ~3.5 s to import: only when validating
+        from great_expectations.data_context.types.base import ProgressBarsConfig
+
+        logging.getLogger("great_expectations").setLevel(logging.ERROR)
+        self.gx = gx
+        self.ctx = gx.get_context(mode="ephemeral")
+        self.ctx.variables.progress_bars = ProgressBarsConfig(globally=False)
+        self.source = self.ctx.data_sources.add_pandas("qin")
+
+    def run(self, name: str, frame: pd.DataFrame, expectations: list) -> dict:
+        gx = self.gx
+        batch = self.source.add_dataframe_asset(name).add_batch_definition_whole_dataframe("whole")
+        suite = self.ctx.suites.add(gx.ExpectationSuite(name=name, expectations=expectations))
+        vd = self.ctx.validation_definitions.add(gx.ValidationDefinition(name=name, data=batch, suite=suite))
+        return vd.run(batch_parameters={"dataframe": frame}, result_format="SUMMARY").to_json_dict()
+
+
+def _findings(file: str, result: dict) -> list[Finding]:
+    out = []
+    for r in result["results"]:
+        if r["success"]:
+            continue
+        cfg = r["expectation_config"]
+        kw = cfg["kwargs"]
+        res = r.get("result") or {}
+        exc = (r.get("exception_info") or {}).get("exception_message")
+        out.append(
+            Finding(
+                file=file,
+                column=str(kw.get("column") or kw.get("column_A") or "<table>").split(".")[0],
+                expectation=f"{cfg['type']}" + (f" ({exc})" if exc else ""),
+                severity=str(cfg.get("severity") or "critical"),
+                count=res.get("unexpected_count"),
+                examples=_plain(res.get("partial_unexpected_list") or [])[:5],
+                observed=_plain(res.get("observed_value")),
+            )
+        )
+    return out
+
+
+def _plain(v: Any) -> Any:
+    if isinstance(v, list | tuple):
+        return [_plain(x) for x in v]
+    if isinstance(v, np.generic):
+        return v.item()
+    return v
+
+
+def _schema_expectations(name: str) -> list:
+    import great_expectations.expectations as gxe
+
+    return [
+        gxe.ExpectColumnPairValuesToBeInSet(
+            column_A="column",
+            column_B="type",
+            value_pairs_set=[(c, t) for c in schema.schema_for(name).names for t in ALLOWED_TYPES[c]],
+        )
+    ]
+
+
+def _value_expectations(name: str, n_items: int, cfg: ValidateConfig) -> list:
+    import great_expectations.expectations as E  # noqa: N812
+
+    exps: list = [E.ExpectTableRowCountToBeBetween(min_value=1)]
+    if name == schema.ITEM_FILE:
+        exps += [
+            E.ExpectColumnValuesToNotBeNull(column="item_id"),
+            E.ExpectColumnPairValuesToBeEqual(column_A="item_id", column_B="row_index"),
+            E.ExpectColumnValuesToBeBetween(
+                column="item_tags.len", min_value=schema.TAGS_PER_ITEM, max_value=schema.TAGS_PER_ITEM
+            ),
+            E.ExpectColumnValuesToBeBetween(column="item_tags.min", min_value=0),
+            E.ExpectColumnValuesToBeBetween(
+                column="item_emb_d128.len", min_value=schema.ITEM_EMB_DIM, max_value=schema.ITEM_EMB_DIM
+            ),
+            E.ExpectColumnValuesToBeBetween(column="item_emb_d128.nonfinite", min_value=0, max_value=0),
+        ]
+        return exps
+    exps += [E.ExpectColumnValuesToNotBeNull(column=c) for c in ("user_id", "likes_level", "views_level")]
+    exps += [
+        E.ExpectColumnValuesToBeBetween(column="likes_level", min_value=0, max_value=schema.NUM_LEVELS - 1),
+        E.ExpectColumnValuesToBeBetween(column="views_level", min_value=0, max_value=schema.NUM_LEVELS - 1),
+        E.ExpectColumnValuesToNotBeNull(column="item_id"),
+        E.ExpectColumnValuesToBeBetween(column="item_id", min_value=1, max_value=n_items),
+        E.ExpectColumnValuesToNotBeNull(column="item_seq.len"),
+        E.ExpectColumnUniqueValueCountToBeBetween(column="item_seq.len", min_value=1, max_value=1),
+        E.ExpectColumnValuesToBeBetween(column="item_seq.min", min_value=0),
+        E.ExpectColumnValuesToBeBetween(column="item_seq.max", max_value=n_items),
+        E.ExpectColumnValuesToBeBetween(column="item_seq.nonfinite", min_value=0, max_value=0),
+    ]
+    if name in schema.LABELLED_SPLITS:
+        exps += [
+            E.ExpectColumnValuesToNotBeNull(column="label"),
+            E.ExpectColumnValuesToBeInSet(column="label", value_set=[0, 1]),
+            E.ExpectColumnMeanToBeBetween(
+                column="label",
+                min_value=cfg.positive_rate_min,
+                max_value=cfg.positive_rate_max,
+                severity="warning",
+            ),
+        ]
+    return exps
+
+
+def _check_file(gx: _Gx, data_dir: Path, name: str, n_items: int | None, cfg: ValidateConfig) -> dict:
+    path = data_dir / f"{name}.parquet"
+    info: dict[str, Any] = {"path": str(path), "findings": []}
+    if not path.exists():
+        info["findings"] = [Finding(str(path), "<file>", "file exists", "critical", None, observed="missing")]
+        return info
+    try:
+        table = pq.read_table(path)
+    except Exception as exc:  # a truncated or non-parquet file
+        info["findings"] = [Finding(str(path), "<file>", "readable parquet", "critical", None, observed=str(exc))]
+        return info
+    info["md5"] = file_hash(path)
+    info["rows"] = table.num_rows
+    expected = schema.schema_for(name).names
+    found = {n: _type_name(table.schema.field(n).type) for n in table.column_names}
+    schema_frame = pd.DataFrame(
+        {
+            "column": expected + [c for c in found if c not in expected],
+            "type": [found.get(c, "missing") for c in expected] + [found[c] for c in found if c not in expected],
+        }
+    )
+    result = gx.run(f"{name}-schema", schema_frame, _schema_expectations(name))
+    findings = []
+    for f in _findings(str(path), result):  # one finding per offending (column, type) pair
+        for col, typ in f.examples:
+            want = f"type {_contract_type(name, col)}" if col in expected else "no such column"
+            findings.append(
+                Finding(str(path), col, f"{f.expectation} (expected {want})", f.severity, None, observed=typ)
+            )
+    if not findings:
+        frame = _derive(table)
+        if name == schema.ITEM_FILE:
+            frame["row_index"] = np.arange(len(frame))
+            n_items = len(frame) - 1
+        assert n_items is not None
+        findings = _findings(str(path), gx.run(name, frame, _value_expectations(name, n_items, cfg)))
+    info["findings"] = findings
+    return info
+
+
+def validate(data_dir: str | Path, out_dir: str | Path, cfg: ValidateConfig) -> dict:
+    """Validate the four files in `data_dir`; write summary.json and report.md to `out_dir`.
+
+    Raises `ValidationError` (after writing the report) when any critical expectation fails.
+    """
+    data_dir, out_dir = Path(data_dir), Path(out_dir)
+    os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
+    gx = _Gx()
+    files: dict[str, dict] = {}
+    item = _check_file(gx, data_dir, schema.ITEM_FILE, None, cfg)
+    files[schema.ITEM_FILE] = item
+    n_items = item["rows"] - 1 if "rows" in item and not item["findings"] else None
+    for split in schema.SPLITS:
+        if n_items is None:  # the id range comes from item_info; without it the rows cannot be judged
+            files[split] = {"path": str(data_dir / f"{split}.parquet"), "findings": [], "skipped": True}
+            continue
+        files[split] = _check_file(gx, data_dir, split, n_items, cfg)
+    critical = [f for info in files.values() for f in info["findings"] if f.severity == "critical"]
+    warnings = [f for info in files.values() for f in info["findings"] if f.severity != "critical"]
+    summary = {
+        "passed": not critical,
+        "data_dir": str(data_dir),
+        "files": {
+            name: {
+                **{k: v for k, v in info.items() if k != "findings"},
+                "failures": [f.line() for f in info["findings"] if f.severity == "critical"],
+                "warnings": [f.line() for f in info["findings"] if f.severity != "critical"],
+            }
+            for name, info in files.items()
+        },
+    }
+    with atomic_dir(out_dir) as tmp:
+        write_json(tmp / SUMMARY, summary)
+        (tmp / REPORT).write_text(_markdown(summary))
+    for w in warnings:
+        log.warning("%s", w.line())
+    if critical:
+        raise ValidationError(
+            f"validation of {data_dir} failed ({len(critical)} expectations):\n"
+            + "\n".join(f"  - {f.line()}" for f in critical)
+        )
+    return summary
+
+
+def _markdown(summary: dict) -> str:
+    lines = [f"# Data validation: {'PASSED' if summary['passed'] else 'FAILED'}", ""]
+    lines += ["| file | rows | md5 | result |", "|---|---|---|---|"]
+    for name, info in summary["files"].items():
+        status = "skipped" if info.get("skipped") else ("ok" if not info["failures"] else "FAILED")
+        lines.append(f"| {info['path']} | {info.get('rows', '-')} | {info.get('md5', '-')} | {status} |")
+    for kind in ("failures", "warnings"):
+        items = [x for info in summary["files"].values() for x in info[kind]]
+        if items:
+            lines += ["", f"## {kind.capitalize()}", ""] + [f"- {x}" for x in items]
+    return "\n".join(lines) + "\n"
+
+
+def require_passed(validation_dir: str | Path, data_dir: str | Path) -> None:
+    """Refuse to go on unless `validate` passed on exactly the files now in `data_dir`."""
+    summary = read_json(Path(validation_dir) / SUMMARY)
+    if not summary.get("passed"):
+        raise ValidationError(f"{validation_dir}/{SUMMARY}: the data failed validation; fix it and rerun validate")
+    for name, info in summary["files"].items():
+        path = Path(data_dir) / f"{name}.parquet"
+        if file_hash(path) != info.get("md5"):
+            raise ValidationError(
+                f"{path}: changed since it was validated (md5 {info.get('md5')} in "
+                f"{validation_dir}/{SUMMARY}); rerun validate"
+            )
