@@ -17,11 +17,11 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import flows  # noqa: F401  (offline and cache settings, before prefect is imported)
 from prefect import flow, task
 from prefect.cache_policies import NO_CACHE
 from prefect.context import TaskRunContext
 
+import flows  # noqa: F401  (offline and cache settings, before prefect is imported)
 from qin import layout
 from qin.config import load_params, section_hash
 from qin.io import tree_hash
@@ -99,15 +99,19 @@ def register(model: str, train_metrics: str, metrics: str, validation: str, out:
     return run(model, train_metrics, metrics, validation, out, load_params(params))
 
 
-def run_cached(stage: Any, **kwargs: Any) -> dict[str, str]:
-    """Run a cached stage; if its cached outputs are gone or differ on disk, run it again for real."""
+def run_cached(stage: Any, **kwargs: Any) -> str:
+    """Run a cached stage; if its cached outputs are gone or differ on disk, run it again for real.
+
+    Returns "cached" or "ran".
+    """
     state = stage(**kwargs, return_state=True)
     written = state.result()
-    if state.name == "Cached" and any(
-        not Path(p).exists() or tree_hash([p]) != h for p, h in written.items()
-    ):
-        written = stage.with_options(refresh_cache=True)(**kwargs)
-    return written
+    if not state.is_completed() or state.name != "Cached":
+        return "ran"
+    if all(Path(p).exists() and tree_hash([p]) == h for p, h in written.items()):
+        return "cached"
+    stage.with_options(refresh_cache=True)(**kwargs)
+    return "ran"
 
 
 @flow(name="qin-train", log_prints=True)
@@ -115,19 +119,22 @@ def qin_train(params: str = str(layout.PARAMS), data: str = str(layout.DATA)) ->
     validation, features, model = str(layout.VALIDATION), str(layout.FEATURES), str(layout.MODEL)
     train_metrics, metrics = str(layout.TRAIN_METRICS), str(layout.EVAL_METRICS)
 
-    run_cached(validate, data=data, out=validation, params=params)
-    run_cached(featurize, data=data, validation=validation, out=features, params=params)
-    run_cached(train, features=features, out=model, metrics=train_metrics, params=params)
-    run_cached(evaluate, features=features, model=model, out=metrics, params=params)
+    stages = {
+        "validate": run_cached(validate, data=data, out=validation, params=params),
+        "featurize": run_cached(featurize, data=data, validation=validation, out=features, params=params),
+        "train": run_cached(train, features=features, out=model, metrics=train_metrics, params=params),
+        "evaluate": run_cached(evaluate, features=features, model=model, out=metrics, params=params),
+    }
     result = register(model, train_metrics, metrics, validation, str(layout.REGISTRATION), params)
 
+    print("stages: " + ", ".join(f"{name} {how}" for name, how in stages.items()))
     print(f"MLflow run id: {result['run_id']}")
     print(
         f"registered: {result['model_name']} version {result['version']}"
         f"{'' if result['newly_registered'] else ' (unchanged model, already registered)'}"
     )
     print(f"{result['alias']}: {'yes' if result['has_alias'] else 'no'} ({result['reason']})")
-    return result
+    return {**result, "stages": stages}
 
 
 if __name__ == "__main__":

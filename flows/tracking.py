@@ -71,7 +71,7 @@ class MlflowRegistry:
             return None
         for v in versions:
             if v.tags.get("model_hash") == model_hash:
-                return Registered(run_id=v.run_id, version=str(v.version))
+                return Registered(run_id=str(v.run_id), version=str(v.version))
         return None
 
     def log_and_register(self, model_name: str, candidate: Candidate) -> Registered:
@@ -99,7 +99,9 @@ class MlflowRegistry:
             )
         version = str(info.registered_model_version)
         self.client.set_model_version_tag(model_name, version, "model_hash", candidate.model_hash)
-        self.client.set_model_version_tag(model_name, version, "valid_auc", str(candidate.metrics["valid_auc"]))
+        self.client.set_model_version_tag(
+            model_name, version, "valid_auc", str(candidate.metrics["valid_auc"])
+        )
         for key in ("data_hash", "params_hash", "git_commit"):
             self.client.set_model_version_tag(model_name, version, key, candidate.tags[key])
         return Registered(run_id=run.info.run_id, version=version)

@@ -67,8 +67,12 @@ def _register(args: argparse.Namespace, params: Params) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="qin", description="QIN pipeline: data, validate, featurize, train, evaluate, register")
-    parser.add_argument("--params", type=Path, default=layout.PARAMS, help="settings file (default: %(default)s)")
+    parser = argparse.ArgumentParser(
+        prog="qin", description="QIN pipeline: data, validate, featurize, train, evaluate, register"
+    )
+    parser.add_argument(
+        "--params", type=Path, default=layout.PARAMS, help="settings file (default: %(default)s)"
+    )
     parser.add_argument("-v", "--verbose", action="store_true")
     sub = parser.add_subparsers(dest="command", required=True)
 
@@ -79,7 +83,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     data = sub.add_parser("data", help="create or import the raw data in data/")
     data_sub = data.add_subparsers(dest="data_command", required=True)
-    p = data_sub.add_parser("synth", help="write synthetic MicroLens_1M_x1 data with known click probabilities")
+    p = data_sub.add_parser(
+        "synth", help="write synthetic MicroLens_1M_x1 data with known click probabilities"
+    )
     p.add_argument("--out", type=Path, default=layout.DATA)
     p.add_argument("--preset", choices=["tiny", "small", "full"], help="default: params data.preset")
     p.add_argument("--seed", type=int, help="default: params data.seed")

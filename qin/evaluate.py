@@ -11,8 +11,9 @@ from qin.io import write_json
 from qin.metrics import log_loss, roc_auc
 
 
-def evaluate(features_dir: str | Path, model_dir: str | Path, out_path: str | Path,
-             cfg: EvaluateConfig) -> dict:
+def evaluate(
+    features_dir: str | Path, model_dir: str | Path, out_path: str | Path, cfg: EvaluateConfig
+) -> dict:
     feats = Features(features_dir)
     valid = feats.split("valid")
     probs = load_package(model_dir, device="auto").predict(valid, cfg.batch_size)

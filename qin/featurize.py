@@ -32,8 +32,9 @@ def _fixed_list(table, column: str) -> np.ndarray:
     return values.reshape(len(col), -1)
 
 
-def featurize(data_dir: str | Path, validation_dir: str | Path, out_dir: str | Path,
-              cfg: FeaturizeConfig) -> dict:
+def featurize(
+    data_dir: str | Path, validation_dir: str | Path, out_dir: str | Path, cfg: FeaturizeConfig
+) -> dict:
     data_dir, out_dir = Path(data_dir), Path(out_dir)
     require_passed(validation_dir, data_dir)
     manifest: dict = {"max_len": cfg.max_len, "sources": {}, "arrays": {}}

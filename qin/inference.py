@@ -36,8 +36,16 @@ def resolve_device(name: str = "auto") -> torch.device:
     return torch.device(name)
 
 
-def save_package(out_dir: str | Path, model: nn.Module, model_cfg: ModelConfig, spec: FeatureSpec,
-                 max_len: int, item_tags: np.ndarray, item_emb: np.ndarray, meta: dict[str, Any]) -> str:
+def save_package(
+    out_dir: str | Path,
+    model: nn.Module,
+    model_cfg: ModelConfig,
+    spec: FeatureSpec,
+    max_len: int,
+    item_tags: np.ndarray,
+    item_emb: np.ndarray,
+    meta: dict[str, Any],
+) -> str:
     """Write the package atomically; return its content hash."""
     with atomic_dir(out_dir) as tmp:
         torch.save({k: v.detach().cpu() for k, v in model.state_dict().items()}, tmp / WEIGHTS)
@@ -56,14 +64,15 @@ def save_package(out_dir: str | Path, model: nn.Module, model_cfg: ModelConfig, 
 
 
 class Scorer:
-    def __init__(self, model: nn.Module, max_len: int, device: torch.device) -> None:
+    def __init__(self, model: nn.Module, max_len: int, n_items: int, device: torch.device) -> None:
         self.model = model.to(device)
         self.max_len = max_len
+        self.n_items = n_items  # valid item ids: 0 (padding) .. n_items - 1
         self.device = device
 
     @torch.inference_mode()
     def predict(self, cols: dict[str, np.ndarray], batch_size: int = 8192) -> np.ndarray:
-        """Click probabilities for arrays `item_seq` (N, L) and `likes_level`, `views_level`, `item_id` (N,)."""
+        """Click probabilities for arrays item_seq (N, L) and likes_level, views_level, item_id (N,)."""
         self.model.eval()
         n = len(cols["item_id"])
         out = np.empty(n, dtype=np.float32)
@@ -85,11 +94,12 @@ class Scorer:
             if len(tail):
                 seq[i, -len(tail) :] = tail  # left padding, most recent last
         cols = {c: frame[c].to_numpy(dtype=np.int64) for c in INPUT_COLUMNS[:3]}
-        n_items = self.model.items.item_tags.shape[0]  # type: ignore[union-attr]
         for name, ids in (("item_id", cols["item_id"]), ("item_seq", seq)):
-            bad = ids[(ids < 0) | (ids >= n_items)]
+            bad = ids[(ids < 0) | (ids >= self.n_items)]
             if bad.size:
-                raise ValueError(f"input column '{name}': ids must be in 0..{n_items - 1}, found {bad[:5].tolist()}")
+                raise ValueError(
+                    f"input column '{name}': ids must be in 0..{self.n_items - 1}, found {bad[:5].tolist()}"
+                )
         return self.predict({**cols, "item_seq": seq}, batch_size)
 
 
@@ -104,4 +114,4 @@ def load_package(path: str | Path, device: str = "cpu") -> Scorer:
     emb = torch.from_numpy(np.load(path / "item_emb.npy"))
     model = build_model(model_cfg, spec, tags, emb)
     model.load_state_dict(torch.load(path / WEIGHTS, map_location="cpu", weights_only=True))
-    return Scorer(model, int(cfg["max_len"]), resolve_device(device))
+    return Scorer(model, int(cfg["max_len"]), spec.n_items, resolve_device(device))

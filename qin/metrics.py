@@ -15,7 +15,7 @@ def roc_auc(labels: np.ndarray, scores: np.ndarray) -> float:
     n_neg = y.size - n_pos
     if n_pos == 0 or n_neg == 0:
         return float("nan")
-    uniq, inverse, counts = np.unique(s, return_inverse=True, return_counts=True)
+    _, inverse, counts = np.unique(s, return_inverse=True, return_counts=True)
     ends = np.cumsum(counts)
     mean_rank = ends - (counts - 1) / 2.0  # 1-based average rank of each distinct score
     rank_sum = mean_rank[inverse][y].sum()

@@ -102,9 +102,15 @@ def gate(candidate_auc: float, holder: tuple[str, float | None] | None) -> tuple
     return False, f"valid_auc {candidate_auc:.5f} does not beat version {version}'s {auc:.5f}"
 
 
-def register(model_dir: str | Path, train_metrics: str | Path, eval_metrics: str | Path,
-             validation_dir: str | Path, out_path: str | Path, params: Params,
-             registry: Registry | None = None) -> dict:
+def register(
+    model_dir: str | Path,
+    train_metrics: str | Path,
+    eval_metrics: str | Path,
+    validation_dir: str | Path,
+    out_path: str | Path,
+    params: Params,
+    registry: Registry | None = None,
+) -> dict:
     cfg = params.register
     registry = registry or load_registry(cfg)
     model_dir = Path(model_dir)

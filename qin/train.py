@@ -67,7 +67,7 @@ def train(features_dir: str | Path, out_dir: str | Path, metrics_path: str | Pat
     scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, mode="max", factor=0.5, patience=0)
     loss_fn = nn.BCEWithLogitsLoss()
     gen = torch.Generator().manual_seed(cfg.seed)
-    scorer = Scorer(model, max_len, device)
+    scorer = Scorer(model, max_len, spec.n_items, device)
 
     history: list[dict] = []
     best_auc, best_epoch, best_state, stale = -1.0, 0, copy.deepcopy(model.state_dict()), 0
@@ -103,7 +103,14 @@ def train(features_dir: str | Path, out_dir: str | Path, metrics_path: str | Pat
         )
         log.info(
             "epoch %d/%d  loss %.4f  valid_auc %.4f  valid_logloss %.4f  lr %.2g  %.1fs (%.0f samples/s)",
-            epoch, cfg.epochs, total / max(steps, 1), auc, ll, lr, train_seconds, n / train_seconds,
+            epoch,
+            cfg.epochs,
+            total / max(steps, 1),
+            auc,
+            ll,
+            lr,
+            train_seconds,
+            n / train_seconds,
         )
         scheduler.step(auc)
         if auc > best_auc:

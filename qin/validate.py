@@ -173,7 +173,8 @@ def _schema_expectations(name: str) -> list:
 
 
 def _value_expectations(name: str, n_items: int, cfg: ValidateConfig) -> list:
-    import great_expectations.expectations as E  # noqa: N812
+    import great_expectations.expectations as E
+    from great_expectations.expectations.metadata_types import FailureSeverity
 
     exps: list = [E.ExpectTableRowCountToBeBetween(min_value=1)]
     if name == schema.ITEM_FILE:
@@ -210,7 +211,7 @@ def _value_expectations(name: str, n_items: int, cfg: ValidateConfig) -> list:
                 column="label",
                 min_value=cfg.positive_rate_min,
                 max_value=cfg.positive_rate_max,
-                severity="warning",
+                severity=FailureSeverity.WARNING,
             ),
         ]
     return exps
@@ -225,7 +226,9 @@ def _check_file(gx: _Gx, data_dir: Path, name: str, n_items: int | None, cfg: Va
     try:
         table = pq.read_table(path)
     except Exception as exc:  # a truncated or non-parquet file
-        info["findings"] = [Finding(str(path), "<file>", "readable parquet", "critical", None, observed=str(exc))]
+        info["findings"] = [
+            Finding(str(path), "<file>", "readable parquet", "critical", None, observed=str(exc))
+        ]
         return info
     info["md5"] = file_hash(path)
     info["rows"] = table.num_rows
@@ -234,7 +237,8 @@ def _check_file(gx: _Gx, data_dir: Path, name: str, n_items: int | None, cfg: Va
     schema_frame = pd.DataFrame(
         {
             "column": expected + [c for c in found if c not in expected],
-            "type": [found.get(c, "missing") for c in expected] + [found[c] for c in found if c not in expected],
+            "type": [found.get(c, "missing") for c in expected]
+            + [found[c] for c in found if c not in expected],
         }
     )
     result = gx.run(f"{name}-schema", schema_frame, _schema_expectations(name))
@@ -303,7 +307,7 @@ def validate(data_dir: str | Path, out_dir: str | Path, cfg: ValidateConfig) -> 
 def _markdown(summary: dict) -> str:
     lines = [f"# Data validation: {'PASSED' if summary['passed'] else 'FAILED'}", ""]
     lines += ["| file | rows | md5 | result |", "|---|---|---|---|"]
-    for name, info in summary["files"].items():
+    for info in summary["files"].values():
         status = "skipped" if info.get("skipped") else ("ok" if not info["failures"] else "FAILED")
         lines.append(f"| {info['path']} | {info.get('rows', '-')} | {info.get('md5', '-')} | {status} |")
     for kind in ("failures", "warnings"):
@@ -317,7 +321,9 @@ def require_passed(validation_dir: str | Path, data_dir: str | Path) -> None:
     """Refuse to go on unless `validate` passed on exactly the files now in `data_dir`."""
     summary = read_json(Path(validation_dir) / SUMMARY)
     if not summary.get("passed"):
-        raise ValidationError(f"{validation_dir}/{SUMMARY}: the data failed validation; fix it and rerun validate")
+        raise ValidationError(
+            f"{validation_dir}/{SUMMARY}: the data failed validation; fix it and rerun validate"
+        )
     for name, info in summary["files"].items():
         path = Path(data_dir) / f"{name}.parquet"
         if file_hash(path) != info.get("md5"):

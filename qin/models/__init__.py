@@ -13,7 +13,11 @@ MODELS: dict[str, type[nn.Module]] = {"qin": QIN}
 __all__ = ["MODELS", "Batch", "FeatureSpec", "build_model"]
 
 
-def build_model(cfg: ModelConfig, spec: FeatureSpec, item_tags: torch.Tensor, item_emb: torch.Tensor) -> nn.Module:
+def build_model(
+    cfg: ModelConfig, spec: FeatureSpec, item_tags: torch.Tensor, item_emb: torch.Tensor
+) -> nn.Module:
     if cfg.name not in MODELS:
-        raise ValueError(f"params key 'train.model.name': expected one of {sorted(MODELS)}, found {cfg.name!r}")
+        raise ValueError(
+            f"params key 'train.model.name': expected one of {sorted(MODELS)}, found {cfg.name!r}"
+        )
     return MODELS[cfg.name](cfg, spec, item_tags, item_emb)

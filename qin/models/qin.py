@@ -62,6 +62,9 @@ class ItemEncoder(nn.Module):
     indexing operation gathers the features of the target and of the whole history.
     """
 
+    item_tags: Tensor
+    item_emb: Tensor
+
     def __init__(self, spec: FeatureSpec, dim: int, item_tags: Tensor, item_emb: Tensor) -> None:
         super().__init__()
         self.id_emb = nn.Embedding(spec.n_items, dim, padding_idx=0)
@@ -162,7 +165,7 @@ class QIN(nn.Module):
                 if m.bias is not None:
                     nn.init.zeros_(m.bias)
 
-    def embedding_tables(self) -> list[nn.Parameter]:
+    def embedding_tables(self) -> list[Tensor]:
         """The parameters that the embedding L2 penalty applies to."""
         return [m.weight for m in self.modules() if isinstance(m, nn.Embedding)]
 

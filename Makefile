@@ -1,0 +1,68 @@
+# Two commands on a fresh machine (Python 3.11, no GPU): `make run` and `make test`.
+# Each creates .venv and installs everything pinned (requirements.lock) before doing its job.
+
+PYTHON ?= python3.11
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+PREFECT_PORT ?= 4200
+MLFLOW_PORT ?= 5000
+
+# Offline: no telemetry from any tool (STACK.md); Prefect keeps its home and results in the project.
+export DO_NOT_TRACK := true
+export MLFLOW_DISABLE_TELEMETRY := true
+export PREFECT_SERVER_ANALYTICS_ENABLED := false
+export DVC_NO_ANALYTICS := 1
+export GX_ANALYTICS_ENABLED := false
+export PREFECT_HOME := $(CURDIR)/.prefect
+export PREFECT_RESULTS_LOCAL_STORAGE_PATH := $(CURDIR)/.prefect/results
+export PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS := 120
+export PATH := $(CURDIR)/$(BIN):$(PATH)
+
+.PHONY: install run test lint data repro serve ui clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml requirements.lock
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --disable-pip-version-check torch==2.13.0
+	$(BIN)/pip install --quiet --disable-pip-version-check -r requirements.lock
+	$(BIN)/pip install --quiet --disable-pip-version-check --no-deps -e .
+	touch $(STAMP)
+
+# Raw data: the synthetic default (params.yaml `data`) unless data/ already holds data (e.g. imported).
+data: $(STAMP)
+	@if [ ! -e data/train.parquet ]; then $(BIN)/qin data synth --out data && $(BIN)/dvc add data -q; fi
+
+run: data
+	$(BIN)/python -m flows.qin_train
+
+test: $(STAMP) lint
+	$(BIN)/python -m pytest
+
+lint: $(STAMP)
+	$(BIN)/ruff check qin flows tests bench
+	$(BIN)/ruff format --check qin flows tests bench
+	$(BIN)/mypy
+
+repro: data
+	$(BIN)/dvc repro
+
+# A local Prefect server plus the served deployment qin-train/local. In another shell:
+#   export PREFECT_API_URL=http://127.0.0.1:$(PREFECT_PORT)/api && .venv/bin/prefect deployment run qin-train/local
+serve: data
+	@mkdir -p .prefect; \
+	$(BIN)/prefect server start --host 127.0.0.1 --port $(PREFECT_PORT) > .prefect/server.log 2>&1 & \
+	server=$$!; trap 'kill $$server 2>/dev/null' EXIT INT TERM; \
+	echo "waiting for the Prefect server (log: .prefect/server.log)"; \
+	until curl -sf http://127.0.0.1:$(PREFECT_PORT)/api/health >/dev/null; do \
+		kill -0 $$server 2>/dev/null || { cat .prefect/server.log; exit 1; }; sleep 1; done; \
+	echo "Prefect UI: http://127.0.0.1:$(PREFECT_PORT)"; \
+	PREFECT_API_URL=http://127.0.0.1:$(PREFECT_PORT)/api $(BIN)/python -m flows.serve
+
+ui: $(STAMP)
+	@mkdir -p mlruns
+	$(BIN)/mlflow ui --backend-store-uri sqlite:///mlruns/mlflow.db --host 127.0.0.1 --port $(MLFLOW_PORT) --workers 1
+
+clean:
+	rm -rf artifacts metrics .prefect/results

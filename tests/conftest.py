@@ -1,0 +1,71 @@
+"""Shared fixtures: tiny synthetic data, a scratch project directory, Prefect's test harness."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import pytest
+
+# Offline, and Prefect results (the cross-process cache) in a scratch folder, before prefect is imported.
+os.environ.update(
+    {
+        "DO_NOT_TRACK": "true",
+        "MLFLOW_DISABLE_TELEMETRY": "true",
+        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+        "GX_ANALYTICS_ENABLED": "false",
+        "DVC_NO_ANALYTICS": "1",
+        "PREFECT_RESULTS_LOCAL_STORAGE_PATH": tempfile.mkdtemp(prefix="qin-prefect-results-"),
+        "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "120",
+    }
+)
+os.environ.pop("MLFLOW_TRACKING_URI", None)
+
+REPO = Path(__file__).resolve().parents[1]
+
+TINY_PARAMS = """
+data: {preset: tiny, seed: 7}
+validate: {positive_rate_min: 0.02, positive_rate_max: 0.8}
+featurize: {max_len: 16}
+train:
+  model: {name: qin, embedding_dim: 8, num_layers: 2, num_row: 2}
+  batch_size: 256
+  epochs: 2
+  seed: 1
+  device: cpu
+evaluate: {batch_size: 1024}
+register:
+  model_name: qin-ctr
+  alias: staging
+  experiment: qin-test
+  tracking_uri: sqlite:///mlruns/mlflow.db
+  artifact_root: mlruns/artifacts
+"""
+
+
+@pytest.fixture(scope="session")
+def tiny_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from qin.data.synth import synthesize
+
+    out = tmp_path_factory.mktemp("tiny") / "data"
+    synthesize(out, "tiny", seed=7)
+    return out
+
+
+@pytest.fixture
+def project(tmp_path: Path, tiny_data: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A scratch project root (params.yaml + data/) as the working directory."""
+    (tmp_path / "params.yaml").write_text(TINY_PARAMS)
+    shutil.copytree(tiny_data, tmp_path / "data")
+    monkeypatch.chdir(tmp_path)
+    return tmp_path
+
+
+@pytest.fixture(scope="session")
+def prefect_harness():
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=120):
+        yield

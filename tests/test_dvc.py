@@ -1,0 +1,43 @@
+"""`dvc repro` runs the same stages through `python -m qin`; a second `dvc repro` finds all up to date,
+and changing one params section re-runs only the stages that read it."""
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import REPO
+
+pytestmark = pytest.mark.slow
+
+
+def _dvc(root: Path, *args: str) -> str:
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+    out = subprocess.run(
+        [sys.executable, "-m", "dvc", *args], cwd=root, env=env, capture_output=True, text=True, timeout=600
+    )
+    assert out.returncode == 0, out.stdout + out.stderr
+    return out.stdout
+
+
+def test_dvc_repro_twice_and_after_a_params_change(project: Path) -> None:
+    for item in ("dvc.yaml", "qin", "flows"):
+        src = REPO / item
+        (shutil.copytree if src.is_dir() else shutil.copy)(src, project / item)
+    _dvc(project, "init", "--no-scm", "-q")
+    first = _dvc(project, "repro")
+    for stage in ("validate", "featurize", "train", "evaluate", "register"):
+        assert f"Running stage '{stage}'" in first
+    assert (project / "artifacts" / "register.json").exists()
+
+    second = _dvc(project, "repro")
+    assert "Running stage" not in second
+    assert "up to date" in _dvc(project, "status")
+
+    params = (project / "params.yaml").read_text().replace("batch_size: 1024", "batch_size: 2048")
+    (project / "params.yaml").write_text(params)
+    third = _dvc(project, "repro")
+    assert "Running stage 'evaluate'" in third and "Running stage 'train'" not in third

@@ -1,0 +1,65 @@
+"""The staging gate against the real MLflow registry: better models move the alias, worse ones do not,
+and registering an unchanged package twice is idempotent."""
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+from qin import layout
+from qin.config import load_params
+from qin.evaluate import evaluate
+from qin.featurize import featurize
+from qin.register import gate, register
+from qin.train import train
+from qin.validate import validate
+
+pytestmark = pytest.mark.slow
+
+
+def _variant(project: Path, name: str, auc: float) -> tuple[Path, Path]:
+    """A copy of the trained package with different content and a chosen valid AUC."""
+    model = project / "artifacts" / name
+    shutil.copytree(project / layout.MODEL, model)
+    cfg = json.loads((model / "model.json").read_text())
+    cfg["meta"]["variant"] = name
+    (model / "model.json").write_text(json.dumps(cfg))
+    metrics = project / "metrics" / f"{name}.json"
+    metrics.write_text(json.dumps({**json.loads(layout.EVAL_METRICS.read_text()), "valid_auc": auc}))
+    return model, metrics
+
+
+def test_gate_moves_the_alias_only_for_a_better_model(project: Path) -> None:
+    params = load_params("params.yaml")
+    validate(layout.DATA, layout.VALIDATION, params.validate)
+    featurize(layout.DATA, layout.VALIDATION, layout.FEATURES, params.featurize)
+    train(layout.FEATURES, layout.MODEL, layout.TRAIN_METRICS, params.train)
+    evaluate(layout.FEATURES, layout.MODEL, layout.EVAL_METRICS, params.evaluate)
+
+    def reg(model: Path, metrics: Path) -> dict:
+        return register(model, layout.TRAIN_METRICS, metrics, layout.VALIDATION, layout.REGISTRATION, params)
+
+    first = reg(*_variant(project, "a", 0.70))
+    assert (first["version"], first["has_alias"]) == ("1", True)
+    again = reg(project / "artifacts" / "a", project / "metrics" / "a.json")
+    assert (again["version"], again["newly_registered"], again["run_id"]) == ("1", False, first["run_id"])
+
+    worse = reg(*_variant(project, "b", 0.60))
+    assert (worse["version"], worse["has_alias"]) == ("2", False)
+    assert "does not beat version 1" in worse["reason"]
+
+    better = reg(*_variant(project, "c", 0.80))
+    assert (better["version"], better["has_alias"]) == ("3", True)
+
+    from mlflow import MlflowClient
+
+    client = MlflowClient(tracking_uri="sqlite:///mlruns/mlflow.db")
+    assert str(client.get_model_version_by_alias("qin-ctr", "staging").version) == "3"
+    assert json.loads(layout.REGISTRATION.read_text())["version"] == "3"
+
+
+def test_gate_rule() -> None:
+    assert gate(0.7, None)[0]
+    assert gate(0.7, ("4", 0.69))[0]
+    assert not gate(0.7, ("4", 0.7))[0]
