@@ -41,8 +41,8 @@ test: $(STAMP) lint
 	$(BIN)/python -m pytest
 
 lint: $(STAMP)
-	$(BIN)/ruff check qin flows tests bench
-	$(BIN)/ruff format --check qin flows tests bench
+	$(BIN)/ruff check qin flows tests
+	$(BIN)/ruff format --check qin flows tests
 	$(BIN)/mypy
 
 repro: data
