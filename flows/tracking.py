@@ -22,10 +22,18 @@ from qin.inference import load_package
 from qin.register import Candidate, Registered
 
 PYFUNC_CODE = Path(__file__).with_name("pyfunc_model.py")
+# The user's override, read once: mlflow.set_tracking_uri() itself writes MLFLOW_TRACKING_URI into the
+# environment, so reading it later would return whatever store this process last used.
+ENV_TRACKING_URI = os.environ.get("MLFLOW_TRACKING_URI")
 
 
 def tracking_uri(cfg: RegisterConfig) -> str:
-    return os.environ.get("MLFLOW_TRACKING_URI") or cfg.tracking_uri
+    """The store's URI; a relative sqlite path is made absolute (MLflow caches stores by URI string, so a
+    relative one would keep pointing at the first working directory's database)."""
+    uri = ENV_TRACKING_URI or cfg.tracking_uri
+    if uri.startswith("sqlite:///") and not uri.startswith("sqlite:////"):
+        uri = "sqlite:///" + str(Path(uri.removeprefix("sqlite:///")).resolve())
+    return uri
 
 
 def configure(cfg: RegisterConfig) -> MlflowClient:

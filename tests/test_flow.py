@@ -32,7 +32,7 @@ def test_flow_registers_a_loadable_model_and_caches_a_rerun(project: Path, prefe
     third = qin_train()
     assert third["stages"]["featurize"] == "ran" and third["stages"]["validate"] == "cached"
 
-    mlflow.set_tracking_uri("sqlite:///mlruns/mlflow.db")
+    mlflow.set_tracking_uri(f"sqlite:///{project / 'mlruns' / 'mlflow.db'}")
     model = mlflow.pyfunc.load_model("models:/qin-ctr@staging")
     rows = pd.read_parquet(project / "data" / "valid.parquet").head(64)
     rows["item_seq"] = rows["item_seq"].map(list)

@@ -54,7 +54,7 @@ def test_gate_moves_the_alias_only_for_a_better_model(project: Path) -> None:
 
     from mlflow import MlflowClient
 
-    client = MlflowClient(tracking_uri="sqlite:///mlruns/mlflow.db")
+    client = MlflowClient(tracking_uri=f"sqlite:///{project / 'mlruns' / 'mlflow.db'}")
     assert str(client.get_model_version_by_alias("qin-ctr", "staging").version) == "3"
     assert json.loads(layout.REGISTRATION.read_text())["version"] == "3"
 

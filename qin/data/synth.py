@@ -1,6 +1,6 @@
 """Synthetic MicroLens_1M_x1: the real schema, planted structure, and the true click probability.
 
-The data model (see docs/data.md):
+The data model:
 - Items live in a latent space: topics, each split into sub-topics; an item's latent vector is its
   topic centre + sub-topic offset + noise. `item_emb_d128` is a noisy random projection of it, so the
   multimodal embedding carries the similarity that a rarely seen item id cannot learn. Tags come from the
