@@ -55,13 +55,14 @@ def _stage(section: str, inputs: tuple[str, ...]) -> Callable:
     )
 
 
-def _written(*paths: str) -> dict[str, str]:
-    """What a stage wrote, with content hashes, so a cache hit can be checked against the disk."""
-    return {p: tree_hash([p]) for p in paths}
+def _written(*outputs: str, reports: tuple[str, ...] = ()) -> dict[str, str | None]:
+    """What a stage wrote, so that a cache hit can be checked against the disk: outputs by content hash,
+    reports (which hold timings, so differ from run to run) by existence only."""
+    return {**{p: tree_hash([p]) for p in outputs}, **dict.fromkeys(reports)}
 
 
 @_stage("validate", inputs=("data",))
-def validate(data: str, out: str, params: str) -> dict[str, str]:
+def validate(data: str, out: str, params: str) -> dict[str, str | None]:
     from qin.validate import validate as run
 
     run(data, out, load_params(params).validate)
@@ -69,7 +70,7 @@ def validate(data: str, out: str, params: str) -> dict[str, str]:
 
 
 @_stage("featurize", inputs=("data", "validation"))
-def featurize(data: str, validation: str, out: str, params: str) -> dict[str, str]:
+def featurize(data: str, validation: str, out: str, params: str) -> dict[str, str | None]:
     from qin.featurize import featurize as run
 
     run(data, validation, out, load_params(params).featurize)
@@ -77,15 +78,15 @@ def featurize(data: str, validation: str, out: str, params: str) -> dict[str, st
 
 
 @_stage("train", inputs=("features",))
-def train(features: str, out: str, metrics: str, params: str) -> dict[str, str]:
+def train(features: str, out: str, metrics: str, params: str) -> dict[str, str | None]:
     from qin.train import train as run
 
     run(features, out, metrics, load_params(params).train)
-    return _written(out, metrics)
+    return _written(out, reports=(metrics,))
 
 
 @_stage("evaluate", inputs=("features", "model"))
-def evaluate(features: str, model: str, out: str, params: str) -> dict[str, str]:
+def evaluate(features: str, model: str, out: str, params: str) -> dict[str, str | None]:
     from qin.evaluate import evaluate as run
 
     run(features, model, out, load_params(params).evaluate)
@@ -108,7 +109,7 @@ def run_cached(stage: Any, **kwargs: Any) -> str:
     written = state.result()
     if not state.is_completed() or state.name != "Cached":
         return "ran"
-    if all(Path(p).exists() and tree_hash([p]) == h for p, h in written.items()):
+    if all(Path(p).exists() and (h is None or tree_hash([p]) == h) for p, h in written.items()):
         return "cached"
     stage.with_options(refresh_cache=True)(**kwargs)
     return "ran"
