@@ -32,7 +32,7 @@ $(STAMP): pyproject.toml requirements.lock
 
 # Raw data: the synthetic default (params.yaml `data`) unless data/ already holds data (e.g. imported).
 data: $(STAMP)
-	@if [ ! -e data/train.parquet ]; then $(BIN)/qin data synth --out data && $(BIN)/dvc add data -q; fi
+	@if [ ! -e data/train.parquet ]; then $(BIN)/qin data synth --out data; fi
 
 run: data
 	$(BIN)/python -m flows.qin_train
@@ -41,8 +41,8 @@ test: $(STAMP) lint
 	$(BIN)/python -m pytest
 
 lint: $(STAMP)
-	$(BIN)/ruff check qin flows tests
-	$(BIN)/ruff format --check qin flows tests
+	$(BIN)/ruff check qin flows tests bench
+	$(BIN)/ruff format --check qin flows tests bench
 	$(BIN)/mypy
 
 repro: data

@@ -20,12 +20,14 @@ from typing import Any
 from prefect import flow, task
 from prefect.cache_policies import NO_CACHE
 from prefect.context import TaskRunContext
+from prefect.states import State
 
 import flows  # noqa: F401  (offline and cache settings, before prefect is imported)
 from qin import layout
 from qin.config import load_params, section_hash
 from qin.io import tree_hash
 from qin.register import code_hash
+from qin.validate import ValidationError
 
 
 def content_key(inputs: tuple[str, ...], section: str) -> Callable[[TaskRunContext, dict[str, Any]], str]:
@@ -45,6 +47,12 @@ def content_key(inputs: tuple[str, ...], section: str) -> Callable[[TaskRunConte
     return key
 
 
+def retry_on_io_only(task: Any, task_run: Any, state: State) -> bool:
+    """Retry transient I/O failures, not bad data or bad settings: those fail the same way again."""
+    exc = state.result(raise_on_failure=False)
+    return not isinstance(exc, ValidationError | ValueError | KeyError)
+
+
 def _stage(section: str, inputs: tuple[str, ...]) -> Callable:
     return task(
         name=section,
@@ -52,6 +60,7 @@ def _stage(section: str, inputs: tuple[str, ...]) -> Callable:
         persist_result=True,
         retries=1,  # these tasks read and write files; one retry covers a transient I/O error
         retry_delay_seconds=2,
+        retry_condition_fn=retry_on_io_only,
     )
 
 

@@ -93,7 +93,10 @@ class MlflowRegistry:
                 mlflow.log_metrics({f"epoch_{k}": float(v) for k, v in h.items() if k != "epoch"}, step=step)
             mlflow.set_tags(candidate.tags)
             for path in candidate.artifacts:
-                mlflow.log_artifact(str(path), artifact_path="reports")
+                if path.is_dir():
+                    mlflow.log_artifacts(str(path), artifact_path=f"reports/{path.name}")
+                else:
+                    mlflow.log_artifact(str(path), artifact_path="reports")
             example = example_frame(candidate.model_dir)
             preds = load_package(candidate.model_dir).predict_frame(example)
             info = mlflow.pyfunc.log_model(

@@ -23,10 +23,23 @@ PresetName = Literal["tiny", "small", "full"]
 
 @dataclass(frozen=True)
 class DataConfig:
-    """Settings of the synthetic generator (`qin data synth`); never read by a pipeline stage."""
+    """Settings of the synthetic generator (`qin data synth`); never read by a pipeline stage.
+
+    The preset fixes the sizes; the rest shapes the planted structure (docs/data.md).
+    """
 
     preset: PresetName = "small"
     seed: int = 20242025
+    latent_dim: int = 16  # item latent space
+    subtopics: int = 4  # per topic; near-duplicates share a sub-topic
+    emb_noise: float = 0.35  # noise added to the projection that makes item_emb_d128
+    history_noise: float = 0.15  # share of history items drawn by popularity rather than interests
+    target_from_interest: float = 0.5  # share of targets drawn from the user's interests
+    relevance_tau: float = 0.85  # cosine above which a history item is relevant to the target
+    w_relevance: float = 3.0  # logit weights: sparse history relevance,
+    w_quadratic: float = 0.8  # pairwise interactions,
+    w_popularity: float = 0.4  # popularity
+    positive_rate: float = 0.25
 
 
 @dataclass(frozen=True)
@@ -34,6 +47,8 @@ class ValidateConfig:
     # A train/valid positive rate outside this band is reported as a warning, not a failure.
     positive_rate_min: float = 0.02
     positive_rate_max: float = 0.8
+    # Tag ids must be below this (MicroLens_1M_x1: 11,740 including 0 = padding).
+    tag_vocab: int = 11_740
 
 
 @dataclass(frozen=True)

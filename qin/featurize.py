@@ -14,6 +14,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
@@ -24,12 +25,41 @@ from qin.validate import require_passed
 
 MANIFEST = "manifest.json"
 ROW_FIELDS = ("item_seq", "likes_level", "views_level", "item_id")
+BATCH_ROWS = 250_000
 
 
 def _fixed_list(table, column: str) -> np.ndarray:
     col = table[column].combine_chunks()
     values = pc.list_flatten(col).to_numpy(zero_copy_only=False)
     return values.reshape(len(col), -1)
+
+
+def _write_split(path: Path, tmp: Path, split: str, max_len: int, manifest: dict) -> int:
+    """Stream one split into memory-mapped .npy files, one parquet batch at a time; return its rows."""
+    pf = pq.ParquetFile(path)
+    n = pf.metadata.num_rows
+    labelled = split in schema.LABELLED_SPLITS
+    columns = [*ROW_FIELDS, "label"] if labelled else list(ROW_FIELDS)
+    arrays: dict[str, np.memmap] = {}
+    row = 0
+    for batch in pf.iter_batches(batch_size=BATCH_ROWS, columns=columns):
+        table = pa.Table.from_batches([batch])
+        seq = _fixed_list(table, "item_seq")
+        values = {"item_seq": seq[:, -max_len:]}
+        values |= {c: table[c].to_numpy() for c in columns if c != "item_seq"}
+        if not arrays:  # shapes are known from the first batch (one history length per file)
+            for col, v in values.items():
+                dtype = np.float32 if col == "label" else np.int32
+                arrays[col] = np.lib.format.open_memmap(
+                    tmp / f"{split}_{col}.npy", mode="w+", dtype=dtype, shape=(n, *v.shape[1:])
+                )
+        for col, v in values.items():
+            arrays[col][row : row + len(seq)] = v
+        row += len(seq)
+    for col, arr in arrays.items():
+        arr.flush()
+        manifest["arrays"][f"{split}_{col}"] = {"shape": list(arr.shape), "dtype": str(arr.dtype)}
+    return n
 
 
 def featurize(
@@ -54,19 +84,13 @@ def featurize(
         manifest["n_tags"] = int(tags.max()) + 1
         for split in schema.SPLITS:
             path = data_dir / f"{split}.parquet"
-            table = pq.read_table(path)
             manifest["sources"][split] = file_hash(path)
-            seq = _fixed_list(table, "item_seq")
-            save(f"{split}_item_seq", np.ascontiguousarray(seq[:, -cfg.max_len :], dtype=np.int32))
-            for col in ROW_FIELDS[1:]:
-                save(f"{split}_{col}", table[col].to_numpy().astype(np.int32))
-            if split in schema.LABELLED_SPLITS:
-                save(f"{split}_label", table["label"].to_numpy().astype(np.float32))
+            n = _write_split(path, tmp, split, cfg.max_len, manifest)
             truth = data_dir / schema.truth_file(split)
             if truth.exists():
                 p = pq.read_table(truth)["p_click"].to_numpy().astype(np.float32)
-                if len(p) != table.num_rows:
-                    raise ValueError(f"{truth}: {len(p)} rows, expected {table.num_rows} as in {path}")
+                if len(p) != n:
+                    raise ValueError(f"{truth}: {len(p)} rows, expected {n} as in {path}")
                 save(f"{split}_truth", p)
         write_json(tmp / MANIFEST, manifest)
     return manifest

@@ -23,7 +23,7 @@ from typing import Any, Protocol
 import qin
 from qin.config import Params, RegisterConfig, flatten, section_hash
 from qin.io import read_json, tree_hash, write_json
-from qin.validate import SUMMARY
+from qin.validate import DATA_DOCS, REPORT, SUMMARY
 
 
 @dataclass(frozen=True)
@@ -138,7 +138,8 @@ def register(
             },
             artifacts=[
                 Path(validation_dir) / SUMMARY,
-                Path(validation_dir) / "report.md",
+                Path(validation_dir) / REPORT,
+                Path(validation_dir) / DATA_DOCS,
                 Path(train_metrics),
                 Path(eval_metrics),
             ],

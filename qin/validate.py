@@ -5,10 +5,11 @@ Each file is checked in two passes:
    type, no extra columns;
 2. its values, on a frame where list cells are replaced by derived scalar columns (`item_seq.len`,
    `item_seq.min`, `item_seq.max`, `item_emb_d128.nonfinite`, ...), because GX's column expectations do
-   not work on list cells.
+   not work on list cells. The frame is derived batch by batch, so memory stays bounded on the full data.
 
-Output (always, pass or fail): `summary.json` (machine-readable, with the data files' md5) and
-`report.md` (for people) in the output directory. On failure `ValidationError` carries one line per failed
+Output (always, pass or fail), in the output directory: `summary.json` (machine-readable, with the md5 of
+every data file), `report.md` (for people, readable offline) and `data_docs/` (GX Data Docs HTML; it pulls
+its styling from CDNs, so it is plain offline). On failure `ValidationError` carries one line per failed
 expectation naming the file, column, expectation, the count and up to 5 offending values.
 """
 
@@ -34,6 +35,8 @@ log = logging.getLogger(__name__)
 
 SUMMARY = "summary.json"
 REPORT = "report.md"
+DATA_DOCS = "data_docs"
+BATCH_ROWS = 250_000
 
 INT_TYPES = ("int8", "int16", "int32", "int64", "uint8", "uint16", "uint32")
 FLOAT_TYPES = ("float", "double")
@@ -47,6 +50,8 @@ ALLOWED_TYPES: dict[str, tuple[str, ...]] = {
     "item_tags": tuple(f"list<{t}>" for t in INT_TYPES),
     "item_emb_d128": tuple(f"list<{t}>" for t in FLOAT_TYPES),
 }
+# Columns a file may carry beyond its contract (test.parquet sometimes ships an unusable label column).
+OPTIONAL_COLUMNS = {"test": ("label",)}
 
 
 class ValidationError(RuntimeError):
@@ -79,7 +84,7 @@ def _contract_type(name: str, column: str) -> str:
     return _type_name(schema.schema_for(name).field(column).type)
 
 
-def _derive(table: pa.Table) -> pd.DataFrame:
+def _derive_batch(table: pa.Table) -> pd.DataFrame:
     """Scalar columns as they are; each list column as .len/.min/.max/.nonfinite per row."""
     cols: dict[str, Any] = {}
     for name in table.column_names:
@@ -90,28 +95,32 @@ def _derive(table: pa.Table) -> pd.DataFrame:
         lengths = pc.list_value_length(col)
         cols[f"{name}.len"] = lengths.to_pandas()
         n = pc.fill_null(lengths, 0).to_numpy().astype(np.int64)
+        # Nulls inside a list become NaN here and are counted as non-finite.
         values = pc.list_flatten(col).to_numpy(zero_copy_only=False).astype(np.float64)
-        starts = np.concatenate([[0], np.cumsum(n)[:-1]])
+        starts = np.concatenate([[0], np.cumsum(n)[:-1]]).astype(np.int64)
         full = n > 0
-        lo = np.full(len(n), np.nan)
-        hi = np.full(len(n), np.nan)
+        lo, hi = np.full(len(n), np.nan), np.full(len(n), np.nan)
+        nonfinite = np.zeros(len(n), dtype=np.int64)
         if values.size:
             lo[full] = np.minimum.reduceat(values, starts[full])
             hi[full] = np.maximum.reduceat(values, starts[full])
-            bad = (~np.isfinite(values)).astype(np.int64)
-            nonfinite = np.add.reduceat(bad, starts[full])
-        else:
-            nonfinite = np.zeros(0, dtype=np.int64)
-        nf = np.zeros(len(n), dtype=np.int64)
-        nf[full] = nonfinite
-        cols[f"{name}.min"], cols[f"{name}.max"], cols[f"{name}.nonfinite"] = lo, hi, nf
+            nonfinite[full] = np.add.reduceat((~np.isfinite(values)).astype(np.int64), starts[full])
+        cols[f"{name}.min"], cols[f"{name}.max"], cols[f"{name}.nonfinite"] = lo, hi, nonfinite
     return pd.DataFrame(cols)
 
 
-class _Gx:
-    """One ephemeral GX context; a suite per (file, pass)."""
+def _derive(pf: pq.ParquetFile) -> pd.DataFrame:
+    parts = [_derive_batch(pa.Table.from_batches([b])) for b in pf.iter_batches(batch_size=BATCH_ROWS)]
+    if not parts:
+        return _derive_batch(pf.schema_arrow.empty_table())
+    return pd.concat(parts, ignore_index=True)
 
-    def __init__(self) -> None:
+
+class _Gx:
+    """One ephemeral GX context writing Data Docs into `docs_dir`; a checkpoint per (file, pass)."""
+
+    def __init__(self, docs_dir: Path) -> None:
+        os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
         import great_expectations as gx  # ~3.5 s to import: only when validating
         from great_expectations.data_context.types.base import ProgressBarsConfig
 
@@ -119,6 +128,17 @@ class _Gx:
         self.gx = gx
         self.ctx = gx.get_context(mode="ephemeral")
         self.ctx.variables.progress_bars = ProgressBarsConfig(globally=False)
+        self.ctx.add_data_docs_site(
+            site_name="qin",
+            site_config={
+                "class_name": "SiteBuilder",
+                "store_backend": {
+                    "class_name": "TupleFilesystemStoreBackend",
+                    "base_directory": str(docs_dir.resolve()),
+                },
+                "site_index_builder": {"class_name": "DefaultSiteIndexBuilder"},
+            },
+        )
         self.source = self.ctx.data_sources.add_pandas("qin")
 
     def run(self, name: str, frame: pd.DataFrame, expectations: list) -> dict:
@@ -126,7 +146,24 @@ class _Gx:
         batch = self.source.add_dataframe_asset(name).add_batch_definition_whole_dataframe("whole")
         suite = self.ctx.suites.add(gx.ExpectationSuite(name=name, expectations=expectations))
         vd = self.ctx.validation_definitions.add(gx.ValidationDefinition(name=name, data=batch, suite=suite))
-        return vd.run(batch_parameters={"dataframe": frame}, result_format="SUMMARY").to_json_dict()
+        checkpoint = self.ctx.checkpoints.add(
+            gx.Checkpoint(
+                name=name,
+                validation_definitions=[vd],
+                actions=[gx.checkpoint.UpdateDataDocsAction(name="docs", site_names=["qin"])],
+                result_format="SUMMARY",
+            )
+        )
+        result = checkpoint.run(batch_parameters={"dataframe": frame})
+        return next(iter(result.run_results.values())).to_json_dict()
+
+
+def _plain(v: Any) -> Any:
+    if isinstance(v, list | tuple):
+        return [_plain(x) for x in v]
+    if isinstance(v, np.generic):
+        return v.item()
+    return v
 
 
 def _findings(file: str, result: dict) -> list[Finding]:
@@ -138,11 +175,14 @@ def _findings(file: str, result: dict) -> list[Finding]:
         kw = cfg["kwargs"]
         res = r.get("result") or {}
         exc = (r.get("exception_info") or {}).get("exception_message")
+        cond = kw.get("row_condition")
+        cond = cond.get("pass_through_filter", cond) if isinstance(cond, dict) else cond
+        condition = f" where {cond}" if cond else ""
         out.append(
             Finding(
                 file=file,
                 column=str(kw.get("column") or kw.get("column_A") or "<table>").split(".")[0],
-                expectation=f"{cfg['type']}" + (f" ({exc})" if exc else ""),
+                expectation=cfg["type"] + (f" ({exc})" if exc else "") + _bounds(kw) + condition,
                 severity=str(cfg.get("severity") or "critical"),
                 count=res.get("unexpected_count"),
                 examples=_plain(res.get("partial_unexpected_list") or [])[:5],
@@ -152,22 +192,30 @@ def _findings(file: str, result: dict) -> list[Finding]:
     return out
 
 
-def _plain(v: Any) -> Any:
-    if isinstance(v, list | tuple):
-        return [_plain(x) for x in v]
-    if isinstance(v, np.generic):
-        return v.item()
-    return v
+def _bounds(kw: dict) -> str:
+    """The expectation's arguments, as a reader needs them ("[0, 10]", "of item_seq.len")."""
+    parts = []
+    if "column" in kw and "." in str(kw["column"]):
+        parts.append(f"on {kw['column']}")
+    lo, hi = kw.get("min_value"), kw.get("max_value")
+    if lo is not None and hi is not None:
+        parts.append(f"in [{lo:g}, {hi:g}]")
+    elif lo is not None or hi is not None:
+        parts.append(f">= {lo:g}" if lo is not None else f"<= {hi:g}")
+    if "value_set" in kw:
+        parts.append(f"in {kw['value_set']}")
+    return f" ({', '.join(parts)})" if parts else ""
 
 
 def _schema_expectations(name: str) -> list:
     import great_expectations.expectations as gxe
 
+    allowed = [*schema.schema_for(name).names, *OPTIONAL_COLUMNS.get(name, ())]
     return [
         gxe.ExpectColumnPairValuesToBeInSet(
             column_A="column",
             column_B="type",
-            value_pairs_set=[(c, t) for c in schema.schema_for(name).names for t in ALLOWED_TYPES[c]],
+            value_pairs_set=[(c, t) for c in allowed for t in ALLOWED_TYPES[c]],
         )
     ]
 
@@ -178,19 +226,26 @@ def _value_expectations(name: str, n_items: int, cfg: ValidateConfig) -> list:
 
     exps: list = [E.ExpectTableRowCountToBeBetween(min_value=1)]
     if name == schema.ITEM_FILE:
-        exps += [
+        return [
+            *exps,
             E.ExpectColumnValuesToNotBeNull(column="item_id"),
             E.ExpectColumnPairValuesToBeEqual(column_A="item_id", column_B="row_index"),
+            E.ExpectColumnValuesToNotBeNull(column="item_tags.len"),
             E.ExpectColumnValuesToBeBetween(
                 column="item_tags.len", min_value=schema.TAGS_PER_ITEM, max_value=schema.TAGS_PER_ITEM
             ),
+            E.ExpectColumnValuesToBeBetween(column="item_tags.nonfinite", min_value=0, max_value=0),
             E.ExpectColumnValuesToBeBetween(column="item_tags.min", min_value=0),
+            E.ExpectColumnValuesToBeBetween(column="item_tags.max", max_value=cfg.tag_vocab - 1),
+            E.ExpectColumnValuesToBeBetween(
+                column="item_tags.max", max_value=0, row_condition="row_index==0", condition_parser="pandas"
+            ),
+            E.ExpectColumnValuesToNotBeNull(column="item_emb_d128.len"),
             E.ExpectColumnValuesToBeBetween(
                 column="item_emb_d128.len", min_value=schema.ITEM_EMB_DIM, max_value=schema.ITEM_EMB_DIM
             ),
             E.ExpectColumnValuesToBeBetween(column="item_emb_d128.nonfinite", min_value=0, max_value=0),
         ]
-        return exps
     exps += [E.ExpectColumnValuesToNotBeNull(column=c) for c in ("user_id", "likes_level", "views_level")]
     exps += [
         E.ExpectColumnValuesToBeBetween(column="likes_level", min_value=0, max_value=schema.NUM_LEVELS - 1),
@@ -199,9 +254,9 @@ def _value_expectations(name: str, n_items: int, cfg: ValidateConfig) -> list:
         E.ExpectColumnValuesToBeBetween(column="item_id", min_value=1, max_value=n_items),
         E.ExpectColumnValuesToNotBeNull(column="item_seq.len"),
         E.ExpectColumnUniqueValueCountToBeBetween(column="item_seq.len", min_value=1, max_value=1),
+        E.ExpectColumnValuesToBeBetween(column="item_seq.nonfinite", min_value=0, max_value=0),
         E.ExpectColumnValuesToBeBetween(column="item_seq.min", min_value=0),
         E.ExpectColumnValuesToBeBetween(column="item_seq.max", max_value=n_items),
-        E.ExpectColumnValuesToBeBetween(column="item_seq.nonfinite", min_value=0, max_value=0),
     ]
     if name in schema.LABELLED_SPLITS:
         exps += [
@@ -220,25 +275,26 @@ def _value_expectations(name: str, n_items: int, cfg: ValidateConfig) -> list:
 def _check_file(gx: _Gx, data_dir: Path, name: str, n_items: int | None, cfg: ValidateConfig) -> dict:
     path = data_dir / f"{name}.parquet"
     info: dict[str, Any] = {"path": str(path), "findings": []}
+
+    def refuse(what: str, found: str) -> dict:
+        info["findings"] = [Finding(str(path), "<file>", what, "critical", None, observed=found)]
+        return info
+
     if not path.exists():
-        info["findings"] = [Finding(str(path), "<file>", "file exists", "critical", None, observed="missing")]
-        return info
+        return refuse("expect the file to exist", "no such file")
     try:
-        table = pq.read_table(path)
+        pf = pq.ParquetFile(path)
     except Exception as exc:  # a truncated or non-parquet file
-        info["findings"] = [
-            Finding(str(path), "<file>", "readable parquet", "critical", None, observed=str(exc))
-        ]
-        return info
+        return refuse("expect a readable parquet file", f"{type(exc).__name__}: {exc}")
     info["md5"] = file_hash(path)
-    info["rows"] = table.num_rows
+    info["rows"] = pf.metadata.num_rows
     expected = schema.schema_for(name).names
-    found = {n: _type_name(table.schema.field(n).type) for n in table.column_names}
+    found = {f.name: _type_name(f.type) for f in pf.schema_arrow}
+    extra = [c for c in found if c not in expected]
     schema_frame = pd.DataFrame(
         {
-            "column": expected + [c for c in found if c not in expected],
-            "type": [found.get(c, "missing") for c in expected]
-            + [found[c] for c in found if c not in expected],
+            "column": expected + extra,
+            "type": [found.get(c, "missing") for c in expected] + [found[c] for c in extra],
         }
     )
     result = gx.run(f"{name}-schema", schema_frame, _schema_expectations(name))
@@ -250,7 +306,10 @@ def _check_file(gx: _Gx, data_dir: Path, name: str, n_items: int | None, cfg: Va
                 Finding(str(path), col, f"{f.expectation} (expected {want})", f.severity, None, observed=typ)
             )
     if not findings:
-        frame = _derive(table)
+        try:
+            frame = _derive(pf)
+        except Exception as exc:  # corrupt pages behind a valid footer
+            return refuse("expect readable row groups", f"{type(exc).__name__}: {exc}")
         if name == schema.ITEM_FILE:
             frame["row_index"] = np.arange(len(frame))
             n_items = len(frame) - 1
@@ -261,44 +320,43 @@ def _check_file(gx: _Gx, data_dir: Path, name: str, n_items: int | None, cfg: Va
 
 
 def validate(data_dir: str | Path, out_dir: str | Path, cfg: ValidateConfig) -> dict:
-    """Validate the four files in `data_dir`; write summary.json and report.md to `out_dir`.
+    """Validate the four files in `data_dir`; write summary.json, report.md and data_docs/ to `out_dir`.
 
-    Raises `ValidationError` (after writing the report) when any critical expectation fails.
+    Raises `ValidationError` (after writing the reports) when any critical expectation fails.
     """
     data_dir, out_dir = Path(data_dir), Path(out_dir)
-    os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
-    gx = _Gx()
-    files: dict[str, dict] = {}
-    item = _check_file(gx, data_dir, schema.ITEM_FILE, None, cfg)
-    files[schema.ITEM_FILE] = item
-    n_items = item["rows"] - 1 if "rows" in item and not item["findings"] else None
-    for split in schema.SPLITS:
-        if n_items is None:  # the id range comes from item_info; without it the rows cannot be judged
-            files[split] = {"path": str(data_dir / f"{split}.parquet"), "findings": [], "skipped": True}
-            continue
-        files[split] = _check_file(gx, data_dir, split, n_items, cfg)
-    critical = [f for info in files.values() for f in info["findings"] if f.severity == "critical"]
-    warnings = [f for info in files.values() for f in info["findings"] if f.severity != "critical"]
-    summary = {
-        "passed": not critical,
-        "data_dir": str(data_dir),
-        "files": {
-            name: {
-                **{k: v for k, v in info.items() if k != "findings"},
-                "failures": [f.line() for f in info["findings"] if f.severity == "critical"],
-                "warnings": [f.line() for f in info["findings"] if f.severity != "critical"],
-            }
-            for name, info in files.items()
-        },
-    }
     with atomic_dir(out_dir) as tmp:
+        gx = _Gx(tmp / DATA_DOCS)
+        files: dict[str, dict] = {}
+        item = files[schema.ITEM_FILE] = _check_file(gx, data_dir, schema.ITEM_FILE, None, cfg)
+        n_items = item["rows"] - 1 if "rows" in item and not item["findings"] else None
+        for split in schema.SPLITS:
+            if n_items is None:  # the id range comes from item_info; without it the rows cannot be judged
+                files[split] = {"path": str(data_dir / f"{split}.parquet"), "findings": [], "skipped": True}
+                continue
+            files[split] = _check_file(gx, data_dir, split, n_items, cfg)
+        findings = [f for info in files.values() for f in info["findings"]]
+        critical = [f for f in findings if f.severity == "critical"]
+        summary = {
+            "passed": not critical,
+            "data_dir": str(data_dir),
+            "files": {
+                name: {
+                    **{k: v for k, v in info.items() if k != "findings"},
+                    "failures": [f.line() for f in info["findings"] if f.severity == "critical"],
+                    "warnings": [f.line() for f in info["findings"] if f.severity != "critical"],
+                }
+                for name, info in files.items()
+            },
+        }
         write_json(tmp / SUMMARY, summary)
         (tmp / REPORT).write_text(_markdown(summary))
-    for w in warnings:
-        log.warning("%s", w.line())
+    for f in findings:
+        if f.severity != "critical":
+            log.warning("%s", f.line())
     if critical:
         raise ValidationError(
-            f"validation of {data_dir} failed ({len(critical)} expectations):\n"
+            f"validation of {data_dir} failed ({len(critical)} expectations; report: {out_dir / REPORT}):\n"
             + "\n".join(f"  - {f.line()}" for f in critical)
         )
     return summary
@@ -314,6 +372,7 @@ def _markdown(summary: dict) -> str:
         items = [x for info in summary["files"].values() for x in info[kind]]
         if items:
             lines += ["", f"## {kind.capitalize()}", ""] + [f"- {x}" for x in items]
+    lines += ["", f"GX Data Docs (HTML): `{DATA_DOCS}/index.html`"]
     return "\n".join(lines) + "\n"
 
 
@@ -326,7 +385,7 @@ def require_passed(validation_dir: str | Path, data_dir: str | Path) -> None:
         )
     for name, info in summary["files"].items():
         path = Path(data_dir) / f"{name}.parquet"
-        if file_hash(path) != info.get("md5"):
+        if not path.exists() or file_hash(path) != info.get("md5"):
             raise ValidationError(
                 f"{path}: changed since it was validated (md5 {info.get('md5')} in "
                 f"{validation_dir}/{SUMMARY}); rerun validate"

@@ -47,10 +47,11 @@ register:
 
 @pytest.fixture(scope="session")
 def tiny_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from qin.config import DataConfig
     from qin.data.synth import synthesize
 
     out = tmp_path_factory.mktemp("tiny") / "data"
-    synthesize(out, "tiny", seed=7)
+    synthesize(out, DataConfig(preset="tiny", seed=7))
     return out
 
 

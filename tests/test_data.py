@@ -6,6 +6,7 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
+from qin.config import DataConfig
 from qin.data import schema
 from qin.data.synth import PRESETS, synthesize
 from qin.io import file_hash
@@ -13,9 +14,9 @@ from qin.io import file_hash
 
 def test_same_seed_gives_the_same_bytes_and_another_seed_does_not(tmp_path: Path, tiny_data: Path) -> None:
     again = tmp_path / "again"
-    synthesize(again, "tiny", seed=7)
+    synthesize(again, DataConfig(preset="tiny", seed=7))
     other = tmp_path / "other"
-    synthesize(other, "tiny", seed=8)
+    synthesize(other, DataConfig(preset="tiny", seed=8))
     for name in [*schema.FILES]:
         assert file_hash(again / f"{name}.parquet") == file_hash(tiny_data / f"{name}.parquet"), name
     assert file_hash(other / "train.parquet") != file_hash(tiny_data / "train.parquet")
@@ -52,5 +53,12 @@ def test_truth_is_saved_for_valid_and_test_and_beats_chance(tiny_data: Path) -> 
 
 def test_unknown_preset_is_refused(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="unknown preset 'huge'"):
-        synthesize(tmp_path / "d", "huge")
+        synthesize(tmp_path / "d", DataConfig(preset="huge"))  # type: ignore[arg-type]
     assert not (tmp_path / "d").exists()
+
+
+def test_summary_reports_an_oracle_above_the_no_history_bound(tiny_data: Path) -> None:
+    import json
+
+    summary = json.loads((tiny_data / "synth.json").read_text())
+    assert 0.5 < summary["valid_no_history_auc"] < summary["valid_oracle_auc"] - 0.03

@@ -45,3 +45,29 @@ def test_flow_registers_a_loadable_model_and_caches_a_rerun(project: Path, prefe
     assert run.data.metrics["valid_auc"] == pytest.approx(first["valid_auc"])
     assert {"data_hash", "params_hash", "git_commit", "model_hash"} <= set(run.data.tags)
     assert run.data.params["train.model.embedding_dim"] == "8"
+    reports = {a.path for a in mlflow.MlflowClient().list_artifacts(first["run_id"], "reports")}
+    assert {"reports/report.md", "reports/summary.json", "reports/data_docs"} <= reports
+    docs = {a.path for a in mlflow.MlflowClient().list_artifacts(first["run_id"], "reports/data_docs")}
+    assert "reports/data_docs/index.html" in docs
+
+
+def test_flow_fails_on_bad_data_with_the_validation_message(project: Path, prefect_harness) -> None:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from flows.qin_train import qin_train
+
+    path = project / "data" / "train.parquet"
+    table = pq.read_table(path)
+    labels = table["label"].to_numpy().copy()
+    labels[0] = 3.0
+    pq.write_table(table.set_column(table.schema.get_field_index("label"), "label", pa.array(labels)), path)
+
+    state = qin_train(return_state=True)
+    assert state.is_failed()
+    with pytest.raises(Exception, match=r"train\.parquet: column 'label': expect_column_values_to_be_in_set"):
+        state.result()
+    assert (project / "artifacts" / "validate" / "report.md").exists()
+    for later in ("features", "model"):
+        assert not (project / "artifacts" / later).exists()
+    assert not (project / "mlruns").exists()

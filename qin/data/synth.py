@@ -1,6 +1,6 @@
 """Synthetic MicroLens_1M_x1: the real schema, planted structure, and the true click probability.
 
-The data model:
+The data model (docs/data.md has the long form):
 - Items live in a latent space: topics, each split into sub-topics; an item's latent vector is its
   topic centre + sub-topic offset + noise. `item_emb_d128` is a noisy random projection of it, so the
   multimodal embedding carries the similarity that a rarely seen item id cannot learn. Tags come from the
@@ -12,19 +12,24 @@ The data model:
   find and mean pooling blurs; (b) pairwise (quadratic) interactions between likes, views and the target's
   latent factors; (c) popularity. The intercept is set so that about 25% of rows are positive.
 
+Saved beside the data: the true click probability of every valid/test row, and in synth.json the valid
+oracle AUC (scoring with the truth) and the no-history bound (scoring with E[p | target, likes, views],
+the best any model that ignores the history can do, estimated by sampling histories from their posterior).
+
 Everything is drawn from numpy Generators seeded from (seed, purpose, chunk), so a seed gives the same
 bytes on every run, and rows are generated in chunks to bound memory.
 """
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from qin.config import DataConfig
 from qin.data import schema
 from qin.io import atomic_dir, write_json
 from qin.metrics import roc_auc
@@ -40,7 +45,6 @@ class Preset:
     seq_len: int
     n_users: int
     n_topics: int
-    chunk_rows: int = 250_000
 
 
 PRESETS: dict[str, Preset] = {
@@ -59,30 +63,24 @@ PRESETS: dict[str, Preset] = {
         n_topics=200,
     ),
 }
-
-LATENT_DIM = 16
-SUBTOPICS = 4
-TARGET_POSITIVE_RATE = 0.25
-RELEVANCE_TAU = 0.85  # cosine above which a history item counts as a near-duplicate of the target
-# Weights of the logit's parts; see module docstring.
-W_RELEVANCE = 3.0
-W_QUADRATIC = 0.8
-W_POPULARITY = 0.4
+CHUNK_CELLS = 6_000_000  # history cells (rows x length) generated at once: bounds memory on `full`
+NO_HISTORY_SAMPLES = 32  # posterior histories drawn per row for the no-history bound
 
 
 @dataclass(frozen=True)
 class World:
     """Everything shared by all rows: items and users."""
 
-    unit: np.ndarray  # (N+1, K) unit latent vectors, row 0 unused
+    unit: np.ndarray  # (N+1, K) float32 unit latent vectors, row 0 unused
     pop_z: np.ndarray  # (N+1,) standardised log popularity
-    likes: np.ndarray  # (N+1,) int likes level per item
-    views: np.ndarray  # (N+1,) int views level per item
+    likes: np.ndarray  # (N+1,) likes level per item
+    views: np.ndarray  # (N+1,) views level per item
     topic_of: np.ndarray  # (N+1,) topic of each item
-    topic_cdf: np.ndarray  # concatenated per-topic popularity CDFs, topic c spans (c, c+1]
+    topic_cdf: np.ndarray  # per-topic popularity CDFs, concatenated: topic c spans (c, c+1]
     topic_items: np.ndarray  # item ids sorted by topic, aligned with topic_cdf
+    topic_mass: np.ndarray  # (C,) share of all popularity that each topic holds
     global_cdf: np.ndarray  # popularity CDF over items 1..N
-    interests: np.ndarray  # (U, 3) interest topics per user
+    interests: np.ndarray  # (U, 3) interest topic per slot; users with fewer interests repeat one
     tags: np.ndarray  # (N+1, 5)
     emb: np.ndarray  # (N+1, 128) float32
     intercept: float
@@ -92,16 +90,27 @@ def _rng(seed: int, *purpose: int) -> np.random.Generator:
     return np.random.default_rng(np.random.SeedSequence([seed, *purpose]))
 
 
-def _build_world(p: Preset, seed: int) -> World:
-    rng = _rng(seed, 0)
-    n, k, c = p.n_items, LATENT_DIM, p.n_topics
+def _segment_cdf(group: np.ndarray, weight: np.ndarray, n_groups: int) -> np.ndarray:
+    """For rows sorted by `group`: within-group CDFs of `weight`, offset so group g spans (g, g+1]."""
+    cum = np.cumsum(weight)
+    ends = np.searchsorted(group, np.arange(n_groups), side="right")
+    starts = np.concatenate([[0], ends[:-1]])
+    before = np.where(starts > 0, cum[np.maximum(starts - 1, 0)], 0.0)
+    total = cum[np.maximum(ends - 1, 0)] - before
+    g_before, g_total = before[group], total[group]
+    return group + (cum - g_before) / np.where(g_total > 0, g_total, 1.0)
+
+
+def _build_world(p: Preset, cfg: DataConfig) -> World:
+    rng = _rng(cfg.seed, 0)
+    n, k, c = p.n_items, cfg.latent_dim, p.n_topics
     centres = rng.standard_normal((c, k))
-    sub = rng.standard_normal((c, SUBTOPICS, k)) * 0.6
+    sub = rng.standard_normal((c, cfg.subtopics, k)) * 0.6
     topic_of = np.zeros(n + 1, dtype=np.int64)
     topic_of[1:] = rng.integers(0, c, n)
-    sub_of = rng.integers(0, SUBTOPICS, n + 1)
+    sub_of = rng.integers(0, cfg.subtopics, n + 1)
     latent = centres[topic_of] + sub[topic_of, sub_of] + 0.25 * rng.standard_normal((n + 1, k))
-    unit = latent / np.linalg.norm(latent, axis=1, keepdims=True)
+    unit = (latent / np.linalg.norm(latent, axis=1, keepdims=True)).astype(np.float32)
 
     log_pop = rng.standard_normal(n + 1) * 1.2
     pop = np.exp(log_pop)
@@ -112,37 +121,31 @@ def _build_world(p: Preset, seed: int) -> World:
     likes = np.clip(np.rint(5 + 1.2 * pop_z + 1.2 * quality), 0, 10).astype(np.int64)
 
     order = np.argsort(topic_of[1:], kind="stable") + 1
-    topic_sorted = topic_of[order]
-    w = pop[order]
-    cdf = np.empty(n)
-    for t in range(c):
-        sl = topic_sorted == t
-        cs = np.cumsum(w[sl])
-        cdf[sl] = t + cs / cs[-1]
-    gcdf = np.cumsum(pop[1:])
-    gcdf /= gcdf[-1]
+    topic_cdf = _segment_cdf(topic_of[order], pop[order], c)
+    topic_mass = np.bincount(topic_of[1:], weights=pop[1:], minlength=c) / pop[1:].sum()
+    global_cdf = np.cumsum(pop[1:]) / pop[1:].sum()
 
     # Tags: each topic owns a block of the vocabulary; 2..5 tags per item, 15% drawn from anywhere.
     vocab = np.arange(1, p.tag_vocab)
     rng.shuffle(vocab)
     blocks = np.array_split(vocab, c)
     n_tags = rng.integers(2, schema.TAGS_PER_ITEM + 1, n + 1)
-    tags = np.zeros((n + 1, schema.TAGS_PER_ITEM), dtype=np.int64)
     pick = rng.random((n + 1, schema.TAGS_PER_ITEM))
+    tags = np.zeros((n + 1, schema.TAGS_PER_ITEM), dtype=np.int64)
     for t in range(c):
         rows = np.flatnonzero(topic_of == t)
-        block = blocks[t]
-        tags[rows] = block[(pick[rows] * len(block)).astype(np.int64)]
+        tags[rows] = blocks[t][(pick[rows] * len(blocks[t])).astype(np.int64)]
     noisy = rng.random((n + 1, schema.TAGS_PER_ITEM)) < 0.15
     tags[noisy] = rng.integers(1, p.tag_vocab, int(noisy.sum()))
     tags[np.arange(schema.TAGS_PER_ITEM)[None, :] >= n_tags[:, None]] = 0
     tags[0] = 0
 
     proj = rng.standard_normal((k, schema.ITEM_EMB_DIM)) / np.sqrt(k)
-    emb = (latent @ proj + 0.35 * rng.standard_normal((n + 1, schema.ITEM_EMB_DIM))).astype(np.float32)
+    noise = cfg.emb_noise * rng.standard_normal((n + 1, schema.ITEM_EMB_DIM))
+    emb = (latent @ proj + noise).astype(np.float32)
     emb[0] = 0.0
 
-    urng = _rng(seed, 1)
+    urng = _rng(cfg.seed, 1)
     n_int = urng.integers(1, 4, p.n_users)
     topics = urng.integers(0, c, (p.n_users, 3))
     interests = np.where(np.arange(3)[None, :] < n_int[:, None], topics, topics[:, :1])
@@ -153,24 +156,22 @@ def _build_world(p: Preset, seed: int) -> World:
         likes=likes,
         views=views,
         topic_of=topic_of,
-        topic_cdf=cdf,
+        topic_cdf=topic_cdf,
         topic_items=order,
-        global_cdf=gcdf,
+        topic_mass=topic_mass,
+        global_cdf=global_cdf,
         interests=interests,
         tags=tags,
         emb=emb,
         intercept=0.0,
     )
-    # Calibrate the intercept on a probe sample so that about 25% of rows are positive.
-    logit = _rows(world, p, _rng(seed, 2), 20_000)["logit"]
+    # Calibrate the intercept on a probe sample so that the positive rate is about cfg.positive_rate.
+    logit = _logit_parts(world, cfg, _rows(world, p, cfg, _rng(cfg.seed, 2), 20_000))
     lo, hi = -20.0, 20.0
     for _ in range(60):
         mid = (lo + hi) / 2
-        if np.mean(1 / (1 + np.exp(-(logit + mid)))) > TARGET_POSITIVE_RATE:
-            hi = mid
-        else:
-            lo = mid
-    return World(**{**world.__dict__, "intercept": (lo + hi) / 2})
+        lo, hi = (lo, mid) if np.mean(1 / (1 + np.exp(-(logit + mid)))) > cfg.positive_rate else (mid, hi)
+    return replace(world, intercept=(lo + hi) / 2)
 
 
 def _sample_from_topics(world: World, topics: np.ndarray, rng: np.random.Generator) -> np.ndarray:
@@ -184,46 +185,105 @@ def _sample_popular(world: World, shape: tuple[int, ...], rng: np.random.Generat
     return np.minimum(pos, len(world.global_cdf) - 1) + 1
 
 
-def _rows(world: World, p: Preset, rng: np.random.Generator, n: int) -> dict[str, np.ndarray]:
-    L = p.seq_len
-    user = rng.integers(0, p.n_users, n)
-    interests = world.interests[user]  # (n, 3)
-    slot = rng.integers(0, 3, (n, L))
-    hist = _sample_from_topics(world, np.take_along_axis(interests, slot, axis=1), rng)
-    noise = rng.random((n, L)) < 0.15
+def _histories(world: World, p: Preset, cfg: DataConfig, users: np.ndarray, rng: np.random.Generator):
+    """(n, L) left-padded histories drawn from each user's interests (plus popularity noise)."""
+    n, length = len(users), p.seq_len
+    slot = rng.integers(0, 3, (n, length))
+    hist = _sample_from_topics(world, np.take_along_axis(world.interests[users], slot, axis=1), rng)
+    noise = rng.random((n, length)) < cfg.history_noise
     hist[noise] = _sample_popular(world, (int(noise.sum()),), rng)
-    true_len = rng.integers(max(1, L // 10), L + 1, n)
-    hist[np.arange(L)[None, :] < (L - true_len)[:, None]] = 0  # left padding
+    true_len = rng.integers(max(1, length // 10), length + 1, n)
+    hist[np.arange(length)[None, :] < (length - true_len)[:, None]] = 0
+    return hist
 
-    from_interest = rng.random(n) < 0.5
+
+def _rows(world: World, p: Preset, cfg: DataConfig, rng: np.random.Generator, n: int) -> dict[str, np.ndarray]:
+    user = rng.integers(0, p.n_users, n)
+    hist = _histories(world, p, cfg, user, rng)
     target = _sample_popular(world, (n,), rng)
-    t_topic = interests[np.arange(n), rng.integers(0, 3, n)]
+    from_interest = rng.random(n) < cfg.target_from_interest
+    t_topic = world.interests[user, rng.integers(0, 3, n)]
     target[from_interest] = _sample_from_topics(world, t_topic[from_interest], rng)
-
-    jitter = rng.random((n, 2)) < 0.1
-    step = rng.choice(np.array([-1, 1]), (n, 2))
-    likes = np.clip(world.likes[target] + jitter[:, 0] * step[:, 0], 0, 10)
-    views = np.clip(world.views[target] + jitter[:, 1] * step[:, 1], 0, 10)
-
-    u_t = world.unit[target]  # (n, K)
-    cos = np.einsum("nk,nlk->nl", u_t, world.unit[hist])  # (n, L)
-    relevance = np.where(hist > 0, np.maximum(cos - RELEVANCE_TAU, 0.0), 0.0).sum(axis=1)
-    lz, vz = (likes - 5) / 2.5, (views - 5) / 2.5
-    quad = lz * vz + 2.0 * lz * u_t[:, 0] + 4.0 * u_t[:, 1] * u_t[:, 2]
-    logit = (
-        W_RELEVANCE * np.tanh(relevance / 0.3)
-        + W_QUADRATIC * quad
-        + W_POPULARITY * world.pop_z[target]
-        + world.intercept
-    )
+    jitter = (rng.random((n, 2)) < 0.1) * rng.choice(np.array([-1, 1]), (n, 2))
     return {
         "user_id": user.astype(np.int64) + 1,
         "item_seq": hist.astype(np.int64),
-        "likes_level": likes.astype(np.int64),
-        "views_level": views.astype(np.int64),
+        "likes_level": np.clip(world.likes[target] + jitter[:, 0], 0, 10).astype(np.int64),
+        "views_level": np.clip(world.views[target] + jitter[:, 1], 0, 10).astype(np.int64),
         "item_id": target.astype(np.int64),
-        "logit": logit,
     }
+
+
+def _logit_parts(world: World, cfg: DataConfig, rows: dict[str, np.ndarray]) -> np.ndarray:
+    """The click logit without the intercept."""
+    target, hist = rows["item_id"], rows["item_seq"]
+    u_t = world.unit[target]  # (n, K)
+    cos = np.einsum("nk,nlk->nl", u_t, world.unit[hist])  # (n, L)
+    relevance = np.where(hist > 0, np.maximum(cos - cfg.relevance_tau, 0.0), 0.0).sum(axis=1)
+    lz, vz = (rows["likes_level"] - 5) / 2.5, (rows["views_level"] - 5) / 2.5
+    quad = lz * vz + 2.0 * lz * u_t[:, 0] + 4.0 * u_t[:, 1] * u_t[:, 2]
+    return (
+        cfg.w_relevance * np.tanh(relevance / 0.3)
+        + cfg.w_quadratic * quad
+        + cfg.w_popularity * world.pop_z[target]
+    )
+
+
+def _probability(world: World, cfg: DataConfig, rows: dict[str, np.ndarray]) -> np.ndarray:
+    return 1.0 / (1.0 + np.exp(-(_logit_parts(world, cfg, rows) + world.intercept)))
+
+
+def no_history_scores(world: World, p: Preset, cfg: DataConfig, rows: dict[str, np.ndarray],
+                      rng: np.random.Generator, samples: int = NO_HISTORY_SAMPLES) -> np.ndarray:
+    """E[p | target, likes, views] per row: the history integrated out over its posterior given the target.
+
+    A user's likelihood of producing the target depends only on m, how many of its 3 interest slots hold
+    the target's topic c: w(m) ∝ (1-f)/Z + f·m/(3·Z_c). Half the samples come from the users holding c
+    (drawn in proportion to w), half from the rest (uniformly, w(0) each); the two means are mixed by the
+    groups' total weights.
+    """
+    f = cfg.target_from_interest
+    n_topics = len(world.topic_mass)
+    keys, m = np.unique(
+        (np.arange(p.n_users)[:, None] * n_topics + world.interests).ravel(), return_counts=True
+    )
+    user, topic = keys // n_topics, keys % n_topics
+    order = np.argsort(topic, kind="stable")
+    user, topic, m = user[order], topic[order], m[order]
+
+    def weight(mm: np.ndarray, c: np.ndarray) -> np.ndarray:
+        return (1 - f) + f * mm / (3.0 * world.topic_mass[c])  # x Z, which cancels
+
+    w = weight(m, topic)
+    cdf = _segment_cdf(topic, w, n_topics)
+    w_holders = np.bincount(topic, weights=w, minlength=n_topics)
+    n_holders = np.bincount(topic, minlength=n_topics)
+
+    n = len(rows["item_id"])
+    scores = np.empty(n)
+    half = samples // 2
+    step = max(1, CHUNK_CELLS // (samples * p.seq_len * 4))
+    for start in range(0, n, step):
+        sl = slice(start, min(n, start + step))
+        c = world.topic_of[rows["item_id"][sl]]
+        k = len(c)
+        cc = np.repeat(c, half)
+        pos = np.minimum(np.searchsorted(cdf, cc + rng.random(cc.shape)), len(user) - 1)
+        holders = user[pos]
+        others = rng.integers(0, p.n_users, cc.shape)
+        for _ in range(100):  # rejection: users that do not hold c (they are the large majority)
+            bad = (world.interests[others] == cc[:, None]).any(axis=1)
+            if not bad.any():
+                break
+            others[bad] = rng.integers(0, p.n_users, int(bad.sum()))
+        users = np.concatenate([holders, others])
+        sampled = {key: np.tile(np.repeat(rows[key][sl], half), 2) for key in rows if key != "item_seq"}
+        sampled["item_seq"] = _histories(world, p, cfg, users, rng)
+        prob = _probability(world, cfg, sampled).reshape(2, k, half).mean(axis=2)
+        w_in = np.where(n_holders[c] > 0, w_holders[c], 0.0)
+        w_out = (p.n_users - n_holders[c]) * weight(np.zeros(k), c)
+        scores[sl] = (w_in * prob[0] + w_out * prob[1]) / (w_in + w_out)
+    return scores
 
 
 def _list_array(matrix: np.ndarray, value_type: pa.DataType) -> pa.ListArray:
@@ -232,37 +292,40 @@ def _list_array(matrix: np.ndarray, value_type: pa.DataType) -> pa.ListArray:
     return pa.ListArray.from_arrays(offsets, pa.array(matrix.ravel(), type=value_type))
 
 
-def _write_split(world: World, p: Preset, seed: int, split_no: int, n_rows: int, path: Path,
-                 labelled: bool) -> np.ndarray:
-    """Write one split chunk by chunk; return the true click probability of every row."""
+def _write_split(world: World, p: Preset, cfg: DataConfig, split_no: int, n_rows: int, path: Path,
+                 labelled: bool) -> tuple[np.ndarray, np.ndarray | None, dict[str, np.ndarray] | None]:
+    """Write one split chunk by chunk; return the true probabilities, the labels and (small splits) the rows."""
     sch = schema.ROW_SCHEMA if labelled else schema.TEST_SCHEMA
-    truth = []
+    chunk_rows = max(1, CHUNK_CELLS // p.seq_len)
+    truth, labels, kept = [], [], []
     with pq.ParquetWriter(path, sch) as writer:
-        for chunk, start in enumerate(range(0, n_rows, p.chunk_rows)):
-            n = min(p.chunk_rows, n_rows - start)
-            rng = _rng(seed, 10 + split_no, chunk)
-            rows = _rows(world, p, rng, n)
-            prob = 1.0 / (1.0 + np.exp(-rows.pop("logit")))
-            cols = {
-                "user_id": pa.array(rows["user_id"]),
-                "item_seq": _list_array(rows["item_seq"], pa.int64()),
-                "likes_level": pa.array(rows["likes_level"]),
-                "views_level": pa.array(rows["views_level"]),
-                "item_id": pa.array(rows["item_id"]),
-            }
+        for chunk, start in enumerate(range(0, n_rows, chunk_rows)):
+            n = min(chunk_rows, n_rows - start)
+            rng = _rng(cfg.seed, 10 + split_no, chunk)
+            rows = _rows(world, p, cfg, rng, n)
+            prob = _probability(world, cfg, rows)
+            cols = {name: pa.array(v) for name, v in rows.items() if name != "item_seq"}
+            cols["item_seq"] = _list_array(rows["item_seq"], pa.int64())
             if labelled:
-                cols["label"] = pa.array((rng.random(n) < prob).astype(np.float64))
-            writer.write_table(pa.table(cols, schema=sch))
+                labels.append((rng.random(n) < prob).astype(np.float64))
+                cols["label"] = pa.array(labels[-1])
+            writer.write_table(pa.table(cols).select(sch.names).cast(sch))
             truth.append(prob)
-    return np.concatenate(truth)
+            if n_rows <= chunk_rows:
+                kept.append(rows)
+    return (
+        np.concatenate(truth),
+        np.concatenate(labels) if labels else None,
+        kept[0] if len(kept) == 1 else None,
+    )
 
 
-def synthesize(out: str | Path, preset: str = "small", seed: int = 20242025) -> dict:
-    """Write train/valid/test/item_info parquet (+ truth files and synth.json) into `out`, atomically."""
-    if preset not in PRESETS:
-        raise ValueError(f"unknown preset '{preset}': expected one of {sorted(PRESETS)}")
-    p = PRESETS[preset]
-    world = _build_world(p, seed)
+def synthesize(out: str | Path, cfg: DataConfig) -> dict:
+    """Write train/valid/test/item_info parquet, truth files and synth.json into `out`, atomically."""
+    if cfg.preset not in PRESETS:
+        raise ValueError(f"unknown preset '{cfg.preset}': expected one of {sorted(PRESETS)}")
+    p = PRESETS[cfg.preset]
+    world = _build_world(p, cfg)
     out = Path(out)
     with atomic_dir(out) as tmp:
         items = pa.table(
@@ -274,17 +337,21 @@ def synthesize(out: str | Path, preset: str = "small", seed: int = 20242025) -> 
             schema=schema.ITEM_SCHEMA,
         )
         pq.write_table(items, tmp / f"{schema.ITEM_FILE}.parquet")
-        summary: dict = {"preset": preset, "seed": seed, "sizes": asdict(p)}
+        summary: dict = {"config": asdict(cfg), "sizes": asdict(p)}
         for split_no, split in enumerate(schema.SPLITS):
             n_rows = getattr(p, f"n_{split}")
             labelled = split in schema.LABELLED_SPLITS
-            prob = _write_split(world, p, seed, split_no, n_rows, tmp / f"{split}.parquet", labelled)
+            prob, labels, rows = _write_split(
+                world, p, cfg, split_no, n_rows, tmp / f"{split}.parquet", labelled
+            )
             if split != "train":
                 pq.write_table(pa.table({"p_click": prob}), tmp / schema.truth_file(split))
-            if labelled:
-                labels = pq.read_table(tmp / f"{split}.parquet", columns=["label"])["label"].to_numpy()
+            if labels is not None:
                 summary[f"{split}_positive_rate"] = float(labels.mean())
-                if split == "valid":
-                    summary["valid_oracle_auc"] = roc_auc(labels, prob)
+            if split == "valid":
+                assert labels is not None and rows is not None
+                summary["valid_oracle_auc"] = roc_auc(labels, prob)
+                bound = no_history_scores(world, p, cfg, rows, _rng(cfg.seed, 3))
+                summary["valid_no_history_auc"] = roc_auc(labels, bound)
         write_json(tmp / "synth.json", summary)
     return summary
