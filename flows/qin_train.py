@@ -95,18 +95,22 @@ def train(features: str, out: str, metrics: str, params: str) -> dict[str, str |
 
 
 @_stage("evaluate", inputs=("features", "model"))
-def evaluate(features: str, model: str, out: str, params: str) -> dict[str, str | None]:
+def evaluate(
+    features: str, model: str, out: str, plots: str, train_metrics: str, params: str
+) -> dict[str, str | None]:
     from qin.evaluate import evaluate as run
 
-    run(features, model, out, load_params(params).evaluate)
-    return _written(out)
+    run(features, model, out, load_params(params).evaluate, plots, train_metrics)
+    return _written(out, reports=(plots,))
 
 
 @task(name="register", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=5)
-def register(model: str, train_metrics: str, metrics: str, validation: str, out: str, params: str) -> dict:
+def register(
+    model: str, train_metrics: str, metrics: str, validation: str, plots: str, out: str, params: str
+) -> dict:
     from qin.register import register as run
 
-    return run(model, train_metrics, metrics, validation, out, load_params(params))
+    return run(model, train_metrics, metrics, validation, out, load_params(params), plots)
 
 
 def run_cached(stage: Any, **kwargs: Any) -> str:
@@ -133,9 +137,19 @@ def qin_train(params: str = str(layout.PARAMS), data: str = str(layout.DATA)) ->
         "validate": run_cached(validate, data=data, out=validation, params=params),
         "featurize": run_cached(featurize, data=data, validation=validation, out=features, params=params),
         "train": run_cached(train, features=features, out=model, metrics=train_metrics, params=params),
-        "evaluate": run_cached(evaluate, features=features, model=model, out=metrics, params=params),
+        "evaluate": run_cached(
+            evaluate,
+            features=features,
+            model=model,
+            out=metrics,
+            plots=str(layout.PLOTS),
+            train_metrics=train_metrics,
+            params=params,
+        ),
     }
-    result = register(model, train_metrics, metrics, validation, str(layout.REGISTRATION), params)
+    result = register(
+        model, train_metrics, metrics, validation, str(layout.PLOTS), str(layout.REGISTRATION), params
+    )
 
     print("stages: " + ", ".join(f"{name} {how}" for name, how in stages.items()))
     print(f"MLflow run id: {result['run_id']}")

@@ -80,19 +80,34 @@ def _train(args: argparse.Namespace, params: Params) -> None:
 def _evaluate(args: argparse.Namespace, params: Params) -> None:
     from qin.evaluate import evaluate
 
-    m = evaluate(args.features, args.model, args.out, params.evaluate)
+    m = evaluate(args.features, args.model, args.out, params.evaluate, args.plots, args.train_metrics)
     print(" ".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}" for k, v in m.items()))
 
 
 def _register(args: argparse.Namespace, params: Params) -> None:
     from qin.register import register
 
-    r = register(args.model, args.train_metrics, args.metrics, args.validation, args.out, params)
+    r = register(args.model, args.train_metrics, args.metrics, args.validation, args.out, params, args.plots)
     print(
         f"MLflow run {r['run_id']}; {r['model_name']} version {r['version']}"
         f"{'' if r['newly_registered'] else ' (already registered)'}; "
         f"'{r['alias']}': {'yes' if r['has_alias'] else 'no'} ({r['reason']})"
     )
+
+
+def _show_params(args: argparse.Namespace, params: Params) -> None:
+    import yaml
+
+    resolved = dataclasses.asdict(params)
+    print(yaml.safe_dump(_plain(resolved), sort_keys=False), end="")
+
+
+def _plain(value: object) -> object:
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_plain(v) for v in value]
+    return value
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -109,6 +124,8 @@ def build_parser() -> argparse.ArgumentParser:
         p = sub.add_parser(name, help=help)
         p.set_defaults(fn=fn)
         return p
+
+    stage("params", _show_params, "print the resolved settings (presets applied, defaults filled in)")
 
     data = sub.add_parser("data", help="create or import the raw data in data/")
     data_sub = data.add_subparsers(dest="data_command", required=True)
@@ -144,12 +161,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--features", type=Path, default=layout.FEATURES)
     p.add_argument("--model", type=Path, default=layout.MODEL)
     p.add_argument("--out", type=Path, default=layout.EVAL_METRICS)
+    p.add_argument("--plots", type=Path, default=layout.PLOTS)
+    p.add_argument("--train-metrics", type=Path, default=layout.TRAIN_METRICS, help="for the learning curves")
 
     p = stage("register", _register, "log the run and register the model; move the alias if it is better")
     p.add_argument("--model", type=Path, default=layout.MODEL)
     p.add_argument("--train-metrics", type=Path, default=layout.TRAIN_METRICS)
     p.add_argument("--metrics", type=Path, default=layout.EVAL_METRICS)
     p.add_argument("--validation", type=Path, default=layout.VALIDATION)
+    p.add_argument("--plots", type=Path, default=layout.PLOTS)
     p.add_argument("--out", type=Path, default=layout.REGISTRATION)
     return parser
 

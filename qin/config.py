@@ -58,13 +58,14 @@ class FeaturizeConfig:
 
 
 @dataclass(frozen=True)
-class ModelConfig:
+class QINConfig:
+    """QIN (qin/models/qin.py). Defaults: a small CPU-friendly QIN; the `paper` preset has the authors'."""
+
     name: Literal["qin"] = "qin"
     embedding_dim: int = 32
     # 0 means "twice the item vector width", the authors' choice (768 for 3 x 128).
     attention_dim: int = 0
-    # "fused" computes the same attention in a cheaper order (see qin/models/qin.py); "reference" is the
-    # textbook order. Both give the same function.
+    # "fused" computes the same attention in a cheaper order; "reference" is the textbook order.
     attention_order: Literal["fused", "reference"] = "fused"
     num_layers: int = 2
     num_row: int = 2
@@ -72,21 +73,93 @@ class ModelConfig:
     linear_dropout: float = 0.0
     net_dropout: float = 0.1
     batch_norm: bool = True
+    # The paper's ablations (its Table 2), one switch each:
+    use_qnn: bool = True  # false: "w/o QNN", an MLP of mlp_units instead
+    mlp_units: tuple[int, ...] = (1024, 512, 256)
+    history_pooling: Literal["attention", "mean"] = "attention"  # mean: "w/o ASTA"
+    attention_activation: Literal["relu", "softmax"] = "relu"  # softmax: "ASTA w/ SoftMax"
+    qnn_activation: Literal["prelu", "relu"] = "prelu"  # relu: "QNN w/o PReLU"
+    attention_dropout: float = 0.0  # 0.1: "ASTA w/ Dropout"
+
+
+@dataclass(frozen=True)
+class DINConfig:
+    """DIN (qin/models/din.py), as the challenge baseline ran it."""
+
+    name: Literal["din"] = "din"
+    embedding_dim: int = 64
+    attention_units: tuple[int, ...] = (512, 256)
+    attention_dropout: float = 0.1
+    dnn_units: tuple[int, ...] = (1024, 512, 256)
+    net_dropout: float = 0.1
+    batch_norm: bool = True
+
+
+@dataclass(frozen=True)
+class DCNv3Config:
+    """DCNv3 (the exponential cross network alone) or SDCNv3 (exponential + linear, Tri-BCE loss)."""
+
+    name: Literal["dcnv3", "sdcnv3"] = "dcnv3"
+    embedding_dim: int = 32
+    num_deep_layers: int = 4
+    num_shallow_layers: int = 4
+    deep_dropout: float = 0.1
+    shallow_dropout: float = 0.3
+    layer_norm: bool = True
+
+
+ModelConfig = QINConfig | DINConfig | DCNv3Config
+MODEL_CONFIGS: dict[str, type] = {
+    "qin": QINConfig,
+    "din": DINConfig,
+    "dcnv3": DCNv3Config,
+    "sdcnv3": DCNv3Config,
+}
 
 
 @dataclass(frozen=True)
 class TrainConfig:
-    model: ModelConfig = field(default_factory=ModelConfig)
-    batch_size: int = 1024
-    epochs: int = 3
+    # A preset supplies every setting; keys given in params.yaml override it. "cpu": a small QIN that
+    # trains in minutes on 2 cores; "paper": the authors' QIN and recipe (REFERENCE.md).
+    preset: Literal["cpu", "paper"] = "cpu"
+    model: ModelConfig = field(default_factory=QINConfig)
+    # Models keep the most recent max_len history items (0: all that featurize kept).
+    max_len: int = 0
+    batch_size: int = 512
+    epochs: int = 16
     learning_rate: float = 2e-3
-    # L2 on the embedding tables only, added to the loss (the network's weights are not decayed).
-    embedding_l2: float = 0.0
+    # L2 penalties added to the loss: on the embedding tables, and (separately) on the network's weights.
+    # The small synthetic preset has ~10 target rows per item: id embeddings overfit without a strong one.
+    embedding_l2: float = 3e-2
+    net_l2: float = 0.0
     grad_clip_norm: float = 10.0
-    # Stop when valid AUC has not improved for this many epochs; the best epoch's weights are kept.
-    patience: int = 2
+    # Halve the learning rate after lr_patience epochs without a valid AUC gain; stop after patience.
+    lr_patience: int = 1
+    patience: int = 3
     seed: int = 20242025
     device: Literal["auto", "cpu", "cuda"] = "auto"
+    # Save a resumable checkpoint every this many steps (and at every epoch end).
+    checkpoint_every: int = 200
+
+
+TRAIN_PRESETS: dict[str, TrainConfig] = {
+    "cpu": TrainConfig(),
+    # The authors' run (REFERENCE.md): 31.2M parameters on the real vocabularies; with featurize.max_len 64.
+    "paper": TrainConfig(
+        preset="paper",
+        model=QINConfig(
+            embedding_dim=128, attention_dim=0, num_layers=4, num_row=4, linear_dropout=0.1, net_dropout=0.1
+        ),
+        max_len=64,
+        batch_size=8192,
+        epochs=100,
+        learning_rate=2e-3,
+        embedding_l2=2e-4,
+        lr_patience=1,
+        patience=8,
+        seed=20242025,
+    ),
+}
 
 
 @dataclass(frozen=True)
@@ -120,20 +193,31 @@ class Params:
 T = TypeVar("T")
 
 
-def _coerce(value: Any, tp: Any, key: str) -> Any:
+def _coerce(value: Any, tp: Any, key: str, base: Any = None) -> Any:
+    """Check `value` against type `tp`; `base` (the current value) is what a nested mapping overrides."""
     origin = get_origin(tp)
-    if dataclasses.is_dataclass(tp):
+    arms = get_args(tp) if origin in (typing.Union, types.UnionType) else ()
+    if dataclasses.is_dataclass(tp) or (arms and all(dataclasses.is_dataclass(a) for a in arms)):
         if not isinstance(value, dict):
             raise ValueError(f"params key '{key}': expected a mapping, found {value!r}")
-        return from_dict(tp, value, prefix=f"{key}.")  # type: ignore[arg-type]
+        cls = tp
+        base_name = getattr(base, "name", None)
+        if arms:  # a union of settings classes, told apart by their `name` (the model)
+            name = value.get("name", base_name)
+            if name not in MODEL_CONFIGS:
+                names = sorted(MODEL_CONFIGS)
+                raise ValueError(f"params key '{key}.name': expected one of {names}, found {name!r}")
+            cls = MODEL_CONFIGS[name]
+        same = isinstance(base, cls) and value.get("name", base_name) == base_name
+        return from_dict(cls, value, prefix=f"{key}.", base=base if same else None)
     if origin is Literal:
         allowed = get_args(tp)
         if value not in allowed:
             raise ValueError(f"params key '{key}': expected one of {list(allowed)}, found {value!r}")
         return value
-    if origin in (typing.Union, types.UnionType):
+    if arms:
         errors = []
-        for arm in get_args(tp):
+        for arm in arms:
             if arm is type(None):
                 if value is None:
                     return None
@@ -143,6 +227,11 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
             except ValueError as exc:
                 errors.append(str(exc))
         raise ValueError(errors[0] if errors else f"params key '{key}': unexpected {value!r}")
+    if origin is tuple:
+        if not isinstance(value, list | tuple):
+            raise ValueError(f"params key '{key}': expected a list, found {value!r}")
+        (item,) = {a for a in get_args(tp) if a is not Ellipsis}
+        return tuple(_coerce(v, item, f"{key}[{i}]") for i, v in enumerate(value))
     if tp is bool:
         if not isinstance(value, bool):
             raise ValueError(f"params key '{key}': expected true or false, found {value!r}")
@@ -166,8 +255,11 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
     raise TypeError(f"unsupported settings type {tp!r} for '{key}'")
 
 
-def from_dict(cls: type[T], mapping: dict[str, Any], prefix: str = "") -> T:
-    """Build dataclass `cls` from `mapping`; missing keys take their defaults, unknown keys raise."""
+def from_dict(cls: type[T], mapping: dict[str, Any], prefix: str = "", base: T | None = None) -> T:
+    """Build dataclass `cls` from `mapping` over `base` (default: the class defaults); unknown keys raise.
+
+    The train section starts from its preset (`train.preset`) instead of the class defaults.
+    """
     hints = typing.get_type_hints(cls)
     names = [f.name for f in dataclasses.fields(cls)]  # type: ignore[arg-type]
     unknown = sorted(set(mapping) - set(names))
@@ -176,8 +268,18 @@ def from_dict(cls: type[T], mapping: dict[str, Any], prefix: str = "") -> T:
             f"params key '{prefix}{unknown[0]}' is not a setting; allowed keys under "
             f"'{prefix.rstrip('.') or '<top>'}': {names}"
         )
-    kwargs = {k: _coerce(v, hints[k], prefix + k) for k, v in mapping.items()}
-    return cls(**kwargs)
+    if cls is TrainConfig:
+        default = base.preset if isinstance(base, TrainConfig) else "cpu"
+        preset = _coerce(mapping.get("preset", default), hints["preset"], f"{prefix}preset")
+        base = TRAIN_PRESETS[preset]  # type: ignore[assignment]
+    start = base if base is not None else cls()
+    kwargs = {k: _coerce(v, hints[k], prefix + k, getattr(start, k)) for k, v in mapping.items()}
+    return dataclasses.replace(start, **kwargs)  # type: ignore[type-var]
+
+
+def model_config(mapping: dict[str, Any]) -> ModelConfig:
+    """A model's settings from a plain mapping (as stored in a model package)."""
+    return _coerce(mapping, ModelConfig, "model")  # type: ignore[no-any-return]
 
 
 def load_params(path: str | Path = "params.yaml") -> Params:

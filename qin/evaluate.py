@@ -1,32 +1,99 @@
-"""The `evaluate` stage: score valid through the model package (the same path serving uses)."""
+"""The `evaluate` stage: score valid through the model package (the same path serving uses).
+
+Writes metrics.json (AUC, logloss, user-grouped AUC, expected calibration error, and the oracle AUC when
+the data ships the true click probability) and PNG plots: ROC, calibration (reliability) and the learning
+curves of the training run.
+"""
 
 from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
+
 from qin.config import EvaluateConfig
 from qin.featurize import Features
 from qin.inference import load_package
-from qin.io import write_json
-from qin.metrics import log_loss, roc_auc
+from qin.io import atomic_dir, read_json, write_json
+from qin.metrics import expected_calibration_error, grouped_auc, log_loss, roc_auc, roc_curve
+
+CALIBRATION_BINS = 15
 
 
 def evaluate(
-    features_dir: str | Path, model_dir: str | Path, out_path: str | Path, cfg: EvaluateConfig
+    features_dir: str | Path,
+    model_dir: str | Path,
+    out_path: str | Path,
+    cfg: EvaluateConfig,
+    plots_dir: str | Path | None = None,
+    train_metrics: str | Path | None = None,
 ) -> dict:
     feats = Features(features_dir)
     valid = feats.split("valid")
     probs = load_package(model_dir, device="auto").predict(valid, cfg.batch_size)
-    labels = valid["label"]
+    labels = np.asarray(valid["label"])
     metrics = {
         "valid_auc": roc_auc(labels, probs),
         "valid_logloss": log_loss(labels, probs),
+        "valid_gauc": grouped_auc(labels, probs, feats.array("valid_user_id")),
+        "valid_ece": expected_calibration_error(labels, probs, CALIBRATION_BINS),
         "valid_rows": len(labels),
         "valid_positive_rate": float(labels.mean()),
     }
-    if feats.has("valid_truth"):
-        truth = feats.array("valid_truth")
+    truth = np.asarray(feats.array("valid_truth")) if feats.has("valid_truth") else None
+    if truth is not None:
         metrics["valid_oracle_auc"] = roc_auc(labels, truth)
         metrics["valid_oracle_logloss"] = log_loss(labels, truth)
+    if plots_dir is not None:
+        history = read_json(train_metrics)["history"] if train_metrics else []
+        _plots(Path(plots_dir), labels, probs, truth, history)
     write_json(out_path, metrics)
     return metrics
+
+
+def _plots(
+    out: Path, labels: np.ndarray, probs: np.ndarray, truth: np.ndarray | None, history: list[dict]
+) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    with atomic_dir(out) as tmp:
+        fig, ax = plt.subplots(figsize=(5, 5))
+        for name, score in (("model", probs), ("oracle", truth)):
+            if score is not None:
+                fpr, tpr = roc_curve(labels, score)
+                ax.plot(fpr, tpr, label=f"{name} (AUC {roc_auc(labels, score):.4f})")
+        ax.plot([0, 1], [0, 1], "k:", lw=0.8)
+        ax.set(xlabel="false positive rate", ylabel="true positive rate", title="ROC (valid)")
+        ax.legend(loc="lower right")
+        fig.savefig(tmp / "roc.png", dpi=100, bbox_inches="tight")
+        plt.close(fig)
+
+        edges = np.linspace(0, 1, CALIBRATION_BINS + 1)
+        b = np.minimum((probs * CALIBRATION_BINS).astype(np.int64), CALIBRATION_BINS - 1)
+        n = np.bincount(b, minlength=CALIBRATION_BINS)
+        seen = n > 0
+        mean_p = np.bincount(b, weights=probs, minlength=CALIBRATION_BINS)[seen] / n[seen]
+        mean_y = np.bincount(b, weights=labels, minlength=CALIBRATION_BINS)[seen] / n[seen]
+        fig, ax = plt.subplots(figsize=(5, 5))
+        ax.plot([0, 1], [0, 1], "k:", lw=0.8)
+        ax.plot(mean_p, mean_y, "o-", label="model")
+        ax.set(xlabel="mean predicted probability", ylabel="observed click rate", title="Calibration (valid)",
+               xlim=(edges[0], edges[-1]), ylim=(0, 1))  # fmt: skip
+        ax.legend(loc="upper left")
+        fig.savefig(tmp / "calibration.png", dpi=100, bbox_inches="tight")
+        plt.close(fig)
+
+        if history:
+            epochs = [h["epoch"] for h in history]
+            fig, (left, right) = plt.subplots(1, 2, figsize=(10, 4))
+            left.plot(epochs, [h["train_loss"] for h in history], "o-", label="train loss")
+            left.plot(epochs, [h["valid_logloss"] for h in history], "o-", label="valid logloss")
+            left.set(xlabel="epoch", title="loss")
+            left.legend()
+            right.plot(epochs, [h["valid_auc"] for h in history], "o-", label="valid AUC")
+            right.set(xlabel="epoch", title="valid AUC")
+            fig.savefig(tmp / "learning_curve.png", dpi=100, bbox_inches="tight")
+            plt.close(fig)

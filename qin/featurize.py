@@ -3,6 +3,7 @@
 Output directory layout:
     {split}_item_seq.npy   int32 (N, L')  the last L' = min(L, max_len) history items
     {split}_likes_level.npy, {split}_views_level.npy, {split}_item_id.npy   int32 (N,)
+    {split}_user_id.npy    int64 (N,)     for user-grouped AUC
     {split}_label.npy      float32 (N,)   train and valid only
     {split}_truth.npy      float32 (N,)   true click probability, when the data ships it (synthetic)
     item_tags.npy int32 (n_items, 5), item_emb.npy float32 (n_items, 128)
@@ -39,7 +40,7 @@ def _write_split(path: Path, tmp: Path, split: str, max_len: int, manifest: dict
     pf = pq.ParquetFile(path)
     n = pf.metadata.num_rows
     labelled = split in schema.LABELLED_SPLITS
-    columns = [*ROW_FIELDS, "label"] if labelled else list(ROW_FIELDS)
+    columns = [*ROW_FIELDS, "user_id", *(["label"] if labelled else [])]
     arrays: dict[str, np.memmap] = {}
     row = 0
     for batch in pf.iter_batches(batch_size=BATCH_ROWS, columns=columns):
@@ -49,7 +50,7 @@ def _write_split(path: Path, tmp: Path, split: str, max_len: int, manifest: dict
         values |= {c: table[c].to_numpy() for c in columns if c != "item_seq"}
         if not arrays:  # shapes are known from the first batch (one history length per file)
             for col, v in values.items():
-                dtype = np.float32 if col == "label" else np.int32
+                dtype = {"label": np.float32, "user_id": np.int64}.get(col, np.int32)
                 arrays[col] = np.lib.format.open_memmap(
                     tmp / f"{split}_{col}.npy", mode="w+", dtype=dtype, shape=(n, *v.shape[1:])
                 )

@@ -20,7 +20,7 @@ import pandas as pd
 import torch
 from torch import nn
 
-from qin.config import ModelConfig, from_dict
+from qin.config import ModelConfig, model_config
 from qin.io import atomic_dir, read_json, tree_hash, write_json
 from qin.models import Batch, FeatureSpec, build_model
 
@@ -72,8 +72,12 @@ class Scorer:
 
     @torch.inference_mode()
     def predict(self, cols: dict[str, np.ndarray], batch_size: int = 8192) -> np.ndarray:
-        """Click probabilities for arrays item_seq (N, L) and likes_level, views_level, item_id (N,)."""
+        """Click probabilities for arrays item_seq (N, L) and likes_level, views_level, item_id (N,).
+
+        Only the last max_len history items are used, as in training.
+        """
         self.model.eval()
+        cols = {**cols, "item_seq": cols["item_seq"][:, -self.max_len :]}
         n = len(cols["item_id"])
         out = np.empty(n, dtype=np.float32)
         for start in range(0, n, batch_size):
@@ -108,7 +112,7 @@ def load_package(path: str | Path, device: str = "cpu") -> Scorer:
     if not (path / CONFIG).exists():
         raise FileNotFoundError(f"{path}: not a model package (no {CONFIG})")
     cfg = read_json(path / CONFIG)
-    model_cfg = from_dict(ModelConfig, cfg["model"], prefix="model.")
+    model_cfg = model_config(cfg["model"])
     spec = FeatureSpec(**cfg["features"])
     tags = torch.from_numpy(np.load(path / "item_tags.npy"))
     emb = torch.from_numpy(np.load(path / "item_emb.npy"))

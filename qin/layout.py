@@ -9,4 +9,5 @@ FEATURES = Path("artifacts/features")
 MODEL = Path("artifacts/model")
 TRAIN_METRICS = Path("metrics/train.json")
 EVAL_METRICS = Path("metrics/evaluate.json")
+PLOTS = Path("artifacts/evaluate")  # ROC, calibration and learning-curve PNGs
 REGISTRATION = Path("artifacts/register.json")

@@ -109,6 +109,7 @@ def register(
     validation_dir: str | Path,
     out_path: str | Path,
     params: Params,
+    plots_dir: str | Path | None = None,
     registry: Registry | None = None,
 ) -> dict:
     cfg = params.register
@@ -142,6 +143,7 @@ def register(
                 Path(validation_dir) / DATA_DOCS,
                 Path(train_metrics),
                 Path(eval_metrics),
+                *([Path(plots_dir)] if plots_dir is not None and Path(plots_dir).exists() else []),
             ],
         )
         registered = registry.log_and_register(cfg.model_name, candidate)

@@ -1,19 +1,37 @@
-"""Model behaviour: shapes, padding invariance, equivalent attention orders, gradients, parameter count."""
+"""Model behaviour: shapes, padding invariance, equivalent attention orders, gradients, learning, the
+paper's parameter count, and that each ablation switch replaces the module it names."""
 
 from dataclasses import replace
 
 import pytest
 import torch
+from torch import nn
 
-from qin.config import ModelConfig
+from qin.config import TRAIN_PRESETS, DCNv3Config, DINConfig, ModelConfig, QINConfig
+from qin.losses import bce, tri_bce
 from qin.models import Batch, FeatureSpec, build_model
+from qin.models.blocks import MLP, MeanPooling, embedding_tables
+from qin.models.qin import QuadraticLayer, TargetAttention
+from qin.train import batch_loss
 
 SPEC = FeatureSpec(n_items=60, n_tags=25)
 
+CONFIGS: dict[str, ModelConfig] = {
+    "qin": QINConfig(embedding_dim=8, num_layers=2, num_row=3),
+    "qin-reference-order": QINConfig(embedding_dim=8, attention_order="reference"),
+    "qin w/o QNN": QINConfig(embedding_dim=8, use_qnn=False, mlp_units=(32, 16)),
+    "qin w/o ASTA": QINConfig(embedding_dim=8, history_pooling="mean"),
+    "qin ASTA w/ SoftMax": QINConfig(embedding_dim=8, attention_activation="softmax"),
+    "qin QNN w/o PReLU": QINConfig(embedding_dim=8, qnn_activation="relu"),
+    "qin ASTA w/ Dropout": QINConfig(embedding_dim=8, attention_dropout=0.1),
+    "din": DINConfig(embedding_dim=8, attention_units=(16, 8), dnn_units=(32, 16)),
+    "dcnv3": DCNv3Config(embedding_dim=8),
+    "sdcnv3": DCNv3Config(name="sdcnv3", embedding_dim=8),
+}
 
-def _model(**overrides) -> torch.nn.Module:
-    torch.manual_seed(0)
-    cfg = replace(ModelConfig(embedding_dim=8, num_layers=2, num_row=3), **overrides)
+
+def _model(cfg: ModelConfig, seed: int = 0) -> nn.Module:
+    torch.manual_seed(seed)
     tags = torch.randint(0, SPEC.n_tags, (SPEC.n_items, 5))
     tags[0] = 0
     emb = torch.randn(SPEC.n_items, 128)
@@ -21,13 +39,13 @@ def _model(**overrides) -> torch.nn.Module:
     model = build_model(cfg, SPEC, tags, emb)
     # Default init puts embeddings at N(0, 1e-4): make them large enough that a wrong mask would show.
     with torch.no_grad():
-        for table in model.embedding_tables():
+        for table in embedding_tables(model):
             table.normal_(std=0.5)
     return model
 
 
-def _batch(b: int = 6, length: int = 12, pad: int = 4) -> Batch:
-    g = torch.Generator().manual_seed(1)
+def _batch(b: int = 6, length: int = 12, pad: int = 4, seed: int = 1) -> Batch:
+    g = torch.Generator().manual_seed(seed)
     seq = torch.randint(1, SPEC.n_items, (b, length), generator=g)
     seq[:, :pad] = 0  # left padding, most recent last
     return Batch(
@@ -39,56 +57,141 @@ def _batch(b: int = 6, length: int = 12, pad: int = 4) -> Batch:
     )
 
 
-def test_output_is_one_logit_per_row() -> None:
-    model = _model().eval()
+def _with_seq(batch: Batch, seq: torch.Tensor) -> Batch:
+    return Batch(**{**batch.__dict__, "item_seq": seq})
+
+
+@pytest.mark.parametrize("name", list(CONFIGS))
+def test_output_is_one_logit_per_row(name: str) -> None:
+    model = _model(CONFIGS[name]).eval()
     assert model(_batch(b=5)).shape == (5,)
     assert model(_batch(b=1, length=3, pad=0)).shape == (1,)
 
 
-@pytest.mark.parametrize("order", ["fused", "reference"])
-def test_padding_positions_do_not_change_the_output(order: str) -> None:
-    model = _model(attention_order=order).eval()
+@pytest.mark.parametrize("name", list(CONFIGS))
+def test_padding_positions_do_not_change_the_output(name: str) -> None:
+    model = _model(CONFIGS[name]).eval()
     batch = _batch()
     base = model(batch)
     # More left padding (a longer history with the same items) changes nothing...
-    longer = Batch(**{**batch.__dict__, "item_seq": torch.nn.functional.pad(batch.item_seq, (7, 0))})
-    torch.testing.assert_close(model(longer), base)
+    torch.testing.assert_close(model(_with_seq(batch, nn.functional.pad(batch.item_seq, (7, 0)))), base)
     # ...and neither does whatever the padding row of the id table holds.
     with torch.no_grad():
-        model.items.id_emb.weight[0].normal_(std=3.0)
+        model.features.items.id_emb.weight[0].normal_(std=3.0)
     torch.testing.assert_close(model(batch), base)
     # The check can fail: changing a real history item does change the output.
     changed = batch.item_seq.clone()
     changed[:, -1] = (changed[:, -1] % (SPEC.n_items - 1)) + 1
-    assert not torch.allclose(model(Batch(**{**batch.__dict__, "item_seq": changed})), base)
+    assert not torch.allclose(model(_with_seq(batch, changed)), base)
 
 
-def test_fused_and_reference_attention_orders_agree() -> None:
-    model = _model(attention_order="reference").eval()
+@pytest.mark.parametrize("activation", ["relu", "softmax"])
+def test_fused_and_reference_attention_orders_agree(activation: str) -> None:
+    model = _model(QINConfig(embedding_dim=8, attention_order="reference", attention_activation=activation))
+    model.eval()
     batch = _batch(b=32, length=20, pad=5)
     ref = model(batch)
     model.attention.order = "fused"
     torch.testing.assert_close(model(batch), ref, rtol=1e-4, atol=1e-4)
 
 
-def test_every_parameter_receives_a_gradient() -> None:
-    model = _model().train()
-    batch = _batch(b=16)
-    loss = torch.nn.functional.binary_cross_entropy_with_logits(model(batch), batch.label)
-    loss.backward()
+@pytest.mark.parametrize("name", list(CONFIGS))
+def test_every_parameter_receives_a_gradient(name: str) -> None:
+    model = _model(CONFIGS[name]).train()
+    batch_loss(model, _batch(b=16)).backward()
     missing = [n for n, p in model.named_parameters() if p.grad is None or not p.grad.abs().sum() > 0]
     assert missing == []
 
 
+@pytest.mark.parametrize("name", ["qin", "qin w/o ASTA", "din", "dcnv3", "sdcnv3"])
+def test_loss_decreases_on_tiny_data(name: str) -> None:
+    model = _model(CONFIGS[name], seed=3).train()
+    batches = [_batch(b=64, length=10, pad=2, seed=s) for s in range(4)]
+    optimizer = torch.optim.Adam(model.parameters(), lr=3e-3)
+
+    def mean_loss() -> float:
+        with torch.no_grad():
+            return sum(float(bce(model.eval()(b), b.label)) for b in batches) / len(batches)
+
+    before = mean_loss()
+    for _ in range(40):
+        for b in batches:
+            model.train()
+            optimizer.zero_grad()
+            batch_loss(model, b).backward()
+            optimizer.step()
+    assert mean_loss() < 0.7 * before
+
+
+def _module_types(model: nn.Module) -> dict[str, str]:
+    return {name: type(m).__name__ for name, m in model.named_modules()}
+
+
+def _changed_modules(switched: nn.Module, base: nn.Module) -> set[str]:
+    a, b = _module_types(switched), _module_types(base)
+    return {n.split(".")[0] for n in set(a) | set(b) if a.get(n) != b.get(n)}
+
+
+def test_ablation_wo_qnn_replaces_only_the_interaction_block() -> None:
+    model = _model(CONFIGS["qin w/o QNN"])
+    assert isinstance(model.interaction, MLP) and not any(
+        isinstance(m, QuadraticLayer) for m in model.modules()
+    )
+    assert _changed_modules(model, _model(CONFIGS["qin"])) == {"interaction"}
+
+
+def test_ablation_wo_asta_replaces_only_the_attention() -> None:
+    model = _model(CONFIGS["qin w/o ASTA"])
+    assert isinstance(model.attention, MeanPooling)
+    assert _changed_modules(model, _model(QINConfig(embedding_dim=8))) == {"attention"}
+
+
+def test_ablation_softmax_changes_only_the_attention_weights() -> None:
+    relu, soft = _model(QINConfig(embedding_dim=8)).eval(), _model(CONFIGS["qin ASTA w/ SoftMax"]).eval()
+    soft.load_state_dict(relu.state_dict())  # the same parameters: only the activation differs
+    assert (relu.attention.activation, soft.attention.activation) == ("relu", "softmax")
+    batch = _batch()
+    assert not torch.allclose(relu(batch), soft(batch))
+
+
+def test_ablation_wo_prelu_swaps_the_qnn_activation() -> None:
+    model = _model(CONFIGS["qin QNN w/o PReLU"])
+    layers = [m for m in model.modules() if isinstance(m, QuadraticLayer)]
+    assert layers and all(isinstance(layer.act, nn.ReLU) for layer in layers)
+    assert not any(isinstance(m, nn.PReLU) for m in model.modules())
+    assert _changed_modules(model, _model(QINConfig(embedding_dim=8))) == {"interaction"}
+
+
+def test_ablation_attention_dropout_drops_attention_weights_in_training_only() -> None:
+    model = _model(CONFIGS["qin ASTA w/ Dropout"])
+    assert isinstance(model.attention, TargetAttention) and model.attention.dropout.p == pytest.approx(0.1)
+    base = _model(QINConfig(embedding_dim=8))
+    base.load_state_dict(model.state_dict())
+    batch = _batch(b=64, length=30, pad=0)
+    torch.testing.assert_close(model.eval()(batch), base.eval()(batch))
+    model.attention.train()  # dropout on the attention weights only (the rest stays in eval mode)
+    assert not torch.allclose(model(batch), base(batch))
+
+
 def test_paper_preset_has_the_authors_parameter_count() -> None:
-    cfg = ModelConfig(embedding_dim=128, num_layers=4, num_row=4)
+    cfg = TRAIN_PRESETS["paper"].model
     spec = FeatureSpec(n_items=91_718, n_tags=11_740)
     model = build_model(cfg, spec, torch.zeros(91_718, 5, dtype=torch.long), torch.zeros(91_718, 128))
     assert sum(p.numel() for p in model.parameters()) == 31_244_293
 
 
+def test_tri_bce_side_weights_vanish_when_the_sides_beat_the_fused_logit() -> None:
+    labels = torch.tensor([1.0, 0.0, 1.0, 0.0])
+    fused = torch.tensor([0.5, -0.5, 0.2, -0.1])
+    better = torch.tensor([3.0, -3.0, 3.0, -3.0])  # lower BCE than fused
+    worse = torch.tensor([-1.0, 1.0, -1.0, 1.0])
+    torch.testing.assert_close(tri_bce(fused, better, better, labels), bce(fused, labels))
+    expected = bce(fused, labels) + (bce(worse, labels) - bce(fused, labels)) * bce(worse, labels)
+    torch.testing.assert_close(tri_bce(fused, worse, better, labels), expected)
+
+
 def test_unknown_model_name_is_refused() -> None:
-    cfg = ModelConfig()
+    cfg = replace(QINConfig())
     object.__setattr__(cfg, "name", "dcnv9")
     with pytest.raises(ValueError, match=r"'train\.model\.name': expected one of"):
         build_model(cfg, SPEC, torch.zeros(60, 5, dtype=torch.long), torch.zeros(60, 128))

@@ -6,9 +6,12 @@ import torch
 from torch import nn
 
 from qin.config import ModelConfig
-from qin.models.qin import QIN, Batch, FeatureSpec
+from qin.models.blocks import Batch, FeatureSpec
+from qin.models.dcnv3 import DCNv3
+from qin.models.din import DIN
+from qin.models.qin import QIN
 
-MODELS: dict[str, type[nn.Module]] = {"qin": QIN}
+MODELS: dict[str, type[nn.Module]] = {"qin": QIN, "din": DIN, "dcnv3": DCNv3, "sdcnv3": DCNv3}
 
 __all__ = ["MODELS", "Batch", "FeatureSpec", "build_model"]
 

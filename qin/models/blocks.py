@@ -1,0 +1,147 @@
+"""The feature pipeline every model shares, and small blocks.
+
+Shape legend: B batch, L history length, E embedding_dim, I = 3E item vector width.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+
+from qin.data.schema import NUM_LEVELS
+
+
+@dataclass(frozen=True)
+class FeatureSpec:
+    """Vocabularies of the featurized data (from the featurize manifest)."""
+
+    n_items: int  # item id vocabulary, including 0 = padding
+    n_tags: int  # tag vocabulary, including 0 = padding
+    tags_per_item: int = 5
+    item_emb_dim: int = 128
+    num_levels: int = NUM_LEVELS
+
+
+@dataclass
+class Batch:
+    item_seq: Tensor  # (B, L) int, 0 = padding, most recent last
+    likes_level: Tensor  # (B,) int
+    views_level: Tensor  # (B,) int
+    item_id: Tensor  # (B,) int
+    label: Tensor | None = None  # (B,) float
+
+    def to(self, device: torch.device | str, non_blocking: bool = False) -> Batch:
+        label = None if self.label is None else self.label.to(device, non_blocking=non_blocking)
+        return Batch(
+            item_seq=self.item_seq.to(device, non_blocking=non_blocking),
+            likes_level=self.likes_level.to(device, non_blocking=non_blocking),
+            views_level=self.views_level.to(device, non_blocking=non_blocking),
+            item_id=self.item_id.to(device, non_blocking=non_blocking),
+            label=label,
+        )
+
+
+class ItemEncoder(nn.Module):
+    """Item id -> (…, I): id embedding, mean of the non-padding tag embeddings, projected multimodal vector.
+
+    The item table (tags, item_emb_d128) is a frozen input, held as non-persistent buffers so that one
+    indexing operation gathers the features of the target and of the whole history.
+    """
+
+    item_tags: Tensor
+    item_emb: Tensor
+
+    def __init__(self, spec: FeatureSpec, dim: int, item_tags: Tensor, item_emb: Tensor) -> None:
+        super().__init__()
+        self.id_emb = nn.Embedding(spec.n_items, dim, padding_idx=0)
+        self.tag_emb = nn.Embedding(spec.n_tags, dim, padding_idx=0)
+        self.mm_proj = nn.Linear(spec.item_emb_dim, dim, bias=False)
+        self.register_buffer("item_tags", item_tags.long(), persistent=False)  # (n_items, 5)
+        self.register_buffer("item_emb", item_emb.float(), persistent=False)  # (n_items, 128)
+
+    def forward(self, ids: Tensor) -> Tensor:
+        ids = ids.long()
+        tags = self.item_tags[ids]  # (…, 5)
+        tag_mask = (tags != 0).unsqueeze(-1).to(self.tag_emb.weight.dtype)
+        tag_vec = (self.tag_emb(tags) * tag_mask).sum(-2) / tag_mask.sum(-2).clamp(min=1.0)  # (…, E)
+        return torch.cat([self.id_emb(ids), tag_vec, self.mm_proj(self.item_emb[ids])], dim=-1)
+
+
+class FeatureEncoder(nn.Module):
+    """Batch -> (likes (B, E), views (B, E), target (B, I), history (B, L, I), mask (B, L))."""
+
+    def __init__(self, spec: FeatureSpec, dim: int, item_tags: Tensor, item_emb: Tensor) -> None:
+        super().__init__()
+        self.items = ItemEncoder(spec, dim, item_tags, item_emb)
+        self.likes = nn.Embedding(spec.num_levels, dim)
+        self.views = nn.Embedding(spec.num_levels, dim)
+        self.item_dim = 3 * dim
+
+    def forward(self, batch: Batch) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+        return (
+            self.likes(batch.likes_level.long()),
+            self.views(batch.views_level.long()),
+            self.items(batch.item_id),
+            self.items(batch.item_seq),
+            batch.item_seq != 0,
+        )
+
+
+def masked_mean(history: Tensor, mask: Tensor) -> Tensor:
+    """Mean of the non-padding history items: (B, L, I), (B, L) -> (B, I); 0 for an empty history."""
+    m = mask.unsqueeze(-1).to(history.dtype)
+    return (history * m).sum(1) / m.sum(1).clamp(min=1.0)
+
+
+class MeanPooling(nn.Module):
+    """The history as the plain mean of its items (the paper's "w/o ASTA" ablation)."""
+
+    def forward(self, target: Tensor, history: Tensor, mask: Tensor) -> Tensor:
+        return masked_mean(history, mask)
+
+
+class MLP(nn.Sequential):
+    """Linear -> [BatchNorm] -> activation -> Dropout, per hidden layer."""
+
+    def __init__(
+        self,
+        in_dim: int,
+        units: tuple[int, ...],
+        dropout: float,
+        batch_norm: bool,
+        activation: type[nn.Module] = nn.ReLU,
+    ) -> None:
+        layers: list[nn.Module] = []
+        for width in units:
+            layers += [nn.Linear(in_dim, width)]
+            layers += [nn.BatchNorm1d(width)] if batch_norm else []
+            layers += [activation(), nn.Dropout(dropout)]
+            in_dim = width
+        super().__init__(*layers)
+        self.out_dim = in_dim
+
+
+def init_weights(model: nn.Module) -> None:
+    """As the authors' framework: embeddings N(0, 1e-4), linear weights Xavier-normal, biases 0."""
+    for m in model.modules():
+        if isinstance(m, nn.Embedding):
+            nn.init.normal_(m.weight, std=1e-4)
+            if m.padding_idx is not None:
+                with torch.no_grad():
+                    m.weight[m.padding_idx].zero_()
+        elif isinstance(m, nn.Linear):
+            nn.init.xavier_normal_(m.weight)
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+
+
+def embedding_tables(model: nn.Module) -> list[Tensor]:
+    """The parameters the embedding L2 penalty applies to."""
+    return [m.weight for m in model.modules() if isinstance(m, nn.Embedding)]
+
+
+def network_weights(model: nn.Module) -> list[Tensor]:
+    """The network's weight matrices (linear layers, not biases or norms): the net L2 penalty's."""
+    return [m.weight for m in model.modules() if isinstance(m, nn.Linear)]

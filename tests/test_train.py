@@ -1,0 +1,141 @@
+"""The trainer: deterministic on CPU, resumes a killed run from its checkpoint, evaluation metrics."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from sklearn.metrics import roc_auc_score
+
+from qin.config import EvaluateConfig, FeaturizeConfig, ValidateConfig, load_params
+from qin.evaluate import evaluate
+from qin.featurize import featurize
+from qin.metrics import expected_calibration_error, grouped_auc
+from qin.train import checkpoint_path, train
+from qin.validate import validate
+
+RESUME_PARAMS = """
+featurize: {max_len: 16}
+train:
+  model: {name: qin, embedding_dim: 8}
+  batch_size: 32
+  epochs: 3
+  patience: 5
+  seed: 3
+  device: cpu
+  checkpoint_every: 4
+"""
+
+
+@pytest.fixture(scope="module")
+def features(tiny_data: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("features")
+    validate(tiny_data, root / "v", ValidateConfig())
+    featurize(tiny_data, root / "v", root / "f", FeaturizeConfig(max_len=16))
+    return root / "f"
+
+
+def _cli_train(root: Path, features: Path, name: str) -> subprocess.Popen:
+    cmd = [sys.executable, "-m", "qin", "--params", str(root / "params.yaml"), "train", "--features",
+           str(features), "--out", str(root / name), "--metrics", str(root / f"{name}.json")]  # fmt: skip
+    return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def test_a_killed_run_resumes_from_its_checkpoint_and_ends_where_an_uninterrupted_run_ends(
+    features: Path, tmp_path: Path
+) -> None:
+    (tmp_path / "params.yaml").write_text(RESUME_PARAMS)
+    whole = _cli_train(tmp_path, features, "whole")
+    assert whole.wait(timeout=300) == 0, whole.stdout.read() if whole.stdout else ""
+
+    run = _cli_train(tmp_path, features, "killed")
+    ckpt = checkpoint_path(tmp_path / "killed")
+    deadline = time.time() + 120
+    while not ckpt.exists() and run.poll() is None and time.time() < deadline:
+        time.sleep(0.01)
+    assert run.poll() is None, "training ended before it could be killed"
+    os.kill(run.pid, signal.SIGKILL)
+    run.wait()
+    assert ckpt.exists() and not (tmp_path / "killed").exists()
+
+    again = _cli_train(tmp_path, features, "killed")
+    out, _ = again.communicate(timeout=300)
+    assert again.returncode == 0, out
+    assert "resuming from" in out
+    assert not ckpt.exists()  # removed once the package is written
+    a = json.loads((tmp_path / "whole.json").read_text())
+    b = json.loads((tmp_path / "killed.json").read_text())
+    assert abs(a["best_valid_auc"] - b["best_valid_auc"]) <= 0.002
+    assert [h["epoch"] for h in b["history"]] == [1, 2, 3]
+
+
+def test_training_on_cpu_is_deterministic(features: Path, tmp_path: Path) -> None:
+    (tmp_path / "params.yaml").write_text(RESUME_PARAMS)
+    cfg = load_params(tmp_path / "params.yaml").train
+    a = train(features, tmp_path / "a", tmp_path / "a.json", cfg)
+    b = train(features, tmp_path / "b", tmp_path / "b.json", cfg)
+    assert [h["valid_auc"] for h in a["history"]] == [h["valid_auc"] for h in b["history"]]
+    assert a["model_hash"] == b["model_hash"]
+
+
+def test_evaluate_writes_metrics_and_plots(features: Path, tmp_path: Path) -> None:
+    (tmp_path / "params.yaml").write_text(RESUME_PARAMS)
+    cfg = load_params(tmp_path / "params.yaml").train
+    train(features, tmp_path / "m", tmp_path / "t.json", cfg)
+    m = evaluate(
+        features,
+        tmp_path / "m",
+        tmp_path / "e.json",
+        EvaluateConfig(),
+        tmp_path / "plots",
+        tmp_path / "t.json",
+    )
+    assert set(m) >= {"valid_auc", "valid_logloss", "valid_gauc", "valid_ece", "valid_oracle_auc"}
+    assert json.loads((tmp_path / "e.json").read_text()) == m
+    for png in ("roc.png", "calibration.png", "learning_curve.png"):
+        assert (tmp_path / "plots" / png).read_bytes()[:4] == b"\x89PNG"
+
+
+def test_grouped_auc_is_the_row_weighted_mean_of_per_user_auc() -> None:
+    rng = np.random.default_rng(0)
+    users = rng.integers(0, 30, 600)
+    y = rng.random(600) < 0.3
+    s = rng.random(600) + 0.4 * y
+    total = weight = 0.0
+    for u in np.unique(users):
+        sel = users == u
+        if 0 < y[sel].sum() < sel.sum():
+            total += roc_auc_score(y[sel], s[sel]) * sel.sum()
+            weight += sel.sum()
+    assert grouped_auc(y, s, users) == pytest.approx(total / weight)
+
+
+def test_expected_calibration_error() -> None:
+    y = np.array([1, 0, 1, 1, 0, 0, 0, 0])
+    p = np.array([0.9, 0.9, 0.9, 0.9, 0.1, 0.1, 0.1, 0.1])
+    # bin 0.9: 3/4 clicks vs 0.9 -> 0.15; bin 0.1: 0/4 vs 0.1 -> 0.1; weighted by 4/8 each
+    assert expected_calibration_error(y, p) == pytest.approx(0.125)
+    assert expected_calibration_error(np.array([1, 0]), np.array([1.0, 0.0])) == 0.0
+
+
+def test_a_model_trained_on_a_shorter_history_scores_only_that_history(
+    features: Path, tmp_path: Path
+) -> None:
+    from qin.featurize import Features
+    from qin.inference import load_package
+
+    (tmp_path / "params.yaml").write_text(RESUME_PARAMS.replace("device: cpu", "device: cpu\n  max_len: 6"))
+    cfg = load_params(tmp_path / "params.yaml").train
+    train(features, tmp_path / "m", tmp_path / "t.json", cfg)
+    valid = {k: np.asarray(v) for k, v in Features(features).split("valid").items()}
+    scorer = load_package(tmp_path / "m")
+    assert scorer.max_len == 6 and valid["item_seq"].shape[1] == 16
+    short = {**valid, "item_seq": valid["item_seq"][:, -6:]}
+    np.testing.assert_array_equal(scorer.predict(valid), scorer.predict(short))
+    longer = {**valid, "item_seq": np.pad(valid["item_seq"][:, -6:], ((0, 0), (10, 0)), constant_values=1)}
+    np.testing.assert_array_equal(scorer.predict(longer), scorer.predict(short))
