@@ -15,7 +15,14 @@ from qin.config import EvaluateConfig
 from qin.featurize import Features
 from qin.inference import load_package
 from qin.io import atomic_dir, read_json, write_json
-from qin.metrics import expected_calibration_error, grouped_auc, log_loss, roc_auc, roc_curve
+from qin.metrics import (
+    calibration_bins,
+    expected_calibration_error,
+    grouped_auc,
+    log_loss,
+    roc_auc,
+    roc_curve,
+)
 
 CALIBRATION_BINS = 15
 
@@ -71,17 +78,14 @@ def _plots(
         fig.savefig(tmp / "roc.png", dpi=100, bbox_inches="tight")
         plt.close(fig)
 
-        edges = np.linspace(0, 1, CALIBRATION_BINS + 1)
-        b = np.minimum((probs * CALIBRATION_BINS).astype(np.int64), CALIBRATION_BINS - 1)
-        n = np.bincount(b, minlength=CALIBRATION_BINS)
+        n, y_sum, p_sum = calibration_bins(labels, probs, CALIBRATION_BINS)
         seen = n > 0
-        mean_p = np.bincount(b, weights=probs, minlength=CALIBRATION_BINS)[seen] / n[seen]
-        mean_y = np.bincount(b, weights=labels, minlength=CALIBRATION_BINS)[seen] / n[seen]
+        mean_p, mean_y = p_sum[seen] / n[seen], y_sum[seen] / n[seen]
         fig, ax = plt.subplots(figsize=(5, 5))
         ax.plot([0, 1], [0, 1], "k:", lw=0.8)
         ax.plot(mean_p, mean_y, "o-", label="model")
         ax.set(xlabel="mean predicted probability", ylabel="observed click rate", title="Calibration (valid)",
-               xlim=(edges[0], edges[-1]), ylim=(0, 1))  # fmt: skip
+               xlim=(0, 1), ylim=(0, 1))  # fmt: skip
         ax.legend(loc="upper left")
         fig.savefig(tmp / "calibration.png", dpi=100, bbox_inches="tight")
         plt.close(fig)

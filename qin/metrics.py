@@ -49,13 +49,22 @@ def grouped_auc(labels: np.ndarray, scores: np.ndarray, groups: np.ndarray) -> f
     return float(total / weight)
 
 
-def expected_calibration_error(labels: np.ndarray, probs: np.ndarray, bins: int = 15) -> float:
-    """Σ_b (n_b / N) |mean label - mean probability| over equal-width probability bins."""
+def calibration_bins(labels: np.ndarray, probs: np.ndarray, bins: int = 15) -> tuple[np.ndarray, ...]:
+    """Per equal-width probability bin: (rows, sum of labels, sum of probabilities)."""
     y = np.asarray(labels, dtype=np.float64).ravel()
     p = np.asarray(probs, dtype=np.float64).ravel()
     b = np.minimum((p * bins).astype(np.int64), bins - 1)
-    gap = np.abs(np.bincount(b, weights=y, minlength=bins) - np.bincount(b, weights=p, minlength=bins))
-    return float(gap.sum() / max(len(y), 1))
+    return (
+        np.bincount(b, minlength=bins),
+        np.bincount(b, weights=y, minlength=bins),
+        np.bincount(b, weights=p, minlength=bins),
+    )
+
+
+def expected_calibration_error(labels: np.ndarray, probs: np.ndarray, bins: int = 15) -> float:
+    """Σ_b (n_b / N) |mean label - mean probability| over equal-width probability bins."""
+    n, y_sum, p_sum = calibration_bins(labels, probs, bins)
+    return float(np.abs(y_sum - p_sum).sum() / max(n.sum(), 1))
 
 
 def roc_curve(labels: np.ndarray, scores: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
