@@ -2,7 +2,8 @@
 
 Trains QIN, its five ablations, DIN, DCNv3 and SDCNv3 with the same budget (epochs, batch, learning rate,
 history length, early stopping) on the featurized data and prints one table: valid AUC, logloss, gAUC, the
-oracle AUC, parameters and seconds.
+oracle AUC, parameters and seconds. The models and the table come from qin/ablation.py, which the
+`qin-ablation` flow uses too.
 
     python bench/accuracy.py       # data/ (the small preset) with the train settings of params.yaml
     python bench/accuracy.py --epochs 4 --only qin din
@@ -14,34 +15,12 @@ import argparse
 import dataclasses
 import logging
 import tempfile
-import time
 from pathlib import Path
 
-from qin.config import DCNv3Config, DINConfig, ModelConfig, load_params
-from qin.evaluate import evaluate
+from qin.ablation import no_history_bound, run_variant, select, slug, table_markdown, variants
+from qin.config import load_params
 from qin.featurize import featurize
-from qin.io import read_json
-from qin.train import train
 from qin.validate import validate
-
-
-def variants(qin: ModelConfig, din_challenge: bool) -> dict[str, ModelConfig]:
-    assert qin.name == "qin"
-    e = qin.embedding_dim
-    # The challenge DIN (embedding 64, attention MLP 512-256 on every history item) costs ~30x QIN's
-    # FLOPs per sample: on 2 CPU cores the bench scales it to QIN's width unless --din-challenge.
-    din = DINConfig() if din_challenge else DINConfig(embedding_dim=e, attention_units=(64, 32))
-    return {
-        "QIN": qin,
-        "w/o QNN": dataclasses.replace(qin, use_qnn=False),
-        "w/o ASTA": dataclasses.replace(qin, history_pooling="mean"),
-        "ASTA w/ SoftMax": dataclasses.replace(qin, attention_activation="softmax"),
-        "QNN w/o PReLU": dataclasses.replace(qin, qnn_activation="relu"),
-        "ASTA w/ Dropout": dataclasses.replace(qin, attention_dropout=0.1),
-        "DIN": din,
-        "DCNv3": DCNv3Config(embedding_dim=e),
-        "SDCNv3": DCNv3Config(name="sdcnv3", embedding_dim=e),
-    }
 
 
 def main() -> None:
@@ -60,35 +39,19 @@ def main() -> None:
     validate(args.data, work / "validate", params.validate)
     featurize(args.data, work / "validate", work / "features", params.featurize)
 
-    todo = variants(cfg.model, args.din_challenge)
-    if args.only:
-        wanted = {w.lower() for w in args.only}
-        todo = {k: v for k, v in todo.items() if k.lower() in wanted}
+    todo = select(variants(cfg.model, args.din_challenge), args.only)
     print(f"data {args.data}, {cfg.epochs} epochs max, batch {cfg.batch_size}, lr {cfg.learning_rate}, "
           f"history {cfg.max_len or params.featurize.max_len}, early stop after {cfg.patience}")  # fmt: skip
-    header = (
-        f"{'model':<16} {'AUC':>7} {'logloss':>8} {'gAUC':>7} {'oracle':>7} {'params':>10} {'seconds':>8}"
-    )
     rows = []
     for name, model in todo.items():
-        slug = name.lower().replace(" ", "_").replace("/", "")
-        t0 = time.perf_counter()
-        summary = train(
-            work / "features", work / slug, work / f"{slug}.train.json", dataclasses.replace(cfg, model=model)
+        rows.append(run_variant(name, work / "features", work / slug(name), cfg, model, params.evaluate))
+        r = rows[-1]
+        print(
+            f"{name:<16} AUC {r['valid_auc']:.4f}  best epoch {r['best_epoch']}  {r['seconds']:.0f} s",
+            flush=True,
         )
-        seconds = time.perf_counter() - t0
-        m = evaluate(work / "features", work / slug, work / f"{slug}.json", params.evaluate)
-        rows.append(
-            f"{name:<16} {m['valid_auc']:7.4f} {m['valid_logloss']:8.4f} {m['valid_gauc']:7.4f} "
-            f"{m.get('valid_oracle_auc', float('nan')):7.4f} {summary['parameters']:10,d} {seconds:8.0f}"
-        )
-        print(rows[-1], flush=True)
-    synth = args.data / "synth.json"
     print()
-    print(header)
-    print("\n".join(rows))
-    if synth.exists():
-        print(f"no-history bound: {read_json(synth)['valid_no_history_auc']:.4f}")
+    print(table_markdown(rows, no_history_bound(args.data)))
 
 
 if __name__ == "__main__":

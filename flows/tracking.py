@@ -19,6 +19,7 @@ from mlflow.models import infer_signature
 import qin
 from qin.config import RegisterConfig
 from qin.inference import load_package
+from qin.io import read_json
 from qin.register import Candidate, Registered
 
 PYFUNC_CODE = Path(__file__).with_name("pyfunc_model.py")
@@ -127,3 +128,28 @@ class MlflowRegistry:
 
     def set_alias(self, model_name: str, alias: str, version: str) -> None:
         self.client.set_registered_model_alias(model_name, alias, version)
+
+
+def log_ablation(cfg: RegisterConfig, rows: list[dict], variant_dirs: list[Path], comparison: Path) -> str:
+    """One parent run (the comparison table, CSV and bar plot) with a nested run per model; returns the
+    parent's run id. Nothing is registered: the ablation compares, `qin-train` ships."""
+    configure(cfg)
+    exp = mlflow.set_experiment(f"{cfg.experiment}-ablation")
+    with mlflow.start_run(experiment_id=exp.experiment_id, run_name="ablation") as parent:
+        for row, directory in zip(rows, variant_dirs, strict=True):
+            train = read_json(directory / "train.json")
+            with mlflow.start_run(run_name=row["model"], nested=True):
+                mlflow.log_params({"variant": row["model"], **read_json(directory / "config.json")})
+                mlflow.log_metrics({k: float(v) for k, v in row.items() if isinstance(v, int | float)})
+                for h in train["history"]:
+                    step = int(h["epoch"])
+                    mlflow.log_metrics(
+                        {f"epoch_{k}": float(v) for k, v in h.items() if k != "epoch"}, step=step
+                    )
+                mlflow.log_artifact(str(directory / "evaluate.json"))
+        mlflow.log_artifacts(str(comparison), artifact_path="comparison")
+        for row in rows:
+            mlflow.log_metric(
+                f"valid_auc.{row['model'].replace('/', '').replace(' ', '_')}", row["valid_auc"]
+            )
+    return str(parent.info.run_id)

@@ -11,3 +11,4 @@ TRAIN_METRICS = Path("metrics/train.json")
 EVAL_METRICS = Path("metrics/evaluate.json")
 PLOTS = Path("artifacts/evaluate")  # ROC, calibration and learning-curve PNGs
 REGISTRATION = Path("artifacts/register.json")
+ABLATION = Path("artifacts/ablation")  # qin-ablation: one directory per variant, and comparison/

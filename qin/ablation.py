@@ -1,0 +1,143 @@
+"""The paper's model table: QIN, its five ablations and the baselines, trained with one budget and compared.
+
+One code path for bench/accuracy.py and the `qin-ablation` Prefect flow: `variants` names the models,
+`run_variant` trains and evaluates one of them into its own directory, `compare` writes the comparison
+table (Markdown and CSV) and a bar plot of valid AUC against the oracle and the no-history bound.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import time
+from pathlib import Path
+from typing import Any
+
+from qin.config import DCNv3Config, DINConfig, EvaluateConfig, ModelConfig, QINConfig, TrainConfig, flatten
+from qin.evaluate import evaluate
+from qin.io import atomic_dir, read_json, write_json
+from qin.train import train
+
+COLUMNS = ("model", "valid_auc", "valid_logloss", "valid_gauc", "valid_oracle_auc", "parameters", "seconds")
+
+
+def variants(qin: ModelConfig, din_challenge: bool = False) -> dict[str, ModelConfig]:
+    """The paper's ablation set (its Table 2) around `qin`, then DIN, DCNv3 and SDCNv3 at QIN's width."""
+    if not isinstance(qin, QINConfig):
+        raise ValueError(f"train.model: the ablation set is built around QIN; found model '{qin.name}'")
+    e = qin.embedding_dim
+    # The challenge DIN (embedding 64, attention MLP 512-256 on every history item) costs ~30x QIN's
+    # FLOPs per sample: on a few CPU cores it is scaled to QIN's width unless din_challenge.
+    din = DINConfig() if din_challenge else DINConfig(embedding_dim=e, attention_units=(64, 32))
+    return {
+        "QIN": qin,
+        "w/o QNN": dataclasses.replace(qin, use_qnn=False),
+        "w/o ASTA": dataclasses.replace(qin, history_pooling="mean"),
+        "ASTA w/ SoftMax": dataclasses.replace(qin, attention_activation="softmax"),
+        "QNN w/o PReLU": dataclasses.replace(qin, qnn_activation="relu"),
+        "ASTA w/ Dropout": dataclasses.replace(qin, attention_dropout=0.1),
+        "DIN": din,
+        "DCNv3": DCNv3Config(embedding_dim=e),
+        "SDCNv3": DCNv3Config(name="sdcnv3", embedding_dim=e),
+    }
+
+
+def select(todo: dict[str, ModelConfig], only: list[str] | None) -> dict[str, ModelConfig]:
+    """The variants named in `only` (case-insensitive), all of them when it is empty."""
+    if not only:
+        return todo
+    known = {k.lower(): k for k in todo}
+    unknown = [name for name in only if name.lower() not in known]
+    if unknown:
+        raise ValueError(f"ablation variants {unknown} are not known; expected some of {list(todo)}")
+    return {known[name.lower()]: todo[known[name.lower()]] for name in only}
+
+
+def slug(name: str) -> str:
+    """A directory name for a variant: "ASTA w/ SoftMax" -> "asta_w_softmax"."""
+    return "".join(c if c.isalnum() else "_" for c in name.lower().replace("/", "")).replace("__", "_")
+
+
+def run_variant(
+    name: str,
+    features_dir: str | Path,
+    out_dir: str | Path,
+    cfg: TrainConfig,
+    model: ModelConfig,
+    eval_cfg: EvaluateConfig,
+) -> dict[str, Any]:
+    """Train and evaluate one variant into out_dir (model/, train.json, evaluate.json, config.json, row.json).
+
+    Returns its row of the comparison table. Training resumes from its checkpoint like any `qin train`.
+    """
+    out = Path(out_dir)
+    cfg = dataclasses.replace(cfg, model=model)
+    write_json(out / "config.json", flatten(cfg, "train."))
+    t0 = time.perf_counter()
+    summary = train(features_dir, out / "model", out / "train.json", cfg)
+    seconds = time.perf_counter() - t0
+    metrics = evaluate(features_dir, out / "model", out / "evaluate.json", eval_cfg)
+    row = {
+        "model": name,
+        **{k: metrics.get(k, float("nan")) for k in COLUMNS[1:5]},
+        "parameters": summary["parameters"],
+        "seconds": round(seconds, 1),
+        "best_epoch": summary["best_epoch"],
+        "epochs_run": len(summary["history"]),
+    }
+    write_json(out / "row.json", row)
+    return row
+
+
+def table_markdown(rows: list[dict[str, Any]], no_history_auc: float | None = None) -> str:
+    lines = [
+        "| model | AUC | logloss | gAUC | oracle AUC | parameters | seconds |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        lines.append(
+            f"| {r['model']} | {r['valid_auc']:.4f} | {r['valid_logloss']:.4f} | {r['valid_gauc']:.4f} "
+            f"| {r['valid_oracle_auc']:.4f} | {r['parameters']:,} | {r['seconds']:.0f} |"
+        )
+    if no_history_auc is not None:
+        lines += ["", f"No-history bound (best AUC without the history): {no_history_auc:.4f}"]
+    return "\n".join(lines) + "\n"
+
+
+def compare(rows: list[dict[str, Any]], out_dir: str | Path, no_history_auc: float | None = None) -> Path:
+    """Write comparison.md, comparison.csv and comparison.png (valid AUC per model) into out_dir."""
+    if not rows:
+        raise ValueError("ablation: no variant results to compare")
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    with atomic_dir(out_dir) as tmp:
+        (tmp / "comparison.md").write_text(table_markdown(rows, no_history_auc))
+        with open(tmp / "comparison.csv", "w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=list(COLUMNS), extrasaction="ignore")
+            writer.writeheader()
+            writer.writerows(rows)
+        fig, ax = plt.subplots(figsize=(max(6.0, 0.9 * len(rows)), 4))
+        aucs = [r["valid_auc"] for r in rows]
+        ax.bar(range(len(rows)), aucs, color=["C0" if r["model"] == "QIN" else "C7" for r in rows])
+        oracle = rows[0]["valid_oracle_auc"]
+        refs = [(oracle, "oracle", "k--"), (no_history_auc, "no-history bound", "r:")]
+        for value, label, style in refs:
+            if value is not None and value == value:  # skip missing and NaN
+                ax.axhline(value, linestyle=style[1:], color=style[0], lw=1, label=f"{label} {value:.4f}")
+        low = min([*aucs, *(v for v, _, _ in refs if v is not None and v == v)])
+        ax.set_ylim(low - 0.01, max([*aucs, oracle if oracle == oracle else 0]) + 0.01)
+        ax.set_xticks(range(len(rows)), [r["model"] for r in rows], rotation=30, ha="right")
+        ax.set(ylabel="valid AUC", title="QIN ablations and baselines")
+        ax.legend(loc="lower right", fontsize=8)
+        fig.savefig(tmp / "comparison.png", dpi=100, bbox_inches="tight")
+        plt.close(fig)
+    return Path(out_dir)
+
+
+def no_history_bound(data_dir: str | Path) -> float | None:
+    """The generator's no-history bound, when the data is synthetic (data/synth.json)."""
+    synth = Path(data_dir) / "synth.json"
+    return float(read_json(synth)["valid_no_history_auc"]) if synth.exists() else None
