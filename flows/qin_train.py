@@ -21,8 +21,8 @@ artifacts/failure.md (the failed stage, the error, the stage's inputs and output
     python -m flows.deploy_pool        # deploy it to the process work pool as qin-train/pool (`make worker`)
 """
 
-from __future__ import annotations
-
+# No `from __future__ import annotations` here: Prefect builds the flow's parameter model from the
+# signature, and string annotations naming module-level aliases (ModelName) fail to resolve in served runs.
 import hashlib
 from collections.abc import Callable
 from pathlib import Path
@@ -201,9 +201,14 @@ def failure_report(parameters: dict[str, Any], failed: list[str], finished: list
         "# qin-train failed",
         "",
         f"- failed stage: **{stage or 'none (the flow itself, before or between stages)'}**",
-        f"- error: `{error}`",
         f"- stages finished before it: {', '.join(finished) or 'none'}",
-        f"- parameters: `{parameters}`",
+        f"- parameters: `{parameters}` (others at their defaults)",
+        "",
+        "## Error",
+        "",
+        "```text",
+        error,
+        "```",
     ]
     if stage in files:
         inputs, outputs = files[stage]
