@@ -19,7 +19,9 @@ export PREFECT_RESULTS_LOCAL_STORAGE_PATH := $(CURDIR)/.prefect/results
 export PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS := 120
 export PATH := $(CURDIR)/$(BIN):$(PATH)
 
-.PHONY: install run test lint data repro serve ui clean
+PREFECT_POOL ?= qin-pool
+
+.PHONY: install run test lint data repro serve worker promote ui clean
 
 install: $(STAMP)
 
@@ -48,17 +50,40 @@ lint: $(STAMP)
 repro: data
 	$(BIN)/dvc repro
 
-# A local Prefect server plus the served deployment qin-train/local. In another shell:
-#   export PREFECT_API_URL=http://127.0.0.1:$(PREFECT_PORT)/api && .venv/bin/prefect deployment run qin-train/local
-serve: data
+# A local Prefect server on 127.0.0.1:$(PREFECT_PORT), started unless one already answers there (and then
+# stopped with the command that started it); log in .prefect/server.log.
+PREFECT_API := http://127.0.0.1:$(PREFECT_PORT)/api
+define with_server
 	@mkdir -p .prefect; \
+	if curl -sf $(PREFECT_API)/health >/dev/null; then echo "using the Prefect server at $(PREFECT_API)"; else \
 	$(BIN)/prefect server start --host 127.0.0.1 --port $(PREFECT_PORT) > .prefect/server.log 2>&1 & \
 	server=$$!; trap 'kill $$server 2>/dev/null' EXIT INT TERM; \
 	echo "waiting for the Prefect server (log: .prefect/server.log)"; \
-	until curl -sf http://127.0.0.1:$(PREFECT_PORT)/api/health >/dev/null; do \
-		kill -0 $$server 2>/dev/null || { cat .prefect/server.log; exit 1; }; sleep 1; done; \
+	until curl -sf $(PREFECT_API)/health >/dev/null; do \
+		kill -0 $$server 2>/dev/null || { cat .prefect/server.log; exit 1; }; sleep 1; done; fi; \
 	echo "Prefect UI: http://127.0.0.1:$(PREFECT_PORT)"; \
-	PREFECT_API_URL=http://127.0.0.1:$(PREFECT_PORT)/api $(BIN)/python -m flows.serve
+	export PREFECT_API_URL=$(PREFECT_API); \
+	$(1)
+endef
+
+# Deployment qin-train/local: the flow served by this process. In another shell:
+#   export PREFECT_API_URL=http://127.0.0.1:$(PREFECT_PORT)/api && .venv/bin/prefect deployment run qin-train/local
+serve: data
+	$(call with_server,$(BIN)/python -m flows.serve)
+
+# Deployment qin-train/pool: the process work pool $(PREFECT_POOL) (created if absent), the flow deployed
+# from this checkout, and a worker that runs its flow runs. In another shell:
+#   export PREFECT_API_URL=http://127.0.0.1:$(PREFECT_PORT)/api && .venv/bin/prefect deployment run qin-train/pool
+worker: data
+	$(call with_server,\
+	$(BIN)/prefect work-pool inspect $(PREFECT_POOL) >/dev/null 2>&1 || \
+		$(BIN)/prefect work-pool create $(PREFECT_POOL) --type process || exit 1; \
+	$(BIN)/python -m flows.deploy_pool || exit 1; \
+	$(BIN)/prefect worker start --pool $(PREFECT_POOL) --type process)
+
+# Give a registered version an alias: `make promote TO=staging|production [VERSION=N]`.
+promote: $(STAMP)
+	$(BIN)/qin promote --to $(TO) $(if $(VERSION),--version $(VERSION))
 
 ui: $(STAMP)
 	@mkdir -p mlruns

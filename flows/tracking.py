@@ -1,7 +1,11 @@
 """MLflow: the one module that talks to it. Implements qin.register.Registry.
 
-Everything lives under mlruns/: the sqlite tracking/registry store and the artifacts. Each registered
-model version carries tags `model_hash` and `valid_auc`, which the idempotency check and the gate read.
+Everything lives under mlruns/: the sqlite tracking/registry store and the artifacts. Runs go to one
+experiment per data version (`<register.experiment>/data-<data hash[:8]>`). A run holds the resolved
+settings (as params and as `config/params.yaml`), metrics with per-epoch history, system metrics (CPU,
+memory, disk; psutil), the reports, a `model_card.md` and the model. Each registered model version carries
+tags `model_hash`, `valid_auc`, `data_hash`, `params_hash`, `git_commit` (read by the idempotency check and
+the promotion rules) and `alias_history.<n>` (one per alias move).
 """
 
 from __future__ import annotations
@@ -20,7 +24,7 @@ import qin
 from qin.config import RegisterConfig
 from qin.inference import load_package
 from qin.io import read_json
-from qin.register import Candidate, Registered
+from qin.register import Candidate, Registered, VersionInfo, model_card
 
 PYFUNC_CODE = Path(__file__).with_name("pyfunc_model.py")
 # The user's override, read once: mlflow.set_tracking_uri() itself writes MLFLOW_TRACKING_URI into the
@@ -65,13 +69,13 @@ class MlflowRegistry:
         self.cfg = cfg
         self.client = configure(cfg)
 
-    def _experiment_id(self) -> str:
-        exp = self.client.get_experiment_by_name(self.cfg.experiment)
+    def _experiment_id(self, name: str) -> str:
+        exp = self.client.get_experiment_by_name(name)
         if exp is not None:
             return exp.experiment_id
         root = Path(self.cfg.artifact_root).resolve()
         root.mkdir(parents=True, exist_ok=True)
-        return self.client.create_experiment(self.cfg.experiment, artifact_location=root.as_uri())
+        return self.client.create_experiment(name, artifact_location=root.as_uri())
 
     def find(self, model_name: str, model_hash: str) -> Registered | None:
         try:
@@ -84,10 +88,15 @@ class MlflowRegistry:
         return None
 
     def log_and_register(self, model_name: str, candidate: Candidate) -> Registered:
-        exp_id = self._experiment_id()
+        exp_id = self._experiment_id(experiment_name(self.cfg, candidate.tags["data_hash"]))
         run_name = f"{candidate.params.get('train.model.name', 'model')}-{candidate.model_hash[:8]}"
-        with mlflow.start_run(experiment_id=exp_id, run_name=run_name) as run:
+        # System metrics (CPU, memory, disk, network; psutil) sampled every second while the run is open.
+        mlflow.set_system_metrics_sampling_interval(1)
+        mlflow.set_system_metrics_samples_before_logging(1)
+        with mlflow.start_run(experiment_id=exp_id, run_name=run_name, log_system_metrics=True) as run:
             mlflow.log_params(candidate.params)
+            if candidate.config_yaml:
+                mlflow.log_text(candidate.config_yaml, "config/params.yaml")
             mlflow.log_metrics(candidate.metrics)
             for h in candidate.history:
                 step = int(h["epoch"])
@@ -109,7 +118,8 @@ class MlflowRegistry:
                 input_example=example,
                 registered_model_name=model_name,
             )
-        version = str(info.registered_model_version)
+            version = str(info.registered_model_version)
+            mlflow.log_text(model_card(candidate, model_name, version), "model_card.md")
         self.client.set_model_version_tag(model_name, version, "model_hash", candidate.model_hash)
         self.client.set_model_version_tag(
             model_name, version, "valid_auc", str(candidate.metrics["valid_auc"])
@@ -118,16 +128,66 @@ class MlflowRegistry:
             self.client.set_model_version_tag(model_name, version, key, candidate.tags[key])
         return Registered(run_id=run.info.run_id, version=version)
 
-    def alias_holder(self, model_name: str, alias: str) -> tuple[str, float | None] | None:
+    def get_version(self, model_name: str, version: str) -> VersionInfo | None:
+        try:
+            v = self.client.get_model_version(model_name, version)
+        except MlflowException:
+            return None
+        return VersionInfo(version=str(v.version), run_id=str(v.run_id), tags=dict(v.tags))
+
+    def latest_version(self, model_name: str) -> str | None:
+        try:
+            versions = self.client.search_model_versions(f"name='{model_name}'")
+        except MlflowException:
+            return None
+        return str(max(int(v.version) for v in versions)) if versions else None
+
+    def alias_holder(self, model_name: str, alias: str) -> VersionInfo | None:
         try:
             v = self.client.get_model_version_by_alias(model_name, alias)
         except MlflowException:
             return None
-        auc = v.tags.get("valid_auc")
-        return str(v.version), float(auc) if auc is not None else None
+        return VersionInfo(version=str(v.version), run_id=str(v.run_id), tags=dict(v.tags))
 
     def set_alias(self, model_name: str, alias: str, version: str) -> None:
         self.client.set_registered_model_alias(model_name, alias, version)
+
+    def set_version_tag(self, model_name: str, version: str, key: str, value: str) -> None:
+        self.client.set_model_version_tag(model_name, version, key, value)
+
+    def missing_artifacts(self, model_name: str, version: str) -> str | None:
+        try:
+            v = self.client.get_model_version(model_name, version)
+        except MlflowException:
+            return f"model '{model_name}' has no version {version}"
+        if v.run_id:
+            try:
+                run = self.client.get_run(v.run_id)
+            except MlflowException:
+                return f"its run {v.run_id} does not exist"
+            if run.info.lifecycle_stage == "deleted":
+                return f"its run {v.run_id} is deleted"
+        uri = self.client.get_model_version_download_uri(model_name, version)
+        try:
+            names = {Path(a.path).name for a in mlflow.artifacts.list_artifacts(artifact_uri=uri)}
+        except Exception as exc:  # any store error means the model cannot be downloaded
+            return f"its model artifacts at {uri} cannot be listed ({exc})"
+        if "MLmodel" not in names:
+            return f"its model artifacts at {uri} have no MLmodel file (found {sorted(names) or 'nothing'})"
+        return None
+
+
+def experiment_name(cfg: RegisterConfig, data_hash: str) -> str:
+    """One experiment per data version: runs on different data do not compare."""
+    return f"{cfg.experiment}/data-{data_hash[:8]}"
+
+
+def run_link(cfg: RegisterConfig, run_id: str) -> str:
+    """The run's page in the MLflow UI: the tracking server when it is one, else `register.ui_url`."""
+    uri = tracking_uri(cfg)
+    base = uri if uri.startswith(("http://", "https://")) else cfg.ui_url
+    experiment_id = configure(cfg).get_run(run_id).info.experiment_id
+    return f"{base.rstrip('/')}/#/experiments/{experiment_id}/runs/{run_id}"
 
 
 def log_ablation(cfg: RegisterConfig, rows: list[dict], variant_dirs: list[Path], comparison: Path) -> str:

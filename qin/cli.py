@@ -80,7 +80,9 @@ def _train(args: argparse.Namespace, params: Params) -> None:
 def _evaluate(args: argparse.Namespace, params: Params) -> None:
     from qin.evaluate import evaluate
 
-    m = evaluate(args.features, args.model, args.out, params.evaluate, args.plots, args.train_metrics)
+    m = evaluate(
+        args.features, args.model, args.out, params.evaluate, args.plots, args.train_metrics, args.plot_data
+    )
     print(" ".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}" for k, v in m.items()))
 
 
@@ -95,19 +97,24 @@ def _register(args: argparse.Namespace, params: Params) -> None:
     )
 
 
+def _promote(args: argparse.Namespace, params: Params) -> None:
+    from qin.register import promote
+
+    r = promote(params.register, args.to, args.version, force=args.force)
+    if r["moved"]:
+        previous = f"from version {r['previous']}" if r["previous"] else "(no previous holder)"
+        print(
+            f"{r['model_name']} version {r['version']} now holds '{r['alias']}' {previous}: {r['reason']}; "
+            f"recorded as version tag {r['history_tag']}"
+        )
+    else:
+        print(f"{r['model_name']}: {r['reason']}; nothing to do")
+
+
 def _show_params(args: argparse.Namespace, params: Params) -> None:
-    import yaml
+    from qin.config import to_yaml
 
-    resolved = dataclasses.asdict(params)
-    print(yaml.safe_dump(_plain(resolved), sort_keys=False), end="")
-
-
-def _plain(value: object) -> object:
-    if isinstance(value, dict):
-        return {k: _plain(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_plain(v) for v in value]
-    return value
+    print(to_yaml(params), end="")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -163,6 +170,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, default=layout.EVAL_METRICS)
     p.add_argument("--plots", type=Path, default=layout.PLOTS)
     p.add_argument("--train-metrics", type=Path, default=layout.TRAIN_METRICS, help="for the learning curves")
+    p.add_argument("--plot-data", type=Path, default=layout.PLOT_DATA, help="curves as CSV, for `dvc plots`")
 
     p = stage("register", _register, "log the run and register the model; move the alias if it is better")
     p.add_argument("--model", type=Path, default=layout.MODEL)
@@ -171,6 +179,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--validation", type=Path, default=layout.VALIDATION)
     p.add_argument("--plots", type=Path, default=layout.PLOTS)
     p.add_argument("--out", type=Path, default=layout.REGISTRATION)
+
+    p = stage(
+        "promote",
+        _promote,
+        "give a registered version the staging alias (if it beats the holder by register.min_delta on the "
+        "same data) or, explicitly, production (alias register.production_alias)",
+    )
+    p.add_argument("--to", required=True, choices=["staging", "production"])
+    p.add_argument("--version", help="the model version (default: the newest)")
+    p.add_argument(
+        "--force",
+        action="store_true",
+        help="override the AUC and data-version rules (recorded in the history); never missing artifacts",
+    )
     return parser
 
 

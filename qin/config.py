@@ -7,6 +7,7 @@ and what was found, so a typo in params.yaml never silently falls back to a defa
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import hashlib
 import json
@@ -170,7 +171,13 @@ class EvaluateConfig:
 @dataclass(frozen=True)
 class RegisterConfig:
     model_name: str = "qin-ctr"
+    # The alias the register stage moves automatically, through the gate (qin/register.py `promote`).
     alias: str = "staging"
+    # The alias `qin promote --to production` moves; never moved automatically.
+    production_alias: str = "champion"
+    # A candidate takes an alias only when its valid AUC beats the holder's by at least this much, on the
+    # same data version (the `data_hash` tag).
+    min_delta: float = 0.001
     # Name of a `qin.registries` entry point; "mlflow" is provided by flows/tracking.py.
     registry: str = "mlflow"
     experiment: str = "qin-ctr"
@@ -178,6 +185,9 @@ class RegisterConfig:
     # set, overrides tracking_uri (e.g. a shared MLflow server).
     tracking_uri: str = "sqlite:///mlruns/mlflow.db"
     artifact_root: str = "mlruns/artifacts"
+    # Where the MLflow UI shows runs (`make ui`), for the links in run summaries; an http(s) tracking URI
+    # is used instead when one is set.
+    ui_url: str = "http://127.0.0.1:5000"
 
 
 @dataclass(frozen=True)
@@ -314,3 +324,76 @@ def _flatten_dict(d: dict[str, Any], prefix: str) -> list[tuple[str, Any]]:
         else:
             items.append((f"{prefix}{k}", v))
     return items
+
+
+def to_yaml(params: Params) -> str:
+    """The resolved settings (presets applied, defaults filled in) as YAML, in params.yaml's layout."""
+    return yaml.safe_dump(_plain(dataclasses.asdict(params)), sort_keys=False)
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_plain(v) for v in value]
+    return value
+
+
+def apply_overrides(
+    raw: dict[str, Any], overrides: dict[str, Any] | None = None, model: str | None = None
+) -> dict[str, Any]:
+    """A copy of the params mapping `raw` with `model` (train.model.name) and dotted `overrides` applied.
+
+    Switching the model keeps only the model keys the new model also has (e.g. embedding_dim); overrides
+    are applied after it, so `{"train.model.embedding_dim": 64}` sets the new model's width. Keys are not
+    checked here: `load_params` refuses unknown ones by name.
+    """
+    out = copy.deepcopy(raw)
+    if model is not None:
+        if model not in MODEL_CONFIGS:
+            raise ValueError(f"model: expected one of {sorted(MODEL_CONFIGS)}, found {model!r}")
+        train = out.setdefault("train", {})
+        if not isinstance(train, dict):
+            raise ValueError(f"params key 'train': expected a mapping, found {train!r}")
+        current = train.get("model")
+        current = current if isinstance(current, dict) else {}
+        allowed = {f.name for f in dataclasses.fields(MODEL_CONFIGS[model])}
+        train["model"] = {**{k: v for k, v in current.items() if k in allowed}, "name": model}
+    for key, value in (overrides or {}).items():
+        parts = str(key).split(".")
+        if not all(parts):
+            raise ValueError(
+                f"overrides: key {key!r}: expected dotted params keys like 'train.learning_rate'"
+            )
+        node = out
+        for i, part in enumerate(parts[:-1]):
+            child = node.setdefault(part, {})
+            if not isinstance(child, dict):
+                raise ValueError(
+                    f"overrides: key {key!r}: params key '{'.'.join(parts[: i + 1])}' is a value "
+                    f"({child!r}), not a section"
+                )
+            node = child
+        node[parts[-1]] = value
+    return out
+
+
+def write_resolved_params(
+    src: str | Path, out: str | Path, overrides: dict[str, Any] | None = None, model: str | None = None
+) -> Path:
+    """Write params file `src` with `model` and `overrides` applied to `out` (atomically), after checking
+    it loads; the stages then read `out` exactly as they read params.yaml."""
+    from qin.io import atomic_file
+
+    src = Path(src)
+    load_params(src)  # the file itself must be valid first, so an error names the right culprit
+    raw = yaml.safe_load(src.read_text()) or {}
+    resolved = apply_overrides(raw, overrides, model)
+    text = yaml.safe_dump(resolved, sort_keys=False)
+    try:
+        from_dict(Params, yaml.safe_load(text))
+    except ValueError as exc:
+        raise ValueError(f"{src} with model={model!r} overrides={overrides!r}: {exc}") from None
+    with atomic_file(out) as tmp:
+        tmp.write_text(f"# {src} with model={model!r} and overrides={overrides!r}\n{text}")
+    return Path(out)

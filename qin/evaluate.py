@@ -1,13 +1,16 @@
 """The `evaluate` stage: score valid through the model package (the same path serving uses).
 
 Writes metrics.json (AUC, logloss, user-grouped AUC, expected calibration error, and the oracle AUC when
-the data ships the true click probability) and PNG plots: ROC, calibration (reliability) and the learning
-curves of the training run.
+the data ships the true click probability), PNG plots (ROC, calibration (reliability) and the learning
+curves of the training run) and the same curves as CSV data files for `dvc plots` (`roc.csv`,
+`calibration.csv`, `learning_curve.csv`).
 """
 
 from __future__ import annotations
 
+import csv
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -25,6 +28,7 @@ from qin.metrics import (
 )
 
 CALIBRATION_BINS = 15
+ROC_POINTS = 500  # the ROC data file keeps at most this many points (evenly spaced along the curve)
 
 
 def evaluate(
@@ -34,6 +38,7 @@ def evaluate(
     cfg: EvaluateConfig,
     plots_dir: str | Path | None = None,
     train_metrics: str | Path | None = None,
+    plot_data: str | Path | None = None,
 ) -> dict:
     feats = Features(features_dir)
     valid = feats.split("valid")
@@ -51,11 +56,42 @@ def evaluate(
     if truth is not None:
         metrics["valid_oracle_auc"] = roc_auc(labels, truth)
         metrics["valid_oracle_logloss"] = log_loss(labels, truth)
+    history = read_json(train_metrics)["history"] if train_metrics else []
     if plots_dir is not None:
-        history = read_json(train_metrics)["history"] if train_metrics else []
         _plots(Path(plots_dir), labels, probs, truth, history)
+    if plot_data is not None:
+        write_plot_data(Path(plot_data), labels, probs, history)
     write_json(out_path, metrics)
     return metrics
+
+
+def write_plot_data(out: Path, labels: np.ndarray, probs: np.ndarray, history: list[dict]) -> None:
+    """The curves as CSV files (one header row), for `dvc plots show` / `dvc plots diff`."""
+    fpr, tpr = roc_curve(labels, probs)
+    keep = np.unique(np.linspace(0, len(fpr) - 1, min(len(fpr), ROC_POINTS)).round().astype(int))
+    n, y_sum, p_sum = calibration_bins(labels, probs, CALIBRATION_BINS)
+    seen = n > 0
+    columns = ("epoch", "train_loss", "valid_logloss", "valid_auc", "learning_rate")
+    tables: dict[str, tuple[tuple[str, ...], list[tuple[Any, ...]]]] = {
+        "roc.csv": (
+            ("fpr", "tpr"),
+            [(f"{f:.6f}", f"{t:.6f}") for f, t in zip(fpr[keep], tpr[keep], strict=True)],
+        ),
+        "calibration.csv": (
+            ("mean_predicted", "observed_rate", "rows"),
+            [
+                (f"{p / c:.6f}", f"{y / c:.6f}", int(c))
+                for c, y, p in zip(n[seen], y_sum[seen], p_sum[seen], strict=True)
+            ],
+        ),
+        "learning_curve.csv": (columns, [tuple(h.get(c, "") for c in columns) for h in history]),
+    }
+    with atomic_dir(out) as tmp:
+        for name, (header, rows) in tables.items():
+            with open(tmp / name, "w", newline="") as f:
+                writer = csv.writer(f)
+                writer.writerow(header)
+                writer.writerows(rows)
 
 
 def _plots(

@@ -1,27 +1,36 @@
-"""The `register` stage: record a trained package in a model registry and apply the staging gate.
+"""The `register` stage and `qin promote`: record a trained package in a model registry and move aliases.
 
-The library defines what a registry must do (`Registry`) and the gate; the MLflow implementation lives in
-flows/tracking.py and is found through the `qin.registries` entry point named in params
+The library defines what a registry must do (`Registry`) and the promotion rules; the MLflow implementation
+lives in flows/tracking.py and is found through the `qin.registries` entry point named in params
 (`register.registry`), so this library never imports MLflow.
 
 Idempotent: a package whose content hash is already registered is not logged again; its existing run
 and version are reported instead.
 
-Gate (first version): the candidate takes the alias (`staging`) when its valid AUC beats that of the
-version holding the alias, or when no version holds it.
+Promotion (`promote`, one code path for the register stage's automatic gate and for `qin promote`):
+- `staging` (params `register.alias`): the register stage offers every new version; `qin promote --to
+  staging` offers one by hand.
+- `production` (params `register.production_alias`, `champion`): only `qin promote --to production`.
+A version takes an alias when no version holds it, or when its valid AUC beats the holder's by at least
+`register.min_delta` on the same data version (`data_hash` tag). A version whose run or model artifacts are
+missing is always refused. Every move is recorded on the version as a tag `alias_history.<n>` (JSON: when,
+alias, from which version, metrics, reason, by whom), read back with `alias_history`.
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
+import re
 import subprocess
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from importlib.metadata import entry_points
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Literal, Protocol
 
 import qin
-from qin.config import Params, RegisterConfig, flatten, section_hash
+from qin.config import Params, RegisterConfig, flatten, section_hash, to_yaml
 from qin.io import read_json, tree_hash, write_json
 from qin.validate import DATA_DOCS, REPORT, SUMMARY
 
@@ -35,6 +44,33 @@ class Candidate:
     params: dict[str, Any]  # the full resolved config, flattened
     tags: dict[str, str]  # provenance: data, params and code hashes, git commit
     artifacts: list[Path] = field(default_factory=list)  # reports and metrics files to attach
+    config_yaml: str = ""  # the full resolved settings, as `qin params` prints them
+
+
+HISTORY_TAG = "alias_history"
+Target = Literal["staging", "production"]
+
+
+@dataclass(frozen=True)
+class VersionInfo:
+    """One registered version as the promotion rules see it: its run and its tags."""
+
+    version: str
+    run_id: str
+    tags: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def valid_auc(self) -> float | None:
+        auc = self.tags.get("valid_auc")
+        return float(auc) if auc is not None else None
+
+    @property
+    def data_hash(self) -> str | None:
+        return self.tags.get("data_hash")
+
+
+class PromotionRefused(RuntimeError):
+    """A version may not take the alias it was offered; the message says why."""
 
 
 @dataclass(frozen=True)
@@ -50,10 +86,21 @@ class Registry(Protocol):
     def log_and_register(self, model_name: str, candidate: Candidate) -> Registered:
         """Log one run (params, metrics, artifacts, the model) and register its model as a new version."""
 
-    def alias_holder(self, model_name: str, alias: str) -> tuple[str, float | None] | None:
-        """(version, its valid AUC) of the version holding `alias`, or None."""
+    def get_version(self, model_name: str, version: str) -> VersionInfo | None:
+        """The version with its tags, or None when the model or version does not exist."""
+
+    def latest_version(self, model_name: str) -> str | None:
+        """The newest (highest) version number, or None when the model has none."""
+
+    def alias_holder(self, model_name: str, alias: str) -> VersionInfo | None:
+        """The version holding `alias`, or None."""
 
     def set_alias(self, model_name: str, alias: str, version: str) -> None: ...
+
+    def set_version_tag(self, model_name: str, version: str, key: str, value: str) -> None: ...
+
+    def missing_artifacts(self, model_name: str, version: str) -> str | None:
+        """Why its run or model artifacts cannot be used (run deleted, model files gone), or None."""
 
 
 def load_registry(cfg: RegisterConfig) -> Registry:
@@ -91,15 +138,176 @@ def data_hash(validation_dir: str | Path) -> str:
     return hashlib.sha256("\n".join(md5s).encode()).hexdigest()[:16]
 
 
-def gate(candidate_auc: float, holder: tuple[str, float | None] | None) -> tuple[bool, str]:
+def decide(
+    candidate: VersionInfo, holder: VersionInfo | None, alias: str, min_delta: float
+) -> tuple[Literal["move", "holds", "refused"], str]:
+    """The promotion rule: may `candidate` take `alias` from `holder`? Returns (what happens, why)."""
     if holder is None:
-        return True, "no version holds the alias yet"
-    version, auc = holder
-    if auc is None:
-        return True, f"version {version} has no valid_auc to compare with"
-    if candidate_auc > auc:
-        return True, f"valid_auc {candidate_auc:.5f} beats version {version}'s {auc:.5f}"
-    return False, f"valid_auc {candidate_auc:.5f} does not beat version {version}'s {auc:.5f}"
+        return "move", f"no version holds '{alias}' yet"
+    c, h = candidate.version, holder.version
+    if h == c:
+        return "holds", f"version {c} already holds '{alias}'"
+    if candidate.data_hash is None or candidate.data_hash != holder.data_hash:
+        return "refused", (
+            f"version {c} was evaluated on data version {candidate.data_hash}, version {h} (holding "
+            f"'{alias}') on {holder.data_hash}: valid AUCs on different data do not compare"
+        )
+    if candidate.valid_auc is None:
+        return "refused", f"version {c} has no valid_auc tag to compare"
+    if holder.valid_auc is None:
+        return "move", f"version {h} (holding '{alias}') has no valid_auc to compare with"
+    gain = candidate.valid_auc - holder.valid_auc
+    if gain > 0 and gain >= min_delta - 1e-12:
+        return "move", (
+            f"valid_auc {candidate.valid_auc:.5f} beats version {h}'s {holder.valid_auc:.5f} "
+            f"by {gain:.5f} (min_delta {min_delta:g})"
+        )
+    return "refused", (
+        f"valid_auc {candidate.valid_auc:.5f} does not beat version {h}'s {holder.valid_auc:.5f} "
+        f"by min_delta {min_delta:g} (difference {gain:+.5f})"
+    )
+
+
+def alias_history(version: VersionInfo) -> list[dict[str, Any]]:
+    """The alias moves recorded on a version (oldest first), from its `alias_history.<n>` tags."""
+    entries = []
+    for key, value in version.tags.items():
+        m = re.fullmatch(rf"{HISTORY_TAG}\.(\d+)", key)
+        if m:
+            entries.append((int(m.group(1)), json.loads(value)))
+    return [entry for _, entry in sorted(entries, key=lambda e: e[0])]
+
+
+def target_alias(cfg: RegisterConfig, to: str) -> str:
+    aliases = {"staging": cfg.alias, "production": cfg.production_alias}
+    if to not in aliases:
+        raise ValueError(f"promote: expected --to one of {sorted(aliases)}, found {to!r}")
+    return aliases[to]
+
+
+def promote(
+    cfg: RegisterConfig,
+    to: Target,
+    version: str | None = None,
+    *,
+    force: bool = False,
+    strict: bool = True,
+    by: str = "qin promote",
+    registry: Registry | None = None,
+) -> dict[str, Any]:
+    """Offer `version` (default: the newest) the alias for `to`, under the rules in the module docstring.
+
+    `force` overrides the AUC and data-version rules (recorded in the history), never missing artifacts.
+    A refusal raises `PromotionRefused` when `strict`, else it is reported in the result (`refused`).
+    """
+    alias = target_alias(cfg, to)
+    registry = registry or load_registry(cfg)
+    name = cfg.model_name
+    if version is None:
+        version = registry.latest_version(name)
+        if version is None:
+            raise PromotionRefused(f"model '{name}' has no registered version to promote")
+    candidate = registry.get_version(name, str(version))
+    if candidate is None:
+        raise PromotionRefused(f"model '{name}' has no version {version}")
+    holder = registry.alias_holder(name, alias)
+    missing = registry.missing_artifacts(name, candidate.version)
+    if missing is not None:
+        status, reason = "refused", f"its artifacts are missing: {missing}"
+    else:
+        status, reason = decide(candidate, holder, alias, cfg.min_delta)
+        if status == "refused" and force:
+            status, reason = "move", f"forced ({reason})"
+    result: dict[str, Any] = {
+        "model_name": name,
+        "target": to,
+        "alias": alias,
+        "version": candidate.version,
+        "previous": holder.version if holder is not None else None,
+        "moved": status == "move",
+        "has_alias": status in ("move", "holds"),
+        "refused": status == "refused",
+        "reason": reason,
+        "valid_auc": candidate.valid_auc,
+        "history_tag": None,
+    }
+    if status == "move":
+        registry.set_alias(name, alias, candidate.version)
+        entry = {
+            "when": datetime.now(UTC).isoformat(timespec="seconds"),
+            "alias": alias,
+            "version": candidate.version,
+            "from_version": result["previous"],
+            "metrics": {
+                "valid_auc": candidate.valid_auc,
+                "from_valid_auc": holder.valid_auc if holder is not None else None,
+            },
+            "data_hash": candidate.data_hash,
+            "min_delta": cfg.min_delta,
+            "forced": force and reason.startswith("forced"),
+            "by": by,
+            "reason": reason,
+        }
+        key = f"{HISTORY_TAG}.{len(alias_history(candidate)) + 1}"
+        registry.set_version_tag(name, candidate.version, key, json.dumps(entry, sort_keys=True))
+        result["history_tag"] = key
+    if result["refused"] and strict:
+        raise PromotionRefused(f"{name} version {candidate.version} may not take '{alias}': {reason}")
+    return result
+
+
+def gate(registration: str | Path, params: Params, registry: Registry | None = None) -> dict:
+    """The register stage's automatic step: offer the version named in `registration` (register.json) the
+    staging alias through `promote`, and add the outcome to that file."""
+    reg = read_json(registration)
+    decision = promote(
+        params.register, "staging", reg["version"], strict=False, by="register", registry=registry
+    )
+    result = {**reg, **{k: decision[k] for k in ("alias", "has_alias", "reason", "previous", "history_tag")}}
+    write_json(registration, result)
+    return result
+
+
+def model_card(candidate: Candidate, model_name: str, version: str) -> str:
+    """A short Markdown model card for the registered version."""
+    tags, params = candidate.tags, candidate.params
+    rows = "\n".join(f"| {k} | {v:.5g} |" for k, v in sorted(candidate.metrics.items()))
+    model = params.get("train.model.name", "?")
+    return f"""# Model card: {model_name} version {version}
+
+**Model**: `{model}` (CTR: probability that a user clicks a target item, from the user's item history,
+the item's id, tags and multimodal embedding, and its like/view levels).
+
+## Provenance
+| | |
+|---|---|
+| data version (`data_hash`) | `{tags.get("data_hash")}` |
+| git commit | `{tags.get("git_commit")}` |
+| library code hash | `{tags.get("code_hash")}` |
+| train settings hash | `{tags.get("params_hash")}` |
+| model package hash | `{candidate.model_hash}` |
+| qin version | {tags.get("qin_version")} |
+
+The full resolved settings are logged beside this card (`config/params.yaml`) and as run params.
+
+## Metrics (valid split)
+| metric | value |
+|---|---|
+{rows}
+
+## Intended use
+Ranking candidate items for a user in offline experiments and staging evaluations of the QIN pipeline,
+with inputs in the MicroLens_1M_x1 schema (`likes_level`, `views_level`, `item_id`, `item_seq`).
+
+## Limitations
+- Trained and evaluated on the data version above only; metrics do not carry over to other data. The
+  project's default data is synthetic (a generator in the MicroLens schema), not real user behaviour.
+- Item ids outside the training item table, and histories longer than the model's `max_len`, are not
+  represented (unknown ids map to padding; histories are truncated to the most recent items).
+- Scores are click probabilities calibrated on the valid split (see `valid_ece`); recheck calibration
+  before using them as absolute rates.
+- Not evaluated for fairness across user groups; not intended for decisions about individuals.
+"""
 
 
 def register(
@@ -111,7 +319,10 @@ def register(
     params: Params,
     plots_dir: str | Path | None = None,
     registry: Registry | None = None,
+    gate_staging: bool = True,
 ) -> dict:
+    """Register the package (once per content hash), write `out_path` (register.json) and, unless
+    `gate_staging` is False (the flow runs `gate` as its own step), offer the version `staging`."""
     cfg = params.register
     registry = registry or load_registry(cfg)
     model_dir = Path(model_dir)
@@ -125,9 +336,11 @@ def register(
             metrics={k: float(v) for k, v in metrics.items()},
             history=read_json(train_metrics)["history"],
             params={
+                **flatten(params.validate, "validate."),
                 **flatten(params.featurize, "featurize."),
                 **flatten(params.train, "train."),
                 **flatten(params.evaluate, "evaluate."),
+                **flatten(params.register, "register."),
             },
             tags={
                 "model_hash": model_hash,
@@ -145,27 +358,20 @@ def register(
                 Path(eval_metrics),
                 *([Path(plots_dir)] if plots_dir is not None and Path(plots_dir).exists() else []),
             ],
+            config_yaml=to_yaml(params),
         )
         registered = registry.log_and_register(cfg.model_name, candidate)
     else:
         registered = existing
-    holder = registry.alias_holder(cfg.model_name, cfg.alias)
-    if holder is not None and holder[0] == registered.version:
-        promoted, reason = True, f"version {registered.version} already holds '{cfg.alias}'"
-    else:
-        promoted, reason = gate(float(metrics["valid_auc"]), holder)
-        if promoted:
-            registry.set_alias(cfg.model_name, cfg.alias, registered.version)
     result = {
         "model_name": cfg.model_name,
         "run_id": registered.run_id,
         "version": registered.version,
         "newly_registered": existing is None,
-        "alias": cfg.alias,
-        "has_alias": promoted,
-        "reason": reason,
         "valid_auc": float(metrics["valid_auc"]),
         "model_hash": model_hash,
     }
     write_json(out_path, result)
+    if gate_staging:
+        result = gate(out_path, params, registry)
     return result

@@ -37,3 +37,46 @@ def test_scientific_notation_floats_are_accepted(tmp_path: Path) -> None:
     path.write_text("train: {learning_rate: 2e-3}")
     assert load_params(path).train.learning_rate == pytest.approx(2e-3)
     assert TrainConfig().learning_rate == pytest.approx(2e-3)
+
+
+def test_overrides_and_model_are_applied_into_a_resolved_params_file(tmp_path: Path) -> None:
+    from qin.config import write_resolved_params
+
+    src = tmp_path / "params.yaml"
+    src.write_text("train: {model: {name: qin, embedding_dim: 8, num_layers: 3}, epochs: 2}\nevaluate: {}\n")
+    out = write_resolved_params(
+        src, tmp_path / "out" / "resolved.yaml", {"train.learning_rate": 0.01, "evaluate.batch_size": 64}
+    )
+    resolved = load_params(out)
+    assert resolved.train.learning_rate == pytest.approx(0.01) and resolved.evaluate.batch_size == 64
+    assert resolved.train.model.num_layers == 3 and resolved.train.epochs == 2  # type: ignore[union-attr]
+    assert load_params(src).evaluate.batch_size != 64  # the source file is left alone
+
+    # Another model keeps the keys it shares with the old one (embedding_dim), drops the rest.
+    din = load_params(write_resolved_params(src, tmp_path / "din.yaml", model="din")).train.model
+    assert (din.name, din.embedding_dim) == ("din", 8)
+    sdcn = write_resolved_params(src, tmp_path / "s.yaml", {"train.model.num_deep_layers": 2}, model="sdcnv3")
+    assert load_params(sdcn).train.model.num_deep_layers == 2  # type: ignore[union-attr]
+
+
+@pytest.mark.parametrize(
+    ("overrides", "model", "message"),
+    [
+        ({"train.learning_rat": 0.1}, None, "'train.learning_rat' is not a setting"),
+        ({"train.epochs": "many"}, None, "'train.epochs': expected an integer, found 'many'"),
+        ({"train.epochs.x": 1}, None, "params key 'train.epochs' is a value (2), not a section"),
+        ({"train..epochs": 1}, None, "expected dotted params keys"),
+        ({}, "xgboost", "model: expected one of ['dcnv3', 'din', 'qin', 'sdcnv3'], found 'xgboost'"),
+    ],
+)
+def test_bad_overrides_are_refused_by_key(
+    tmp_path: Path, overrides: dict, model: str | None, message: str
+) -> None:
+    from qin.config import write_resolved_params
+
+    src = tmp_path / "params.yaml"
+    src.write_text("train: {epochs: 2}\n")
+    with pytest.raises(ValueError) as err:
+        write_resolved_params(src, tmp_path / "resolved.yaml", overrides, model)
+    assert message in str(err.value)
+    assert not (tmp_path / "resolved.yaml").exists()

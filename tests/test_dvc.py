@@ -1,5 +1,6 @@
-"""`dvc repro` runs the same stages through `python -m qin`; a second `dvc repro` finds all up to date,
-and changing one params section re-runs only the stages that read it."""
+"""`dvc repro` runs the same stages through `python -m qin`; `dvc metrics show` and `dvc plots show` read
+what they wrote; a second `dvc repro` finds all up to date, and changing one params section re-runs only
+the stages that read it."""
 
 import os
 import shutil
@@ -32,6 +33,22 @@ def test_dvc_repro_twice_and_after_a_params_change(project: Path) -> None:
     for stage in ("validate", "featurize", "train", "evaluate", "register"):
         assert f"Running stage '{stage}'" in first
     assert (project / "artifacts" / "register.json").exists()
+
+    import json
+
+    (metrics,) = json.loads(_dvc(project, "metrics", "show", "--json")).values()  # the workspace
+    shown = metrics["data"]["metrics/evaluate.json"]["data"]
+    assert 0.5 < shown["valid_auc"] <= 1
+    plots = json.loads(_dvc(project, "plots", "show", "--json"))
+    assert not plots.get("errors")
+    assert set(plots["data"]) == {
+        "ROC (valid)",
+        "Learning curves (loss)",
+        "Learning curves (valid AUC)",
+        "Calibration (valid)",
+    }
+    roc = plots["data"]["ROC (valid)"][0]["content"]["data"]["values"]
+    assert len(roc) > 10 and {"fpr", "tpr"} <= set(roc[0])
 
     second = _dvc(project, "repro")
     assert "Running stage" not in second

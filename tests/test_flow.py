@@ -1,7 +1,9 @@
 """End to end under Prefect's test harness, with the real MLflow store: a run registers a model that
-MLflow can load and score with; a second run reuses every cached stage and registers nothing new."""
+MLflow can load and score with; a second run reuses every cached stage and registers nothing new; a run
+with overrides of one params section reruns only the stages that read it; a failed run leaves a report."""
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -9,27 +11,49 @@ import pytest
 
 pytestmark = pytest.mark.slow
 
+STAGES = ["validate", "featurize", "train", "evaluate"]
+
+
+def _run(**parameters: Any) -> tuple[dict, dict[str, str]]:
+    """One flow run: its result and its task runs' state names, read back from the Prefect API."""
+    from flows.qin_train import _task_runs, qin_train
+
+    state = qin_train(**parameters, return_state=True)
+    result = state.result()
+    tasks = {r.name.rsplit("-", 1)[0]: r.state.name for r in _task_runs(state.state_details.flow_run_id)}
+    return result, tasks
+
 
 def test_flow_registers_a_loadable_model_and_caches_a_rerun(project: Path, prefect_harness) -> None:
     import mlflow
+    from prefect.artifacts import Artifact
 
-    from flows.qin_train import qin_train
     from qin.inference import load_package
 
-    first = qin_train()
-    assert first["stages"] == dict.fromkeys(["validate", "featurize", "train", "evaluate"], "ran")
+    (project / "artifacts").mkdir()
+    (project / "artifacts" / "failure.md").write_text("an earlier failure")
+    first, tasks = _run()
+    assert first["stages"] == dict.fromkeys(STAGES, "ran")
+    assert tasks == {**dict.fromkeys(STAGES, "Completed"), "register": "Completed", "promote": "Completed"}
     assert first["newly_registered"] and first["version"] == "1" and first["has_alias"]
     assert (project / "mlruns" / "mlflow.db").exists()
+    assert not (project / "artifacts" / "failure.md").exists()  # a success clears the stale report
+    summary = Artifact.get("qin-train-summary")
+    assert summary is not None and "| valid_auc |" in str(summary.data)
+    assert f"[{first['run_id']}]({first['mlflow_run_link']})" in str(summary.data)
+    assert first["mlflow_run_link"].startswith("http://127.0.0.1:5000/#/experiments/")
+    assert (project / "metrics" / "plots" / "roc.csv").read_text().startswith("fpr,tpr\n0.000000,0.000000")
 
-    second = qin_train()
-    assert second["stages"] == dict.fromkeys(["validate", "featurize", "train", "evaluate"], "cached")
+    second, tasks = _run()
+    assert second["stages"] == dict.fromkeys(STAGES, "cached")
+    assert tasks == {**dict.fromkeys(STAGES, "Cached"), "register": "Completed", "promote": "Completed"}
     assert (second["run_id"], second["version"], second["newly_registered"]) == (first["run_id"], "1", False)
 
     # A stage whose outputs were deleted runs again even though its cache entry exists.
     import shutil
 
     shutil.rmtree(project / "artifacts" / "features")
-    third = qin_train()
+    third, _ = _run()
     assert third["stages"]["featurize"] == "ran" and third["stages"]["validate"] == "cached"
 
     mlflow.set_tracking_uri(f"sqlite:///{project / 'mlruns' / 'mlflow.db'}")
@@ -45,10 +69,32 @@ def test_flow_registers_a_loadable_model_and_caches_a_rerun(project: Path, prefe
     assert run.data.metrics["valid_auc"] == pytest.approx(first["valid_auc"])
     assert {"data_hash", "params_hash", "git_commit", "model_hash"} <= set(run.data.tags)
     assert run.data.params["train.model.embedding_dim"] == "8"
+    assert run.data.params["register.min_delta"] == "0.001"
+    assert any(k.startswith("system/cpu_utilization") for k in run.data.metrics)  # system metrics
+    experiment = mlflow.get_experiment(run.info.experiment_id).name
+    assert experiment == f"qin-test/data-{run.data.tags['data_hash'][:8]}"
+    client = mlflow.MlflowClient()
+    card = client.download_artifacts(first["run_id"], "model_card.md", str(project))
+    text = Path(card).read_text()
+    assert "version 1" in text and run.data.tags["data_hash"] in text and "## Limitations" in text
+    config = client.download_artifacts(first["run_id"], "config/params.yaml", str(project))
+    assert "embedding_dim: 8" in Path(config).read_text()
     reports = {a.path for a in mlflow.MlflowClient().list_artifacts(first["run_id"], "reports")}
     assert {"reports/report.md", "reports/summary.json", "reports/data_docs"} <= reports
     docs = {a.path for a in mlflow.MlflowClient().list_artifacts(first["run_id"], "reports/data_docs")}
     assert "reports/data_docs/index.html" in docs
+
+    # Overriding one params section reruns only the stages that read it (the cache keys hash the section,
+    # not the path of the resolved params file).
+    fourth, tasks = _run(overrides={"evaluate.batch_size": 2048})
+    assert fourth["stages"] == {**dict.fromkeys(STAGES[:3], "cached"), "evaluate": "ran"}
+    assert (fourth["version"], fourth["newly_registered"]) == ("1", False)
+    assert "batch_size: 2048" in (project / "artifacts" / "params.resolved.yaml").read_text()
+
+    fifth, tasks = _run(model="din", overrides={"train.epochs": 1})
+    assert fifth["stages"] == {**dict.fromkeys(STAGES[:2], "cached"), "train": "ran", "evaluate": "ran"}
+    assert (fifth["version"], fifth["newly_registered"]) == ("2", True)
+    assert mlflow.get_run(fifth["run_id"]).data.params["train.model.name"] == "din"
 
 
 def test_flow_fails_on_bad_data_with_the_validation_message(project: Path, prefect_harness) -> None:
@@ -68,6 +114,10 @@ def test_flow_fails_on_bad_data_with_the_validation_message(project: Path, prefe
     with pytest.raises(Exception, match=r"train\.parquet: column 'label': expect_column_values_to_be_in_set"):
         state.result()
     assert (project / "artifacts" / "validate" / "report.md").exists()
+    report = (project / "artifacts" / "failure.md").read_text()
+    assert "failed stage: **validate**" in report
+    assert "ValidationError: " in report and "train.parquet: column 'label'" in report
+    assert "inputs:\n- `data`" in report and "- `artifacts/validate`" in report
     for later in ("features", "model"):
         assert not (project / "artifacts" / later).exists()
     assert not (project / "mlruns").exists()

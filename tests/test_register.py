@@ -1,5 +1,5 @@
 """The staging gate against the real MLflow registry: better models move the alias, worse ones do not,
-and registering an unchanged package twice is idempotent."""
+and registering an unchanged package twice is idempotent. (The rule itself: tests/test_promote.py.)"""
 
 import json
 import shutil
@@ -11,7 +11,7 @@ from qin import layout
 from qin.config import load_params
 from qin.evaluate import evaluate
 from qin.featurize import featurize
-from qin.register import gate, register
+from qin.register import register
 from qin.train import train
 from qin.validate import validate
 
@@ -57,9 +57,3 @@ def test_gate_moves_the_alias_only_for_a_better_model(project: Path) -> None:
     client = MlflowClient(tracking_uri=f"sqlite:///{project / 'mlruns' / 'mlflow.db'}")
     assert str(client.get_model_version_by_alias("qin-ctr", "staging").version) == "3"
     assert json.loads(layout.REGISTRATION.read_text())["version"] == "3"
-
-
-def test_gate_rule() -> None:
-    assert gate(0.7, None)[0]
-    assert gate(0.7, ("4", 0.69))[0]
-    assert not gate(0.7, ("4", 0.7))[0]

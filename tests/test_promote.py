@@ -1,0 +1,242 @@
+"""Promotion: the rules (`decide`), `promote` against an in-memory registry, and `qin promote` end to end
+against the real MLflow registry (history tags read back, champion only on request, refusals exit 1)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+from qin.config import RegisterConfig
+from qin.register import (
+    Candidate,
+    PromotionRefused,
+    Registered,
+    VersionInfo,
+    alias_history,
+    decide,
+    gate,
+    promote,
+)
+
+CFG = RegisterConfig(min_delta=0.001)
+
+
+def v(version: str, auc: float | None, data: str | None = "d1") -> VersionInfo:
+    tags = {k: str(x) for k, x in (("valid_auc", auc), ("data_hash", data)) if x is not None}
+    return VersionInfo(version=version, run_id=f"run{version}", tags=tags)
+
+
+@pytest.mark.parametrize(
+    ("candidate", "holder", "expected", "says"),
+    [
+        (v("2", 0.70), None, "move", "no version holds 'staging' yet"),
+        (v("2", 0.70), v("2", 0.70), "holds", "version 2 already holds 'staging'"),
+        (v("2", 0.702), v("1", 0.70), "move", "beats version 1's 0.70000 by 0.00200"),
+        (v("2", 0.701), v("1", 0.70), "move", "beats version 1's"),  # exactly min_delta
+        (v("2", 0.7005), v("1", 0.70), "refused", "does not beat version 1's 0.70000 by min_delta 0.001"),
+        (v("2", 0.60), v("1", 0.70), "refused", "(difference -0.10000)"),
+        (
+            v("2", 0.90, data="d2"),
+            v("1", 0.70),
+            "refused",
+            "data version d2, version 1 (holding 'staging') on d1",
+        ),
+        (v("2", 0.90, data=None), v("1", 0.70), "refused", "data version None"),
+        (v("2", None), v("1", 0.70), "refused", "no valid_auc tag"),
+    ],
+)
+def test_decide(candidate: VersionInfo, holder: VersionInfo | None, expected: str, says: str) -> None:
+    status, reason = decide(candidate, holder, "staging", 0.001)
+    assert status == expected
+    assert says in reason
+
+
+class FakeRegistry:
+    """The Registry protocol in memory."""
+
+    def __init__(self, versions: list[VersionInfo], missing: dict[str, str] | None = None) -> None:
+        self.versions = {x.version: VersionInfo(x.version, x.run_id, dict(x.tags)) for x in versions}
+        self.aliases: dict[str, str] = {}
+        self.missing = missing or {}
+
+    def find(self, model_name: str, model_hash: str) -> Registered | None:
+        return None
+
+    def log_and_register(self, model_name: str, candidate: Candidate) -> Registered:
+        raise NotImplementedError
+
+    def get_version(self, model_name: str, version: str) -> VersionInfo | None:
+        return self.versions.get(version)
+
+    def latest_version(self, model_name: str) -> str | None:
+        return max(self.versions, key=int) if self.versions else None
+
+    def alias_holder(self, model_name: str, alias: str) -> VersionInfo | None:
+        return self.versions[self.aliases[alias]] if alias in self.aliases else None
+
+    def set_alias(self, model_name: str, alias: str, version: str) -> None:
+        self.aliases[alias] = version
+
+    def set_version_tag(self, model_name: str, version: str, key: str, value: str) -> None:
+        self.versions[version].tags[key] = value
+
+    def missing_artifacts(self, model_name: str, version: str) -> str | None:
+        return self.missing.get(version)
+
+
+def test_staging_gate_refuses_worse_and_other_data_and_records_each_move() -> None:
+    reg = FakeRegistry([v("1", 0.70), v("2", 0.7005), v("3", 0.80, data="d2"), v("4", 0.75)])
+    first = promote(CFG, "staging", "1", registry=reg)
+    assert (first["moved"], first["previous"], first["history_tag"]) == (True, None, "alias_history.1")
+
+    with pytest.raises(
+        PromotionRefused, match=r"version 2 may not take 'staging': valid_auc 0\.70050 does not"
+    ):
+        promote(CFG, "staging", "2", registry=reg)
+    with pytest.raises(PromotionRefused, match="on different data"):
+        promote(CFG, "staging", "3", registry=reg)
+    assert reg.aliases == {"staging": "1"}
+    assert alias_history(reg.versions["2"]) == alias_history(reg.versions["3"]) == []
+
+    best = promote(CFG, "staging", registry=reg)  # the newest: version 4
+    assert (best["version"], best["moved"], best["previous"]) == ("4", True, "1")
+    assert reg.aliases == {"staging": "4"}
+    (entry,) = alias_history(reg.versions["4"])
+    assert entry["alias"] == "staging" and entry["from_version"] == "1" and entry["version"] == "4"
+    assert entry["metrics"] == {"valid_auc": 0.75, "from_valid_auc": 0.70}
+    assert entry["data_hash"] == "d1" and entry["by"] == "qin promote" and not entry["forced"]
+    assert entry["when"].endswith("+00:00")
+
+
+def test_gate_in_the_register_stage_moves_staging_never_champion(tmp_path: Path) -> None:
+    from qin.config import Params
+
+    reg = FakeRegistry([v("1", 0.70), v("2", 0.75)])
+    out = tmp_path / "register.json"
+    for version in ("1", "2"):
+        out.write_text(json.dumps({"version": version, "run_id": f"run{version}"}))
+        result = gate(out, Params(register=CFG), reg)
+        assert result["has_alias"] and json.loads(out.read_text())["has_alias"]
+    assert reg.aliases == {"staging": "2"}
+    assert [e["by"] for e in alias_history(reg.versions["2"])] == ["register"]
+
+    promote(CFG, "production", registry=reg)
+    assert reg.aliases == {"staging": "2", "champion": "2"}
+    assert [e["alias"] for e in alias_history(reg.versions["2"])] == ["staging", "champion"]
+    assert list(reg.versions["2"].tags).count("alias_history.2") == 1
+
+
+def test_refusals_without_raising_and_missing_artifacts_are_never_forced() -> None:
+    reg = FakeRegistry([v("1", 0.70), v("2", 0.60), v("3", 0.90)], missing={"3": "its run run3 is deleted"})
+    promote(CFG, "staging", "1", registry=reg)
+    soft = promote(CFG, "staging", "2", strict=False, registry=reg)
+    assert (soft["refused"], soft["has_alias"], soft["moved"]) == (True, False, False)
+    with pytest.raises(PromotionRefused, match="its artifacts are missing: its run run3 is deleted"):
+        promote(CFG, "staging", "3", force=True, registry=reg)
+    forced = promote(CFG, "staging", "2", force=True, registry=reg)
+    assert forced["moved"] and forced["reason"].startswith("forced (valid_auc 0.60000 does not beat")
+    assert alias_history(reg.versions["2"])[0]["forced"] is True
+    with pytest.raises(PromotionRefused, match="has no version 9"):
+        promote(CFG, "staging", "9", registry=reg)
+    with pytest.raises(PromotionRefused, match="no registered version"):
+        promote(CFG, "production", registry=FakeRegistry([]))
+
+
+# ---------------------------------------------------------------- against MLflow, through `qin promote`
+
+
+def _variant(project: Path, name: str, auc: float) -> tuple[Path, Path]:
+    """A copy of the trained package with different content and a chosen valid AUC."""
+    from qin import layout
+
+    model = project / "artifacts" / name
+    shutil.copytree(project / layout.MODEL, model)
+    cfg = json.loads((model / "model.json").read_text())
+    cfg["meta"]["variant"] = name
+    (model / "model.json").write_text(json.dumps(cfg))
+    metrics = project / "metrics" / f"{name}.json"
+    metrics.write_text(json.dumps({**json.loads(layout.EVAL_METRICS.read_text()), "valid_auc": auc}))
+    return model, metrics
+
+
+@pytest.mark.slow
+def test_qin_promote_against_mlflow(project: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from mlflow import MlflowClient
+
+    from flows.tracking import MlflowRegistry
+    from qin import layout
+    from qin.cli import main
+    from qin.config import load_params
+    from qin.evaluate import evaluate
+    from qin.featurize import featurize
+    from qin.register import register
+    from qin.train import train
+    from qin.validate import validate
+
+    params = load_params("params.yaml")
+    validate(layout.DATA, layout.VALIDATION, params.validate)
+    featurize(layout.DATA, layout.VALIDATION, layout.FEATURES, params.featurize)
+    train(layout.FEATURES, layout.MODEL, layout.TRAIN_METRICS, params.train)
+    evaluate(layout.FEATURES, layout.MODEL, layout.EVAL_METRICS, params.evaluate)
+
+    def reg(name: str, auc: float, validation: Path = layout.VALIDATION) -> dict:
+        model, metrics = _variant(project, name, auc)
+        return register(model, layout.TRAIN_METRICS, metrics, validation, layout.REGISTRATION, params)
+
+    assert reg("a", 0.70)["has_alias"]  # version 1: staging
+    within_delta = reg("b", 0.7005)  # version 2: not better by min_delta
+    assert not within_delta["has_alias"] and "does not beat version 1's" in within_delta["reason"]
+    # Version 3: better, but evaluated on another data version (a validation of different files).
+    other = project / "artifacts" / "validate-other"
+    shutil.copytree(layout.VALIDATION, other)
+    summary = json.loads((other / "summary.json").read_text())
+    next(iter(summary["files"].values()))["md5"] = "0" * 32
+    (other / "summary.json").write_text(json.dumps(summary))
+    assert "on different data" in reg("c", 0.90, other)["reason"]
+
+    def promote_cli(*args: str) -> tuple[int, str]:
+        code = main(["promote", *args])
+        out = capsys.readouterr()
+        return code, out.out + out.err
+
+    code, said = promote_cli("--to", "staging", "--version", "2")
+    assert code == 1 and "may not take 'staging': valid_auc 0.70050 does not beat version 1's 0.70000" in said
+    code, said = promote_cli("--to", "staging")  # the newest, version 3
+    assert code == 1 and "version 3 may not take 'staging'" in said and "different data" in said
+
+    code, said = promote_cli("--to", "production", "--version", "1")
+    assert code == 0 and "version 1 now holds 'champion'" in said
+    client = MlflowClient(tracking_uri=f"sqlite:///{project / 'mlruns' / 'mlflow.db'}")
+    assert str(client.get_model_version_by_alias("qin-ctr", "champion").version) == "1"
+    assert str(client.get_model_version_by_alias("qin-ctr", "staging").version) == "1"
+
+    # The history, read back from the MLflow version tags.
+    mlflow_registry = MlflowRegistry(params.register)
+    version1 = mlflow_registry.get_version("qin-ctr", "1")
+    assert version1 is not None
+    history = alias_history(version1)
+    assert [(e["alias"], e["from_version"], e["by"]) for e in history] == [
+        ("staging", None, "register"),
+        ("champion", None, "qin promote"),
+    ]
+    assert history[0]["metrics"]["valid_auc"] == pytest.approx(0.70)
+    assert json.loads(client.get_model_version("qin-ctr", "1").tags["alias_history.2"])["alias"] == "champion"
+    assert alias_history(mlflow_registry.get_version("qin-ctr", "2")) == []  # type: ignore[arg-type]
+
+    # Forcing overrides the data-version rule, and is recorded as forced.
+    code, said = promote_cli("--to", "staging", "--version", "3", "--force")
+    assert code == 0 and "version 3 now holds 'staging' from version 1: forced (" in said
+    (forced,) = alias_history(mlflow_registry.get_version("qin-ctr", "3"))  # type: ignore[arg-type]
+    assert forced["forced"] is True and forced["from_version"] == "1"
+
+    # A version whose run was deleted, or whose model files are gone, is refused even when forced.
+    client.delete_run(client.get_model_version("qin-ctr", "2").run_id)
+    code, said = promote_cli("--to", "production", "--version", "2", "--force")
+    assert code == 1 and "its artifacts are missing: its run" in said and "is deleted" in said
+    shutil.rmtree(Path(client.get_model_version_download_uri("qin-ctr", "3").removeprefix("file://")))
+    code, said = promote_cli("--to", "production", "--version", "3", "--force")
+    assert code == 1 and "have no MLmodel file" in said
+    assert str(client.get_model_version_by_alias("qin-ctr", "champion").version) == "1"
