@@ -13,9 +13,12 @@ variable at its first large allocation, so this module is imported before any.
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import datetime
 import logging
 import os
+import platform
+import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -27,6 +30,42 @@ from torch import nn
 log = logging.getLogger(__name__)
 
 PRECISIONS = ("auto", "fp32", "bf16")
+
+# glibc mallopt parameters
+_M_TRIM_THRESHOLD, _M_MMAP_MAX = -1, -4
+_DEFAULT_MMAP_MAX, _DEFAULT_TRIM_THRESHOLD = 65536, 128 * 1024
+
+
+def _glibc() -> ctypes.CDLL | None:
+    if sys.platform != "linux" or platform.libc_ver()[0] != "glibc":
+        return None
+    try:
+        return ctypes.CDLL("libc.so.6")
+    except OSError:
+        return None
+
+
+@contextlib.contextmanager
+def reuse_freed_memory() -> Iterator[None]:
+    """Keep memory freed by one training step for the next (glibc; elsewhere a no-op).
+
+    glibc serves every allocation above 32 MB with its own mmap and returns it on free, so each step's
+    activations (GBs at batch 8192) page-fault and are zeroed again: measured 10x slower elementwise ops
+    and a third of a CPU step in the kernel. Inside this block large blocks come from the heap and freed
+    ones stay there; afterwards the defaults are restored and the heap is trimmed.
+    """
+    libc = _glibc()
+    if libc is None:
+        yield
+        return
+    libc.mallopt(_M_MMAP_MAX, 0)
+    libc.mallopt(_M_TRIM_THRESHOLD, 2**31 - 1)
+    try:
+        yield
+    finally:
+        libc.mallopt(_M_MMAP_MAX, _DEFAULT_MMAP_MAX)
+        libc.mallopt(_M_TRIM_THRESHOLD, _DEFAULT_TRIM_THRESHOLD)
+        libc.malloc_trim(0)
 
 
 def cpu_has_native_bf16() -> bool:

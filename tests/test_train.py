@@ -139,3 +139,47 @@ def test_a_model_trained_on_a_shorter_history_scores_only_that_history(
     np.testing.assert_array_equal(scorer.predict(valid), scorer.predict(short))
     longer = {**valid, "item_seq": np.pad(valid["item_seq"][:, -6:], ((0, 0), (10, 0)), constant_values=1)}
     np.testing.assert_array_equal(scorer.predict(longer), scorer.predict(short))
+
+
+EXACT_PARAMS = """
+featurize: {max_len: 16}
+train:
+  model: {name: qin, embedding_dim: 8, batch_norm: false, net_dropout: 0.0}
+  batch_size: 64
+  epochs: 2
+  seed: 3
+  device: cpu
+  precision: fp32
+  checkpoint_every: 0
+"""
+
+
+def _qin_train(root: Path, features: Path, name: str, processes: int = 0) -> subprocess.CompletedProcess:
+    """`qin train` in one plain process (processes=0) or under torchrun with that many processes."""
+    launcher = [sys.executable]
+    if processes:
+        launcher += ["-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={processes}"]
+    cmd = [*launcher, "-m", "qin", "--params", str(root / "params.yaml"), "train", "--features",
+           str(features), "--out", str(root / name), "--metrics", str(root / f"{name}.json")]  # fmt: skip
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+
+
+def test_two_processes_under_torchrun_train_the_model_one_process_trains(
+    features: Path, tmp_path: Path
+) -> None:
+    # Without BatchNorm and dropout, the only difference is the order of float sums: two processes
+    # averaging the gradients of their halves of each global batch make the same updates as one process.
+    (tmp_path / "params.yaml").write_text(EXACT_PARAMS)
+    one = _qin_train(tmp_path, features, "one")
+    assert one.returncode == 0, one.stderr
+    two = _qin_train(tmp_path, features, "two", processes=2)
+    assert two.returncode == 0, two.stderr
+    assert two.stdout.count("model package in") == 1  # process 0 alone writes and reports
+    a = json.loads((tmp_path / "one.json").read_text())
+    b = json.loads((tmp_path / "two.json").read_text())
+    assert (a["processes"], b["processes"]) == (1, 2)
+    assert not checkpoint_path(tmp_path / "two").exists()
+    for x, y in zip(a["history"], b["history"], strict=True):
+        assert y["train_loss"] == pytest.approx(x["train_loss"], rel=1e-5)
+        assert y["valid_auc"] == pytest.approx(x["valid_auc"], abs=1e-5)
+        assert y["valid_logloss"] == pytest.approx(x["valid_logloss"], rel=1e-5)

@@ -54,6 +54,8 @@ class ItemEncoder(nn.Module):
 
     item_tags: Tensor
     item_emb: Tensor
+    # False: encode every position (the textbook order), for comparisons; set on the class or an instance.
+    distinct: bool = True
 
     def __init__(self, spec: FeatureSpec, dim: int, item_tags: Tensor, item_emb: Tensor) -> None:
         super().__init__()
@@ -62,7 +64,6 @@ class ItemEncoder(nn.Module):
         self.mm_proj = nn.Linear(spec.item_emb_dim, dim, bias=False)
         self.register_buffer("item_tags", item_tags.long(), persistent=False)  # (n_items, 5)
         self.register_buffer("item_emb", item_emb.float(), persistent=False)  # (n_items, 128)
-        self.distinct = True  # False: encode every position (the textbook order; for comparisons)
 
     def encode(self, ids: Tensor) -> Tensor:
         """(…) int64 -> (…, I), position by position."""
@@ -93,7 +94,8 @@ class FeatureEncoder(nn.Module):
     """Batch -> (likes (B, E), views (B, E), target (B, I), history (B, L, I), mask (B, L)).
 
     The target and history ids share one item table (each distinct item encoded once), gathered with
-    `index_select`, whose backward accumulates in float even for bfloat16 (an embedding lookup's does not).
+    `index_select`. Under autocast the history is made once in the autocast dtype (every matmul that reads
+    it would cast it), with the gradients of repeated items still summed in float32.
     """
 
     def __init__(self, spec: FeatureSpec, dim: int, item_tags: Tensor, item_emb: Tensor) -> None:
@@ -108,7 +110,15 @@ class FeatureEncoder(nn.Module):
         ids = torch.cat([batch.item_id.reshape(-1, 1).to(seq.dtype), seq], dim=1)  # (B, 1 + L)
         vectors, rows = self.items.table(ids)
         target = vectors.index_select(0, rows[:, 0])
-        history = vectors.index_select(0, rows[:, 1:].reshape(-1)).view(*seq.shape, -1)
+        history_rows = rows[:, 1:].reshape(-1)
+        device = vectors.device.type
+        if not torch.is_autocast_enabled(device):
+            history = vectors.index_select(0, history_rows)
+        elif device == "cpu":  # gather in the autocast dtype: CPU's index_select backward sums in float32
+            history = vectors.to(torch.get_autocast_dtype(device)).index_select(0, history_rows)
+        else:  # gather in float32 (CUDA would sum bf16 gradients in bf16), then cast once for the matmuls
+            history = vectors.index_select(0, history_rows).to(torch.get_autocast_dtype(device))
+        history = history.view(*seq.shape, -1)
         return (
             self.likes(batch.likes_level.long()),
             self.views(batch.views_level.long()),

@@ -63,9 +63,6 @@ class TargetAttention(nn.Module):
 
     def forward(self, target: Tensor, history: Tensor, mask: Tensor) -> Tensor:
         # target (B, I), history (B, L, I), mask (B, L) bool: True where the history has an item
-        device = history.device.type
-        if torch.is_autocast_enabled(device):  # cast the (B, L, I) history once, not in each matmul
-            history = history.to(torch.get_autocast_dtype(device))
         q = self.W_q(target)  # (B, A)
         if self.order == "reference":
             scores = torch.einsum("bla,ba->bl", self.W_k(history), q) * self.scale
