@@ -1,5 +1,6 @@
 """The trainer: deterministic on CPU, resumes a killed run from its checkpoint, evaluation metrics."""
 
+import dataclasses
 import json
 import os
 import signal
@@ -16,6 +17,7 @@ from qin.config import EvaluateConfig, FeaturizeConfig, ValidateConfig, load_par
 from qin.evaluate import evaluate
 from qin.featurize import featurize
 from qin.metrics import expected_calibration_error, grouped_auc
+from qin.models.blocks import ItemEncoder
 from qin.train import checkpoint_path, train
 from qin.validate import validate
 
@@ -183,3 +185,25 @@ def test_two_processes_under_torchrun_train_the_model_one_process_trains(
         assert y["train_loss"] == pytest.approx(x["train_loss"], rel=1e-5)
         assert y["valid_auc"] == pytest.approx(x["valid_auc"], abs=1e-5)
         assert y["valid_logloss"] == pytest.approx(x["valid_logloss"], rel=1e-5)
+
+
+def test_fast_and_reference_paths_train_to_the_same_metrics(
+    features: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # bench/fastpaths.py makes the same comparison at the small preset's scale (AUC within 0.002).
+    (tmp_path / "params.yaml").write_text(EXACT_PARAMS)
+    cfg = load_params(tmp_path / "params.yaml").train
+
+    def history(name: str, distinct: bool, order: str, precision: str) -> list[dict]:
+        monkeypatch.setattr(ItemEncoder, "distinct", distinct)
+        model = dataclasses.replace(cfg.model, attention_order=order)
+        run = dataclasses.replace(cfg, model=model, precision=precision)
+        return train(features, tmp_path / name, tmp_path / f"{name}.json", run)["history"]
+
+    reference = history("reference", False, "reference", "fp32")
+    fast = history("fast", True, "fused", "fp32")
+    for r, f in zip(reference, fast, strict=True):  # the same function: only float rounding differs
+        assert f["valid_auc"] == pytest.approx(r["valid_auc"], abs=1e-4)
+        assert f["valid_logloss"] == pytest.approx(r["valid_logloss"], rel=1e-4)
+    mixed = history("bf16", True, "fused", "bf16")  # rounds the matmuls' inputs: a nearby trajectory
+    assert mixed[-1]["valid_auc"] == pytest.approx(reference[-1]["valid_auc"], abs=0.01)
