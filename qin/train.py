@@ -8,7 +8,8 @@ memory and copied asynchronously. The item table lives inside the model as buffe
 a batch (target or history) is encoded once and gathered in one indexing operation (qin/models/blocks.py).
 
 Speed settings (TrainConfig; qin/runtime.py): bf16 autocast (`precision`), a foreach (CPU) or fused (CUDA)
-Adam, optional `torch.compile` (`compile`), CPU `threads`. None changes the recipe.
+Adam, optional `torch.compile` (`compile`), CPU `threads`. None changes the recipe. On CPU, memory freed
+by a step is kept for the next (runtime.reuse_freed_memory) instead of being returned and faulted in again.
 
 Several processes: `torchrun --nproc_per_node=N -m qin train ...` (gloo on CPU, nccl on CUDA, one GPU per
 process). Every process draws the same shuffling and takes rows r, r+N, r+2N, ... of each global batch of
@@ -30,6 +31,7 @@ same result as an uninterrupted run. The checkpoint is removed once the package 
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import dataclasses
 import hashlib
@@ -233,8 +235,10 @@ def _save_checkpoint(path: Path, state: dict[str, Any]) -> None:
 
 def train(features_dir: str | Path, out_dir: str | Path, metrics_path: str | Path, cfg: TrainConfig) -> dict:
     procs, device_name = runtime.start_processes(cfg.device)
+    device = resolve_device(device_name)
     try:
-        return _train(features_dir, out_dir, metrics_path, cfg, procs, resolve_device(device_name))
+        with runtime.reuse_freed_memory() if device.type == "cpu" else contextlib.nullcontext():
+            return _train(features_dir, out_dir, metrics_path, cfg, procs, device)
     finally:
         runtime.stop_processes(procs)
 

@@ -11,14 +11,16 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from sklearn.metrics import roc_auc_score
 
+from qin import runtime
 from qin.config import EvaluateConfig, FeaturizeConfig, ValidateConfig, load_params
 from qin.evaluate import evaluate
-from qin.featurize import featurize
+from qin.featurize import Features, featurize
 from qin.metrics import expected_calibration_error, grouped_auc
 from qin.models.blocks import ItemEncoder
-from qin.train import checkpoint_path, train
+from qin.train import checkpoint_path, load_columns, train
 from qin.validate import validate
 
 RESUME_PARAMS = """
@@ -128,7 +130,6 @@ def test_expected_calibration_error() -> None:
 def test_a_model_trained_on_a_shorter_history_scores_only_that_history(
     features: Path, tmp_path: Path
 ) -> None:
-    from qin.featurize import Features
     from qin.inference import load_package
 
     (tmp_path / "params.yaml").write_text(RESUME_PARAMS.replace("device: cpu", "device: cpu\n  max_len: 6"))
@@ -207,3 +208,24 @@ def test_fast_and_reference_paths_train_to_the_same_metrics(
         assert f["valid_logloss"] == pytest.approx(r["valid_logloss"], rel=1e-4)
     mixed = history("bf16", True, "fused", "bf16")  # rounds the matmuls' inputs: a nearby trajectory
     assert mixed[-1]["valid_auc"] == pytest.approx(reference[-1]["valid_auc"], abs=0.01)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_on_cuda_the_data_moves_to_the_gpu_and_training_runs_in_bf16(features: Path, tmp_path: Path) -> None:
+    (tmp_path / "params.yaml").write_text(RESUME_PARAMS.replace("device: cpu", "device: cuda"))
+    cfg = load_params(tmp_path / "params.yaml").train
+    cols = load_columns(Features(features), "train", 16, torch.device("cuda"))
+    assert all(c.is_cuda for c in cols.values())
+    s = train(features, tmp_path / "m", tmp_path / "m.json", cfg)
+    assert s["device"].startswith("cuda")
+    assert s["precision"] == ("bf16" if torch.cuda.is_bf16_supported() else "fp32")
+    assert s["best_valid_auc"] > 0.5
+
+
+def test_precision_auto_means_bf16_where_the_device_has_native_bf16_matmuls() -> None:
+    cpu = torch.device("cpu")
+    assert runtime.resolve_precision("fp32", cpu) is None
+    assert runtime.resolve_precision("bf16", cpu) is torch.bfloat16
+    native = runtime.cpu_has_native_bf16()
+    assert runtime.resolve_precision("auto", cpu) is (torch.bfloat16 if native else None)
