@@ -229,3 +229,37 @@ def test_precision_auto_means_bf16_where_the_device_has_native_bf16_matmuls() ->
     assert runtime.resolve_precision("bf16", cpu) is torch.bfloat16
     native = runtime.cpu_has_native_bf16()
     assert runtime.resolve_precision("auto", cpu) is (torch.bfloat16 if native else None)
+
+
+def _compile_params(root: Path) -> None:
+    text = EXACT_PARAMS.replace("epochs: 2", "epochs: 1").replace("batch_size: 64", "batch_size: 256")
+    (root / "params.yaml").write_text(
+        text.replace("checkpoint_every: 0", "checkpoint_every: 0\n  compile: true")
+    )
+
+
+def test_compile_without_a_cpp_compiler_fails_with_a_clear_message(features: Path, tmp_path: Path) -> None:
+    _compile_params(tmp_path)
+    env = {
+        **os.environ,
+        "CXX": str(tmp_path / "no-such-c++"),
+        "TORCHINDUCTOR_CACHE_DIR": str(tmp_path / "cache"),
+    }
+    cmd = [sys.executable, "-m", "qin", "--params", str(tmp_path / "params.yaml"), "train", "--features",
+           str(features), "--out", str(tmp_path / "m"), "--metrics", str(tmp_path / "m.json")]  # fmt: skip
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env)
+    assert out.returncode == 1
+    assert "train.compile: torch.compile failed" in out.stderr and "set compile: false" in out.stderr
+    assert "Traceback" not in out.stderr
+
+
+@pytest.mark.slow
+def test_a_compiled_training_step_trains_the_same_model(
+    features: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path / "cache"))
+    _compile_params(tmp_path)
+    cfg = load_params(tmp_path / "params.yaml").train
+    compiled = train(features, tmp_path / "c", tmp_path / "c.json", cfg)
+    eager = train(features, tmp_path / "e", tmp_path / "e.json", dataclasses.replace(cfg, compile=False))
+    assert compiled["best_valid_auc"] == pytest.approx(eager["best_valid_auc"], abs=1e-4)
