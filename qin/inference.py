@@ -20,7 +20,6 @@ import pandas as pd
 import torch
 from torch import nn
 
-from qin import runtime  # noqa: F401  (the allocator's settings, before torch allocates)
 from qin.config import ModelConfig, model_config
 from qin.io import atomic_dir, read_json, tree_hash, write_json
 from qin.models import Batch, FeatureSpec, build_model

@@ -2,12 +2,8 @@
 
 Nothing here changes what is computed, only how fast: bf16 autocast (the one exception: it rounds the
 matmuls' inputs), a foreach (CPU) or fused (CUDA) Adam, optional `torch.compile`, and one process per device
-under `torchrun` (DistributedDataParallel: gloo on CPU, nccl on CUDA).
-
-Importing this module asks PyTorch's CPU allocator for transparent huge pages (THP_MEM_ALLOC_ENABLE), unless
-the environment says otherwise: a training step allocates and frees hundreds of MB, which otherwise page-fault
-4 KiB at a time on every step (3x slower elementwise ops measured on the bench machine). PyTorch reads the
-variable at its first large allocation, so this module is imported before any.
+under `torchrun` (DistributedDataParallel: gloo on CPU, nccl on CUDA); on CPU, memory freed by a training step
+is kept for the next one (`reuse_freed_memory`).
 """
 
 from __future__ import annotations
@@ -21,8 +17,6 @@ import platform
 import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
-
-os.environ.setdefault("THP_MEM_ALLOC_ENABLE", "1")
 
 import torch
 from torch import nn
@@ -50,9 +44,10 @@ def reuse_freed_memory() -> Iterator[None]:
     """Keep memory freed by one training step for the next (glibc; elsewhere a no-op).
 
     glibc serves every allocation above 32 MB with its own mmap and returns it on free, so each step's
-    activations (GBs at batch 8192) page-fault and are zeroed again: measured 10x slower elementwise ops
-    and a third of a CPU step in the kernel. Inside this block large blocks come from the heap and freed
-    ones stay there; afterwards the defaults are restored and the heap is trimmed.
+    activations (GBs at batch 8192) page-fault and are zeroed again: measured 10x slower elementwise ops on
+    fresh memory and a third of a paper-size CPU step in the kernel. Inside this block large blocks come
+    from the heap and freed ones stay there (the peak grows by the heap's fragmentation, about 1 GB at
+    batch 8192); afterwards the defaults are restored and the heap is trimmed.
     """
     libc = _glibc()
     if libc is None:
