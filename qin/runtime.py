@@ -28,6 +28,7 @@ PRECISIONS = ("auto", "fp32", "bf16")
 # glibc mallopt parameters
 _M_TRIM_THRESHOLD, _M_MMAP_MAX = -1, -4
 _DEFAULT_MMAP_MAX, _DEFAULT_TRIM_THRESHOLD = 65536, 128 * 1024
+_reuse_depth = 0
 
 
 def _glibc() -> ctypes.CDLL | None:
@@ -49,15 +50,18 @@ def reuse_freed_memory() -> Iterator[None]:
     from the heap and freed ones stay there (the peak grows by the heap's fragmentation, about 1 GB at
     batch 8192); afterwards the defaults are restored and the heap is trimmed.
     """
+    global _reuse_depth
     libc = _glibc()
-    if libc is None:
+    if libc is None or _reuse_depth:  # not glibc, or already inside such a block
         yield
         return
     libc.mallopt(_M_MMAP_MAX, 0)
     libc.mallopt(_M_TRIM_THRESHOLD, 2**31 - 1)
+    _reuse_depth += 1
     try:
         yield
     finally:
+        _reuse_depth -= 1
         libc.mallopt(_M_MMAP_MAX, _DEFAULT_MMAP_MAX)
         libc.mallopt(_M_TRIM_THRESHOLD, _DEFAULT_TRIM_THRESHOLD)
         libc.malloc_trim(0)
