@@ -341,7 +341,7 @@ def _train(
             epoch_gen_state = gen.get_state()
             partial = {"loss": 0.0, "steps": 0, "seconds": 0.0}
         gen.set_state(epoch_gen_state)
-        perm = torch.randperm(n, generator=gen)
+        perm = torch.randperm(n, generator=gen).to(train_cols["item_id"].device)  # where the rows are
         first = start_step if epoch == start_epoch else 0
         model.train()
         t0 = time.perf_counter()
