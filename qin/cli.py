@@ -74,7 +74,9 @@ def _train(args: argparse.Namespace, params: Params) -> None:
     from qin.train import train
 
     s = train(args.features, args.out, args.metrics, params.train)
-    print(f"model package in {args.out}/ (best epoch {s['best_epoch']}, valid AUC {s['best_valid_auc']:.4f})")
+    if "model_hash" in s:  # the process that wrote the package (process 0 under torchrun)
+        best = f"best epoch {s['best_epoch']}, valid AUC {s['best_valid_auc']:.4f}"
+        print(f"model package in {args.out}/ ({best})")
 
 
 def _evaluate(args: argparse.Namespace, params: Params) -> None:

@@ -141,6 +141,14 @@ class TrainConfig:
     device: Literal["auto", "cpu", "cuda"] = "auto"
     # Save a resumable checkpoint every this many steps (and at every epoch end).
     checkpoint_every: int = 200
+    # Matmuls in bfloat16 under autocast (weights, optimizer and losses stay float32). auto: bf16 on a CUDA
+    # GPU that supports it and on a CPU with native bf16 dot products (AVX512-BF16 or AMX), where it is
+    # measured 1.5-4x faster (bench/throughput.py); fp32 elsewhere.
+    precision: Literal["auto", "fp32", "bf16"] = "auto"
+    # torch.compile the training step (CPU needs a C++ compiler; fails with a message when it cannot).
+    compile: bool = False
+    # Intra-op CPU threads per process (0: torch's default, one per core; torchrun sets 1 per process).
+    threads: int = 0
 
 
 TRAIN_PRESETS: dict[str, TrainConfig] = {

@@ -107,11 +107,13 @@ class Features:
     def has(self, name: str) -> bool:
         return name in self.manifest["arrays"]
 
-    def array(self, name: str) -> np.ndarray:
+    def array(self, name: str, copy_on_write: bool = False) -> np.ndarray:
+        """The array memory-mapped: read-only, or copy-on-write (writable in memory, as torch.from_numpy
+        wants, with nothing copied unless written)."""
         if not self.has(name):
             raise KeyError(f"{self.root}: no array '{name}' (have {sorted(self.manifest['arrays'])})")
-        return np.load(self.root / f"{name}.npy", mmap_mode="r")
+        return np.load(self.root / f"{name}.npy", mmap_mode="c" if copy_on_write else "r")
 
-    def split(self, split: str) -> dict[str, np.ndarray]:
+    def split(self, split: str, copy_on_write: bool = False) -> dict[str, np.ndarray]:
         cols = [*ROW_FIELDS, "label"] if self.has(f"{split}_label") else list(ROW_FIELDS)
-        return {c: self.array(f"{split}_{c}") for c in cols}
+        return {c: self.array(f"{split}_{c}", copy_on_write) for c in cols}

@@ -11,6 +11,7 @@ through this one path.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 from pathlib import Path
 from typing import Any
@@ -20,6 +21,7 @@ import pandas as pd
 import torch
 from torch import nn
 
+from qin import runtime
 from qin.config import ModelConfig, model_config
 from qin.io import atomic_dir, read_json, tree_hash, write_json
 from qin.models import Batch, FeatureSpec, build_model
@@ -80,11 +82,15 @@ class Scorer:
         cols = {**cols, "item_seq": cols["item_seq"][:, -self.max_len :]}
         n = len(cols["item_id"])
         out = np.empty(n, dtype=np.float32)
-        for start in range(0, n, batch_size):
-            sl = slice(start, start + batch_size)
-            batch = Batch(**{c: torch.from_numpy(np.array(cols[c][sl])) for c in INPUT_COLUMNS})
-            batch = batch.to(self.device)
-            out[sl] = torch.sigmoid(self.model(batch).float()).cpu().numpy()
+        cpu = self.device.type == "cpu"
+        with runtime.reuse_freed_memory() if cpu and n > batch_size else contextlib.nullcontext():
+            for start in range(0, n, batch_size):
+                sl = slice(start, start + batch_size)
+                rows = {c: torch.from_numpy(np.array(cols[c][sl])) for c in INPUT_COLUMNS}
+                if not cpu:  # pinned, so that the copy to the GPU is asynchronous
+                    rows = {c: t.pin_memory() for c, t in rows.items()}
+                batch = Batch(**rows).to(self.device, non_blocking=not cpu)
+                out[sl] = torch.sigmoid(self.model(batch).float()).cpu().numpy()
         return out
 
     def predict_frame(self, frame: pd.DataFrame, batch_size: int = 8192) -> np.ndarray:

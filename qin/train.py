@@ -1,21 +1,37 @@
 """The `train` stage: fit a model on featurized arrays, keep the best epoch by valid AUC, write a package.
 
-Batches are gathered by index from tensors held in memory (on the GPU when training there): no per-batch
-pandas and no Python loop over rows. The item table lives inside the model as a buffer, so the target's
-and the whole history's item features are gathered in one indexing operation.
+Data path: the featurized arrays stay memory-mapped (nothing is copied into RAM: the full-size history,
+3.6M x 64 int32, lives in the page cache only) and each batch is gathered from them by index
+(`index_select`): no per-batch pandas and no Python loop over rows. On CUDA the arrays are copied to the GPU
+once when they fit in a quarter of its free memory; otherwise each batch is gathered on the CPU into pinned
+memory and copied asynchronously. The item table lives inside the model as buffers, so each distinct item of
+a batch (target or history) is encoded once and gathered in one indexing operation (qin/models/blocks.py).
+
+Speed settings (TrainConfig; qin/runtime.py): bf16 autocast (`precision`), a foreach (CPU) or fused (CUDA)
+Adam, optional `torch.compile` (`compile`), CPU `threads`. None changes the recipe. On CPU, memory freed
+by a step is kept for the next (runtime.reuse_freed_memory) instead of being returned and faulted in again.
+
+Several processes: `torchrun --nproc_per_node=N -m qin train ...` (gloo on CPU, nccl on CUDA, one GPU per
+process). Every process draws the same shuffling and takes rows r, r+N, r+2N, ... of each global batch of
+`batch_size` rows, so the global batch, the steps and the learning-rate schedule are those of one process;
+DistributedDataParallel averages the gradients, each process's loss weighted by its share of the rows, so
+the update is the one of the whole batch. BatchNorm normalises over each process's rows (no SyncBatchNorm on
+CPU) and the running statistics of process 0 are kept. Process 0 writes the checkpoints, the package and the
+metrics; valid is scored in shards and gathered, so every process takes the same early-stopping decisions.
 
 Recipe (the authors'): Adam; L2 on the embedding tables, separate from the network's; gradient-norm
 clipping; the learning rate halves when valid AUC stalls (lr_patience epochs) and training stops after
 `patience` epochs without a gain; the best epoch's weights are kept.
 
 Resumable: every `checkpoint_every` steps and at each epoch end the full state (weights, optimizer,
-scheduler, RNG states, the epoch's shuffling, history, best weights) is saved beside the output. A rerun
-with the same settings and data continues from there, mid-epoch included, and reaches the same result as an
-uninterrupted run. The checkpoint is removed once the package is written.
+scheduler, RNG states of every process, the epoch's shuffling, history, best weights) is saved beside the
+output. A rerun with the same settings and data continues from there, mid-epoch included, and reaches the
+same result as an uninterrupted run. The checkpoint is removed once the package is written.
 """
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import dataclasses
 import hashlib
@@ -23,6 +39,7 @@ import json
 import logging
 import os
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +47,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from qin import runtime
 from qin.config import TrainConfig
 from qin.featurize import Features
 from qin.inference import Scorer, resolve_device, save_package
@@ -41,27 +59,39 @@ from qin.models.blocks import embedding_tables, network_weights
 
 log = logging.getLogger(__name__)
 
+# Settings that change how fast training runs but not what it computes: a checkpoint written under other
+# values of these is resumed.
+SPEED_SETTINGS = ("device", "compile", "threads", "precision")
+
 
 def checkpoint_path(out_dir: str | Path) -> Path:
     out_dir = Path(out_dir)
     return out_dir.parent / f"{out_dir.name}.checkpoint.pt"
 
 
-def _to_tensors(cols: dict[str, np.ndarray], device: torch.device, max_len: int) -> dict[str, Tensor]:
-    # np.array copies the memory-mapped file into RAM (and makes it writable, as torch wants).
-    out = {k: torch.from_numpy(np.array(v)) for k, v in cols.items()}
-    out["item_seq"] = out["item_seq"][:, -max_len:].contiguous()
-    return {k: v.to(device) for k, v in out.items()}
+def load_columns(feats: Features, split: str, max_len: int, device: torch.device) -> dict[str, Tensor]:
+    """A split's columns as tensors over the memory-mapped arrays, the history cut to its last max_len items.
+
+    On CUDA they are copied to the GPU when they fit in a quarter of its free memory; otherwise they stay
+    memory-mapped and `gather` stages each batch through pinned memory.
+    """
+    cols = {k: torch.from_numpy(v) for k, v in feats.split(split, copy_on_write=True).items()}
+    cols["item_seq"] = cols["item_seq"][:, -max_len:]  # a view: nothing is read yet
+    if device.type == "cuda":
+        need = sum(t.numel() * t.element_size() for t in cols.values())
+        if need < torch.cuda.mem_get_info(device)[0] / 4:
+            return {k: v.to(device).contiguous() for k, v in cols.items()}
+        log.info("%s: %.1f GB do not fit on %s; batches go through pinned memory", split, need / 1e9, device)
+    return cols
 
 
-def _batch(cols: dict[str, Tensor], idx: Tensor) -> Batch:
-    return Batch(
-        item_seq=cols["item_seq"][idx],
-        likes_level=cols["likes_level"][idx],
-        views_level=cols["views_level"][idx],
-        item_id=cols["item_id"][idx],
-        label=cols["label"][idx],
-    )
+def gather(cols: dict[str, Tensor], idx: Tensor, device: torch.device) -> Batch:
+    """The rows `idx` of every column (one index_select each), on `device`."""
+    held = cols["item_id"].device
+    rows = {k: v.index_select(0, idx.to(held)) for k, v in cols.items()}
+    if held != device:
+        rows = {k: v.pin_memory().to(device, non_blocking=True) for k, v in rows.items()}
+    return Batch(**rows)
 
 
 def l2_penalty(params: list[Tensor], weight: float) -> Tensor | float:
@@ -80,10 +110,120 @@ def batch_loss(model: nn.Module, batch: Batch) -> Tensor:
     return bce(model(batch), batch.label)
 
 
-def _run_key(cfg: TrainConfig, feats: Features) -> str:
-    """What a checkpoint must match to be resumed: the settings (but the device) and the data."""
-    settings = {k: v for k, v in dataclasses.asdict(cfg).items() if k != "device"}
-    blob = json.dumps([settings, feats.manifest["sources"], feats.manifest["max_len"]], sort_keys=True)
+class TrainingLoss(nn.Module):
+    """One batch's objective as a module (what DDP and torch.compile wrap): (data loss, L2 penalties)."""
+
+    def __init__(self, model: nn.Module, embedding_l2: float, net_l2: float) -> None:
+        super().__init__()
+        self.model = model
+        self.embedding_l2, self.net_l2 = embedding_l2, net_l2
+        self.tables, self.weights = embedding_tables(model), network_weights(model)
+
+    def forward(self, batch: Batch) -> tuple[Tensor, Tensor | float]:
+        penalty = l2_penalty(self.tables, self.embedding_l2) + l2_penalty(self.weights, self.net_l2)
+        return batch_loss(self.model, batch), penalty
+
+
+class Trainer:
+    """One optimisation step at a time, in the configured precision, over one or several processes."""
+
+    def __init__(
+        self,
+        model: nn.Module,
+        cfg: TrainConfig,
+        device: torch.device,
+        procs: runtime.Processes | None = None,
+    ) -> None:
+        self.model, self.cfg, self.device = model, cfg, device
+        self.procs = procs or runtime.Processes()
+        self.dtype = runtime.resolve_precision(cfg.precision, device)
+        self.params = list(model.parameters())
+        self.optimizer = runtime.adam(self.params, cfg.learning_rate, device)
+        loss: nn.Module = TrainingLoss(model, cfg.embedding_l2, cfg.net_l2)
+        if self.procs.world > 1:
+            from torch.nn.parallel import DistributedDataParallel
+
+            ids = [device.index] if device.type == "cuda" else None
+            # BatchNorm statistics are synchronised before scoring (sync_buffers), not on every step.
+            loss = DistributedDataParallel(loss, device_ids=ids, broadcast_buffers=False)
+        self.loss = runtime.compiled(loss) if cfg.compile else loss
+
+    def step(self, batch: Batch, share: float = 1.0) -> Tensor:
+        """One update on `batch`; `share`: this process's rows times the processes over the global batch's
+        rows (1 for one process), so that averaging the processes' gradients gives the global batch's.
+        Returns the loss (data loss plus penalties) as a tensor, without waiting for it."""
+        with runtime.compile_errors(self.cfg.compile), runtime.autocast(self.device, self.dtype):
+            data, penalty = self.loss(batch)
+        loss = data * share + penalty if share != 1.0 else data + penalty
+        self.optimizer.zero_grad(set_to_none=True)
+        with runtime.compile_errors(self.cfg.compile):
+            loss.backward()
+        nn.utils.clip_grad_norm_(self.params, self.cfg.grad_clip_norm, foreach=True)
+        self.optimizer.step()
+        return loss.detach()
+
+    def all_mean(self, value: Tensor) -> float:
+        """The mean over processes of a per-process value."""
+        if self.procs.world > 1:
+            import torch.distributed as dist
+
+            value = value.clone()
+            dist.all_reduce(value)
+            value /= self.procs.world
+        return float(value)
+
+    def sync_buffers(self) -> None:
+        """Give every process the persistent buffers (BatchNorm running statistics) of process 0."""
+        if self.procs.world > 1:
+            import torch.distributed as dist
+
+            persistent = set(self.model.state_dict())
+            for name, buf in self.model.named_buffers():
+                if name in persistent:
+                    dist.broadcast(buf, 0)
+
+    def predict(self, scorer: Scorer, cols: dict[str, np.ndarray]) -> np.ndarray:
+        """Scores of every row, each process scoring one contiguous shard; every process gets them all."""
+        if self.procs.world == 1:
+            return scorer.predict(cols)
+        import torch.distributed as dist
+
+        n = len(cols["item_id"])
+        per = -(-n // self.procs.world)
+        mine = slice(min(n, self.procs.rank * per), min(n, (self.procs.rank + 1) * per))
+        local = torch.from_numpy(scorer.predict({k: v[mine] for k, v in cols.items()}))
+        on = self.device if self.device.type == "cuda" else torch.device("cpu")
+        padded = torch.zeros(per, device=on)
+        padded[: len(local)] = local.to(on)
+        parts = [torch.empty(per, device=on) for _ in range(self.procs.world)]
+        dist.all_gather(parts, padded)
+        return torch.cat(parts).cpu().numpy()[:n]
+
+    def rng_states(self) -> list[tuple[Tensor, Tensor | None]]:
+        """The RNG states (CPU, CUDA) of every process, in rank order."""
+        cuda = torch.cuda.get_rng_state(self.device) if self.device.type == "cuda" else None
+        state = (torch.get_rng_state(), cuda)
+        if self.procs.world == 1:
+            return [state]
+        import torch.distributed as dist
+
+        states: list[Any] = [None] * self.procs.world
+        dist.all_gather_object(states, state)
+        return states
+
+    def set_rng_state(self, states: list[tuple[Tensor, Tensor | None]]) -> None:
+        cpu, cuda = states[self.procs.rank] if self.procs.rank < len(states) else states[0]
+        torch.set_rng_state(cpu)
+        if cuda is not None and self.device.type == "cuda":
+            torch.cuda.set_rng_state(cuda, self.device)
+
+
+def _run_key(cfg: TrainConfig, feats: Features, precision: str) -> str:
+    """What a checkpoint must match to be resumed: the settings (but the speed ones), precision and data."""
+    settings = {k: v for k, v in dataclasses.asdict(cfg).items() if k not in SPEED_SETTINGS}
+    blob = json.dumps(
+        [settings, precision, feats.manifest["sources"], feats.manifest["max_len"]], sort_keys=True
+    )
     return hashlib.sha256(blob.encode()).hexdigest()
 
 
@@ -94,32 +234,53 @@ def _save_checkpoint(path: Path, state: dict[str, Any]) -> None:
 
 
 def train(features_dir: str | Path, out_dir: str | Path, metrics_path: str | Path, cfg: TrainConfig) -> dict:
+    procs, device_name = runtime.start_processes(cfg.device)
+    device = resolve_device(device_name)
+    try:
+        with runtime.reuse_freed_memory() if device.type == "cpu" else contextlib.nullcontext():
+            return _train(features_dir, out_dir, metrics_path, cfg, procs, device)
+    finally:
+        runtime.stop_processes(procs)
+
+
+def _train(
+    features_dir: str | Path,
+    out_dir: str | Path,
+    metrics_path: str | Path,
+    cfg: TrainConfig,
+    procs: runtime.Processes,
+    device: torch.device,
+) -> dict:
+    info: Callable[..., None] = log.info if procs.main else (lambda *args, **kwargs: None)
+    runtime.set_threads(cfg.threads)
     torch.manual_seed(cfg.seed)
-    device = resolve_device(cfg.device)
     feats = Features(features_dir)
     spec = FeatureSpec(n_items=feats.manifest["n_items"], n_tags=feats.manifest["n_tags"])
     item_tags = np.array(feats.array("item_tags"))
     item_emb = np.array(feats.array("item_emb"))
     model = build_model(cfg.model, spec, torch.from_numpy(item_tags), torch.from_numpy(item_emb)).to(device)
+    if procs.rank:  # the same initial weights everywhere; each process its own dropout masks
+        torch.manual_seed(cfg.seed + procs.rank)
     n_params = sum(p.numel() for p in model.parameters())
     stored_len = int(feats.array("train_item_seq").shape[1])
     max_len = min(cfg.max_len or stored_len, stored_len)
-    train_cols = _to_tensors(feats.split("train"), device, max_len)
+    train_cols = load_columns(feats, "train", max_len, device)
     valid = {k: np.asarray(v) for k, v in feats.split("valid").items()}
     valid["item_seq"] = valid["item_seq"][:, -max_len:]
     n = len(train_cols["item_id"])
     steps_per_epoch = (n + cfg.batch_size - 1) // cfg.batch_size
 
-    optimizer = torch.optim.Adam(model.parameters(), lr=cfg.learning_rate)
+    trainer = Trainer(model, cfg, device, procs)
+    precision = runtime.precision_name(trainer.dtype)
+    optimizer = trainer.optimizer
     scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
         optimizer, mode="max", factor=0.5, patience=cfg.lr_patience - 1
     )
     gen = torch.Generator().manual_seed(cfg.seed)
     scorer = Scorer(model, max_len, spec.n_items, device)
-    emb_params, net_params = embedding_tables(model), network_weights(model)
 
     ckpt_path = checkpoint_path(out_dir)
-    key = _run_key(cfg, feats)
+    key = _run_key(cfg, feats, precision)
     history: list[dict] = []
     best: dict[str, Any] = {"auc": -1.0, "epoch": 0, "state": copy.deepcopy(model.state_dict())}
     stale, start_epoch, start_step = 0, 1, 0
@@ -131,21 +292,26 @@ def train(features_dir: str | Path, out_dir: str | Path, metrics_path: str | Pat
             model.load_state_dict(ck["model"])
             optimizer.load_state_dict(ck["optimizer"])
             scheduler.load_state_dict(ck["scheduler"])
-            torch.set_rng_state(ck["torch_rng"])
+            trainer.set_rng_state(ck["rng"])
             gen.set_state(ck["gen_state"])
             history, best, stale, partial = ck["history"], ck["best"], ck["stale"], ck["partial"]
             start_epoch, start_step, epoch_gen_state = ck["epoch"], ck["step"], ck["epoch_gen_state"]
-            log.info(
-                "resuming from %s: epoch %d, step %d of %d",
-                ckpt_path,
-                start_epoch,
-                start_step,
-                steps_per_epoch,
-            )
+            info("resuming from %s: epoch %d, step %d of %d", ckpt_path, start_epoch, start_step,
+                 steps_per_epoch)  # fmt: skip
         else:
-            log.info("ignoring %s: it belongs to other settings or data", ckpt_path)
+            info("ignoring %s: it belongs to other settings or data", ckpt_path)
+
+    loss_sum = torch.zeros((), device=device)
+
+    def flush_loss() -> None:
+        """Add the steps' losses (summed on the device, mean over processes) to the epoch's."""
+        partial["loss"] += trainer.all_mean(loss_sum)
+        loss_sum.zero_()
 
     def checkpoint(epoch: int, step: int) -> None:
+        rng = trainer.rng_states()  # every process takes part
+        if not procs.main:
+            return
         _save_checkpoint(
             ckpt_path,
             {
@@ -157,7 +323,7 @@ def train(features_dir: str | Path, out_dir: str | Path, metrics_path: str | Pat
                 "model": model.state_dict(),
                 "optimizer": optimizer.state_dict(),
                 "scheduler": scheduler.state_dict(),
-                "torch_rng": torch.get_rng_state(),
+                "rng": rng,
                 "history": history,
                 "best": best,
                 "stale": stale,
@@ -165,7 +331,8 @@ def train(features_dir: str | Path, out_dir: str | Path, metrics_path: str | Pat
             },
         )
 
-    log.info("training %s (%d parameters) on %d rows, device %s", cfg.model.name, n_params, n, device)
+    info("training %s (%d parameters) on %d rows, device %s, %s, %d process(es)%s", cfg.model.name,
+         n_params, n, device, precision, procs.world, ", compiled" if cfg.compile else "")  # fmt: skip
     stopped = stale >= cfg.patience
     for epoch in range(start_epoch, cfg.epochs + 1):
         if stopped:
@@ -174,26 +341,27 @@ def train(features_dir: str | Path, out_dir: str | Path, metrics_path: str | Pat
             epoch_gen_state = gen.get_state()
             partial = {"loss": 0.0, "steps": 0, "seconds": 0.0}
         gen.set_state(epoch_gen_state)
-        perm = torch.randperm(n, generator=gen).to(device)
+        perm = torch.randperm(n, generator=gen).to(train_cols["item_id"].device)  # where the rows are
         first = start_step if epoch == start_epoch else 0
         model.train()
         t0 = time.perf_counter()
         for step in range(first, steps_per_epoch):
-            batch = _batch(train_cols, perm[step * cfg.batch_size : (step + 1) * cfg.batch_size])
-            loss = batch_loss(model, batch)
-            loss = loss + l2_penalty(emb_params, cfg.embedding_l2) + l2_penalty(net_params, cfg.net_l2)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip_norm)
-            optimizer.step()
-            partial["loss"] += float(loss.detach())
-            partial["steps"] += 1
+            rows = perm[step * cfg.batch_size : (step + 1) * cfg.batch_size]
+            # BatchNorm needs 2 rows per process: a last global batch smaller than that is left out.
+            if len(rows) >= 2 * procs.world:
+                mine = rows[procs.rank :: procs.world]
+                share = len(mine) * procs.world / len(rows)
+                loss_sum += trainer.step(gather(train_cols, mine, device), share)
+                partial["steps"] += 1
             if cfg.checkpoint_every and (step + 1) % cfg.checkpoint_every == 0 and step + 1 < steps_per_epoch:
+                flush_loss()
                 partial["seconds"] += time.perf_counter() - t0
                 t0 = time.perf_counter()
                 checkpoint(epoch, step + 1)
+        flush_loss()
         seconds = partial["seconds"] + time.perf_counter() - t0
-        probs = scorer.predict(valid)  # puts the model in eval mode
+        trainer.sync_buffers()
+        probs = trainer.predict(scorer, valid)  # puts the model in eval mode
         auc, ll = roc_auc(valid["label"], probs), log_loss(valid["label"], probs)
         lr = optimizer.param_groups[0]["lr"]
         train_loss = partial["loss"] / max(partial["steps"], 1)
@@ -208,10 +376,8 @@ def train(features_dir: str | Path, out_dir: str | Path, metrics_path: str | Pat
                 "train_samples_per_second": n / seconds if seconds > 0 else 0.0,
             }
         )
-        log.info(
-            "epoch %d/%d  loss %.4f  valid_auc %.4f  valid_logloss %.4f  lr %.2g  %.1fs (%.0f samples/s)",
-            epoch, cfg.epochs, train_loss, auc, ll, lr, seconds, n / max(seconds, 1e-9),
-        )  # fmt: skip
+        info("epoch %d/%d  loss %.4f  valid_auc %.4f  valid_logloss %.4f  lr %.2g  %.1fs (%.0f samples/s)",
+             epoch, cfg.epochs, train_loss, auc, ll, lr, seconds, n / max(seconds, 1e-9))  # fmt: skip
         scheduler.step(auc)
         if auc > best["auc"]:
             best, stale = {"auc": auc, "epoch": epoch, "state": copy.deepcopy(model.state_dict())}, 0
@@ -219,21 +385,25 @@ def train(features_dir: str | Path, out_dir: str | Path, metrics_path: str | Pat
             stale += 1
         stopped = stale >= cfg.patience
         if stopped:
-            log.info("early stop: no valid AUC gain for %d epochs", stale)
+            info("early stop: no valid AUC gain for %d epochs", stale)
         checkpoint(epoch + 1, 0)
 
     model.load_state_dict(best["state"])
-    meta = {"best_epoch": best["epoch"], "valid_auc": best["auc"], "sources": feats.manifest["sources"]}
-    model_hash = save_package(out_dir, model, cfg.model, spec, max_len, item_tags, item_emb, meta)
     summary = {
         "model": cfg.model.name,
         "parameters": n_params,
         "device": str(device),
+        "precision": precision,
+        "processes": procs.world,
         "best_epoch": best["epoch"],
         "best_valid_auc": best["auc"],
-        "model_hash": model_hash,
         "history": history,
     }
-    write_json(metrics_path, summary)
-    ckpt_path.unlink(missing_ok=True)
+    if procs.main:
+        meta = {"best_epoch": best["epoch"], "valid_auc": best["auc"], "sources": feats.manifest["sources"]}
+        summary["model_hash"] = save_package(
+            out_dir, model, cfg.model, spec, max_len, item_tags, item_emb, meta
+        )
+        write_json(metrics_path, summary)
+        ckpt_path.unlink(missing_ok=True)
     return summary

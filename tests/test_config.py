@@ -19,6 +19,7 @@ def test_repo_params_load_and_match_the_dataclasses(tmp_path: Path) -> None:
         ("train: {epochz: 3}", "'train.epochz' is not a setting"),
         ("train: {model: {attention_order: fast}}", "expected one of ['fused', 'reference'], found 'fast'"),
         ("train: {batch_size: many}", "'train.batch_size': expected an integer, found 'many'"),
+        ("train: {precision: fp16}", "'train.precision': expected one of ['auto', 'fp32', 'bf16']"),
         ("train: {model: {batch_norm: 1}}", "'train.model.batch_norm': expected true or false"),
         ("training: {}", "'training' is not a setting"),
     ],

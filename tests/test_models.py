@@ -95,6 +95,53 @@ def test_fused_and_reference_attention_orders_agree(activation: str) -> None:
     torch.testing.assert_close(model(batch), ref, rtol=1e-4, atol=1e-4)
 
 
+@pytest.mark.parametrize("name", ["qin", "din", "sdcnv3"])
+def test_encoding_each_distinct_item_once_is_the_same_function_as_encoding_every_position(
+    name: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    model = _model(CONFIGS[name]).train()
+    batch = _batch(b=32, length=20, pad=5)
+    batch.item_seq[:, -3:] = batch.item_seq[:, -4:-3]  # repeats within a history (60 ids: across rows too)
+    batch.item_seq[:, -5] = batch.item_id  # and the target among them
+
+    def loss_and_grads(distinct: bool) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        monkeypatch.setattr(model.features.items, "distinct", distinct)
+        model.zero_grad()
+        torch.manual_seed(5)  # the same dropout masks
+        loss = batch_loss(model, batch)
+        loss.backward()
+        return loss.detach(), [p.grad.clone() for p in model.parameters()]
+
+    (loss, grads), (ref_loss, ref_grads) = loss_and_grads(True), loss_and_grads(False)
+    torch.testing.assert_close(loss, ref_loss, rtol=1e-5, atol=1e-6)
+    for g, ref in zip(grads, ref_grads, strict=True):
+        torch.testing.assert_close(g, ref, rtol=1e-4, atol=1e-6)
+
+
+def test_under_bf16_autocast_the_gradients_of_a_repeated_item_still_sum_in_float32() -> None:
+    model = _model(QINConfig(embedding_dim=8, net_dropout=0.0)).train()
+    batch = _batch(b=64, length=64, pad=0)
+    batch.item_seq[:] = 7  # 4,096 positions of one item: a bf16 running sum would stall far below the total
+
+    def grad_of_item_7(autocast: bool) -> torch.Tensor:
+        model.zero_grad()
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+            loss = batch_loss(model, batch)
+        loss.backward()
+        return model.features.items.id_emb.weight.grad[7].clone()
+
+    exact, mixed = grad_of_item_7(False), grad_of_item_7(True)
+    assert torch.linalg.vector_norm(mixed - exact) <= 0.05 * torch.linalg.vector_norm(exact)
+
+
+def test_an_item_id_outside_the_vocabulary_is_refused() -> None:
+    model = _model(CONFIGS["qin"]).eval()
+    batch = _batch()
+    batch.item_seq[0, -1] = SPEC.n_items
+    with pytest.raises(IndexError):
+        model(batch)
+
+
 @pytest.mark.parametrize("name", list(CONFIGS))
 def test_every_parameter_receives_a_gradient(name: str) -> None:
     model = _model(CONFIGS[name]).train()

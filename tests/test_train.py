@@ -1,5 +1,6 @@
 """The trainer: deterministic on CPU, resumes a killed run from its checkpoint, evaluation metrics."""
 
+import dataclasses
 import json
 import os
 import signal
@@ -10,13 +11,16 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from sklearn.metrics import roc_auc_score
 
+from qin import runtime
 from qin.config import EvaluateConfig, FeaturizeConfig, ValidateConfig, load_params
 from qin.evaluate import evaluate
-from qin.featurize import featurize
+from qin.featurize import Features, featurize
 from qin.metrics import expected_calibration_error, grouped_auc
-from qin.train import checkpoint_path, train
+from qin.models.blocks import ItemEncoder
+from qin.train import checkpoint_path, load_columns, train
 from qin.validate import validate
 
 RESUME_PARAMS = """
@@ -126,7 +130,6 @@ def test_expected_calibration_error() -> None:
 def test_a_model_trained_on_a_shorter_history_scores_only_that_history(
     features: Path, tmp_path: Path
 ) -> None:
-    from qin.featurize import Features
     from qin.inference import load_package
 
     (tmp_path / "params.yaml").write_text(RESUME_PARAMS.replace("device: cpu", "device: cpu\n  max_len: 6"))
@@ -139,3 +142,124 @@ def test_a_model_trained_on_a_shorter_history_scores_only_that_history(
     np.testing.assert_array_equal(scorer.predict(valid), scorer.predict(short))
     longer = {**valid, "item_seq": np.pad(valid["item_seq"][:, -6:], ((0, 0), (10, 0)), constant_values=1)}
     np.testing.assert_array_equal(scorer.predict(longer), scorer.predict(short))
+
+
+EXACT_PARAMS = """
+featurize: {max_len: 16}
+train:
+  model: {name: qin, embedding_dim: 8, batch_norm: false, net_dropout: 0.0}
+  batch_size: 64
+  epochs: 2
+  seed: 3
+  device: cpu
+  precision: fp32
+  checkpoint_every: 0
+"""
+
+
+def _qin_train(root: Path, features: Path, name: str, processes: int = 0) -> subprocess.CompletedProcess:
+    """`qin train` in one plain process (processes=0) or under torchrun with that many processes."""
+    launcher = [sys.executable]
+    if processes:
+        launcher += ["-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={processes}"]
+    cmd = [*launcher, "-m", "qin", "--params", str(root / "params.yaml"), "train", "--features",
+           str(features), "--out", str(root / name), "--metrics", str(root / f"{name}.json")]  # fmt: skip
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+
+
+def test_two_processes_under_torchrun_train_the_model_one_process_trains(
+    features: Path, tmp_path: Path
+) -> None:
+    # Without BatchNorm and dropout, the only difference is the order of float sums: two processes
+    # averaging the gradients of their halves of each global batch make the same updates as one process.
+    (tmp_path / "params.yaml").write_text(EXACT_PARAMS)
+    one = _qin_train(tmp_path, features, "one")
+    assert one.returncode == 0, one.stderr
+    two = _qin_train(tmp_path, features, "two", processes=2)
+    assert two.returncode == 0, two.stderr
+    assert two.stdout.count("model package in") == 1  # process 0 alone writes and reports
+    a = json.loads((tmp_path / "one.json").read_text())
+    b = json.loads((tmp_path / "two.json").read_text())
+    assert (a["processes"], b["processes"]) == (1, 2)
+    assert not checkpoint_path(tmp_path / "two").exists()
+    for x, y in zip(a["history"], b["history"], strict=True):
+        assert y["train_loss"] == pytest.approx(x["train_loss"], rel=1e-5)
+        assert y["valid_auc"] == pytest.approx(x["valid_auc"], abs=1e-5)
+        assert y["valid_logloss"] == pytest.approx(x["valid_logloss"], rel=1e-5)
+
+
+def test_fast_and_reference_paths_train_to_the_same_metrics(
+    features: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # bench/fastpaths.py makes the same comparison at the small preset's scale (AUC within 0.002).
+    (tmp_path / "params.yaml").write_text(EXACT_PARAMS)
+    cfg = load_params(tmp_path / "params.yaml").train
+
+    def history(name: str, distinct: bool, order: str, precision: str) -> list[dict]:
+        monkeypatch.setattr(ItemEncoder, "distinct", distinct)
+        model = dataclasses.replace(cfg.model, attention_order=order)
+        run = dataclasses.replace(cfg, model=model, precision=precision)
+        return train(features, tmp_path / name, tmp_path / f"{name}.json", run)["history"]
+
+    reference = history("reference", False, "reference", "fp32")
+    fast = history("fast", True, "fused", "fp32")
+    for r, f in zip(reference, fast, strict=True):  # the same function: only float rounding differs
+        assert f["valid_auc"] == pytest.approx(r["valid_auc"], abs=1e-4)
+        assert f["valid_logloss"] == pytest.approx(r["valid_logloss"], rel=1e-4)
+    mixed = history("bf16", True, "fused", "bf16")  # rounds the matmuls' inputs: a nearby trajectory
+    assert mixed[-1]["valid_auc"] == pytest.approx(reference[-1]["valid_auc"], abs=0.01)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_on_cuda_the_data_moves_to_the_gpu_and_training_runs_in_bf16(features: Path, tmp_path: Path) -> None:
+    (tmp_path / "params.yaml").write_text(RESUME_PARAMS.replace("device: cpu", "device: cuda"))
+    cfg = load_params(tmp_path / "params.yaml").train
+    cols = load_columns(Features(features), "train", 16, torch.device("cuda"))
+    assert all(c.is_cuda for c in cols.values())
+    s = train(features, tmp_path / "m", tmp_path / "m.json", cfg)
+    assert s["device"].startswith("cuda")
+    assert s["precision"] == ("bf16" if torch.cuda.is_bf16_supported() else "fp32")
+    assert s["best_valid_auc"] > 0.5
+
+
+def test_precision_auto_means_bf16_where_the_device_has_native_bf16_matmuls() -> None:
+    cpu = torch.device("cpu")
+    assert runtime.resolve_precision("fp32", cpu) is None
+    assert runtime.resolve_precision("bf16", cpu) is torch.bfloat16
+    native = runtime.cpu_has_native_bf16()
+    assert runtime.resolve_precision("auto", cpu) is (torch.bfloat16 if native else None)
+
+
+def _compile_params(root: Path) -> None:
+    text = EXACT_PARAMS.replace("epochs: 2", "epochs: 1").replace("batch_size: 64", "batch_size: 256")
+    (root / "params.yaml").write_text(
+        text.replace("checkpoint_every: 0", "checkpoint_every: 0\n  compile: true")
+    )
+
+
+def test_compile_without_a_cpp_compiler_fails_with_a_clear_message(features: Path, tmp_path: Path) -> None:
+    _compile_params(tmp_path)
+    env = {
+        **os.environ,
+        "CXX": str(tmp_path / "no-such-c++"),
+        "TORCHINDUCTOR_CACHE_DIR": str(tmp_path / "cache"),
+    }
+    cmd = [sys.executable, "-m", "qin", "--params", str(tmp_path / "params.yaml"), "train", "--features",
+           str(features), "--out", str(tmp_path / "m"), "--metrics", str(tmp_path / "m.json")]  # fmt: skip
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env)
+    assert out.returncode == 1
+    assert "train.compile: torch.compile failed" in out.stderr and "set compile: false" in out.stderr
+    assert "Traceback" not in out.stderr
+
+
+@pytest.mark.slow
+def test_a_compiled_training_step_trains_the_same_model(
+    features: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path / "cache"))
+    _compile_params(tmp_path)
+    cfg = load_params(tmp_path / "params.yaml").train
+    compiled = train(features, tmp_path / "c", tmp_path / "c.json", cfg)
+    eager = train(features, tmp_path / "e", tmp_path / "e.json", dataclasses.replace(cfg, compile=False))
+    assert compiled["best_valid_auc"] == pytest.approx(eager["best_valid_auc"], abs=1e-4)

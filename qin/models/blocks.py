@@ -46,12 +46,16 @@ class Batch:
 class ItemEncoder(nn.Module):
     """Item id -> (…, I): id embedding, mean of the non-padding tag embeddings, projected multimodal vector.
 
-    The item table (tags, item_emb_d128) is a frozen input, held as non-persistent buffers so that one
-    indexing operation gathers the features of the target and of the whole history.
+    The item table (tags, item_emb_d128) is a frozen input, held as non-persistent buffers. Each distinct id
+    of a call is encoded once (a batch's histories repeat items: the paper configuration's 8192 x 65 ids hold
+    at most 91,718 distinct ones), then one `index_select` gathers the vectors of every position; the result
+    is the same function as encoding every position, in fewer operations.
     """
 
     item_tags: Tensor
     item_emb: Tensor
+    # False: encode every position (the textbook order), for comparisons; set on the class or an instance.
+    distinct: bool = True
 
     def __init__(self, spec: FeatureSpec, dim: int, item_tags: Tensor, item_emb: Tensor) -> None:
         super().__init__()
@@ -61,16 +65,38 @@ class ItemEncoder(nn.Module):
         self.register_buffer("item_tags", item_tags.long(), persistent=False)  # (n_items, 5)
         self.register_buffer("item_emb", item_emb.float(), persistent=False)  # (n_items, 128)
 
-    def forward(self, ids: Tensor) -> Tensor:
-        ids = ids.long()
+    def encode(self, ids: Tensor) -> Tensor:
+        """(…) int64 -> (…, I), position by position."""
         tags = self.item_tags[ids]  # (…, 5)
         tag_mask = (tags != 0).unsqueeze(-1).to(self.tag_emb.weight.dtype)
         tag_vec = (self.tag_emb(tags) * tag_mask).sum(-2) / tag_mask.sum(-2).clamp(min=1.0)  # (…, E)
         return torch.cat([self.id_emb(ids), tag_vec, self.mm_proj(self.item_emb[ids])], dim=-1)
 
+    def table(self, ids: Tensor) -> tuple[Tensor, Tensor]:
+        """The vectors of the distinct ids in `ids`, (U, I), and the row of each position in them."""
+        flat = ids.reshape(-1).long()
+        if not self.distinct:
+            return self.encode(flat), torch.arange(flat.numel(), device=ids.device).view(ids.shape)
+        n = self.item_tags.shape[0]
+        seen = torch.zeros(n, dtype=torch.bool, device=ids.device)
+        seen[flat] = True  # an id outside the vocabulary raises here, as an embedding lookup would
+        distinct = seen.nonzero().squeeze(1)  # sorted; no sort needed
+        row = torch.zeros(n, dtype=torch.long, device=ids.device)
+        row[distinct] = torch.arange(distinct.numel(), device=ids.device)
+        return self.encode(distinct), row[flat].view(ids.shape)
+
+    def forward(self, ids: Tensor) -> Tensor:
+        vectors, rows = self.table(ids)
+        return vectors.index_select(0, rows.reshape(-1)).view(*ids.shape, -1)
+
 
 class FeatureEncoder(nn.Module):
-    """Batch -> (likes (B, E), views (B, E), target (B, I), history (B, L, I), mask (B, L))."""
+    """Batch -> (likes (B, E), views (B, E), target (B, I), history (B, L, I), mask (B, L)).
+
+    The target and history ids share one item table (each distinct item encoded once), gathered with
+    `index_select`. Under autocast the history is made once in the autocast dtype (every matmul that reads
+    it would cast it), with the gradients of repeated items still summed in float32.
+    """
 
     def __init__(self, spec: FeatureSpec, dim: int, item_tags: Tensor, item_emb: Tensor) -> None:
         super().__init__()
@@ -80,12 +106,25 @@ class FeatureEncoder(nn.Module):
         self.item_dim = 3 * dim
 
     def forward(self, batch: Batch) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+        seq = batch.item_seq
+        ids = torch.cat([batch.item_id.reshape(-1, 1).to(seq.dtype), seq], dim=1)  # (B, 1 + L)
+        vectors, rows = self.items.table(ids)
+        target = vectors.index_select(0, rows[:, 0])
+        history_rows = rows[:, 1:].reshape(-1)
+        device = vectors.device.type
+        if not torch.is_autocast_enabled(device):
+            history = vectors.index_select(0, history_rows)
+        elif device == "cpu":  # gather in the autocast dtype: CPU's index_select backward sums in float32
+            history = vectors.to(torch.get_autocast_dtype(device)).index_select(0, history_rows)
+        else:  # gather in float32 (CUDA would sum bf16 gradients in bf16), then cast once for the matmuls
+            history = vectors.index_select(0, history_rows).to(torch.get_autocast_dtype(device))
+        history = history.view(*seq.shape, -1)
         return (
             self.likes(batch.likes_level.long()),
             self.views(batch.views_level.long()),
-            self.items(batch.item_id),
-            self.items(batch.item_seq),
-            batch.item_seq != 0,
+            target,
+            history,
+            seq != 0,
         )
 
 
