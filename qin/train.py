@@ -38,6 +38,7 @@ import hashlib
 import json
 import logging
 import os
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -46,6 +47,7 @@ from typing import Any
 import numpy as np
 import torch
 from torch import Tensor, nn
+from tqdm import tqdm
 
 from qin import runtime
 from qin.config import TrainConfig
@@ -344,8 +346,13 @@ def _train(
         perm = torch.randperm(n, generator=gen).to(train_cols["item_id"].device)  # where the rows are
         first = start_step if epoch == start_epoch else 0
         model.train()
+        # A progress bar in a terminal (the per-epoch log lines are what a flow run or a log file shows).
+        in_terminal = procs.main and sys.stderr.isatty()
+        bar = tqdm(total=steps_per_epoch, initial=first, desc=f"epoch {epoch}/{cfg.epochs}", unit="step",
+                   leave=False, disable=not in_terminal, file=sys.stderr)  # fmt: skip
         t0 = time.perf_counter()
         for step in range(first, steps_per_epoch):
+            bar.update(1)
             rows = perm[step * cfg.batch_size : (step + 1) * cfg.batch_size]
             # BatchNorm needs 2 rows per process: a last global batch smaller than that is left out.
             if len(rows) >= 2 * procs.world:
@@ -359,6 +366,7 @@ def _train(
                 t0 = time.perf_counter()
                 checkpoint(epoch, step + 1)
         flush_loss()
+        bar.close()
         seconds = partial["seconds"] + time.perf_counter() - t0
         trainer.sync_buffers()
         probs = trainer.predict(scorer, valid)  # puts the model in eval mode
