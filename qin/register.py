@@ -302,8 +302,8 @@ with inputs in the MicroLens_1M_x1 schema (`likes_level`, `views_level`, `item_i
 ## Limitations
 - Trained and evaluated on the data version above only; metrics do not carry over to other data. The
   project's default data is synthetic (a generator in the MicroLens schema), not real user behaviour.
-- Item ids outside the training item table, and histories longer than the model's `max_len`, are not
-  represented (unknown ids map to padding; histories are truncated to the most recent items).
+- Item ids outside the training item table are refused (the scorer names the column and the ids); a
+  history longer than the model's `max_len` is cut to its most recent items.
 - Scores are click probabilities calibrated on the valid split (see `valid_ece`); recheck calibration
   before using them as absolute rates.
 - Not evaluated for fairness across user groups; not intended for decisions about individuals.
