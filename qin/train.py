@@ -8,8 +8,8 @@ memory and copied asynchronously. The item table lives inside the model as buffe
 a batch (target or history) is encoded once and gathered in one indexing operation (qin/models/blocks.py).
 
 Speed settings (TrainConfig; qin/runtime.py): bf16 autocast (`precision`), a foreach (CPU) or fused (CUDA)
-Adam, optional `torch.compile` (`compile`), CPU `threads`. None changes the recipe. On CPU, memory freed
-by a step is kept for the next (runtime.reuse_freed_memory) instead of being returned and faulted in again.
+Adam, optional `torch.compile` (`compile`), CPU `threads`, and on CPU keeping the memory a step frees for the
+next (`reuse_memory`). None changes the recipe.
 
 Several processes: `torchrun --nproc_per_node=N -m qin train ...` (gloo on CPU, nccl on CUDA, one GPU per
 process). Every process draws the same shuffling and takes rows r, r+N, r+2N, ... of each global batch of
@@ -63,7 +63,7 @@ log = logging.getLogger(__name__)
 
 # Settings that change how fast training runs but not what it computes: a checkpoint written under other
 # values of these is resumed.
-SPEED_SETTINGS = ("device", "compile", "threads", "precision")
+SPEED_SETTINGS = ("device", "compile", "threads", "precision", "reuse_memory")
 
 
 def checkpoint_path(out_dir: str | Path) -> Path:
@@ -239,7 +239,8 @@ def train(features_dir: str | Path, out_dir: str | Path, metrics_path: str | Pat
     procs, device_name = runtime.start_processes(cfg.device)
     device = resolve_device(device_name)
     try:
-        with runtime.reuse_freed_memory() if device.type == "cpu" else contextlib.nullcontext():
+        reuse = cfg.reuse_memory and device.type == "cpu"
+        with runtime.reuse_freed_memory() if reuse else contextlib.nullcontext():
             return _train(features_dir, out_dir, metrics_path, cfg, procs, device)
     finally:
         runtime.stop_processes(procs)
