@@ -171,6 +171,8 @@ TRAIN_PRESETS: dict[str, TrainConfig] = {
         lr_patience=1,
         patience=8,
         seed=20242025,
+        # Batch 8192 on CPU: heap reuse is 1.4x faster but peaks at ~8 GB on the full-size data (~5 GB off).
+        reuse_memory=False,
     ),
 }
 
