@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Any
 
 import mlflow
 import numpy as np
@@ -64,6 +65,17 @@ def example_frame(model_dir: Path, rows: int = 3) -> pd.DataFrame:
     )
 
 
+def log_history(history: list[dict]) -> None:
+    """The training run's per-epoch metrics (train.json `history`) as `epoch_*` metric steps."""
+    for h in history:
+        values = {f"epoch_{k}": float(v) for k, v in h.items() if k != "epoch"}
+        mlflow.log_metrics(values, step=int(h["epoch"]))
+
+
+def _version_info(v: Any) -> VersionInfo:
+    return VersionInfo(version=str(v.version), run_id=str(v.run_id), tags=dict(v.tags))
+
+
 class MlflowRegistry:
     def __init__(self, cfg: RegisterConfig) -> None:
         self.cfg = cfg
@@ -98,9 +110,7 @@ class MlflowRegistry:
             if candidate.config_yaml:
                 mlflow.log_text(candidate.config_yaml, "config/params.yaml")
             mlflow.log_metrics(candidate.metrics)
-            for h in candidate.history:
-                step = int(h["epoch"])
-                mlflow.log_metrics({f"epoch_{k}": float(v) for k, v in h.items() if k != "epoch"}, step=step)
+            log_history(candidate.history)
             mlflow.set_tags(candidate.tags)
             for path in candidate.artifacts:
                 if path.is_dir():
@@ -133,7 +143,7 @@ class MlflowRegistry:
             v = self.client.get_model_version(model_name, version)
         except MlflowException:
             return None
-        return VersionInfo(version=str(v.version), run_id=str(v.run_id), tags=dict(v.tags))
+        return _version_info(v)
 
     def latest_version(self, model_name: str) -> str | None:
         try:
@@ -147,7 +157,7 @@ class MlflowRegistry:
             v = self.client.get_model_version_by_alias(model_name, alias)
         except MlflowException:
             return None
-        return VersionInfo(version=str(v.version), run_id=str(v.run_id), tags=dict(v.tags))
+        return _version_info(v)
 
     def set_alias(self, model_name: str, alias: str, version: str) -> None:
         self.client.set_registered_model_alias(model_name, alias, version)
@@ -197,15 +207,10 @@ def log_ablation(cfg: RegisterConfig, rows: list[dict], variant_dirs: list[Path]
     exp = mlflow.set_experiment(f"{cfg.experiment}-ablation")
     with mlflow.start_run(experiment_id=exp.experiment_id, run_name="ablation") as parent:
         for row, directory in zip(rows, variant_dirs, strict=True):
-            train = read_json(directory / "train.json")
             with mlflow.start_run(run_name=row["model"], nested=True):
                 mlflow.log_params({"variant": row["model"], **read_json(directory / "config.json")})
                 mlflow.log_metrics({k: float(v) for k, v in row.items() if isinstance(v, int | float)})
-                for h in train["history"]:
-                    step = int(h["epoch"])
-                    mlflow.log_metrics(
-                        {f"epoch_{k}": float(v) for k, v in h.items() if k != "epoch"}, step=step
-                    )
+                log_history(read_json(directory / "train.json")["history"])
                 mlflow.log_artifact(str(directory / "evaluate.json"))
         mlflow.log_artifacts(str(comparison), artifact_path="comparison")
         for row in rows:

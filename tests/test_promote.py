@@ -20,6 +20,7 @@ from qin.register import (
     gate,
     promote,
 )
+from tests.helpers import model_variant
 
 CFG = RegisterConfig(min_delta=0.001)
 
@@ -148,20 +149,6 @@ def test_refusals_without_raising_and_missing_artifacts_are_never_forced() -> No
 # ---------------------------------------------------------------- against MLflow, through `qin promote`
 
 
-def _variant(project: Path, name: str, auc: float) -> tuple[Path, Path]:
-    """A copy of the trained package with different content and a chosen valid AUC."""
-    from qin import layout
-
-    model = project / "artifacts" / name
-    shutil.copytree(project / layout.MODEL, model)
-    cfg = json.loads((model / "model.json").read_text())
-    cfg["meta"]["variant"] = name
-    (model / "model.json").write_text(json.dumps(cfg))
-    metrics = project / "metrics" / f"{name}.json"
-    metrics.write_text(json.dumps({**json.loads(layout.EVAL_METRICS.read_text()), "valid_auc": auc}))
-    return model, metrics
-
-
 @pytest.mark.slow
 def test_qin_promote_against_mlflow(project: Path, capsys: pytest.CaptureFixture[str]) -> None:
     from mlflow import MlflowClient
@@ -183,7 +170,7 @@ def test_qin_promote_against_mlflow(project: Path, capsys: pytest.CaptureFixture
     evaluate(layout.FEATURES, layout.MODEL, layout.EVAL_METRICS, params.evaluate)
 
     def reg(name: str, auc: float, validation: Path = layout.VALIDATION) -> dict:
-        model, metrics = _variant(project, name, auc)
+        model, metrics = model_variant(project, name, auc)
         return register(model, layout.TRAIN_METRICS, metrics, validation, layout.REGISTRATION, params)
 
     assert reg("a", 0.70)["has_alias"]  # version 1: staging

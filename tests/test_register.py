@@ -2,7 +2,6 @@
 and registering an unchanged package twice is idempotent. (The rule itself: tests/test_promote.py.)"""
 
 import json
-import shutil
 from pathlib import Path
 
 import pytest
@@ -14,20 +13,9 @@ from qin.featurize import featurize
 from qin.register import register
 from qin.train import train
 from qin.validate import validate
+from tests.helpers import model_variant
 
 pytestmark = pytest.mark.slow
-
-
-def _variant(project: Path, name: str, auc: float) -> tuple[Path, Path]:
-    """A copy of the trained package with different content and a chosen valid AUC."""
-    model = project / "artifacts" / name
-    shutil.copytree(project / layout.MODEL, model)
-    cfg = json.loads((model / "model.json").read_text())
-    cfg["meta"]["variant"] = name
-    (model / "model.json").write_text(json.dumps(cfg))
-    metrics = project / "metrics" / f"{name}.json"
-    metrics.write_text(json.dumps({**json.loads(layout.EVAL_METRICS.read_text()), "valid_auc": auc}))
-    return model, metrics
 
 
 def test_gate_moves_the_alias_only_for_a_better_model(project: Path) -> None:
@@ -40,16 +28,16 @@ def test_gate_moves_the_alias_only_for_a_better_model(project: Path) -> None:
     def reg(model: Path, metrics: Path) -> dict:
         return register(model, layout.TRAIN_METRICS, metrics, layout.VALIDATION, layout.REGISTRATION, params)
 
-    first = reg(*_variant(project, "a", 0.70))
+    first = reg(*model_variant(project, "a", 0.70))
     assert (first["version"], first["has_alias"]) == ("1", True)
     again = reg(project / "artifacts" / "a", project / "metrics" / "a.json")
     assert (again["version"], again["newly_registered"], again["run_id"]) == ("1", False, first["run_id"])
 
-    worse = reg(*_variant(project, "b", 0.60))
+    worse = reg(*model_variant(project, "b", 0.60))
     assert (worse["version"], worse["has_alias"]) == ("2", False)
     assert "does not beat version 1" in worse["reason"]
 
-    better = reg(*_variant(project, "c", 0.80))
+    better = reg(*model_variant(project, "c", 0.80))
     assert (better["version"], better["has_alias"]) == ("3", True)
 
     from mlflow import MlflowClient
