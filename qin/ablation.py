@@ -13,7 +13,16 @@ import time
 from pathlib import Path
 from typing import Any
 
-from qin.config import DCNv3Config, DINConfig, EvaluateConfig, ModelConfig, QINConfig, TrainConfig, flatten
+from qin.config import (
+    PRESET_MODELS,
+    DCNv3Config,
+    DINConfig,
+    EvaluateConfig,
+    ModelConfig,
+    QINConfig,
+    TrainConfig,
+    flatten,
+)
 from qin.evaluate import evaluate
 from qin.io import atomic_dir, read_json, write_json
 from qin.train import train
@@ -26,9 +35,9 @@ def variants(qin: ModelConfig, din_challenge: bool = False) -> dict[str, ModelCo
     if not isinstance(qin, QINConfig):
         raise ValueError(f"train.model: the ablation set is built around QIN; found model '{qin.name}'")
     e = qin.embedding_dim
-    # The challenge DIN (embedding 64, attention MLP 512-256 on every history item) costs ~30x QIN's
-    # FLOPs per sample: on a few CPU cores it is scaled to QIN's width unless din_challenge.
-    din = DINConfig() if din_challenge else DINConfig(embedding_dim=e, attention_units=(64, 32))
+    # The challenge DIN costs ~30x QIN's FLOPs per sample: unless din_challenge, the cpu preset's DIN
+    # (qin.config.PRESET_MODELS) at QIN's width.
+    din = DINConfig() if din_challenge else dataclasses.replace(PRESET_MODELS["cpu"]["din"], embedding_dim=e)
     return {
         "QIN": qin,
         "w/o QNN": dataclasses.replace(qin, use_qnn=False),

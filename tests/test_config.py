@@ -2,7 +2,7 @@ from pathlib import Path
 
 import pytest
 
-from qin.config import Params, TrainConfig, flatten, load_params
+from qin.config import DINConfig, Params, TrainConfig, flatten, load_params
 
 
 def test_repo_params_load_and_match_the_dataclasses(tmp_path: Path) -> None:
@@ -38,6 +38,24 @@ def test_scientific_notation_floats_are_accepted(tmp_path: Path) -> None:
     path.write_text("train: {learning_rate: 2e-3}")
     assert load_params(path).train.learning_rate == pytest.approx(2e-3)
     assert TrainConfig().learning_rate == pytest.approx(2e-3)
+
+
+@pytest.mark.parametrize(
+    ("text", "width", "attention"),
+    [
+        ("train: {model: {name: din}}", 32, (64, 32)),  # the cpu preset: DIN at its QIN's width
+        ("train: {preset: paper, model: {name: din}}", 64, (512, 256)),  # the challenge's DIN
+        ("train: {model: {name: din, attention_units: [16]}}", 32, (16,)),  # a given key still wins
+    ],
+)
+def test_a_preset_sets_where_another_model_starts(
+    tmp_path: Path, text: str, width: int, attention: tuple[int, ...]
+) -> None:
+    path = tmp_path / "params.yaml"
+    path.write_text(text)
+    model = load_params(path).train.model
+    assert isinstance(model, DINConfig)
+    assert (model.embedding_dim, model.attention_units) == (width, attention)
 
 
 def test_overrides_and_model_are_applied_into_a_resolved_params_file(tmp_path: Path) -> None:
