@@ -11,33 +11,17 @@ oracle AUC, parameters and seconds. The models and the table come from qin/ablat
 
 from __future__ import annotations
 
-import argparse
-import dataclasses
-import logging
-import tempfile
-from pathlib import Path
+from common import parser, prepare
 
 from qin.ablation import no_history_bound, run_variant, select, slug, table_markdown, variants
-from qin.config import load_params
-from qin.featurize import featurize
-from qin.validate import validate
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--params", type=Path, default=Path("params.yaml"))
-    parser.add_argument("--data", type=Path, default=Path("data"))
-    parser.add_argument("--workdir", type=Path, default=None)
-    parser.add_argument("--epochs", type=int, default=None, help="default: params train.epochs")
-    parser.add_argument("--only", nargs="*", help="names (case-insensitive) of the variants to run")
-    parser.add_argument("--din-challenge", action="store_true", help="DIN at the challenge's full width")
-    args = parser.parse_args()
-    logging.basicConfig(level=logging.WARNING)
-    params = load_params(args.params)
-    cfg = params.train if args.epochs is None else dataclasses.replace(params.train, epochs=args.epochs)
-    work = args.workdir or Path(tempfile.mkdtemp(prefix="qin-accuracy-"))
-    validate(args.data, work / "validate", params.validate)
-    featurize(args.data, work / "validate", work / "features", params.featurize)
+    cli = parser(__doc__)
+    cli.add_argument("--only", nargs="*", help="names (case-insensitive) of the variants to run")
+    cli.add_argument("--din-challenge", action="store_true", help="DIN at the challenge's full width")
+    args = cli.parse_args()
+    params, cfg, work = prepare(args, "accuracy")
 
     todo = select(variants(cfg.model, args.din_challenge), args.only)
     print(f"data {args.data}, {cfg.epochs} epochs max, batch {cfg.batch_size}, lr {cfg.learning_rate}, "

@@ -12,37 +12,22 @@ Target (issue 5): fast paths on and off give the same valid AUC within +-0.002.
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
-import logging
-import tempfile
-from pathlib import Path
 
-from qin.config import QINConfig, load_params
-from qin.featurize import featurize
+from common import parser, prepare
+
+from qin.config import QINConfig
 from qin.models.blocks import ItemEncoder
 from qin.train import train
-from qin.validate import validate
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--params", type=Path, default=Path("params.yaml"))
-    parser.add_argument("--data", type=Path, default=Path("data"))
-    parser.add_argument("--workdir", type=Path, default=None)
-    parser.add_argument("--epochs", type=int, default=None, help="default: params train.epochs")
-    parser.add_argument("--threads", type=int, default=None, help="default: params train.threads")
-    args = parser.parse_args()
-    logging.basicConfig(level=logging.WARNING)
-    params = load_params(args.params)
-    cfg = params.train
-    cfg = cfg if args.epochs is None else dataclasses.replace(cfg, epochs=args.epochs)
+    cli = parser(__doc__)
+    cli.add_argument("--threads", type=int, default=None, help="default: params train.threads")
+    args = cli.parse_args()
+    _, cfg, work = prepare(args, "fastpaths")
     cfg = cfg if args.threads is None else dataclasses.replace(cfg, threads=args.threads)
     assert isinstance(cfg.model, QINConfig), "the fast paths are QIN's"
-    work = args.workdir or Path(tempfile.mkdtemp(prefix="qin-fastpaths-"))
-    if not (work / "features" / "manifest.json").exists():
-        validate(args.data, work / "validate", params.validate)
-        featurize(args.data, work / "validate", work / "features", params.featurize)
 
     variants = {
         "reference": (False, "reference", "fp32"),
