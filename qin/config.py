@@ -305,11 +305,12 @@ def from_dict(cls: type[T], mapping: dict[str, Any], prefix: str = "", base: T |
     if cls is TrainConfig:
         default = base.preset if isinstance(base, TrainConfig) else "cpu"
         preset = _coerce(mapping.get("preset", default), hints["preset"], f"{prefix}preset")
-        base = TRAIN_PRESETS[preset]  # type: ignore[assignment]
+        train = TRAIN_PRESETS[preset]
         model = mapping.get("model")
         name = model.get("name") if isinstance(model, dict) else None
-        if name in PRESET_MODELS[preset] and name != base.model.name:  # type: ignore[attr-defined]
-            base = dataclasses.replace(base, model=PRESET_MODELS[preset][name])  # type: ignore[type-var]
+        if name in PRESET_MODELS[preset] and name != train.model.name:
+            train = dataclasses.replace(train, model=PRESET_MODELS[preset][name])
+        base = train  # type: ignore[assignment]
     start = base if base is not None else cls()
     kwargs = {k: _coerce(v, hints[k], prefix + k, getattr(start, k)) for k, v in mapping.items()}
     return dataclasses.replace(start, **kwargs)  # type: ignore[type-var]
