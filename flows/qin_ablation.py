@@ -1,8 +1,8 @@
 """Prefect flow `qin-ablation`: the paper's ablation set and the baselines, compared under one MLflow run.
 
 validate -> featurize (the same cached stages as qin-train) -> one `variant` task per model (train and
-evaluate, cached by the features' content, the train section and the variant) -> `compare` (Markdown and
-CSV table, bar plot) -> one parent MLflow run holding a nested run per model and the comparison.
+evaluate, cached by the features' content, the train and evaluate sections and the variant) -> `compare`
+(Markdown and CSV table, bar plot) -> one parent MLflow run holding a nested run per model and the comparison.
 
     python -m flows.qin_ablation                                  # all nine models (about an hour on 2 cores)
     python -m flows.qin_ablation --epochs 2 --only QIN "w/o ASTA" DIN
@@ -25,7 +25,7 @@ from qin.io import read_json, tree_hash
 
 @task(
     name="variant",
-    cache_key_fn=content_key(("features",), "train"),
+    cache_key_fn=content_key(("features",), "train", "evaluate"),
     persist_result=True,
     retries=1,
     retry_delay_seconds=2,

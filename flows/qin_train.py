@@ -43,18 +43,20 @@ from qin.validate import ValidationError
 ModelName = Literal["qin", "din", "dcnv3", "sdcnv3"]
 
 
-def content_key(inputs: tuple[str, ...], section: str) -> Callable[[TaskRunContext, dict[str, Any]], str]:
-    """Cache key from the content of the `inputs` parameters, one params section and the code.
+def content_key(inputs: tuple[str, ...], *sections: str) -> Callable[[TaskRunContext, dict[str, Any]], str]:
+    """Cache key from the content of the `inputs` parameters, the params sections the task reads and the code.
 
-    The params file enters by the content of the section the stage reads, not by its path, so a run with
-    a resolved params file (model/overrides) reuses every stage whose section did not change.
+    The params file enters by the content of the sections the stage reads, not by its path, so a run with
+    a resolved params file (model/overrides) reuses every stage whose sections did not change.
     """
 
     def key(context: TaskRunContext, parameters: dict[str, Any]) -> str:
         h = hashlib.sha256()
         h.update(context.task.name.encode())
         h.update(code_hash().encode())
-        h.update(section_hash(getattr(load_params(parameters["params"]), section)).encode())
+        params = load_params(parameters["params"])
+        for section in sections:
+            h.update(section_hash(getattr(params, section)).encode())
         for name in inputs:
             h.update(tree_hash([parameters[name]]).encode())
         rest = {k: v for k, v in parameters.items() if k not in (*inputs, "params")}
