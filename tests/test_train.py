@@ -182,12 +182,13 @@ def test_two_processes_under_torchrun_train_the_model_one_process_trains(
     b = json.loads((tmp_path / "two.json").read_text())
     assert (a["processes"], b["processes"]) == (1, 2)
     assert not checkpoint_path(tmp_path / "two").exists()
+    # How far the rounding differences carry depends on the CPU's kernels: an AMD EPYC matched to 1e-5, an
+    # Intel Xeon differed by 1.4e-5 (relative) in valid logloss and by 9e-5 in valid AUC, where one flipped
+    # near-tied pair of the tiny valid split moves the AUC by ~1.4e-5.
     for x, y in zip(a["history"], b["history"], strict=True):
-        assert y["train_loss"] == pytest.approx(x["train_loss"], rel=1e-5)
-        # Rounding differences can flip a few near-tied valid scores: on the tiny valid split one flipped
-        # pair moves the AUC by ~1.4e-5 (a clean-clone run measured 9e-5); the loss checks stay tight.
+        assert y["train_loss"] == pytest.approx(x["train_loss"], rel=1e-4)
         assert y["valid_auc"] == pytest.approx(x["valid_auc"], abs=5e-4)
-        assert y["valid_logloss"] == pytest.approx(x["valid_logloss"], rel=1e-5)
+        assert y["valid_logloss"] == pytest.approx(x["valid_logloss"], rel=1e-4)
 
 
 def test_fast_and_reference_paths_train_to_the_same_metrics(
