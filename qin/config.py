@@ -179,7 +179,7 @@ TRAIN_PRESETS: dict[str, TrainConfig] = {
 
 # The settings a preset starts from for a model other than its QIN (`train.model.name`); keys given in
 # params.yaml override them. The challenge DIN (embedding 64, attention MLP 512-256 on every history item)
-# costs ~30x the cpu preset QIN's FLOPs per sample, about 9 minutes an epoch of the small preset on 2 cores:
+# costs ~30x the cpu preset QIN's FLOPs per sample (557 s an epoch of the small preset on 2 busy cores):
 # the cpu preset starts DIN at QIN's width; the paper preset (and the class defaults) keep the challenge's.
 PRESET_MODELS: dict[str, dict[str, ModelConfig]] = {
     "cpu": {"din": DINConfig(embedding_dim=32, attention_units=(64, 32))},
