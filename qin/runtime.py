@@ -14,7 +14,9 @@ import datetime
 import logging
 import os
 import platform
+import resource
 import sys
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -104,6 +106,29 @@ def adam(params: list[nn.Parameter], lr: float, device: torch.device) -> torch.o
     if device.type == "cuda":
         return torch.optim.Adam(params, lr=lr, fused=True)
     return torch.optim.Adam(params, lr=lr, foreach=True)
+
+
+class ResourceMeter:
+    """This process's resource use since `start`: CPU (100 = one core busy), peak RSS, peak GPU memory."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.device = device
+        self.start()
+
+    def start(self) -> None:
+        self.cpu0, self.wall0 = time.process_time(), time.perf_counter()
+        if self.device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(self.device)
+
+    def read(self) -> dict[str, float]:
+        wall = time.perf_counter() - self.wall0
+        used = {
+            "cpu_percent": 100.0 * (time.process_time() - self.cpu0) / wall if wall > 0 else 0.0,
+            "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,  # KiB on Linux
+        }
+        if self.device.type == "cuda":
+            used["gpu_peak_mb"] = torch.cuda.max_memory_allocated(self.device) / 2**20
+        return used
 
 
 def set_threads(threads: int) -> None:

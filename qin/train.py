@@ -346,6 +346,7 @@ def _train(
         gen.set_state(epoch_gen_state)
         perm = torch.randperm(n, generator=gen).to(train_cols["item_id"].device)  # where the rows are
         first = start_step if epoch == start_epoch else 0
+        meter = runtime.ResourceMeter(device)
         model.train()
         # A progress bar in a terminal (the per-epoch log lines are what a flow run or a log file shows).
         in_terminal = procs.main and sys.stderr.isatty()
@@ -383,6 +384,7 @@ def _train(
                 "learning_rate": lr,
                 "train_seconds": seconds,
                 "train_samples_per_second": n / seconds if seconds > 0 else 0.0,
+                **meter.read(),  # this process, over the epoch's training and validation
             }
         )
         info("epoch %d/%d  loss %.4f  valid_auc %.4f  valid_logloss %.4f  lr %.2g  %.1fs (%.0f samples/s)",

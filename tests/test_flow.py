@@ -71,9 +71,13 @@ def test_flow_registers_a_loadable_model_and_caches_a_rerun(project: Path, prefe
     assert run.data.params["train.model.embedding_dim"] == "8"
     assert run.data.params["register.min_delta"] == "0.001"
     assert any(k.startswith("system/cpu_utilization") for k in run.data.metrics)  # system metrics
+    client = mlflow.MlflowClient()
+    # The training process's own CPU and memory, one step per epoch (MLflow's system metrics cover register).
+    for key in ("epoch_cpu_percent", "epoch_peak_rss_mb"):
+        steps = client.get_metric_history(first["run_id"], key)
+        assert len(steps) == 2 and all(m.value > 0 for m in steps), key
     experiment = mlflow.get_experiment(run.info.experiment_id).name
     assert experiment == f"qin-test/data-{run.data.tags['data_hash'][:8]}"
-    client = mlflow.MlflowClient()
     card = client.download_artifacts(first["run_id"], "model_card.md", str(project))
     text = Path(card).read_text()
     assert "version 1" in text and run.data.tags["data_hash"] in text and "## Limitations" in text
