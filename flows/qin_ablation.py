@@ -73,6 +73,7 @@ def qin_ablation(
 
     todo = select(variants(load_params(params).train.model, din_challenge), only)
     dirs = [str(layout.ABLATION / slug(name)) for name in todo]
+    rows = []
     for name, out in zip(todo, dirs, strict=True):
         how = run_cached(
             variant,
@@ -83,9 +84,8 @@ def qin_ablation(
             epochs=epochs,
             din_challenge=din_challenge,
         )
-        row = read_json(Path(out) / "row.json")
-        print(f"{name}: valid AUC {row['valid_auc']:.4f} ({how})")
-    rows = [read_json(Path(d) / "row.json") for d in dirs]
+        rows.append(read_json(Path(out) / "row.json"))
+        print(f"{name}: valid AUC {rows[-1]['valid_auc']:.4f} ({how})")
     comparison = compare(rows, str(layout.ABLATION / "comparison"), data)
     run_id = log(rows, dirs, comparison, params)
     print(table_markdown(rows))
