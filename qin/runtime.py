@@ -109,13 +109,10 @@ def adam(params: list[nn.Parameter], lr: float, device: torch.device) -> torch.o
 
 
 class ResourceMeter:
-    """This process's resource use since `start`: CPU (100 = one core busy), peak RSS, peak GPU memory."""
+    """This process's resource use since it was made: CPU (100 = one core busy), peak RSS, peak GPU memory."""
 
     def __init__(self, device: torch.device) -> None:
         self.device = device
-        self.start()
-
-    def start(self) -> None:
         self.cpu0, self.wall0 = time.process_time(), time.perf_counter()
         if self.device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(self.device)
