@@ -1,7 +1,9 @@
-"""Atomic writes and content hashes.
+"""Atomic writes, content hashes and inter-process locks.
 
 Every stage writes its outputs under a temporary name and renames them into place only once they are
 complete, so an interrupted run never leaves a half-written file that a later stage (or cache) would trust.
+`file_lock` serialises processes (and threads) that touch one shared thing: a stage key's output, a model
+hash being registered, an alias being moved.
 """
 
 from __future__ import annotations
@@ -12,7 +14,9 @@ import json
 import os
 import shutil
 import tempfile
-from collections.abc import Iterable, Iterator
+import threading
+import time
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -87,3 +91,76 @@ def tree_hash(paths: Iterable[str | Path]) -> str:
             h.update(str(rel).encode())
             h.update(file_hash(f).encode())
     return h.hexdigest()
+
+
+# Per lock file: (a re-entrant lock for this process's threads, the open file holding the flock, depth).
+_held: dict[str, list[Any]] = {}
+_held_guard = threading.Lock()
+
+
+@contextlib.contextmanager
+def file_lock(
+    path: str | Path, waiting: Callable[[], None] | None = None, poll_seconds: float = 0.5
+) -> Iterator[None]:
+    """Hold an exclusive lock on `path` (created if absent) while the block runs.
+
+    An advisory `flock`: the kernel releases it when its holder exits, killed or not, so a crashed run never
+    leaves a lock behind for others to wait on (a lock *file* with an expiry, Prefect's FileSystemLockManager,
+    would). It works between processes on one machine and on network filesystems that support flock (NFSv4).
+    Re-entrant within a process: a thread that holds it may take it again; other threads wait. `waiting`
+    is called once if the lock is busy, before blocking (to log who waits for what).
+    """
+    import fcntl
+
+    path = Path(path).resolve()
+    key = str(path)
+    with _held_guard:
+        entry = _held.setdefault(key, [threading.RLock(), None, 0])
+    rlock: threading.RLock = entry[0]
+    rlock.acquire()
+    try:
+        if entry[2] == 0:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            f = open(path, "a+")  # noqa: SIM115 (held open for as long as the lock is)
+            try:
+                fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                if waiting is not None:
+                    waiting()
+                while True:  # poll rather than block, so a signal (SIGTERM) can still stop the process
+                    time.sleep(poll_seconds)
+                    try:
+                        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                        break
+                    except BlockingIOError:
+                        continue
+            except BaseException:
+                f.close()
+                raise
+            entry[1] = f
+        entry[2] += 1
+        try:
+            yield
+        finally:
+            entry[2] -= 1
+            if entry[2] == 0:
+                entry[1].close()  # closing the file releases the flock
+                entry[1] = None
+    finally:
+        rlock.release()
+
+
+def is_locked(path: str | Path) -> bool:
+    """Whether some process holds `file_lock(path)` right now (False if the file does not exist)."""
+    import fcntl
+
+    path = Path(path)
+    if not path.exists():
+        return False
+    with open(path, "a+") as f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return True
+        fcntl.flock(f, fcntl.LOCK_UN)
+    return False
