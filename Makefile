@@ -8,14 +8,13 @@ STAMP := $(VENV)/.installed
 PREFECT_PORT ?= 4200
 MLFLOW_PORT ?= 5000
 
-# Offline: no telemetry from any tool (STACK.md); Prefect keeps its home and results in the project.
+# Offline: no telemetry from any tool (STACK.md); Prefect keeps its home in the project.
 export DO_NOT_TRACK := true
 export MLFLOW_DISABLE_TELEMETRY := true
 export PREFECT_SERVER_ANALYTICS_ENABLED := false
 export DVC_NO_ANALYTICS := 1
 export GX_ANALYTICS_ENABLED := false
 export PREFECT_HOME := $(CURDIR)/.prefect
-export PREFECT_RESULTS_LOCAL_STORAGE_PATH := $(CURDIR)/.prefect/results
 export PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS := 120
 export PATH := $(CURDIR)/$(BIN):$(PATH)
 
@@ -90,4 +89,4 @@ ui: $(STAMP)
 	$(BIN)/mlflow ui --backend-store-uri sqlite:///mlruns/mlflow.db --host 127.0.0.1 --port $(MLFLOW_PORT) --workers 1
 
 clean:
-	rm -rf artifacts metrics .prefect/results
+	rm -rf artifacts metrics

@@ -16,9 +16,8 @@ OFFLINE_ENV = {
 for _key, _value in OFFLINE_ENV.items():
     os.environ.setdefault(_key, _value)
 
-# Prefect's persisted task results are the cross-process cache: keep them inside the project (set before
-# prefect is imported). The ephemeral server needs more than its default 20 s to start on 2 busy cores.
-os.environ.setdefault("PREFECT_RESULTS_LOCAL_STORAGE_PATH", os.path.abspath(".prefect/results"))
+# The ephemeral server needs more than its default 20 s to start on 2 busy cores (set before prefect is
+# imported). Stage outputs are cached by the store (qin/store.py), not by Prefect's persisted results.
 os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
 # The library logs per-epoch progress on the "qin" logger; route it through Prefect's handlers.
 os.environ.setdefault("PREFECT_LOGGING_EXTRA_LOGGERS", "qin")

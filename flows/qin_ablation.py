@@ -1,63 +1,52 @@
 """Prefect flow `qin-ablation`: the paper's ablation set and the baselines, compared under one MLflow run.
 
-validate -> featurize (the same cached stages as qin-train) -> one `variant` task per model (train and
-evaluate, cached by the features' content, the train and evaluate sections and the variant) -> `compare`
-(Markdown and CSV table, bar plot) -> one parent MLflow run holding a nested run per model and the comparison.
+validate -> featurize -> for each model: its settings (the run's params with that model), then the same
+train and evaluate stages as qin-train (flows/stages.py), cached by their keys -> `compare` (Markdown and
+CSV table, bar plot, in the run's record) -> one parent MLflow run holding a nested run per model and the
+comparison. A variant whose settings equal a qin-train run's reuses that run's model, and the other way round.
 
     python -m flows.qin_ablation                                  # all nine models (about an hour on 2 cores)
     python -m flows.qin_ablation --epochs 2 --only QIN "w/o ASTA" DIN
 """
 
 import argparse
-import dataclasses
 from pathlib import Path
 from typing import Any
 
 from prefect import flow, task
 from prefect.cache_policies import NO_CACHE
 
-import flows  # noqa: F401  (offline and cache settings, before prefect is imported)
-from flows.qin_train import content_key, featurize, retry_on_io_only, run_cached, validate
+import flows  # noqa: F401  (offline settings, before prefect runs anything)
+from flows.stages import record_dir, report_failure, run_stage, start_run
 from qin import layout
 from qin.config import load_params
-from qin.io import read_json, tree_hash
 
 
-@task(
-    name="variant",
-    cache_key_fn=content_key(("features",), "train", "evaluate"),
-    persist_result=True,
-    retries=1,
-    retry_delay_seconds=2,
-    retry_condition_fn=retry_on_io_only,
-)
-def variant(
-    name: str, features: str, out: str, params: str, epochs: int | None, din_challenge: bool
-) -> dict[str, str | None]:
-    from qin.ablation import run_variant, variants
+@task(name="variant-params", cache_policy=NO_CACHE)
+def variant_params(params: str, out: str, name: str, epochs: int | None, din_challenge: bool) -> str:
+    from qin.ablation import write_variant_params
 
-    p = load_params(params)
-    cfg = p.train if epochs is None else dataclasses.replace(p.train, epochs=epochs)
-    run_variant(name, features, out, cfg, variants(cfg.model, din_challenge)[name], p.evaluate)
-    return {f"{out}/model": tree_hash([f"{out}/model"]), f"{out}/row.json": None}
+    return str(write_variant_params(params, out, name, epochs, din_challenge))
 
 
 @task(name="compare", cache_policy=NO_CACHE)
-def compare(rows: list[dict[str, Any]], out: str, data: str) -> str:
+def compare(done: list[dict[str, str]], out: str, data: str) -> list[dict[str, Any]]:
     from qin.ablation import compare as run
-    from qin.ablation import no_history_bound
+    from qin.ablation import no_history_bound, stage_row
 
-    return str(run(rows, out, no_history_bound(data)))
+    rows = [stage_row(d["model"], d["train"], d["evaluate"]) for d in done]
+    run(rows, out, no_history_bound(data))
+    return rows
 
 
 @task(name="log-ablation", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=5)
-def log(rows: list[dict[str, Any]], variant_dirs: list[str], comparison: str, params: str) -> str:
+def log(rows: list[dict[str, Any]], done: list[dict[str, str]], comparison: str, params: str) -> str:
     from flows.tracking import log_ablation
 
-    return log_ablation(load_params(params).register, rows, [Path(d) for d in variant_dirs], Path(comparison))
+    return log_ablation(load_params(params).register, rows, done, Path(comparison))
 
 
-@flow(name="qin-ablation", log_prints=True)
+@flow(name="qin-ablation", log_prints=True, on_failure=[report_failure])
 def qin_ablation(
     params: str = str(layout.PARAMS),
     data: str = str(layout.DATA),
@@ -67,30 +56,32 @@ def qin_ablation(
 ) -> dict[str, Any]:
     from qin.ablation import select, slug, table_markdown, variants
 
-    validation, features = str(layout.VALIDATION), str(layout.FEATURES)
-    run_cached(validate, data=data, out=validation, params=params)
-    run_cached(featurize, data=data, validation=validation, out=features, params=params)
+    record = record_dir()
+    parameters = {
+        "params": params,
+        "data": data,
+        "epochs": epochs,
+        "only": only,
+        "din_challenge": din_challenge,
+    }
+    settings = start_run(record, params, "qin-ablation", parameters)
+    keys: dict[str, str] = {}
+    for name in ("validate", "featurize"):
+        keys[name] = run_stage(name, settings, data, keys, record)["key"]
 
-    todo = select(variants(load_params(params).train.model, din_challenge), only)
-    dirs = [str(layout.ABLATION / slug(name)) for name in todo]
-    rows = []
-    for name, out in zip(todo, dirs, strict=True):
-        how = run_cached(
-            variant,
-            name=name,
-            features=features,
-            out=out,
-            params=params,
-            epochs=epochs,
-            din_challenge=din_challenge,
-        )
-        rows.append(read_json(Path(out) / "row.json"))
-        print(f"{name}: valid AUC {rows[-1]['valid_auc']:.4f} ({how})")
-    comparison = compare(rows, str(layout.ABLATION / "comparison"), data)
-    run_id = log(rows, dirs, comparison, params)
+    done = []
+    for name in select(variants(load_params(settings).train.model, din_challenge), only):
+        own = variant_params(settings, f"{record}/variants/{slug(name)}.yaml", name, epochs, din_challenge)
+        trained = run_stage("train", own, data, keys, record)
+        evaluated = run_stage("evaluate", own, data, {**keys, "train": trained["key"]}, record)
+        done.append({"model": name, "params": own, "train": trained["dir"], "evaluate": evaluated["dir"]})
+        print(f"{name}: train {trained['how']} ({trained['key']}), evaluate {evaluated['how']}")
+    comparison = f"{record}/comparison"
+    rows = compare(done, comparison, data)
+    run_id = log(rows, done, comparison, settings)
     print(table_markdown(rows))
     print(f"MLflow parent run id: {run_id}")
-    return {"run_id": run_id, "rows": rows, "comparison": comparison}
+    return {"run_id": run_id, "rows": rows, "comparison": comparison, "record": record}
 
 
 if __name__ == "__main__":

@@ -200,18 +200,25 @@ def run_link(cfg: RegisterConfig, run_id: str) -> str:
     return f"{base.rstrip('/')}/#/experiments/{experiment_id}/runs/{run_id}"
 
 
-def log_ablation(cfg: RegisterConfig, rows: list[dict], variant_dirs: list[Path], comparison: Path) -> str:
+def log_ablation(cfg: RegisterConfig, rows: list[dict], done: list[dict[str, str]], comparison: Path) -> str:
     """One parent run (the comparison table, CSV and bar plot) with a nested run per model; returns the
-    parent's run id. Nothing is registered: the ablation compares, `qin-train` ships."""
+    parent's run id. `done`: per model, its params file and its train and evaluate key folders. Nothing is
+    registered: the ablation compares, `qin-train` ships."""
+    from qin.config import flatten, load_params
+    from qin.store import lineage
+
     configure(cfg)
     exp = mlflow.set_experiment(f"{cfg.experiment}-ablation")
     with mlflow.start_run(experiment_id=exp.experiment_id, run_name="ablation") as parent:
-        for row, directory in zip(rows, variant_dirs, strict=True):
+        for row, variant in zip(rows, done, strict=True):
             with mlflow.start_run(run_name=row["model"], nested=True):
-                mlflow.log_params({"variant": row["model"], **read_json(directory / "config.json")})
+                train_dir, evaluate_dir = Path(variant["train"]), Path(variant["evaluate"])
+                train = load_params(variant["params"]).train
+                mlflow.log_params({"variant": row["model"], **flatten(train, "train.")})
                 mlflow.log_metrics({k: float(v) for k, v in row.items() if isinstance(v, int | float)})
-                log_history(read_json(directory / "train.json")["history"])
-                mlflow.log_artifact(str(directory / "evaluate.json"))
+                log_history(read_json(train_dir / "train.json")["history"])
+                mlflow.log_artifact(str(evaluate_dir / "evaluate.json"))
+                mlflow.set_tags({f"stage.{k}": v for k, v in (lineage(evaluate_dir) or {}).items()})
         mlflow.log_artifacts(str(comparison), artifact_path="comparison")
         for row in rows:
             mlflow.log_metric(

@@ -1,8 +1,11 @@
 """The paper's model table: QIN, its five ablations and the baselines, trained with one budget and compared.
 
-One code path for bench/accuracy.py and the `qin-ablation` Prefect flow: `variants` names the models,
-`run_variant` trains and evaluates one of them into its own directory, `compare` writes the comparison
-table (Markdown and CSV) and a bar plot of valid AUC against the oracle and the no-history bound.
+`variants` names the models. The `qin-ablation` Prefect flow writes each variant's settings as a params
+file (`write_variant_params`) and runs the ordinary train and evaluate stages on it, so a variant is cached
+by its stage keys like any `qin-train` run (and shares them: `qin-train` with model din reuses the
+ablation's DIN). bench/accuracy.py trains them without Prefect (`run_variant`). Both build a table row with
+`row`; `compare` writes the comparison table (Markdown and CSV) and a bar plot of valid AUC against the
+oracle and the no-history bound.
 """
 
 from __future__ import annotations
@@ -19,12 +22,17 @@ from qin.config import (
     DINConfig,
     EvaluateConfig,
     ModelConfig,
+    Params,
     QINConfig,
     TrainConfig,
     flatten,
+    load_params,
+    to_yaml,
 )
 from qin.evaluate import evaluate
-from qin.io import atomic_dir, read_json, write_json
+from qin.io import atomic_dir, atomic_file, read_json, write_json
+from qin.pipeline import content_key, stage
+from qin.store import MANIFEST
 from qin.train import train
 
 COLUMNS = ("model", "valid_auc", "valid_logloss", "valid_gauc", "valid_oracle_auc", "parameters", "seconds")
@@ -67,6 +75,36 @@ def slug(name: str) -> str:
     return "".join(c if c.isalnum() else "_" for c in name.lower().replace("/", "")).replace("__", "_")
 
 
+def write_variant_params(
+    src: str | Path, out: str | Path, name: str, epochs: int | None = None, din_challenge: bool = False
+) -> Path:
+    """The settings of `src` with variant `name` as the model (and `epochs`, when given), written to `out`
+    in full (presets resolved), so that the train and evaluate stages read them like any params file."""
+    params = load_params(src)
+    model = variants(params.train.model, din_challenge)[name]
+    train = dataclasses.replace(params.train, model=model)
+    if epochs is not None:
+        train = dataclasses.replace(train, epochs=epochs)
+    resolved = dataclasses.replace(params, train=train)
+    with atomic_file(out) as tmp:
+        tmp.write_text(f"# {src} with the ablation variant {name!r} (epochs {epochs})\n{to_yaml(resolved)}")
+    if load_params(out) != resolved:
+        raise RuntimeError(f"{out}: the variant's settings did not read back as written")
+    return Path(out)
+
+
+def row(name: str, train_summary: dict[str, Any], metrics: dict[str, Any], seconds: float) -> dict[str, Any]:
+    """A variant's row of the comparison table, from train.json, evaluate.json and the training time."""
+    return {
+        "model": name,
+        **{k: metrics.get(k, float("nan")) for k in COLUMNS[1:5]},
+        "parameters": train_summary["parameters"],
+        "seconds": round(seconds, 1),
+        "best_epoch": train_summary["best_epoch"],
+        "epochs_run": len(train_summary["history"]),
+    }
+
+
 def run_variant(
     name: str,
     features_dir: str | Path,
@@ -83,19 +121,22 @@ def run_variant(
     cfg = dataclasses.replace(cfg, model=model)
     write_json(out / "config.json", flatten(cfg, "train."))
     t0 = time.perf_counter()
-    summary = train(features_dir, out / "model", out / "train.json", cfg)
+    key = content_key(stage("train"), Params(train=cfg), {"features_dir": features_dir})
+    summary = train(features_dir, out / "model", out / "train.json", cfg, key)
     seconds = time.perf_counter() - t0
     metrics = evaluate(features_dir, out / "model", out / "evaluate.json", eval_cfg)
-    row = {
-        "model": name,
-        **{k: metrics.get(k, float("nan")) for k in COLUMNS[1:5]},
-        "parameters": summary["parameters"],
-        "seconds": round(seconds, 1),
-        "best_epoch": summary["best_epoch"],
-        "epochs_run": len(summary["history"]),
-    }
-    write_json(out / "row.json", row)
-    return row
+    result = row(name, summary, metrics, seconds)
+    write_json(out / "row.json", result)
+    return result
+
+
+def stage_row(name: str, train_dir: str | Path, evaluate_dir: str | Path) -> dict[str, Any]:
+    """A variant's row from its train and evaluate stages' key folders (qin/store.py)."""
+    train_dir = Path(train_dir)
+    seconds = read_json(train_dir / MANIFEST)["seconds"]
+    return row(
+        name, read_json(train_dir / "train.json"), read_json(Path(evaluate_dir) / "evaluate.json"), seconds
+    )
 
 
 def table_markdown(rows: list[dict[str, Any]], no_history_auc: float | None = None) -> str:

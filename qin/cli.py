@@ -13,8 +13,9 @@ import subprocess
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
-from qin import layout
+from qin import layout, pipeline
 from qin.config import Params, load_params
 
 
@@ -56,47 +57,40 @@ def track_with_dvc(path: Path) -> None:
     print(f"{path}.dvc updated (commit it to record this data version)")
 
 
-def _validate(args: argparse.Namespace, params: Params) -> None:
-    from qin.validate import validate
-
-    validate(args.data, args.out, params.validate)
-    print(f"validation passed: report in {args.out}/")
-
-
-def _featurize(args: argparse.Namespace, params: Params) -> None:
-    from qin.featurize import featurize
-
-    m = featurize(args.data, args.validation, args.out, params.featurize)
-    print(f"features in {args.out}/ ({len(m['arrays'])} arrays)")
-
-
-def _train(args: argparse.Namespace, params: Params) -> None:
-    from qin.train import train
-
-    s = train(args.features, args.out, args.metrics, params.train)
-    if "model_hash" in s:  # the process that wrote the package (process 0 under torchrun)
-        best = f"best epoch {s['best_epoch']}, valid AUC {s['best_valid_auc']:.4f}"
-        print(f"model package in {args.out}/ ({best})")
-
-
-def _evaluate(args: argparse.Namespace, params: Params) -> None:
-    from qin.evaluate import evaluate
-
-    m = evaluate(
-        args.features, args.model, args.out, params.evaluate, args.plots, args.train_metrics, args.plot_data
-    )
-    print(" ".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}" for k, v in m.items()))
+def _summary(name: str, result: Any, paths: dict[str, Path]) -> str | None:
+    """One line for a stage's result (None: nothing to say, e.g. a torchrun process other than 0)."""
+    out = paths.get("out_dir") or paths.get("out_path")
+    if name == "validate":
+        return f"validation passed: report in {out}/"
+    if name == "featurize":
+        return f"features in {out}/ ({len(result['arrays'])} arrays)"
+    if name == "train":
+        if "model_hash" not in result:  # only the process that wrote the package (0 under torchrun)
+            return None
+        best = f"best epoch {result['best_epoch']}, valid AUC {result['best_valid_auc']:.4f}"
+        return f"model package in {out}/ ({best})"
+    if name == "evaluate":
+        return " ".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}" for k, v in result.items())
+    if name == "register":
+        return (
+            f"MLflow run {result['run_id']}; {result['model_name']} version {result['version']}"
+            f"{'' if result['newly_registered'] else ' (already registered)'}; "
+            f"'{result['alias']}': {'yes' if result['has_alias'] else 'no'} ({result['reason']})"
+        )
+    return None
 
 
-def _register(args: argparse.Namespace, params: Params) -> None:
-    from qin.register import register
+def _run_stage(args: argparse.Namespace, params: Params) -> None:
+    """`qin <stage>`: the stage function on the given paths (defaults: the DVC workspace's)."""
+    from qin import pipeline
 
-    r = register(args.model, args.train_metrics, args.metrics, args.validation, args.out, params, args.plots)
-    print(
-        f"MLflow run {r['run_id']}; {r['model_name']} version {r['version']}"
-        f"{'' if r['newly_registered'] else ' (already registered)'}; "
-        f"'{r['alias']}': {'yes' if r['has_alias'] else 'no'} ({r['reason']})"
-    )
+    s = pipeline.stage(args.command)
+    paths = {arg: getattr(args, arg) for arg in s.args()}
+    # A resumable stage's checkpoint must belong to these settings and inputs: its key, by content.
+    key = pipeline.content_key(s, params, paths) if s.resumable else None
+    line = _summary(s.name, pipeline.call(s, paths, params, key=key), paths)
+    if line:
+        print(line)
 
 
 def _promote(args: argparse.Namespace, params: Params) -> None:
@@ -111,6 +105,20 @@ def _promote(args: argparse.Namespace, params: Params) -> None:
         )
     else:
         print(f"{r['model_name']}: {r['reason']}; nothing to do")
+
+
+def _gc(args: argparse.Namespace, params: Params) -> None:
+    from qin.register import load_registry, stage_keys
+    from qin.store import gc
+
+    referenced = stage_keys(load_registry(params.register), params.register.model_name)
+    removed = gc(referenced, args.keep, dry_run=args.dry_run)
+    verb = "would free" if args.dry_run else "freed"
+    for path, size in removed:
+        print(f"{'would remove' if args.dry_run else 'removed'} {path} ({size / 1e6:.1f} MB)")
+    total = sum(size for _, size in removed)
+    print(f"{verb} {total / 1e6:.1f} MB in {len(removed)} entries; kept what {len(referenced)} registered "
+          f"versions and the {args.keep} most recent runs use")  # fmt: skip
 
 
 def _show_params(args: argparse.Namespace, params: Params) -> None:
@@ -152,35 +160,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-dvc", action="store_true", help="do not run `dvc add` on the output")
     p.set_defaults(fn=_import)
 
-    p = stage("validate", _validate, "check the raw data against the contract (great-expectations)")
-    p.add_argument("--data", type=Path, default=layout.DATA)
-    p.add_argument("--out", type=Path, default=layout.VALIDATION)
-
-    p = stage("featurize", _featurize, "validated parquet -> arrays for training")
-    p.add_argument("--data", type=Path, default=layout.DATA)
-    p.add_argument("--validation", type=Path, default=layout.VALIDATION)
-    p.add_argument("--out", type=Path, default=layout.FEATURES)
-
-    p = stage("train", _train, "train the model; write a self-contained model package")
-    p.add_argument("--features", type=Path, default=layout.FEATURES)
-    p.add_argument("--out", type=Path, default=layout.MODEL)
-    p.add_argument("--metrics", type=Path, default=layout.TRAIN_METRICS)
-
-    p = stage("evaluate", _evaluate, "AUC and logloss on valid (and the oracle AUC when known)")
-    p.add_argument("--features", type=Path, default=layout.FEATURES)
-    p.add_argument("--model", type=Path, default=layout.MODEL)
-    p.add_argument("--out", type=Path, default=layout.EVAL_METRICS)
-    p.add_argument("--plots", type=Path, default=layout.PLOTS)
-    p.add_argument("--train-metrics", type=Path, default=layout.TRAIN_METRICS, help="for the learning curves")
-    p.add_argument("--plot-data", type=Path, default=layout.PLOT_DATA, help="curves as CSV, for `dvc plots`")
-
-    p = stage("register", _register, "log the run and register the model; move the alias if it is better")
-    p.add_argument("--model", type=Path, default=layout.MODEL)
-    p.add_argument("--train-metrics", type=Path, default=layout.TRAIN_METRICS)
-    p.add_argument("--metrics", type=Path, default=layout.EVAL_METRICS)
-    p.add_argument("--validation", type=Path, default=layout.VALIDATION)
-    p.add_argument("--plots", type=Path, default=layout.PLOTS)
-    p.add_argument("--out", type=Path, default=layout.REGISTRATION)
+    for s in pipeline.STAGES:
+        p = stage(s.name, _run_stage, s.help)
+        for i in s.inputs:
+            p.add_argument(i.option, dest=i.arg, type=Path, default=pipeline.workspace_path(i))
+        for o in s.outputs:
+            p.add_argument(o.option, dest=o.arg, type=Path, default=Path(o.workspace))
 
     p = stage(
         "promote",
@@ -195,6 +180,14 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="override the AUC and data-version rules (recorded in the history); never missing artifacts",
     )
+
+    p = stage(
+        "gc",
+        _gc,
+        "remove stage outputs (artifacts/stages/) that no registered version, alias or recent run uses",
+    )
+    p.add_argument("--keep", type=int, default=10, help="keep what the N most recent flow runs used")
+    p.add_argument("--dry-run", action="store_true", help="print what would be removed, remove nothing")
     return parser
 
 

@@ -187,6 +187,14 @@ PRESET_MODELS: dict[str, dict[str, ModelConfig]] = {
 }
 
 
+# Settings that change how fast a stage runs, not what it computes: they are left out of stage keys (a
+# model trained on 1 thread is the model trained on 2), and a checkpoint written under other values of
+# them is resumed. `precision` rounds the matmuls' inputs differently, but trains the same recipe.
+SPEED_SETTINGS: dict[str, tuple[str, ...]] = {
+    "train": ("device", "compile", "threads", "precision", "reuse_memory"),
+}
+
+
 @dataclass(frozen=True)
 class EvaluateConfig:
     batch_size: int = 8192

@@ -1,19 +1,15 @@
-"""Where things live, relative to the project root. dvc.yaml and the Prefect flow use the same paths."""
+"""Where things live, relative to the project root.
+
+Each stage's own inputs and outputs (their workspace paths under DVC, their names in a flow run's
+content-addressed folders) are declared in the stage table, qin/pipeline.py.
+"""
 
 from pathlib import Path
 
 PARAMS = Path("params.yaml")
 DATA = Path("data")  # raw data: written only by `qin data synth` / `qin data import`
-VALIDATION = Path("artifacts/validate")
-FEATURES = Path("artifacts/features")
-MODEL = Path("artifacts/model")
-TRAIN_METRICS = Path("metrics/train.json")
-EVAL_METRICS = Path("metrics/evaluate.json")
-PLOTS = Path("artifacts/evaluate")  # ROC, calibration and learning-curve PNGs
-PLOT_DATA = Path("metrics/plots")  # the same curves as CSV files, for `dvc plots`
-REGISTRATION = Path("artifacts/register.json")
-# Written by the Prefect flow only: the params file with the run's model/overrides applied, and the summary
-# of the last failed run.
-RESOLVED_PARAMS = Path("artifacts/params.resolved.yaml")
-FAILURE = Path("artifacts/failure.md")
-ABLATION = Path("artifacts/ablation")  # qin-ablation: one directory per variant, and comparison/
+# Flow runs: each stage key's outputs in artifacts/stages/<stage>/<key>/ (qin/store.py), and a record per
+# flow run in artifacts/runs/<flow run id>/ (qin/runs.py). Nothing run-specific lives at a fixed path.
+STORE = Path("artifacts/stages")
+RUNS = Path("artifacts/runs")
+LOCKS = Path("artifacts/locks")  # one lock file per shared thing (a model hash, an alias)

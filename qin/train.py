@@ -25,17 +25,15 @@ clipping; the learning rate halves when valid AUC stalls (lr_patience epochs) an
 
 Resumable: every `checkpoint_every` steps and at each epoch end the full state (weights, optimizer,
 scheduler, RNG states of every process, the epoch's shuffling, history, best weights) is saved beside the
-output. A rerun with the same settings and data continues from there, mid-epoch included, and reaches the
-same result as an uninterrupted run. The checkpoint is removed once the package is written.
+output, under the stage key (qin/pipeline.py) of the run that wrote it. A rerun with the same key (the same
+settings but the speed-only ones, the same features) continues from there, mid-epoch included, and reaches
+the same result as an uninterrupted run. The checkpoint is removed once the package is written.
 """
 
 from __future__ import annotations
 
 import contextlib
 import copy
-import dataclasses
-import hashlib
-import json
 import logging
 import os
 import sys
@@ -60,10 +58,6 @@ from qin.models import Batch, FeatureSpec, build_model
 from qin.models.blocks import embedding_tables, network_weights
 
 log = logging.getLogger(__name__)
-
-# Settings that change how fast training runs but not what it computes: a checkpoint written under other
-# values of these is resumed.
-SPEED_SETTINGS = ("device", "compile", "threads", "precision", "reuse_memory")
 
 
 def checkpoint_path(out_dir: str | Path) -> Path:
@@ -220,28 +214,27 @@ class Trainer:
             torch.cuda.set_rng_state(cuda, self.device)
 
 
-def _run_key(cfg: TrainConfig, feats: Features, precision: str) -> str:
-    """What a checkpoint must match to be resumed: the settings (but the speed ones), precision and data."""
-    settings = {k: v for k, v in dataclasses.asdict(cfg).items() if k not in SPEED_SETTINGS}
-    blob = json.dumps(
-        [settings, precision, feats.manifest["sources"], feats.manifest["max_len"]], sort_keys=True
-    )
-    return hashlib.sha256(blob.encode()).hexdigest()
-
-
 def _save_checkpoint(path: Path, state: dict[str, Any]) -> None:
     tmp = path.with_name(path.name + ".tmp")
     torch.save(state, tmp)
     os.replace(tmp, path)
 
 
-def train(features_dir: str | Path, out_dir: str | Path, metrics_path: str | Path, cfg: TrainConfig) -> dict:
+def train(
+    features_dir: str | Path,
+    out_dir: str | Path,
+    metrics_path: str | Path,
+    cfg: TrainConfig,
+    key: str | None = None,
+) -> dict:
+    """Train into `out_dir`. The checkpoint beside it is resumed only if it was written under stage key
+    `key` (qin/pipeline.py: `qin train` and flow runs pass theirs); without a key training starts afresh."""
     procs, device_name = runtime.start_processes(cfg.device)
     device = resolve_device(device_name)
     try:
         reuse = cfg.reuse_memory and device.type == "cpu"
         with runtime.reuse_freed_memory() if reuse else contextlib.nullcontext():
-            return _train(features_dir, out_dir, metrics_path, cfg, procs, device)
+            return _train(features_dir, out_dir, metrics_path, cfg, key, procs, device)
     finally:
         runtime.stop_processes(procs)
 
@@ -251,6 +244,7 @@ def _train(
     out_dir: str | Path,
     metrics_path: str | Path,
     cfg: TrainConfig,
+    key: str | None,
     procs: runtime.Processes,
     device: torch.device,
 ) -> dict:
@@ -283,7 +277,6 @@ def _train(
     scorer = Scorer(model, max_len, spec.n_items, device)
 
     ckpt_path = checkpoint_path(out_dir)
-    key = _run_key(cfg, feats, precision)
     history: list[dict] = []
     best: dict[str, Any] = {"auc": -1.0, "epoch": 0, "state": copy.deepcopy(model.state_dict())}
     stale, start_epoch, start_step = 0, 1, 0
@@ -291,7 +284,7 @@ def _train(
     partial = {"loss": 0.0, "steps": 0, "seconds": 0.0}
     if ckpt_path.exists():
         ck = torch.load(ckpt_path, map_location="cpu", weights_only=False)
-        if ck.get("key") == key:
+        if key is not None and ck.get("key") == key:
             model.load_state_dict(ck["model"])
             optimizer.load_state_dict(ck["optimizer"])
             scheduler.load_state_dict(ck["scheduler"])
@@ -302,7 +295,8 @@ def _train(
             info("resuming from %s: epoch %d, step %d of %d", ckpt_path, start_epoch, start_step,
                  steps_per_epoch)  # fmt: skip
         else:
-            info("ignoring %s: it belongs to other settings or data", ckpt_path)
+            info("ignoring %s: it belongs to other settings or data (key %s, not %s)", ckpt_path,
+                 ck.get("key"), key)  # fmt: skip
 
     loss_sum = torch.zeros((), device=device)
 

@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import os
 import shutil
-import tempfile
 from pathlib import Path
 
 import pytest
 
-# Offline, and Prefect results (the cross-process cache) in a scratch folder, before prefect is imported.
+# Offline, before prefect is imported.
 os.environ.update(
     {
         "DO_NOT_TRACK": "true",
@@ -17,7 +16,6 @@ os.environ.update(
         "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
         "GX_ANALYTICS_ENABLED": "false",
         "DVC_NO_ANALYTICS": "1",
-        "PREFECT_RESULTS_LOCAL_STORAGE_PATH": tempfile.mkdtemp(prefix="qin-prefect-results-"),
         "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "120",
     }
 )

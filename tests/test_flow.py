@@ -1,7 +1,10 @@
 """End to end under Prefect's test harness, with the real MLflow store: a run registers a model that
-MLflow can load and score with; a second run reuses every cached stage and registers nothing new; a run
-with overrides of one params section reruns only the stages that read it; a failed run leaves a report."""
+MLflow can load and score with; a second run reuses every stage by its key and registers nothing new; a run
+with overrides of one params section reruns only the stages that read it; a failed run leaves a report in
+its own record."""
 
+import json
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -16,11 +19,12 @@ STAGES = ["validate", "featurize", "train", "evaluate"]
 
 def _run(**parameters: Any) -> tuple[dict, dict[str, str]]:
     """One flow run: its result and its task runs' state names, read back from the Prefect API."""
-    from flows.qin_train import _task_runs, qin_train
+    from flows.qin_train import qin_train
+    from flows.stages import task_runs
 
     state = qin_train(**parameters, return_state=True)
     result = state.result()
-    tasks = {r.name.rsplit("-", 1)[0]: r.state.name for r in _task_runs(state.state_details.flow_run_id)}
+    tasks = {r.name.rsplit("-", 1)[0]: r.state.name for r in task_runs(state.state_details.flow_run_id)}
     return result, tasks
 
 
@@ -30,31 +34,40 @@ def test_flow_registers_a_loadable_model_and_caches_a_rerun(project: Path, prefe
 
     from qin.inference import load_package
 
-    (project / "artifacts").mkdir()
-    (project / "artifacts" / "failure.md").write_text("an earlier failure")
     first, tasks = _run()
     assert first["stages"] == dict.fromkeys(STAGES, "ran")
-    assert tasks == {**dict.fromkeys(STAGES, "Completed"), "register": "Completed", "promote": "Completed"}
+    assert tasks == {"params": "Completed", **dict.fromkeys(STAGES, "Completed"), "register": "Completed"}
     assert first["newly_registered"] and first["version"] == "1" and first["has_alias"]
     assert (project / "mlruns" / "mlflow.db").exists()
-    assert not (project / "artifacts" / "failure.md").exists()  # a success clears the stale report
     summary = Artifact.get("qin-train-summary")
     assert summary is not None and "| valid_auc |" in str(summary.data)
     assert f"[{first['run_id']}]({first['mlflow_run_link']})" in str(summary.data)
     assert first["mlflow_run_link"].startswith("http://127.0.0.1:5000/#/experiments/")
-    assert (project / "metrics" / "plots" / "roc.csv").read_text().startswith("fpr,tpr\n0.000000,0.000000")
+    stages = project / "artifacts" / "stages"
+    evaluated = stages / "evaluate" / first["stage_keys"]["evaluate"]
+    assert (evaluated / "plot_data" / "roc.csv").read_text().startswith("fpr,tpr\n0.000000,0.000000")
+    # Nothing run-specific at a fixed path: the DVC workspace paths stay untouched by flow runs.
+    assert not (project / "artifacts" / "model").exists() and not (project / "metrics").exists()
+    record = Path(first["record"])
+    assert record.resolve().parent == (project / "artifacts" / "runs").resolve()
+    assert "epochs: 2" in (record / "params.yaml").read_text()
+    entries = json.loads((record / "run.json").read_text())["stages"]
+    assert [e["key"] for e in entries] == [first["stage_keys"][s] for s in STAGES]
+    assert json.loads((record / "register.json").read_text())["version"] == "1"
 
     second, tasks = _run()
     assert second["stages"] == dict.fromkeys(STAGES, "cached")
-    assert tasks == {**dict.fromkeys(STAGES, "Cached"), "register": "Completed", "promote": "Completed"}
+    assert tasks == {"params": "Completed", **dict.fromkeys(STAGES, "Cached"), "register": "Completed"}
     assert (second["run_id"], second["version"], second["newly_registered"]) == (first["run_id"], "1", False)
+    assert second["stage_keys"] == first["stage_keys"] and second["record"] != first["record"]
 
-    # A stage whose outputs were deleted runs again even though its cache entry exists.
-    import shutil
-
-    shutil.rmtree(project / "artifacts" / "features")
+    # A key's outputs that were deleted or changed on disk are computed again, not trusted.
+    featurized = stages / "featurize" / first["stage_keys"]["featurize"]
+    (featurized / "features" / "valid_item_id.npy").write_bytes(b"corrupted")
+    shutil.rmtree(evaluated)
     third, _ = _run()
-    assert third["stages"]["featurize"] == "ran" and third["stages"]["validate"] == "cached"
+    assert third["stages"] == {"validate": "cached", "featurize": "ran", "train": "cached", "evaluate": "ran"}
+    assert third["stage_keys"] == first["stage_keys"]
 
     mlflow.set_tracking_uri(f"sqlite:///{project / 'mlruns' / 'mlflow.db'}")
     model = mlflow.pyfunc.load_model("models:/qin-ctr@staging")
@@ -62,7 +75,7 @@ def test_flow_registers_a_loadable_model_and_caches_a_rerun(project: Path, prefe
     rows["item_seq"] = rows["item_seq"].map(list)
     preds = np.asarray(model.predict(rows[["likes_level", "views_level", "item_id", "item_seq"]]))
     assert preds.shape == (64,) and np.all((preds > 0) & (preds < 1))
-    expected = load_package(project / "artifacts" / "model").predict_frame(rows)
+    expected = load_package(stages / "train" / first["stage_keys"]["train"] / "model").predict_frame(rows)
     np.testing.assert_allclose(preds, expected, rtol=1e-5)
 
     run = mlflow.get_run(first["run_id"])
@@ -84,16 +97,16 @@ def test_flow_registers_a_loadable_model_and_caches_a_rerun(project: Path, prefe
     config = client.download_artifacts(first["run_id"], "config/params.yaml", str(project))
     assert "embedding_dim: 8" in Path(config).read_text()
     reports = {a.path for a in mlflow.MlflowClient().list_artifacts(first["run_id"], "reports")}
-    assert {"reports/report.md", "reports/summary.json", "reports/data_docs"} <= reports
+    assert {"reports/report.md", "reports/summary.json", "reports/data_docs", "reports/evaluate"} <= reports
     docs = {a.path for a in mlflow.MlflowClient().list_artifacts(first["run_id"], "reports/data_docs")}
     assert "reports/data_docs/index.html" in docs
 
-    # Overriding one params section reruns only the stages that read it (the cache keys hash the section,
-    # not the path of the resolved params file).
-    fourth, tasks = _run(overrides={"evaluate.batch_size": 2048})
+    # Overriding one params section reruns only the stages that read it (keys hash the sections a stage
+    # reads, not the path of the run's params file); a speed-only setting changes no key at all.
+    fourth, tasks = _run(overrides={"evaluate.batch_size": 2048, "train.threads": 1})
     assert fourth["stages"] == {**dict.fromkeys(STAGES[:3], "cached"), "evaluate": "ran"}
     assert (fourth["version"], fourth["newly_registered"]) == ("1", False)
-    assert "batch_size: 2048" in (project / "artifacts" / "params.resolved.yaml").read_text()
+    assert "batch_size: 2048" in (Path(fourth["record"]) / "params.yaml").read_text()
 
     fifth, tasks = _run(model="din", overrides={"train.epochs": 1})
     assert fifth["stages"] == {**dict.fromkeys(STAGES[:2], "cached"), "train": "ran", "evaluate": "ran"}
@@ -117,11 +130,16 @@ def test_flow_fails_on_bad_data_with_the_validation_message(project: Path, prefe
     assert state.is_failed()
     with pytest.raises(Exception, match=r"train\.parquet: column 'label': expect_column_values_to_be_in_set"):
         state.result()
-    assert (project / "artifacts" / "validate" / "report.md").exists()
-    report = (project / "artifacts" / "failure.md").read_text()
+    (record,) = (project / "artifacts" / "runs").iterdir()
+    report = (record / "failure.md").read_text()
     assert "failed stage: **validate**" in report
     assert "ValidationError: " in report and "train.parquet: column 'label'" in report
-    assert "inputs:\n- `data`" in report and "- `artifacts/validate`" in report
-    for later in ("features", "model"):
-        assert not (project / "artifacts" / later).exists()
+    assert "inputs:\n- `data` (the raw data)" in report and "nothing published" in report
+    # Nothing is published; the validation report stays in the key's partial folder, which the error names.
+    validate = project / "artifacts" / "stages" / "validate"
+    assert [p.name for p in (project / "artifacts" / "stages").iterdir()] == ["validate"]
+    (partial,) = validate.glob("*.partial")
+    assert sorted(p.name for p in validate.iterdir()) == sorted([partial.name, partial.stem + ".lock"])
+    assert (partial / "validation" / "report.md").exists()
+    assert f"{partial.name}/validation/report.md" in report
     assert not (project / "mlruns").exists()

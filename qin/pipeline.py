@@ -1,0 +1,254 @@
+"""The pipeline as data: one table of stages, from which everything that runs them is derived.
+
+Each `Stage` names its function, the params sections it reads, its inputs (another stage's output, or the
+raw data) and its outputs (a name inside the stage's content-addressed folder, and a path in the DVC
+workspace). The `qin` CLI builds one subcommand per stage from it (options and defaults), the Prefect flows
+build one task per stage and run them in table order, the failure report lists a stage's inputs and
+outputs from it, and a test checks dvc.yaml against it (stages, deps, params, outs).
+
+A stage's identity is its key: a hash of the stage's name, the code it runs, the settings it reads
+(without the speed-only ones, `qin.config.SPEED_SETTINGS`) and the identities of its inputs. In a flow
+run an input's identity is the key of the stage that wrote it (the raw data's content hash at the root),
+so keys chain and two runs with the same settings on the same data agree on every key; `qin.store` keeps
+each key's outputs in their own folder. Run on plain paths (the CLI, under DVC), an input's identity is its
+content hash. The trainer's resumable checkpoint belongs to the key it was written under.
+"""
+
+from __future__ import annotations
+
+import ast
+import dataclasses
+import hashlib
+import importlib
+import json
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+from functools import cache
+from pathlib import Path
+from typing import Any, Literal
+
+from qin import layout
+from qin.config import SPEED_SETTINGS, Params
+from qin.io import file_hash, tree_hash
+
+DATA = "data"  # the source of an input that is the raw data folder, not a stage's output
+ROOT = Path(__file__).resolve().parents[1]  # the project root: code paths are relative to it
+
+
+@dataclass(frozen=True)
+class Input:
+    arg: str  # the stage function's parameter
+    option: str  # the `qin <stage>` option
+    stage: str  # the stage that writes it, or DATA
+    output: str  # that stage's output name
+
+
+@dataclass(frozen=True)
+class Output:
+    arg: str
+    option: str
+    name: str  # its name inside the stage's folder (artifacts/stages/<stage>/<key>/<name>)
+    workspace: str  # its path in the DVC workspace: the CLI's default, dvc.yaml's `outs`
+    dvc: Literal["outs", "metrics", "uncached"] = "outs"  # how dvc.yaml lists it
+
+
+@dataclass(frozen=True)
+class Stage:
+    name: str
+    function: str  # "module:function", imported when the stage runs (keeps `qin --help` fast)
+    sections: tuple[str, ...]  # the params sections it reads
+    inputs: tuple[Input, ...]
+    outputs: tuple[Output, ...]
+    help: str
+    # Code the stage runs that its imports do not show: the registry plug-in (an entry point).
+    plugins: tuple[str, ...] = ()
+    # It takes a `key` and resumes only a checkpoint written under that key.
+    resumable: bool = False
+    # False: it writes to the outside world (the registry), so it is never cached; a flow run keeps its
+    # outputs in the run's record (artifacts/runs/<flow run id>/) instead of a key's folder.
+    content_addressed: bool = True
+
+    def output(self, name: str) -> Output:
+        for out in self.outputs:
+            if out.name == name:
+                return out
+        raise KeyError(f"stage '{self.name}' has no output '{name}' (has {[o.name for o in self.outputs]})")
+
+    def args(self) -> tuple[str, ...]:
+        """The function's path parameters: its inputs' and its outputs'."""
+        return tuple(i.arg for i in self.inputs) + tuple(o.arg for o in self.outputs)
+
+    def code(self) -> tuple[str, ...]:
+        """The source files it runs, relative to the project root: its module, every `qin` module that
+        module imports (transitively) and its plug-ins."""
+        return tuple(sorted({*_qin_closure(self.function.split(":")[0]), *self.plugins}))
+
+
+_DATA_IN = Input("data_dir", "--data", DATA, DATA)
+_FEATURES_IN = Input("features_dir", "--features", "featurize", "features")
+_MODEL_IN = Input("model_dir", "--model", "train", "model")
+_TRAIN_METRICS_IN = Input("train_metrics", "--train-metrics", "train", "train.json")
+_VALIDATION_IN = Input("validation_dir", "--validation", "validate", "validation")
+
+STAGES: tuple[Stage, ...] = (
+    Stage(
+        "validate",
+        "qin.validate:validate",
+        ("validate",),
+        inputs=(_DATA_IN,),
+        outputs=(Output("out_dir", "--out", "validation", "artifacts/validate"),),
+        help="check the raw data against the contract (great-expectations)",
+    ),
+    Stage(
+        "featurize",
+        "qin.featurize:featurize",
+        ("featurize",),
+        inputs=(_DATA_IN, _VALIDATION_IN),
+        outputs=(Output("out_dir", "--out", "features", "artifacts/features"),),
+        help="validated parquet -> arrays for training",
+    ),
+    Stage(
+        "train",
+        "qin.train:train",
+        ("train",),
+        inputs=(_FEATURES_IN,),
+        outputs=(
+            Output("out_dir", "--out", "model", "artifacts/model"),
+            Output("metrics_path", "--metrics", "train.json", "metrics/train.json", dvc="metrics"),
+        ),
+        help="train the model; write a self-contained model package",
+        resumable=True,
+    ),
+    Stage(
+        "evaluate",
+        "qin.evaluate:evaluate",
+        ("evaluate",),
+        inputs=(_FEATURES_IN, _MODEL_IN, _TRAIN_METRICS_IN),
+        outputs=(
+            Output("out_path", "--out", "evaluate.json", "metrics/evaluate.json", dvc="metrics"),
+            Output("plots_dir", "--plots", "plots", "artifacts/evaluate"),
+            Output("plot_data", "--plot-data", "plot_data", "metrics/plots"),
+        ),
+        help="AUC, logloss, gAUC and calibration on valid (and the oracle AUC when known); plots",
+    ),
+    Stage(
+        "register",
+        "qin.register:register",
+        # It logs every pipeline setting with the model (the MLflow run's params and config/params.yaml).
+        ("validate", "featurize", "train", "evaluate", "register"),
+        inputs=(
+            _MODEL_IN,
+            _TRAIN_METRICS_IN,
+            Input("eval_metrics", "--metrics", "evaluate", "evaluate.json"),
+            _VALIDATION_IN,
+            Input("plots_dir", "--plots", "evaluate", "plots"),
+        ),
+        outputs=(Output("out_path", "--out", "register.json", "artifacts/register.json", dvc="uncached"),),
+        help="log the run and register the model; move the alias if it is better",
+        plugins=("flows/tracking.py", "flows/pyfunc_model.py"),
+        content_addressed=False,
+    ),
+)
+
+
+def stage(name: str) -> Stage:
+    for s in STAGES:
+        if s.name == name:
+            return s
+    raise ValueError(f"stage: expected one of {[s.name for s in STAGES]}, found {name!r}")
+
+
+def workspace_path(source: Input) -> Path:
+    """Where the DVC workspace keeps an input: the raw data folder, or its stage's output path."""
+    return layout.DATA if source.stage == DATA else Path(stage(source.stage).output(source.output).workspace)
+
+
+def settings(s: Stage, params: Params) -> dict[str, Any]:
+    """What makes the stage's result what it is: the sections it reads, without the speed-only keys."""
+    out = {}
+    for section in s.sections:
+        values = dataclasses.asdict(getattr(params, section))
+        out[section] = {k: v for k, v in values.items() if k not in SPEED_SETTINGS.get(section, ())}
+    return out
+
+
+def code_hash(s: Stage) -> str:
+    h = hashlib.sha256()
+    for rel in s.code():
+        h.update(f"{rel}\0{file_hash(ROOT / rel)}\0".encode())
+    return h.hexdigest()
+
+
+def stage_key(s: Stage, params: Params, inputs: Mapping[str, str]) -> str:
+    """The stage's key from its settings, its code and `inputs`: each input's identity by source
+    ("featurize/features": the upstream key, or a content hash; "data": the raw data's hash)."""
+    sources = {_source(i) for i in s.inputs}
+    if set(inputs) != sources:
+        raise ValueError(
+            f"stage '{s.name}': expected the identities of {sorted(sources)}, found {sorted(inputs)}"
+        )
+    blob = json.dumps(
+        {"stage": s.name, "code": code_hash(s), "settings": settings(s, params), "inputs": dict(inputs)},
+        sort_keys=True,
+    )
+    return hashlib.sha256(blob.encode()).hexdigest()[:24]
+
+
+def content_key(s: Stage, params: Params, paths: Mapping[str, str | Path]) -> str:
+    """The key of a stage run on plain paths (`qin <stage>`, DVC): its inputs by content hash."""
+    return stage_key(s, params, {_source(i): tree_hash([paths[i.arg]]) for i in s.inputs})
+
+
+def call(s: Stage, paths: Mapping[str, str | Path], params: Params, key: str | None = None) -> Any:
+    """Run the stage function on `paths` (its parameter name to path, for every input and output).
+
+    A stage that reads one section gets it as `cfg`; one that reads several gets the whole `params`;
+    a resumable one also gets its `key`.
+    """
+    module, name = s.function.split(":")
+    fn: Callable[..., Any] = getattr(importlib.import_module(module), name)
+    kwargs: dict[str, Any] = {port: Path(paths[port]) for port in s.args()}
+    if len(s.sections) == 1:
+        kwargs["cfg"] = getattr(params, s.sections[0])
+    else:
+        kwargs["params"] = params
+    if s.resumable:
+        kwargs["key"] = key
+    return fn(**kwargs)
+
+
+def _source(i: Input) -> str:
+    return DATA if i.stage == DATA else f"{i.stage}/{i.output}"
+
+
+@cache
+def _qin_closure(module: str) -> frozenset[str]:
+    """`module`'s file and those of every `qin` module it imports, directly or not (read from the source)."""
+    seen: set[str] = set()
+    todo = [module]
+    while todo:
+        name = todo.pop()
+        path = _module_file(name)
+        if path is None or path in seen:
+            continue
+        seen.add(path)
+        todo.extend(_imports(ROOT / path))
+    return frozenset(seen)
+
+
+def _module_file(name: str) -> str | None:
+    base = ROOT / Path(*name.split("."))
+    for candidate in (base.with_suffix(".py"), base / "__init__.py"):
+        if candidate.is_file():
+            return candidate.relative_to(ROOT).as_posix()
+    return None
+
+
+def _imports(path: Path) -> Iterable[str]:
+    """The qin modules a file imports (`from qin import x` names qin.x when x is a module)."""
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            yield from (a.name for a in node.names if a.name.split(".")[0] == "qin")
+        elif isinstance(node, ast.ImportFrom) and node.module and node.module.split(".")[0] == "qin":
+            yield node.module
+            yield from (f"{node.module}.{a.name}" for a in node.names)

@@ -1,0 +1,144 @@
+"""The stage table (qin/pipeline.py): dvc.yaml agrees with it, the stage functions take what it says, the
+CLI is derived from it, and stage keys change exactly when what a stage computes can change."""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib
+import inspect
+from pathlib import Path
+
+import pytest
+import yaml
+
+from qin import pipeline
+from qin.cli import build_parser
+from qin.config import Params, load_params
+from tests.conftest import REPO, TINY_PARAMS
+
+
+def _dvc_view(s: pipeline.Stage) -> dict:
+    """What dvc.yaml must say for stage `s`, derived from the table."""
+    outs: list = [o.workspace for o in s.outputs if o.dvc == "outs"]
+    outs += [{o.workspace: {"cache": False}} for o in s.outputs if o.dvc == "uncached"]
+    view = {
+        "cmd": f"python -m qin {s.name}",
+        "deps": sorted({*(str(pipeline.workspace_path(i)) for i in s.inputs), *s.code()}),
+        "params": list(s.sections),
+        "outs": outs,
+        "metrics": [o.workspace for o in s.outputs if o.dvc == "metrics"],
+    }
+    return {k: v for k, v in view.items() if v}
+
+
+def test_dvc_yaml_has_the_tables_stages_deps_params_and_outs() -> None:
+    stages = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]
+    assert list(stages) == [s.name for s in pipeline.STAGES]
+    for s in pipeline.STAGES:
+        found = {**stages[s.name], "deps": sorted(stages[s.name]["deps"])}
+        expected = _dvc_view(s)
+        assert found == expected, (
+            f"dvc.yaml stage '{s.name}' differs from qin/pipeline.py; it should read:\n"
+            + yaml.safe_dump({s.name: expected}, sort_keys=False)
+        )
+
+
+def test_every_stage_function_takes_its_ports_and_settings() -> None:
+    for s in pipeline.STAGES:
+        module, name = s.function.split(":")
+        signature = inspect.signature(getattr(importlib.import_module(module), name))
+        given = {*s.args(), "cfg" if len(s.sections) == 1 else "params", *(["key"] if s.resumable else [])}
+        required = {n for n, p in signature.parameters.items() if p.default is inspect.Parameter.empty}
+        assert given <= set(signature.parameters), (s.name, given - set(signature.parameters))
+        assert required <= given, (s.name, required - given)
+
+
+def test_inputs_name_outputs_that_upstream_stages_write() -> None:
+    names = [s.name for s in pipeline.STAGES]
+    for position, s in enumerate(pipeline.STAGES):
+        for i in s.inputs:
+            if i.stage != pipeline.DATA:
+                assert names.index(i.stage) < position, f"{s.name} reads {i.stage}, which runs later"
+                assert pipeline.stage(i.stage).output(i.output).name == i.output
+        options = [p.option for p in (*s.inputs, *s.outputs)]
+        assert len(set(options)) == len(options), s.name
+
+
+def test_a_stages_code_is_its_module_and_the_qin_modules_it_imports() -> None:
+    train = pipeline.stage("train").code()
+    assert {
+        "qin/train.py",
+        "qin/models/qin.py",
+        "qin/models/din.py",
+        "qin/runtime.py",
+        "qin/config.py",
+    } <= set(train)
+    assert "qin/register.py" not in train and "qin/pipeline.py" not in train
+    assert "flows/tracking.py" in pipeline.stage("register").code()
+    assert set(pipeline.stage("validate").code()) == {
+        "qin/config.py",
+        "qin/data/__init__.py",
+        "qin/data/schema.py",
+        "qin/io.py",
+        "qin/validate.py",
+    }
+
+
+def test_the_cli_has_a_subcommand_per_stage_with_workspace_defaults() -> None:
+    parser = build_parser()
+    args = parser.parse_args(["evaluate"])
+    assert (args.features_dir, args.model_dir, args.train_metrics) == (
+        Path("artifacts/features"),
+        Path("artifacts/model"),
+        Path("metrics/train.json"),
+    )
+    assert (args.out_path, args.plots_dir, args.plot_data) == (
+        Path("metrics/evaluate.json"),
+        Path("artifacts/evaluate"),
+        Path("metrics/plots"),
+    )
+    args = parser.parse_args(["train", "--features", "f", "--out", "m", "--metrics", "t.json"])
+    assert (args.features_dir, args.out_dir, args.metrics_path) == (Path("f"), Path("m"), Path("t.json"))
+
+
+@pytest.fixture
+def params(tmp_path: Path) -> Params:
+    (tmp_path / "params.yaml").write_text(TINY_PARAMS)
+    return load_params(tmp_path / "params.yaml")
+
+
+def _replace(params: Params, section: str, **changes: object) -> Params:
+    return dataclasses.replace(params, **{section: dataclasses.replace(getattr(params, section), **changes)})
+
+
+def test_keys_change_with_what_a_stage_computes_and_nothing_else(params: Params) -> None:
+    train = pipeline.stage("train")
+    up = {"featurize/features": "f" * 24}
+    key = pipeline.stage_key(train, params, up)
+    assert pipeline.stage_key(train, params, dict(up)) == key
+    # Speed-only settings change how fast, not what: the same key.
+    for speed in ({"threads": 1}, {"precision": "fp32"}, {"compile": True}, {"reuse_memory": False}):
+        assert pipeline.stage_key(train, _replace(params, "train", **speed), up) == key, speed
+    assert pipeline.stage_key(train, _replace(params, "train", device="cuda"), up) == key
+    # What the stage computes from: its settings, its inputs.
+    assert pipeline.stage_key(train, _replace(params, "train", learning_rate=1e-3), up) != key
+    assert pipeline.stage_key(train, params, {"featurize/features": "e" * 24}) != key
+    # Sections the stage does not read do not enter its key.
+    assert pipeline.stage_key(train, _replace(params, "evaluate", batch_size=7), up) == key
+    assert pipeline.stage_key(pipeline.stage("evaluate"), params, {
+        "featurize/features": "f" * 24, "train/model": key, "train/train.json": key
+    }) != pipeline.stage_key(pipeline.stage("evaluate"), _replace(params, "evaluate", batch_size=7), {
+        "featurize/features": "f" * 24, "train/model": key, "train/train.json": key
+    })  # fmt: skip
+    with pytest.raises(ValueError, match=r"expected the identities of \['featurize/features'\], found \[\]"):
+        pipeline.stage_key(train, params, {})
+
+
+def test_a_stage_fed_wrong_keys_is_refused_by_name(params: Params, tmp_path: Path) -> None:
+    from qin import store
+
+    (tmp_path / "p.yaml").write_text(TINY_PARAMS)
+    with pytest.raises(ValueError, match="stage 'train' reads 'featurize/features': expected the key of"):
+        store.run("train", tmp_path / "p.yaml", tmp_path, {}, root=tmp_path / "stages")
+    with pytest.raises(ValueError, match="stage: expected one of"):
+        pipeline.stage("deploy")
