@@ -81,7 +81,7 @@ def qin_ablation(
     run_id = log(rows, done, comparison, settings)
     print(table_markdown(rows))
     print(f"MLflow parent run id: {run_id}")
-    return {"run_id": run_id, "rows": rows, "comparison": comparison, "record": record}
+    return {"run_id": run_id, "rows": rows, "variants": done, "comparison": comparison, "record": record}
 
 
 if __name__ == "__main__":

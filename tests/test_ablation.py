@@ -83,9 +83,18 @@ def test_ablation_flow_logs_nested_runs_and_a_comparison(project: Path, prefect_
     logged = {a.path for a in client.list_artifacts(first["run_id"], "comparison")}
     assert logged == {f"comparison/comparison.{ext}" for ext in ("md", "csv", "png")}
 
-    # Nothing changed: every variant comes from the cache, with the same metrics.
-    model_file = next((project / "artifacts" / "ablation" / "din" / "model").iterdir())
+    # Nothing changed: every variant comes from its train and evaluate keys, with the same metrics.
+    model_file = next((Path(first["variants"][2]["train"]) / "model").iterdir())
     mtime = model_file.stat().st_mtime_ns
     second = qin_ablation(epochs=1, only=only)
     assert [r["valid_auc"] for r in second["rows"]] == [r["valid_auc"] for r in first["rows"]]
+    assert [v["train"] for v in second["variants"]] == [v["train"] for v in first["variants"]]
     assert model_file.stat().st_mtime_ns == mtime
+    assert Path(second["comparison"]).parent == Path(second["record"]) != Path(first["record"])
+
+    # A variant is an ordinary train stage: qin-train with the same model and budget reuses its model.
+    from flows.qin_train import qin_train
+
+    din = qin_train(model="din", overrides={"train.epochs": 1})
+    assert din["stages"]["train"] == "cached"
+    assert f"artifacts/stages/train/{din['stage_keys']['train']}" == first["variants"][2]["train"]
