@@ -17,3 +17,5 @@ REGISTRATION = Path("artifacts/register.json")
 RESOLVED_PARAMS = Path("artifacts/params.resolved.yaml")
 FAILURE = Path("artifacts/failure.md")
 ABLATION = Path("artifacts/ablation")  # qin-ablation: one directory per variant, and comparison/
+# flock files (qin.io.file_lock) for things concurrent runs share: a model hash being registered, an alias.
+LOCKS = Path("artifacts/locks")
