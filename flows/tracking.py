@@ -3,16 +3,25 @@
 Everything lives under mlruns/: the sqlite tracking/registry store and the artifacts. Runs go to one
 experiment per data version (`<register.experiment>/data-<data hash[:8]>`). A run holds the resolved
 settings (as params and as `config/params.yaml`), metrics with per-epoch history, system metrics (CPU,
-memory, disk; psutil), the reports, a `model_card.md` and the model. Each registered model version carries
-tags `model_hash`, `valid_auc`, `data_hash`, `params_hash`, `git_commit` (read by the idempotency check and
-the promotion rules) and `alias_history.<n>` (one per alias move).
+memory, disk; psutil), the reports, a `model_card.md` and the model. Each registered model version is
+created, after its model files, with tags `model_hash`, `valid_auc`, `data_hash`, `params_hash`,
+`git_commit`, `code_hash` (read by the idempotency check and the promotion rules) and the candidate's
+`extra_tags`; `alias_history.<n>` tags are added, one per alias move.
+
+sqlite is a single-writer store: concurrent processes race creating its tables on first use ("table ...
+already exists", failed migrations), and a writer that waits past sqlite's busy timeout gets "database is
+locked". So with a `sqlite:///` URI every store access holds a file lock beside the database
+(`store_lock`); a tracking server (`http(s)://`) serialises writes itself and takes none.
 """
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import os
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, Concatenate, ParamSpec, TypeVar
 
 import mlflow
 import numpy as np
@@ -24,7 +33,7 @@ from mlflow.models import infer_signature
 import qin
 from qin.config import RegisterConfig
 from qin.inference import load_package
-from qin.io import read_json
+from qin.io import file_lock, read_json
 from qin.register import Candidate, Registered, VersionInfo, model_card
 
 PYFUNC_CODE = Path(__file__).with_name("pyfunc_model.py")
@@ -40,6 +49,14 @@ def tracking_uri(cfg: RegisterConfig) -> str:
     if uri.startswith("sqlite:///") and not uri.startswith("sqlite:////"):
         uri = "sqlite:///" + str(Path(uri.removeprefix("sqlite:///")).resolve())
     return uri
+
+
+def store_lock(uri: str) -> contextlib.AbstractContextManager[None]:
+    """Hold while using the store at `uri`: a file lock beside a sqlite database, nothing for a server."""
+    if uri.startswith("sqlite:///"):
+        # Store calls are short: poll often rather than file_lock's default half second.
+        return file_lock(uri.removeprefix("sqlite:///") + ".lock", poll_seconds=0.02)
+    return contextlib.nullcontext()
 
 
 def configure(cfg: RegisterConfig) -> MlflowClient:
@@ -76,10 +93,29 @@ def _version_info(v: Any) -> VersionInfo:
     return VersionInfo(version=str(v.version), run_id=str(v.run_id), tags=dict(v.tags))
 
 
+P = ParamSpec("P")
+R = TypeVar("R")
+
+
+def _serialised(
+    method: Callable[Concatenate[MlflowRegistry, P], R],
+) -> Callable[Concatenate[MlflowRegistry, P], R]:
+    """Run a registry method under `store_lock` (re-entrant, so methods may call each other)."""
+
+    @functools.wraps(method)
+    def locked(self: MlflowRegistry, *args: P.args, **kwargs: P.kwargs) -> R:
+        with store_lock(self.uri):
+            return method(self, *args, **kwargs)
+
+    return locked
+
+
 class MlflowRegistry:
     def __init__(self, cfg: RegisterConfig) -> None:
         self.cfg = cfg
-        self.client = configure(cfg)
+        self.uri = tracking_uri(cfg)
+        with store_lock(self.uri):  # the client's construction creates the tables on first use
+            self.client = configure(cfg)
 
     def _experiment_id(self, name: str) -> str:
         exp = self.client.get_experiment_by_name(name)
@@ -87,19 +123,31 @@ class MlflowRegistry:
             return exp.experiment_id
         root = Path(self.cfg.artifact_root).resolve()
         root.mkdir(parents=True, exist_ok=True)
-        return self.client.create_experiment(name, artifact_location=root.as_uri())
-
-    def find(self, model_name: str, model_hash: str) -> Registered | None:
         try:
-            versions = self.client.search_model_versions(f"name='{model_name}'")
+            return self.client.create_experiment(name, artifact_location=root.as_uri())
         except MlflowException:
-            return None
-        for v in versions:
-            if v.tags.get("model_hash") == model_hash:
-                return Registered(run_id=str(v.run_id), version=str(v.version))
-        return None
+            # Another client of a shared server created it since we looked.
+            exp = self.client.get_experiment_by_name(name)
+            if exp is None:
+                raise
+            return exp.experiment_id
 
+    @_serialised
+    def find(self, model_name: str, model_hash: str) -> Registered | None:
+        # No `except MlflowException: None` here: a store error taken for "not registered" would create a
+        # duplicate version.
+        versions = self.client.search_model_versions(
+            f"name='{model_name}' and tags.model_hash='{model_hash}'"
+        )
+        if not versions:
+            return None
+        # The lowest number: racing clients that each created one agree on which to keep.
+        v = min(versions, key=lambda v: int(v.version))
+        return Registered(run_id=str(v.run_id), version=str(v.version))
+
+    @_serialised
     def log_and_register(self, model_name: str, candidate: Candidate) -> Registered:
+        tags = candidate.version_tags()  # before the run: bad extra tags fail without leaving one behind
         exp_id = self._experiment_id(experiment_name(self.cfg, candidate.tags["data_hash"]))
         run_name = f"{candidate.params.get('train.model.name', 'model')}-{candidate.model_hash[:8]}"
         # System metrics (CPU, memory, disk, network; psutil) sampled every second while the run is open.
@@ -111,12 +159,12 @@ class MlflowRegistry:
                 mlflow.log_text(candidate.config_yaml, "config/params.yaml")
             mlflow.log_metrics(candidate.metrics)
             log_history(candidate.history)
-            mlflow.set_tags(candidate.tags)
-            for path in candidate.artifacts:
+            mlflow.set_tags({**candidate.tags, "model_hash": candidate.model_hash})
+            for path, folder in candidate.artifacts:
                 if path.is_dir():
-                    mlflow.log_artifacts(str(path), artifact_path=f"reports/{path.name}")
+                    mlflow.log_artifacts(str(path), artifact_path=folder)
                 else:
-                    mlflow.log_artifact(str(path), artifact_path="reports")
+                    mlflow.log_artifact(str(path), artifact_path=folder)
             example = example_frame(candidate.model_dir)
             preds = load_package(candidate.model_dir).predict_frame(example)
             info = mlflow.pyfunc.log_model(
@@ -126,18 +174,22 @@ class MlflowRegistry:
                 code_paths=[str(Path(qin.__file__).parent)],
                 signature=infer_signature(example, preds),
                 input_example=example,
-                registered_model_name=model_name,
             )
-            version = str(info.registered_model_version)
+            # One call creates the version with all its tags, after its model files exist: a crash
+            # never leaves a version that `find` or the promotion rules cannot read.
+            created = mlflow.register_model(info.model_uri, model_name, tags=tags)
+            version = str(created.version)
             mlflow.log_text(model_card(candidate, model_name, version), "model_card.md")
-        self.client.set_model_version_tag(model_name, version, "model_hash", candidate.model_hash)
-        self.client.set_model_version_tag(
-            model_name, version, "valid_auc", str(candidate.metrics["valid_auc"])
-        )
-        for key in ("data_hash", "params_hash", "git_commit"):
-            self.client.set_model_version_tag(model_name, version, key, candidate.tags[key])
         return Registered(run_id=run.info.run_id, version=version)
 
+    @_serialised
+    def delete_version(self, model_name: str, version: str) -> None:
+        run_id = self.client.get_model_version(model_name, version).run_id
+        self.client.delete_model_version(model_name, version)  # first: `find` stops seeing it
+        if run_id:
+            self.client.delete_run(run_id)
+
+    @_serialised
     def get_version(self, model_name: str, version: str) -> VersionInfo | None:
         try:
             v = self.client.get_model_version(model_name, version)
@@ -145,13 +197,11 @@ class MlflowRegistry:
             return None
         return _version_info(v)
 
-    def latest_version(self, model_name: str) -> str | None:
-        try:
-            versions = self.client.search_model_versions(f"name='{model_name}'")
-        except MlflowException:
-            return None
-        return str(max(int(v.version) for v in versions)) if versions else None
+    @_serialised
+    def versions(self, model_name: str) -> list[VersionInfo]:
+        return [_version_info(v) for v in self.client.search_model_versions(f"name='{model_name}'")]
 
+    @_serialised
     def alias_holder(self, model_name: str, alias: str) -> VersionInfo | None:
         try:
             v = self.client.get_model_version_by_alias(model_name, alias)
@@ -159,12 +209,21 @@ class MlflowRegistry:
             return None
         return _version_info(v)
 
-    def set_alias(self, model_name: str, alias: str, version: str) -> None:
+    @_serialised
+    def set_alias_if(self, model_name: str, alias: str, version: str, expected: str | None) -> bool:
+        # Atomic among local processes on sqlite (under store_lock); on a server, a window remains
+        # between this re-read and the set.
+        holder = self.alias_holder(model_name, alias)
+        if (holder.version if holder is not None else None) != expected:
+            return False
         self.client.set_registered_model_alias(model_name, alias, version)
+        return True
 
+    @_serialised
     def set_version_tag(self, model_name: str, version: str, key: str, value: str) -> None:
         self.client.set_model_version_tag(model_name, version, key, value)
 
+    @_serialised
     def missing_artifacts(self, model_name: str, version: str) -> str | None:
         try:
             v = self.client.get_model_version(model_name, version)
@@ -196,7 +255,8 @@ def run_link(cfg: RegisterConfig, run_id: str) -> str:
     """The run's page in the MLflow UI: the tracking server when it is one, else `register.ui_url`."""
     uri = tracking_uri(cfg)
     base = uri if uri.startswith(("http://", "https://")) else cfg.ui_url
-    experiment_id = configure(cfg).get_run(run_id).info.experiment_id
+    with store_lock(uri):
+        experiment_id = configure(cfg).get_run(run_id).info.experiment_id
     return f"{base.rstrip('/')}/#/experiments/{experiment_id}/runs/{run_id}"
 
 
@@ -207,21 +267,22 @@ def log_ablation(cfg: RegisterConfig, rows: list[dict], done: list[dict[str, str
     from qin.config import flatten, load_params
     from qin.store import lineage
 
-    configure(cfg)
-    exp = mlflow.set_experiment(f"{cfg.experiment}-ablation")
-    with mlflow.start_run(experiment_id=exp.experiment_id, run_name="ablation") as parent:
-        for row, variant in zip(rows, done, strict=True):
-            with mlflow.start_run(run_name=row["model"], nested=True):
-                train_dir, evaluate_dir = Path(variant["train"]), Path(variant["evaluate"])
-                train = load_params(variant["params"]).train
-                mlflow.log_params({"variant": row["model"], **flatten(train, "train.")})
-                mlflow.log_metrics({k: float(v) for k, v in row.items() if isinstance(v, int | float)})
-                log_history(read_json(train_dir / "train.json")["history"])
-                mlflow.log_artifact(str(evaluate_dir / "evaluate.json"))
-                mlflow.set_tags({f"stage.{k}": v for k, v in (lineage(evaluate_dir) or {}).items()})
-        mlflow.log_artifacts(str(comparison), artifact_path="comparison")
-        for row in rows:
-            mlflow.log_metric(
-                f"valid_auc.{row['model'].replace('/', '').replace(' ', '_')}", row["valid_auc"]
-            )
+    with store_lock(tracking_uri(cfg)):
+        configure(cfg)
+        exp = mlflow.set_experiment(f"{cfg.experiment}-ablation")
+        with mlflow.start_run(experiment_id=exp.experiment_id, run_name="ablation") as parent:
+            for row, variant in zip(rows, done, strict=True):
+                with mlflow.start_run(run_name=row["model"], nested=True):
+                    train_dir, evaluate_dir = Path(variant["train"]), Path(variant["evaluate"])
+                    train = load_params(variant["params"]).train
+                    mlflow.log_params({"variant": row["model"], **flatten(train, "train.")})
+                    mlflow.log_metrics({k: float(v) for k, v in row.items() if isinstance(v, int | float)})
+                    log_history(read_json(train_dir / "train.json")["history"])
+                    mlflow.log_artifact(str(evaluate_dir / "evaluate.json"))
+                    mlflow.set_tags({f"stage.{k}": v for k, v in (lineage(evaluate_dir) or {}).items()})
+            mlflow.log_artifacts(str(comparison), artifact_path="comparison")
+            for row in rows:
+                mlflow.log_metric(
+                    f"valid_auc.{row['model'].replace('/', '').replace(' ', '_')}", row["valid_auc"]
+                )
     return str(parent.info.run_id)

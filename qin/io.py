@@ -70,12 +70,25 @@ def read_json(path: str | Path) -> Any:
     return json.loads(path.read_text())
 
 
+# md5s already computed by this process, by (path, inode, size, mtime): a flow run hashes the raw data for
+# the root key, validation and featurize, and reads each file once (DVC keeps the same kind of memo). A file
+# modified in the last seconds is not memoised: file times are coarser than a fast rewrite.
+_md5s: dict[tuple[str, int, int, int], str] = {}
+_SETTLED_NS = 2_000_000_000
+
+
 def file_hash(path: str | Path, chunk: int = 1 << 22) -> str:
     """md5 of a file's bytes (the digest DVC uses, so the two can be compared)."""
+    st = os.stat(path)
+    memo = (str(Path(path).resolve()), st.st_ino, st.st_size, st.st_mtime_ns)
+    if memo in _md5s:
+        return _md5s[memo]
     h = hashlib.md5()
     with open(path, "rb") as f:
         while block := f.read(chunk):
             h.update(block)
+    if time.time_ns() - st.st_mtime_ns > _SETTLED_NS:
+        _md5s[memo] = h.hexdigest()
     return h.hexdigest()
 
 

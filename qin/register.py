@@ -5,7 +5,9 @@ lives in flows/tracking.py and is found through the `qin.registries` entry point
 (`register.registry`), so this library never imports MLflow.
 
 Idempotent: a package whose content hash is already registered is not logged again; its existing run
-and version are reported instead.
+and version are reported instead. Under concurrency (see `register`): one version per content hash.
+A version is created with its tags (`Candidate.version_tags`) in one call, after its model files, so a
+version the registry lists is always one `find` recognises.
 
 Promotion (`promote`, one code path for the register stage's automatic gate and for `qin promote`):
 - `staging` (params `register.alias`): the register stage offers every new version; `qin promote --to
@@ -14,11 +16,13 @@ Promotion (`promote`, one code path for the register stage's automatic gate and 
 A version takes an alias when no version holds it, or when its valid AUC beats the holder's by at least
 `register.min_delta` on the same data version (`data_hash` tag). A version whose run or model artifacts are
 missing is always refused. Every move is recorded on the version as a tag `alias_history.<n>` (JSON: when,
-alias, from which version, metrics, reason, by whom), read back with `alias_history`.
+alias, from which version, metrics, reason, by whom), read back with `alias_history`. A move is a
+compare-and-set against the holder the decision was made on (see `promote`).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import re
@@ -30,8 +34,10 @@ from pathlib import Path
 from typing import Any, Literal, Protocol
 
 import qin
+from qin import layout
 from qin.config import Params, RegisterConfig, flatten, section_hash, to_yaml
-from qin.io import read_json, tree_hash, write_json
+from qin.io import file_lock, read_json, tree_hash, write_json
+from qin.store import lineage
 from qin.validate import DATA_DOCS, REPORT, SUMMARY
 
 
@@ -43,11 +49,32 @@ class Candidate:
     history: list[dict[str, float]]  # per-epoch metrics (train)
     params: dict[str, Any]  # the full resolved config, flattened
     tags: dict[str, str]  # provenance: data, params and code hashes, git commit
-    artifacts: list[Path] = field(default_factory=list)  # reports and metrics files to attach
+    # Reports and metrics to attach: (a file or folder, the run's artifact folder to put it in).
+    artifacts: list[tuple[Path, str]] = field(default_factory=list)
     config_yaml: str = ""  # the full resolved settings, as `qin params` prints them
+    extra_tags: dict[str, str] = field(default_factory=dict)  # more version tags (e.g. the stage keys)
+
+    def version_tags(self) -> dict[str, str]:
+        """Every tag the version is created with: what `find` and the promotion rules read, the provenance,
+        and `extra_tags` (which may not replace any of the others)."""
+        own = {
+            "model_hash": self.model_hash,
+            "valid_auc": str(self.metrics["valid_auc"]),
+            **{key: self.tags[key] for key in ("data_hash", "params_hash", "git_commit", "code_hash")},
+        }
+        clash = sorted(k for k in self.extra_tags if k in own or k.startswith(f"{HISTORY_TAG}."))
+        if clash:
+            raise ValueError(
+                f"Candidate.extra_tags: expected keys other than {sorted(own)} and '{HISTORY_TAG}.<n>', "
+                f"found {clash}"
+            )
+        return {**self.extra_tags, **own}
 
 
 HISTORY_TAG = "alias_history"
+STAGE_KEYS_TAG = "stage_keys"  # JSON {stage: key}: the stage outputs (qin/store.py) the version came from
+# How often `promote` re-decides when the alias moved under it before it gives up.
+ALIAS_TRIES = 10
 Target = Literal["staging", "production"]
 
 
@@ -73,6 +100,10 @@ class PromotionRefused(RuntimeError):
     """A version may not take the alias it was offered; the message says why."""
 
 
+class AliasContended(RuntimeError):
+    """The alias kept moving between `promote`'s read and its compare-and-set; nothing was decided."""
+
+
 @dataclass(frozen=True)
 class Registered:
     run_id: str
@@ -81,21 +112,27 @@ class Registered:
 
 class Registry(Protocol):
     def find(self, model_name: str, model_hash: str) -> Registered | None:
-        """The registered version whose package has this content hash, if any."""
+        """The lowest-numbered version whose `model_hash` tag is this content hash, if any."""
 
     def log_and_register(self, model_name: str, candidate: Candidate) -> Registered:
-        """Log one run (params, metrics, artifacts, the model) and register its model as a new version."""
+        """Log one run (params, metrics, artifacts, the model), then create a new version of its model in
+        one call carrying `candidate.version_tags()`."""
+
+    def delete_version(self, model_name: str, version: str) -> None:
+        """Delete the version and its run (a duplicate that lost a registration race)."""
 
     def get_version(self, model_name: str, version: str) -> VersionInfo | None:
         """The version with its tags, or None when the model or version does not exist."""
 
-    def latest_version(self, model_name: str) -> str | None:
-        """The newest (highest) version number, or None when the model has none."""
+    def versions(self, model_name: str) -> list[VersionInfo]:
+        """Every version of the model with its tags ([] when it has none)."""
 
     def alias_holder(self, model_name: str, alias: str) -> VersionInfo | None:
         """The version holding `alias`, or None."""
 
-    def set_alias(self, model_name: str, alias: str, version: str) -> None: ...
+    def set_alias_if(self, model_name: str, alias: str, version: str, expected: str | None) -> bool:
+        """Re-read who holds `alias`; give it to `version` only if the holder is still `expected` (None: no
+        holder). Returns whether it was set."""
 
     def set_version_tag(self, model_name: str, version: str, key: str, value: str) -> None: ...
 
@@ -185,6 +222,11 @@ def target_alias(cfg: RegisterConfig, to: str) -> str:
     return aliases[to]
 
 
+def lock_path(kind: str, *names: str) -> Path:
+    """The lock file (under `layout.LOCKS`) for one shared thing, e.g. ("alias", model, alias)."""
+    return layout.LOCKS / ("-".join(re.sub(r"[^A-Za-z0-9._-]", "_", n) for n in (kind, *names)) + ".lock")
+
+
 def promote(
     cfg: RegisterConfig,
     to: Target,
@@ -199,27 +241,77 @@ def promote(
 
     `force` overrides the AUC and data-version rules (recorded in the history), never missing artifacts.
     A refusal raises `PromotionRefused` when `strict`, else it is reported in the result (`refused`).
+
+    Concurrency: the decision is made against the holder read, and the move is `set_alias_if(expected=
+    that holder)`; if another run moved the alias in between, the offer is decided again against the new
+    holder (at most `ALIAS_TRIES` times, then `AliasContended`). The whole read-decide-set and the history
+    tag run under a file lock per (model, alias) in `layout.LOCKS`, so among processes that share that
+    folder a move is atomic. A client without it (another machine on the same tracking server) is kept
+    correct by the re-read inside `set_alias_if`, except in the small window between that re-read and the
+    set, which the registry API offers no way to close.
     """
     alias = target_alias(cfg, to)
     registry = registry or load_registry(cfg)
     name = cfg.model_name
     if version is None:
-        version = registry.latest_version(name)
-        if version is None:
+        versions = registry.versions(name)
+        if not versions:
             raise PromotionRefused(f"model '{name}' has no registered version to promote")
+        version = max(versions, key=lambda v: int(v.version)).version
     candidate = registry.get_version(name, str(version))
     if candidate is None:
         raise PromotionRefused(f"model '{name}' has no version {version}")
-    holder = registry.alias_holder(name, alias)
     missing = registry.missing_artifacts(name, candidate.version)
+    with file_lock(lock_path("alias", name, alias)):
+        for _ in range(ALIAS_TRIES):
+            holder = registry.alias_holder(name, alias)
+            status, reason = _offer(cfg, alias, candidate, holder, missing, force)
+            result = _promotion(cfg, to, alias, candidate, holder, status, reason)
+            if status != "move":
+                break
+            if registry.set_alias_if(name, alias, candidate.version, expected=result["previous"]):
+                result["history_tag"] = _record_move(
+                    registry, cfg, candidate, holder, alias, reason, force, by
+                )
+                break
+        else:
+            raise AliasContended(
+                f"alias '{alias}' of model '{name}' moved {ALIAS_TRIES} times while version "
+                f"{candidate.version} was offered it; nothing was changed, offer it again"
+            )
+    if result["refused"] and strict:
+        raise PromotionRefused(f"{name} version {candidate.version} may not take '{alias}': {reason}")
+    return result
+
+
+def _offer(
+    cfg: RegisterConfig,
+    alias: str,
+    candidate: VersionInfo,
+    holder: VersionInfo | None,
+    missing: str | None,
+    force: bool,
+) -> tuple[Literal["move", "holds", "refused"], str]:
+    """`decide`, with missing artifacts always refused and `force` overriding the other refusals."""
     if missing is not None:
-        status, reason = "refused", f"its artifacts are missing: {missing}"
-    else:
-        status, reason = decide(candidate, holder, alias, cfg.min_delta)
-        if status == "refused" and force:
-            status, reason = "move", f"forced ({reason})"
-    result: dict[str, Any] = {
-        "model_name": name,
+        return "refused", f"its artifacts are missing: {missing}"
+    status, reason = decide(candidate, holder, alias, cfg.min_delta)
+    if status == "refused" and force:
+        return "move", f"forced ({reason})"
+    return status, reason
+
+
+def _promotion(
+    cfg: RegisterConfig,
+    to: Target,
+    alias: str,
+    candidate: VersionInfo,
+    holder: VersionInfo | None,
+    status: str,
+    reason: str,
+) -> dict[str, Any]:
+    return {
+        "model_name": cfg.model_name,
         "target": to,
         "alias": alias,
         "version": candidate.version,
@@ -231,29 +323,41 @@ def promote(
         "valid_auc": candidate.valid_auc,
         "history_tag": None,
     }
-    if status == "move":
-        registry.set_alias(name, alias, candidate.version)
-        entry = {
-            "when": datetime.now(UTC).isoformat(timespec="seconds"),
-            "alias": alias,
-            "version": candidate.version,
-            "from_version": result["previous"],
-            "metrics": {
-                "valid_auc": candidate.valid_auc,
-                "from_valid_auc": holder.valid_auc if holder is not None else None,
-            },
-            "data_hash": candidate.data_hash,
-            "min_delta": cfg.min_delta,
-            "forced": force and reason.startswith("forced"),
-            "by": by,
-            "reason": reason,
-        }
-        key = f"{HISTORY_TAG}.{len(alias_history(candidate)) + 1}"
-        registry.set_version_tag(name, candidate.version, key, json.dumps(entry, sort_keys=True))
-        result["history_tag"] = key
-    if result["refused"] and strict:
-        raise PromotionRefused(f"{name} version {candidate.version} may not take '{alias}': {reason}")
-    return result
+
+
+def _record_move(
+    registry: Registry,
+    cfg: RegisterConfig,
+    candidate: VersionInfo,
+    holder: VersionInfo | None,
+    alias: str,
+    reason: str,
+    force: bool,
+    by: str,
+) -> str:
+    """Write the `alias_history.<n>` tag of a move; returns its key."""
+    entry = {
+        "when": datetime.now(UTC).isoformat(timespec="seconds"),
+        "alias": alias,
+        "version": candidate.version,
+        "from_version": holder.version if holder is not None else None,
+        "metrics": {
+            "valid_auc": candidate.valid_auc,
+            "from_valid_auc": holder.valid_auc if holder is not None else None,
+        },
+        "data_hash": candidate.data_hash,
+        "min_delta": cfg.min_delta,
+        "forced": force and reason.startswith("forced"),
+        "by": by,
+        "reason": reason,
+    }
+    # Moves of other aliases (other alias locks) write history on the same version: count its entries
+    # afresh, under a lock of the version's own, so two moves never take the same <n>.
+    with file_lock(lock_path("history", cfg.model_name, candidate.version)):
+        current = registry.get_version(cfg.model_name, candidate.version) or candidate
+        key = f"{HISTORY_TAG}.{len(alias_history(current)) + 1}"
+        registry.set_version_tag(cfg.model_name, candidate.version, key, json.dumps(entry, sort_keys=True))
+    return key
 
 
 def gate(registration: str | Path, params: Params, registry: Registry | None = None) -> dict:
@@ -310,6 +414,85 @@ with inputs in the MicroLens_1M_x1 schema (`likes_level`, `views_level`, `item_i
 """
 
 
+def check_model_config(model_dir: Path, params: Params) -> None:
+    """Refuse a package whose own model config differs from `params.train.model`: the version's run logs
+    those params, so they must describe the model it holds."""
+    found = read_json(model_dir / "model.json").get("model")
+    # Through JSON, so tuples and lists compare as model.json stores them.
+    expected = json.loads(json.dumps(dataclasses.asdict(params.train.model)))
+    if found != expected:
+        raise ValueError(
+            f"{model_dir / 'model.json'}: expected the model config of params 'train.model' {expected}, "
+            f"found {found}: register a package with the params it was trained with"
+        )
+
+
+def build_candidate(
+    model_dir: Path,
+    model_hash: str,
+    train_metrics: str | Path,
+    eval_metrics: str | Path,
+    validation_dir: str | Path,
+    params: Params,
+    plots_dir: str | Path | None,
+    extra_tags: dict[str, str],
+) -> Candidate:
+    return Candidate(
+        model_dir=model_dir,
+        model_hash=model_hash,
+        metrics={k: float(v) for k, v in read_json(eval_metrics).items()},
+        history=read_json(train_metrics)["history"],
+        params={
+            **flatten(params.validate, "validate."),
+            **flatten(params.featurize, "featurize."),
+            **flatten(params.train, "train."),
+            **flatten(params.evaluate, "evaluate."),
+            **flatten(params.register, "register."),
+        },
+        tags={
+            "model_hash": model_hash,
+            "data_hash": data_hash(validation_dir),
+            "params_hash": section_hash(params.train),
+            "code_hash": code_hash(),
+            "git_commit": git_commit(),
+            "qin_version": qin.__version__,
+        },
+        artifacts=[
+            (Path(validation_dir) / SUMMARY, "reports"),
+            (Path(validation_dir) / REPORT, "reports"),
+            (Path(validation_dir) / DATA_DOCS, f"reports/{DATA_DOCS}"),
+            (Path(train_metrics), "reports"),
+            (Path(eval_metrics), "reports"),
+            *(
+                [(Path(plots_dir), "reports/evaluate")]
+                if plots_dir is not None and Path(plots_dir).exists()
+                else []
+            ),
+        ],
+        config_yaml=to_yaml(params),
+        extra_tags=extra_tags,
+    )
+
+
+def stage_keys(registry: Registry, model_name: str) -> list[dict[str, str]]:
+    """The stage keys each registered version came from (those registered by a flow run): what `qin gc`
+    must keep."""
+    return [
+        json.loads(v.tags[STAGE_KEYS_TAG]) for v in registry.versions(model_name) if STAGE_KEYS_TAG in v.tags
+    ]
+
+
+def keep_oldest(registry: Registry, model_name: str, model_hash: str, created: Registered) -> Registered:
+    """After creating `created`: if the registry holds an older version of the same package (a client that
+    does not share our lock folder won the race), delete ours and return that one. The lowest version
+    number wins, so racing clients all keep the same one."""
+    oldest = registry.find(model_name, model_hash)
+    if oldest is None or int(oldest.version) >= int(created.version):
+        return created
+    registry.delete_version(model_name, created.version)
+    return oldest
+
+
 def register(
     model_dir: str | Path,
     train_metrics: str | Path,
@@ -322,52 +505,36 @@ def register(
     gate_staging: bool = True,
 ) -> dict:
     """Register the package (once per content hash), write `out_path` (register.json) and, unless
-    `gate_staging` is False (the flow runs `gate` as its own step), offer the version `staging`."""
+    `gate_staging` is False (the flow runs `gate` as its own step), offer the version `staging`.
+
+    Concurrency: find → log → create runs under a file lock per (model, package hash) in `layout.LOCKS`,
+    so processes sharing that folder never create two versions of one package; `keep_oldest` then settles
+    races with clients that do not share it.
+    """
     cfg = params.register
     registry = registry or load_registry(cfg)
     model_dir = Path(model_dir)
+    check_model_config(model_dir, params)
     metrics = read_json(eval_metrics)
     model_hash = tree_hash([model_dir])
-    existing = registry.find(cfg.model_name, model_hash)
-    if existing is None:
-        candidate = Candidate(
-            model_dir=model_dir,
-            model_hash=model_hash,
-            metrics={k: float(v) for k, v in metrics.items()},
-            history=read_json(train_metrics)["history"],
-            params={
-                **flatten(params.validate, "validate."),
-                **flatten(params.featurize, "featurize."),
-                **flatten(params.train, "train."),
-                **flatten(params.evaluate, "evaluate."),
-                **flatten(params.register, "register."),
-            },
-            tags={
-                "model_hash": model_hash,
-                "data_hash": data_hash(validation_dir),
-                "params_hash": section_hash(params.train),
-                "code_hash": code_hash(),
-                "git_commit": git_commit(),
-                "qin_version": qin.__version__,
-            },
-            artifacts=[
-                Path(validation_dir) / SUMMARY,
-                Path(validation_dir) / REPORT,
-                Path(validation_dir) / DATA_DOCS,
-                Path(train_metrics),
-                Path(eval_metrics),
-                *([Path(plots_dir)] if plots_dir is not None and Path(plots_dir).exists() else []),
-            ],
-            config_yaml=to_yaml(params),
-        )
-        registered = registry.log_and_register(cfg.model_name, candidate)
-    else:
-        registered = existing
+    with file_lock(lock_path("register", cfg.model_name, model_hash[:24])):
+        registered = registry.find(cfg.model_name, model_hash)
+        newly = registered is None
+        if registered is None:
+            # A flow run's inputs come from the store: the version records the stage keys behind it.
+            keys = lineage(eval_metrics)
+            extra = {STAGE_KEYS_TAG: json.dumps(keys, sort_keys=True)} if keys else {}
+            candidate = build_candidate(
+                model_dir, model_hash, train_metrics, eval_metrics, validation_dir, params, plots_dir, extra
+            )
+            created = registry.log_and_register(cfg.model_name, candidate)
+            registered = keep_oldest(registry, cfg.model_name, model_hash, created)
+            newly = registered == created
     result = {
         "model_name": cfg.model_name,
         "run_id": registered.run_id,
         "version": registered.version,
-        "newly_registered": existing is None,
+        "newly_registered": newly,
         "valid_auc": float(metrics["valid_auc"]),
         "model_hash": model_hash,
     }

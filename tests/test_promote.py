@@ -11,6 +11,8 @@ import pytest
 
 from qin.config import RegisterConfig
 from qin.register import (
+    ALIAS_TRIES,
+    AliasContended,
     Candidate,
     PromotionRefused,
     Registered,
@@ -55,34 +57,53 @@ def test_decide(candidate: VersionInfo, holder: VersionInfo | None, expected: st
     assert says in reason
 
 
+@pytest.fixture(autouse=True)
+def scratch_cwd(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`promote` takes its locks under artifacts/locks in the working directory: keep them out of the repo."""
+    monkeypatch.chdir(tmp_path)
+
+
 class FakeRegistry:
     """The Registry protocol in memory."""
 
     def __init__(self, versions: list[VersionInfo], missing: dict[str, str] | None = None) -> None:
-        self.versions = {x.version: VersionInfo(x.version, x.run_id, dict(x.tags)) for x in versions}
+        self.by_number = {x.version: VersionInfo(x.version, x.run_id, dict(x.tags)) for x in versions}
         self.aliases: dict[str, str] = {}
         self.missing = missing or {}
+        self.deleted: list[str] = []
 
     def find(self, model_name: str, model_hash: str) -> Registered | None:
-        return None
+        same = [x for x in self.by_number.values() if x.tags.get("model_hash") == model_hash]
+        first = min(same, key=lambda x: int(x.version), default=None)
+        return Registered(first.run_id, first.version) if first is not None else None
 
     def log_and_register(self, model_name: str, candidate: Candidate) -> Registered:
-        raise NotImplementedError
+        version = str(max((int(x) for x in self.by_number), default=0) + 1)
+        self.by_number[version] = VersionInfo(version, f"run{version}", candidate.version_tags())
+        return Registered(f"run{version}", version)
+
+    def delete_version(self, model_name: str, version: str) -> None:
+        del self.by_number[version]
+        self.aliases = {a: x for a, x in self.aliases.items() if x != version}
+        self.deleted.append(version)
 
     def get_version(self, model_name: str, version: str) -> VersionInfo | None:
-        return self.versions.get(version)
+        return self.by_number.get(version)
 
-    def latest_version(self, model_name: str) -> str | None:
-        return max(self.versions, key=int) if self.versions else None
+    def versions(self, model_name: str) -> list[VersionInfo]:
+        return list(self.by_number.values())
 
     def alias_holder(self, model_name: str, alias: str) -> VersionInfo | None:
-        return self.versions[self.aliases[alias]] if alias in self.aliases else None
+        return self.by_number[self.aliases[alias]] if alias in self.aliases else None
 
-    def set_alias(self, model_name: str, alias: str, version: str) -> None:
+    def set_alias_if(self, model_name: str, alias: str, version: str, expected: str | None) -> bool:
+        if self.aliases.get(alias) != expected:
+            return False
         self.aliases[alias] = version
+        return True
 
     def set_version_tag(self, model_name: str, version: str, key: str, value: str) -> None:
-        self.versions[version].tags[key] = value
+        self.by_number[version].tags[key] = value
 
     def missing_artifacts(self, model_name: str, version: str) -> str | None:
         return self.missing.get(version)
@@ -100,12 +121,12 @@ def test_staging_gate_refuses_worse_and_other_data_and_records_each_move() -> No
     with pytest.raises(PromotionRefused, match="on different data"):
         promote(CFG, "staging", "3", registry=reg)
     assert reg.aliases == {"staging": "1"}
-    assert alias_history(reg.versions["2"]) == alias_history(reg.versions["3"]) == []
+    assert alias_history(reg.by_number["2"]) == alias_history(reg.by_number["3"]) == []
 
     best = promote(CFG, "staging", registry=reg)  # the newest: version 4
     assert (best["version"], best["moved"], best["previous"]) == ("4", True, "1")
     assert reg.aliases == {"staging": "4"}
-    (entry,) = alias_history(reg.versions["4"])
+    (entry,) = alias_history(reg.by_number["4"])
     assert entry["alias"] == "staging" and entry["from_version"] == "1" and entry["version"] == "4"
     assert entry["metrics"] == {"valid_auc": 0.75, "from_valid_auc": 0.70}
     assert entry["data_hash"] == "d1" and entry["by"] == "qin promote" and not entry["forced"]
@@ -122,12 +143,12 @@ def test_gate_in_the_register_stage_moves_staging_never_champion(tmp_path: Path)
         result = gate(out, Params(register=CFG), reg)
         assert result["has_alias"] and json.loads(out.read_text())["has_alias"]
     assert reg.aliases == {"staging": "2"}
-    assert [e["by"] for e in alias_history(reg.versions["2"])] == ["register"]
+    assert [e["by"] for e in alias_history(reg.by_number["2"])] == ["register"]
 
     promote(CFG, "production", registry=reg)
     assert reg.aliases == {"staging": "2", "champion": "2"}
-    assert [e["alias"] for e in alias_history(reg.versions["2"])] == ["staging", "champion"]
-    assert list(reg.versions["2"].tags).count("alias_history.2") == 1
+    assert [e["alias"] for e in alias_history(reg.by_number["2"])] == ["staging", "champion"]
+    assert list(reg.by_number["2"].tags).count("alias_history.2") == 1
 
 
 def test_refusals_without_raising_and_missing_artifacts_are_never_forced() -> None:
@@ -139,11 +160,61 @@ def test_refusals_without_raising_and_missing_artifacts_are_never_forced() -> No
         promote(CFG, "staging", "3", force=True, registry=reg)
     forced = promote(CFG, "staging", "2", force=True, registry=reg)
     assert forced["moved"] and forced["reason"].startswith("forced (valid_auc 0.60000 does not beat")
-    assert alias_history(reg.versions["2"])[0]["forced"] is True
+    assert alias_history(reg.by_number["2"])[0]["forced"] is True
     with pytest.raises(PromotionRefused, match="has no version 9"):
         promote(CFG, "staging", "9", registry=reg)
     with pytest.raises(PromotionRefused, match="no registered version"):
         promote(CFG, "production", registry=FakeRegistry([]))
+
+
+class RacedRegistry(FakeRegistry):
+    """Another run moves the alias to `interloper` between this run's read of the holder and its first
+    compare-and-set (`races` times in all)."""
+
+    def __init__(self, versions: list[VersionInfo], interloper: str, races: int = 1) -> None:
+        super().__init__(versions)
+        self.interloper, self.races, self.attempts = interloper, races, 0
+
+    def set_alias_if(self, model_name: str, alias: str, version: str, expected: str | None) -> bool:
+        self.attempts += 1
+        if self.races > 0:
+            self.races -= 1
+            self.aliases[alias] = self.interloper
+        return super().set_alias_if(model_name, alias, version, expected)
+
+
+def test_a_move_is_decided_again_when_a_better_version_took_the_alias_meanwhile() -> None:
+    reg = RacedRegistry([v("1", 0.70), v("2", 0.75), v("3", 0.80)], interloper="3")
+    reg.aliases["staging"] = "1"
+    with pytest.raises(PromotionRefused, match=r"0\.75000 does not beat version 3's 0\.80000"):
+        promote(CFG, "staging", "2", registry=reg)
+    assert reg.aliases == {"staging": "3"} and reg.attempts == 1
+    assert alias_history(reg.by_number["2"]) == []
+
+
+def test_a_move_is_decided_again_and_goes_ahead_when_the_new_holder_is_worse() -> None:
+    reg = RacedRegistry([v("1", 0.70), v("2", 0.75), v("3", 0.65)], interloper="3")
+    reg.aliases["staging"] = "1"
+    result = promote(CFG, "staging", "2", registry=reg)
+    assert (result["moved"], result["previous"], reg.attempts) == (True, "3", 2)
+    assert "beats version 3's 0.65000" in result["reason"]
+    assert reg.aliases == {"staging": "2"}
+    (entry,) = alias_history(reg.by_number["2"])
+    assert (entry["from_version"], entry["metrics"]["from_valid_auc"]) == ("3", 0.65)
+
+
+def test_an_alias_that_keeps_moving_is_reported_not_decided() -> None:
+    class Bouncing(FakeRegistry):
+        """Every compare-and-set finds that another run moved the alias (back and forth)."""
+
+        def set_alias_if(self, model_name: str, alias: str, version: str, expected: str | None) -> bool:
+            self.aliases[alias] = "1" if expected != "1" else "3"
+            return False
+
+    reg = Bouncing([v("1", 0.60), v("2", 0.75), v("3", 0.61)])
+    with pytest.raises(AliasContended, match=f"alias 'staging' of model 'qin-ctr' moved {ALIAS_TRIES} times"):
+        promote(CFG, "staging", "2", registry=reg)
+    assert alias_history(reg.by_number["2"]) == []
 
 
 # ---------------------------------------------------------------- against MLflow, through `qin promote`

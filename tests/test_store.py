@@ -90,8 +90,11 @@ def test_lineage_gc_and_dry_run(project: Path) -> None:
 
     runs.update(project / "artifacts/runs/a", started="2026-01-01T00:00:01+00:00")
     runs.update(project / "artifacts/runs/b", started="2026-01-01T00:00:02+00:00")
-    cmd = [sys.executable, "-c", "import json, sys; from qin.store import gc; print(json.dumps([[str(p), n] for "
-           "p, n in gc(json.loads(sys.argv[1]), int(sys.argv[2]), sys.argv[3] == 'dry')]))"]  # fmt: skip
+    code = (
+        "import json, sys; from qin.store import gc; print(json.dumps([[str(p), n] for p, n in "
+        "gc(json.loads(sys.argv[1]), int(sys.argv[2]), sys.argv[3] == 'dry')]))"
+    )
+    cmd = [sys.executable, "-c", code]
     env = {**os.environ, "PYTHONPATH": str(REPO)}
 
     def gc(registered: list[dict[str, str]], keep: int, dry: bool) -> set[str]:
