@@ -53,6 +53,14 @@ def tiny_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return out
 
 
+@pytest.fixture(autouse=True)
+def _no_inherited_tracking_uri(monkeypatch: pytest.MonkeyPatch) -> None:
+    """mlflow.set_tracking_uri() writes MLFLOW_TRACKING_URI into the environment: a test's subprocesses
+    would otherwise inherit the store an earlier test used, as if the user had set it."""
+    for var in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI"):
+        monkeypatch.delenv(var, raising=False)
+
+
 @pytest.fixture
 def project(tmp_path: Path, tiny_data: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """A scratch project root (params.yaml + data/) as the working directory."""

@@ -6,16 +6,30 @@ import json
 import shutil
 from pathlib import Path
 
-from qin import layout
+from qin import pipeline
+
+
+def workspace(stage: str, output: str) -> Path:
+    """Where `qin <stage>` (and DVC) keep a stage's output: its workspace path in the stage table."""
+    return Path(pipeline.stage(stage).output(output).workspace)
+
+
+# The DVC workspace paths the stage-level tests run the stage functions on.
+VALIDATION = workspace("validate", "validation")
+FEATURES = workspace("featurize", "features")
+MODEL = workspace("train", "model")
+TRAIN_METRICS = workspace("train", "train.json")
+EVAL_METRICS = workspace("evaluate", "evaluate.json")
+REGISTRATION = workspace("register", "register.json")
 
 
 def model_variant(project: Path, name: str, auc: float) -> tuple[Path, Path]:
     """A copy of the project's trained package with different content, and metrics with a chosen valid AUC."""
     model = project / "artifacts" / name
-    shutil.copytree(project / layout.MODEL, model)
+    shutil.copytree(project / MODEL, model)
     cfg = json.loads((model / "model.json").read_text())
     cfg["meta"]["variant"] = name
     (model / "model.json").write_text(json.dumps(cfg))
     metrics = project / "metrics" / f"{name}.json"
-    metrics.write_text(json.dumps({**json.loads(layout.EVAL_METRICS.read_text()), "valid_auc": auc}))
+    metrics.write_text(json.dumps({**json.loads(EVAL_METRICS.read_text()), "valid_auc": auc}))
     return model, metrics

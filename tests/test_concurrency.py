@@ -43,18 +43,22 @@ def _result(project: Path, proc: subprocess.Popen, log: str) -> dict[str, Any]:
     return json.loads(line.removeprefix("RESULT "))  # type: ignore[no-any-return]
 
 
-def _versions(project: Path) -> dict[str, Any]:
+def _client(project: Path) -> Any:
+    """A client of the project's store (the registry URI too: by default it is whichever this process
+    configured last)."""
     from mlflow import MlflowClient
 
-    client = MlflowClient(tracking_uri=f"sqlite:///{project / 'mlruns' / 'mlflow.db'}")
-    return {v.version: v for v in client.search_model_versions("name='qin-ctr'")}
+    uri = f"sqlite:///{project / 'mlruns' / 'mlflow.db'}"
+    return MlflowClient(tracking_uri=uri, registry_uri=uri)
+
+
+def _versions(project: Path) -> dict[str, Any]:
+    return {str(v.version): v for v in _client(project).search_model_versions("name='qin-ctr'")}
 
 
 def test_concurrent_runs_each_register_their_own_model_and_equal_runs_train_once(
     project: Path, prefect_harness
 ) -> None:
-    from mlflow import MlflowClient
-
     from qin.io import tree_hash
 
     overrides = {"train.epochs": 2}
@@ -64,7 +68,7 @@ def test_concurrent_runs_each_register_their_own_model_and_equal_runs_train_once
 
     versions = _versions(project)
     assert len(versions) == 2  # one per distinct model: the two qin runs share one
-    client = MlflowClient(tracking_uri=f"sqlite:///{project / 'mlruns' / 'mlflow.db'}")
+    client = _client(project)
     for model, result in zip(asked, results, strict=True):
         version = versions[result["version"]]
         package = project / "artifacts" / "stages" / "train" / result["stage_keys"]["train"] / "model"

@@ -22,6 +22,7 @@ from qin.register import (
     gate,
     promote,
 )
+from tests import helpers as ws
 from tests.helpers import model_variant
 
 CFG = RegisterConfig(min_delta=0.001)
@@ -235,21 +236,21 @@ def test_qin_promote_against_mlflow(project: Path, capsys: pytest.CaptureFixture
     from qin.validate import validate
 
     params = load_params("params.yaml")
-    validate(layout.DATA, layout.VALIDATION, params.validate)
-    featurize(layout.DATA, layout.VALIDATION, layout.FEATURES, params.featurize)
-    train(layout.FEATURES, layout.MODEL, layout.TRAIN_METRICS, params.train)
-    evaluate(layout.FEATURES, layout.MODEL, layout.EVAL_METRICS, params.evaluate)
+    validate(layout.DATA, ws.VALIDATION, params.validate)
+    featurize(layout.DATA, ws.VALIDATION, ws.FEATURES, params.featurize)
+    train(ws.FEATURES, ws.MODEL, ws.TRAIN_METRICS, params.train)
+    evaluate(ws.FEATURES, ws.MODEL, ws.EVAL_METRICS, params.evaluate)
 
-    def reg(name: str, auc: float, validation: Path = layout.VALIDATION) -> dict:
+    def reg(name: str, auc: float, validation: Path = ws.VALIDATION) -> dict:
         model, metrics = model_variant(project, name, auc)
-        return register(model, layout.TRAIN_METRICS, metrics, validation, layout.REGISTRATION, params)
+        return register(model, ws.TRAIN_METRICS, metrics, validation, ws.REGISTRATION, params)
 
     assert reg("a", 0.70)["has_alias"]  # version 1: staging
     within_delta = reg("b", 0.7005)  # version 2: not better by min_delta
     assert not within_delta["has_alias"] and "does not beat version 1's" in within_delta["reason"]
     # Version 3: better, but evaluated on another data version (a validation of different files).
     other = project / "artifacts" / "validate-other"
-    shutil.copytree(layout.VALIDATION, other)
+    shutil.copytree(ws.VALIDATION, other)
     summary = json.loads((other / "summary.json").read_text())
     next(iter(summary["files"].values()))["md5"] = "0" * 32
     (other / "summary.json").write_text(json.dumps(summary))
@@ -267,7 +268,8 @@ def test_qin_promote_against_mlflow(project: Path, capsys: pytest.CaptureFixture
 
     code, said = promote_cli("--to", "production", "--version", "1")
     assert code == 0 and "version 1 now holds 'champion'" in said
-    client = MlflowClient(tracking_uri=f"sqlite:///{project / 'mlruns' / 'mlflow.db'}")
+    uri = f"sqlite:///{project / 'mlruns' / 'mlflow.db'}"
+    client = MlflowClient(tracking_uri=uri, registry_uri=uri)
     assert str(client.get_model_version_by_alias("qin-ctr", "champion").version) == "1"
     assert str(client.get_model_version_by_alias("qin-ctr", "staging").version) == "1"
 

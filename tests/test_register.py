@@ -13,6 +13,7 @@ from qin.featurize import featurize
 from qin.register import register
 from qin.train import train
 from qin.validate import validate
+from tests import helpers as ws
 from tests.helpers import model_variant
 
 pytestmark = pytest.mark.slow
@@ -20,13 +21,13 @@ pytestmark = pytest.mark.slow
 
 def test_gate_moves_the_alias_only_for_a_better_model(project: Path) -> None:
     params = load_params("params.yaml")
-    validate(layout.DATA, layout.VALIDATION, params.validate)
-    featurize(layout.DATA, layout.VALIDATION, layout.FEATURES, params.featurize)
-    train(layout.FEATURES, layout.MODEL, layout.TRAIN_METRICS, params.train)
-    evaluate(layout.FEATURES, layout.MODEL, layout.EVAL_METRICS, params.evaluate)
+    validate(layout.DATA, ws.VALIDATION, params.validate)
+    featurize(layout.DATA, ws.VALIDATION, ws.FEATURES, params.featurize)
+    train(ws.FEATURES, ws.MODEL, ws.TRAIN_METRICS, params.train)
+    evaluate(ws.FEATURES, ws.MODEL, ws.EVAL_METRICS, params.evaluate)
 
     def reg(model: Path, metrics: Path) -> dict:
-        return register(model, layout.TRAIN_METRICS, metrics, layout.VALIDATION, layout.REGISTRATION, params)
+        return register(model, ws.TRAIN_METRICS, metrics, ws.VALIDATION, ws.REGISTRATION, params)
 
     first = reg(*model_variant(project, "a", 0.70))
     assert (first["version"], first["has_alias"]) == ("1", True)
@@ -42,6 +43,7 @@ def test_gate_moves_the_alias_only_for_a_better_model(project: Path) -> None:
 
     from mlflow import MlflowClient
 
-    client = MlflowClient(tracking_uri=f"sqlite:///{project / 'mlruns' / 'mlflow.db'}")
+    uri = f"sqlite:///{project / 'mlruns' / 'mlflow.db'}"
+    client = MlflowClient(tracking_uri=uri, registry_uri=uri)
     assert str(client.get_model_version_by_alias("qin-ctr", "staging").version) == "3"
-    assert json.loads(layout.REGISTRATION.read_text())["version"] == "3"
+    assert json.loads(ws.REGISTRATION.read_text())["version"] == "3"

@@ -21,6 +21,7 @@ from qin import layout
 from qin.config import Params, load_params
 from qin.io import tree_hash
 from qin.register import Candidate, Registered, register
+from tests import helpers as ws
 from tests.conftest import TINY_PARAMS
 from tests.helpers import model_variant
 from tests.test_promote import FakeRegistry
@@ -130,10 +131,10 @@ def trained(tmp_path_factory: pytest.TempPathFactory, tiny_data: Path) -> Iterat
     with pytest.MonkeyPatch.context() as mp:
         mp.chdir(root)
         params = load_params("params.yaml")
-        validate(layout.DATA, layout.VALIDATION, params.validate)
-        featurize(layout.DATA, layout.VALIDATION, layout.FEATURES, params.featurize)
-        train(layout.FEATURES, layout.MODEL, layout.TRAIN_METRICS, params.train)
-        evaluate(layout.FEATURES, layout.MODEL, layout.EVAL_METRICS, params.evaluate)
+        validate(layout.DATA, ws.VALIDATION, params.validate)
+        featurize(layout.DATA, ws.VALIDATION, ws.FEATURES, params.featurize)
+        train(ws.FEATURES, ws.MODEL, ws.TRAIN_METRICS, params.train)
+        evaluate(ws.FEATURES, ws.MODEL, ws.EVAL_METRICS, params.evaluate)
         for name, auc in (("a", 0.70), ("b", 0.75), ("c", 0.80)):
             model_variant(root, name, auc)
     yield root
@@ -144,11 +145,7 @@ def project(trained: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> P
     """A copy of the trained project with an empty MLflow store, as the working directory."""
     root = tmp_path / "project"
     shutil.copytree(trained, root, ignore=shutil.ignore_patterns("data", "features"))
-    monkeypatch.chdir(root)
-    # mlflow.set_tracking_uri() in an earlier test wrote the URI into the environment; spawned racers
-    # would inherit it and use that test's store.
-    for var in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI"):
-        monkeypatch.delenv(var, raising=False)
+    monkeypatch.chdir(root)  # conftest clears an MLFLOW_TRACKING_URI inherited from an earlier test
     return root
 
 
@@ -161,7 +158,7 @@ def register_in_process(project: str, variant: str, out: str, ready: Any, result
         params = load_params("params.yaml")
         ready.wait(timeout=300)
         model, metrics = Path("artifacts") / variant, Path("metrics") / f"{variant}.json"
-        result = register(model, layout.TRAIN_METRICS, metrics, layout.VALIDATION, out, params)
+        result = register(model, ws.TRAIN_METRICS, metrics, ws.VALIDATION, out, params)
         results.put({"variant": variant, **result})
     except BaseException:
         results.put({"variant": variant, "error": traceback.format_exc()})
@@ -244,10 +241,10 @@ def test_a_duplicate_from_a_client_without_our_lock_is_deleted_with_its_run(proj
     reg = Raced(params.register)
     result = register(
         project / "artifacts" / "a",
-        layout.TRAIN_METRICS,
+        ws.TRAIN_METRICS,
         project / "metrics" / "a.json",
-        layout.VALIDATION,
-        layout.REGISTRATION,
+        ws.VALIDATION,
+        ws.REGISTRATION,
         params,
         registry=reg,
     )
@@ -263,10 +260,10 @@ def test_a_duplicate_from_a_client_without_our_lock_is_deleted_with_its_run(proj
     # Registering the package again finds the kept version and creates nothing.
     again = register(
         project / "artifacts" / "a",
-        layout.TRAIN_METRICS,
+        ws.TRAIN_METRICS,
         project / "metrics" / "a.json",
-        layout.VALIDATION,
-        layout.REGISTRATION,
+        ws.VALIDATION,
+        ws.REGISTRATION,
         params,
     )
     assert (again["version"], again["newly_registered"]) == ("1", False)
