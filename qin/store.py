@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from qin import layout, pipeline, runs
-from qin.config import load_params
+from qin.config import Params, load_params
 from qin.io import file_lock, is_locked, read_json, tree_hash, write_json
 
 log = logging.getLogger(__name__)
@@ -115,7 +115,7 @@ def _compute(
     s: pipeline.Stage,
     key: str,
     folder: Path,
-    params: Any,
+    params: Params,
     identities: dict[str, str],
     paths: dict[str, Path],
     upstream: dict[str, str],
