@@ -54,17 +54,25 @@ repro: data
 # .prefect/server.log) unless one already answers there, and then stopped with $(2); $(1) runs first.
 # $(2) runs in the background while the shell waits for it, because a shell runs its traps only once its
 # foreground child has exited: SIGTERM (to make, as a supervisor sends it) or Ctrl-C reaches the trap at once,
-# which forwards SIGTERM to $(2), waits for it to stop its flow runs, then stops the server it started.
-# (A background job starts with SIGINT ignored, and $(2) keeps it so: its stop is the forwarded SIGTERM.)
+# which forwards SIGTERM to $(2), waits for it to stop its flow runs, then stops the server it started. A
+# second signal is forwarded as a second SIGTERM to both, which then exit at once.
+# (A background job starts with SIGINT ignored, and $(2) keeps it so: its stop is the forwarded SIGTERM. The
+# server's CLI takes SIGINT back, so it runs in a session of its own, where Ctrl-C does not reach it: it
+# must outlive $(2), which reports its flow runs' final states to it. `setsid` is util-linux; without it
+# Ctrl-C stops the server at once and $(2) can no longer report them.)
 PREFECT_API := http://127.0.0.1:$(PREFECT_PORT)/api
 define with_server
 	@mkdir -p .prefect; pid=; server=; \
 	stop() { \
-		if [ -n "$$pid" ]; then kill -TERM $$pid 2>/dev/null; wait $$pid; pid=; fi; \
-		if [ -n "$$server" ]; then kill -TERM $$server 2>/dev/null; wait $$server; server=; fi; }; \
+		trap 'kill -TERM $$pid $$server 2>/dev/null' INT TERM; \
+		if [ -n "$$pid" ]; then kill -TERM $$pid 2>/dev/null; \
+			while kill -0 $$pid 2>/dev/null; do wait $$pid; done; pid=; fi; \
+		if [ -n "$$server" ]; then kill -TERM $$server 2>/dev/null; \
+			while kill -0 $$server 2>/dev/null; do wait $$server; done; server=; fi; }; \
 	trap stop EXIT; trap 'exit 130' INT; trap 'exit 143' TERM; \
 	if curl -sf $(PREFECT_API)/health >/dev/null; then echo "using the Prefect server at $(PREFECT_API)"; else \
-	$(BIN)/prefect server start --host 127.0.0.1 --port $(PREFECT_PORT) > .prefect/server.log 2>&1 & \
+	$$(command -v setsid) $(BIN)/prefect server start --host 127.0.0.1 --port $(PREFECT_PORT) \
+		> .prefect/server.log 2>&1 & \
 	server=$$!; \
 	echo "waiting for the Prefect server (log: .prefect/server.log)"; \
 	until curl -sf $(PREFECT_API)/health >/dev/null; do \
