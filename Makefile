@@ -49,26 +49,43 @@ lint: $(STAMP)
 repro: data
 	$(BIN)/dvc repro
 
-# A local Prefect server on 127.0.0.1:$(PREFECT_PORT), started unless one already answers there (and then
-# stopped with the command that started it); log in .prefect/server.log.
+# $(2), a long-running command, with a local Prefect server on 127.0.0.1:$(PREFECT_PORT): started (log in
+# .prefect/server.log) unless one already answers there, and then stopped with $(2); $(1) runs first.
+# $(2) runs in the background while the shell waits for it, because a shell runs its traps only once its
+# foreground child has exited: SIGTERM (to make, as a supervisor sends it) or Ctrl-C reaches the trap at once,
+# which forwards SIGTERM to $(2), waits for it to stop its flow runs, then stops the server it started. A
+# second signal is forwarded as a second SIGTERM to both, which then exit at once.
+# (A background job starts with SIGINT ignored, and $(2) keeps it so: its stop is the forwarded SIGTERM. The
+# server's CLI takes SIGINT back, so it runs in a session of its own, where Ctrl-C does not reach it: it
+# must outlive $(2), which reports its flow runs' final states to it. `setsid` is util-linux; without it
+# Ctrl-C stops the server at once and $(2) can no longer report them.)
 PREFECT_API := http://127.0.0.1:$(PREFECT_PORT)/api
 define with_server
-	@mkdir -p .prefect; \
+	@mkdir -p .prefect; pid=; server=; \
+	stop() { \
+		trap 'kill -TERM $$pid $$server 2>/dev/null' INT TERM; \
+		if [ -n "$$pid" ]; then kill -TERM $$pid 2>/dev/null; \
+			while kill -0 $$pid 2>/dev/null; do wait $$pid; done; pid=; fi; \
+		if [ -n "$$server" ]; then kill -TERM $$server 2>/dev/null; \
+			while kill -0 $$server 2>/dev/null; do wait $$server; done; server=; fi; }; \
+	trap stop EXIT; trap 'exit 130' INT; trap 'exit 143' TERM; \
 	if curl -sf $(PREFECT_API)/health >/dev/null; then echo "using the Prefect server at $(PREFECT_API)"; else \
-	$(BIN)/prefect server start --host 127.0.0.1 --port $(PREFECT_PORT) > .prefect/server.log 2>&1 & \
-	server=$$!; trap 'kill $$server 2>/dev/null' EXIT INT TERM; \
+	$$(command -v setsid) $(BIN)/prefect server start --host 127.0.0.1 --port $(PREFECT_PORT) \
+		> .prefect/server.log 2>&1 & \
+	server=$$!; \
 	echo "waiting for the Prefect server (log: .prefect/server.log)"; \
 	until curl -sf $(PREFECT_API)/health >/dev/null; do \
 		kill -0 $$server 2>/dev/null || { cat .prefect/server.log; exit 1; }; sleep 1; done; fi; \
 	echo "Prefect UI: http://127.0.0.1:$(PREFECT_PORT)"; \
 	export PREFECT_API_URL=$(PREFECT_API); \
-	$(1)
+	$(1) \
+	$(2) & pid=$$!; wait $$pid; status=$$?; pid=; exit $$status
 endef
 
 # Deployment qin-train/local: the flow served by this process. In another shell:
 #   export PREFECT_API_URL=http://127.0.0.1:$(PREFECT_PORT)/api && .venv/bin/prefect deployment run qin-train/local
 serve: data
-	$(call with_server,$(BIN)/python -m flows.serve)
+	$(call with_server,,$(BIN)/python -m flows.serve)
 
 # Deployment qin-train/pool: the process work pool $(PREFECT_POOL) (created if absent), the flow deployed
 # from this checkout, and a worker that runs its flow runs. In another shell:
@@ -77,8 +94,8 @@ worker: data
 	$(call with_server,\
 	$(BIN)/prefect work-pool inspect $(PREFECT_POOL) >/dev/null 2>&1 || \
 		$(BIN)/prefect work-pool create $(PREFECT_POOL) --type process || exit 1; \
-	$(BIN)/python -m flows.deploy_pool || exit 1; \
-	$(BIN)/prefect worker start --pool $(PREFECT_POOL) --type process)
+	$(BIN)/python -m flows.deploy_pool --pool $(PREFECT_POOL) || exit 1;,\
+	$(BIN)/python -m flows.worker --pool $(PREFECT_POOL))
 
 # Give a registered version an alias: `make promote TO=staging|production [VERSION=N]`.
 promote: $(STAMP)

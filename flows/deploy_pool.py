@@ -1,32 +1,48 @@
 """Deploy the `qin-train` flow to the process work pool `qin-pool` as deployment `qin-train/pool`.
 
 The code source is this checkout (a local directory: no image, no registry, no network); a worker runs each
-flow run in a subprocess started in the project root. Needs PREFECT_API_URL and the pool; `make worker`
-creates the pool when it is absent, runs this and starts a worker:
+flow run in a subprocess started in the project root. At most params.yaml `deploy.concurrency_limit` runs at
+once (the server holds the others back). Needs PREFECT_API_URL and the pool; `make worker` creates the pool
+when it is absent, runs this and starts a worker:
 
     prefect work-pool create qin-pool --type process
     python -m flows.deploy_pool
-    prefect worker start --pool qin-pool
+    python -m flows.worker --pool qin-pool       # stops its flow runs on SIGTERM / Ctrl-C (flows/worker.py)
     prefect deployment run qin-train/pool        # in another shell, with the same PREFECT_API_URL
 """
 
 from __future__ import annotations
 
+import argparse
 from pathlib import Path
 from typing import Any
 
+from flows.deployment import concurrency_limit
 from flows.qin_train import qin_train
+from qin.config import load_params
 
 POOL = "qin-pool"
 DEPLOYMENT = "pool"
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def deploy(pool: str = POOL, name: str = DEPLOYMENT) -> str:
-    source: Any = qin_train.from_source(source=str(ROOT), entrypoint="flows/qin_train.py:qin_train")
-    deployment_id = source.deploy(name=name, work_pool_name=pool, print_next_steps=False)
+def deploy(pool: str = POOL, name: str = DEPLOYMENT, root: Path = ROOT) -> str:
+    """Deploy the flow from `root` (a directory with flows/qin_train.py), where its runs then start; the
+    concurrency policy is read from ./params.yaml."""
+    source: Any = qin_train.from_source(source=str(root), entrypoint="flows/qin_train.py:qin_train")
+    limit = concurrency_limit(load_params().deploy)
+    deployment_id = source.deploy(
+        name=name, work_pool_name=pool, concurrency_limit=limit, print_next_steps=False
+    )
     return str(deployment_id)
 
 
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m flows.deploy_pool", description=__doc__.split("\n")[0])
+    parser.add_argument("--pool", default=POOL, help=f"the process work pool (default: {POOL})")
+    pool = parser.parse_args(argv).pool
+    print(f"deployed {qin_train.name}/{DEPLOYMENT} to work pool {pool} (id {deploy(pool)}), source {ROOT}")
+
+
 if __name__ == "__main__":
-    print(f"deployed {qin_train.name}/{DEPLOYMENT} to work pool {POOL} (id {deploy()}), source {ROOT}")
+    main()

@@ -1,8 +1,9 @@
 """Settings: `params.yaml` read once into frozen, typed dataclasses.
 
-One section per stage (`data`, `validate`, `featurize`, `train`, `evaluate`, `register`). Unknown keys and
-values of the wrong type or outside their allowed set raise `ValueError` naming the key, what was expected
-and what was found, so a typo in params.yaml never silently falls back to a default.
+One section per stage (`data`, `validate`, `featurize`, `train`, `evaluate`, `register`), and `deploy` for the
+Prefect deployments. Unknown keys and values of the wrong type or outside their allowed set raise `ValueError`
+naming the key, what was expected and what was found, so a typo in params.yaml never silently falls back to a
+default.
 """
 
 from __future__ import annotations
@@ -223,6 +224,27 @@ class RegisterConfig:
 
 
 @dataclass(frozen=True)
+class DeployConfig:
+    """The concurrency policy of the `qin-train` deployments (`qin-train/local`, `qin-train/pool`).
+
+    Enforced by the Prefect server for each deployment, so that a burst of triggers waits in line instead
+    of training many models at once on the same cores.
+    """
+
+    # Runs of one deployment in flight at once (0: no limit).
+    concurrency_limit: int = 2
+    # A run over the limit: ENQUEUE waits for a slot (AwaitingConcurrencySlot), CANCEL_NEW is cancelled.
+    collision_strategy: Literal["ENQUEUE", "CANCEL_NEW"] = "ENQUEUE"
+
+    def __post_init__(self) -> None:
+        if self.concurrency_limit < 0:
+            raise ValueError(
+                "params key 'deploy.concurrency_limit': expected 0 (no limit) or a positive integer, "
+                f"found {self.concurrency_limit}"
+            )
+
+
+@dataclass(frozen=True)
 class Params:
     data: DataConfig = field(default_factory=DataConfig)
     validate: ValidateConfig = field(default_factory=ValidateConfig)
@@ -230,6 +252,7 @@ class Params:
     train: TrainConfig = field(default_factory=TrainConfig)
     evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
     register: RegisterConfig = field(default_factory=RegisterConfig)
+    deploy: DeployConfig = field(default_factory=DeployConfig)
 
 
 T = TypeVar("T")

@@ -2,7 +2,7 @@ from pathlib import Path
 
 import pytest
 
-from qin.config import DINConfig, Params, TrainConfig, flatten, load_params
+from qin.config import DeployConfig, DINConfig, Params, TrainConfig, flatten, load_params
 
 
 def test_repo_params_load_and_match_the_dataclasses(tmp_path: Path) -> None:
@@ -22,6 +22,15 @@ def test_repo_params_load_and_match_the_dataclasses(tmp_path: Path) -> None:
         ("train: {precision: fp16}", "'train.precision': expected one of ['auto', 'fp32', 'bf16']"),
         ("train: {model: {batch_norm: 1}}", "'train.model.batch_norm': expected true or false"),
         ("training: {}", "'training' is not a setting"),
+        ("deploy: {limit: 2}", "'deploy.limit' is not a setting; allowed keys under 'deploy'"),
+        (
+            "deploy: {collision_strategy: enqueue}",
+            "expected one of ['ENQUEUE', 'CANCEL_NEW'], found 'enqueue'",
+        ),
+        (
+            "deploy: {concurrency_limit: -1}",
+            "'deploy.concurrency_limit': expected 0 (no limit) or a positive",
+        ),
     ],
 )
 def test_bad_params_are_refused_by_key(tmp_path: Path, text: str, message: str) -> None:
@@ -31,6 +40,18 @@ def test_bad_params_are_refused_by_key(tmp_path: Path, text: str, message: str) 
         load_params(path)
     assert message in str(err.value)
     assert str(path) in str(err.value)
+
+
+def test_deploy_section_sets_the_concurrency_policy(tmp_path: Path) -> None:
+    repo = Path(__file__).resolve().parents[1]
+    assert load_params(repo / "params.yaml").deploy == DeployConfig(
+        concurrency_limit=2, collision_strategy="ENQUEUE"
+    )
+    path = tmp_path / "params.yaml"
+    path.write_text("deploy: {concurrency_limit: 0, collision_strategy: CANCEL_NEW}")
+    assert load_params(path).deploy == DeployConfig(concurrency_limit=0, collision_strategy="CANCEL_NEW")
+    path.write_text("train: {epochs: 2}")
+    assert load_params(path).deploy == DeployConfig()  # an absent section takes the defaults
 
 
 def test_scientific_notation_floats_are_accepted(tmp_path: Path) -> None:

@@ -1,0 +1,73 @@
+"""Stopping a long-running process (flows.serve, flows.worker) on SIGTERM as on Ctrl-C.
+
+A supervisor (make, systemd, docker, Kubernetes) stops a process with SIGTERM, a terminal with SIGINT. Both
+begin the same graceful stop, which ends the in-flight flow runs with a final state (Cancelled or Crashed)
+before the process exits. A second signal, or a stop still going after DEADLINE_S, kills the flow-run
+processes and exits at once, so that the process is gone within 10 s (docker's grace before SIGKILL) even
+when the API does not answer.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import threading
+from collections.abc import Callable
+from types import FrameType
+
+import psutil
+
+DEADLINE_S = 9.0
+
+
+def say(message: str) -> None:
+    """One line on stderr; safe in a signal handler, which may interrupt a `print` or a logging call."""
+    os.write(2, f"{message}\n".encode())
+
+
+def kill_children() -> None:
+    """SIGKILL every process below this one."""
+    for child in psutil.Process().children(recursive=True):
+        with contextlib.suppress(psutil.NoSuchProcess):
+            child.kill()
+
+
+def exit_now(code: int) -> None:
+    kill_children()
+    os._exit(code)
+
+
+class GracefulStop:
+    """The SIGTERM and SIGINT handler: the first signal calls `begin(signum)`; a second one, or DEADLINE_S
+    after the first, kills this process's children and exits with 128 + the signal number."""
+
+    def __init__(self, begin: Callable[[int], None], deadline_s: float = DEADLINE_S) -> None:
+        self.begin = begin
+        self.deadline_s = deadline_s
+        self.signum: int | None = None
+
+    def install(self) -> None:
+        """Handle SIGTERM and SIGINT. Call it before `asyncio.run`, which otherwise takes SIGINT itself."""
+        signal.signal(signal.SIGTERM, self.handle)
+        # A process started with SIGINT ignored (a shell's background job, as in `make serve`) keeps it
+        # ignored: its supervisor forwards SIGTERM, and the terminal's Ctrl-C, which reaches the whole group,
+        # must not count as the second signal.
+        if signal.getsignal(signal.SIGINT) is not signal.SIG_IGN:
+            signal.signal(signal.SIGINT, self.handle)
+
+    def handle(self, signum: int, frame: FrameType | None = None) -> None:
+        name = signal.Signals(signum).name
+        if self.signum is not None:
+            say(f"{name} again: killing the flow-run processes and exiting now")
+            exit_now(128 + signum)
+        self.signum = signum
+        say(f"{name}: stopping (again to exit at once)")
+        deadline = threading.Timer(self.deadline_s, self._overrun, args=(signum,))
+        deadline.daemon = True
+        deadline.start()
+        self.begin(signum)
+
+    def _overrun(self, signum: int) -> None:
+        say(f"still stopping {self.deadline_s:.0f} s after the signal: killing what is left and exiting")
+        exit_now(128 + signum)
