@@ -76,10 +76,10 @@ def qin_train(
     dirs: dict[str, str] = {}
     for s in pipeline.STAGES:
         if s.content_addressed:
-            entry = run_stage(s.name, settings, data, keys, record)
+            entry = run_stage(s.name, settings, data, dict(keys), record)
             keys[s.name], how[s.name], dirs[s.name] = entry["key"], entry["how"], entry["dir"]
-    result = {**run_stage("register", settings, data, keys, record), "stages": how, "stage_keys": keys}
-    result["record"] = record
+    registration = run_stage("register", settings, data, keys, record)
+    result = {**registration, "stages": how, "stage_keys": keys, "record": record}
 
     print("stages: " + ", ".join(f"{name} {h} ({keys[name]})" for name, h in how.items()))
     print(f"MLflow run id: {result['run_id']}")

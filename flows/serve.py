@@ -15,7 +15,7 @@ from uuid import UUID
 import anyio
 from prefect.runner import Runner
 
-from flows.deployment import concurrency_limit
+from flows.deployment import concurrency_limit, share_cores
 from flows.qin_train import qin_train
 from flows.shutdown import GracefulStop
 from qin.config import load_params
@@ -72,6 +72,7 @@ def main() -> None:
     # calls while the supervisor's clock runs.
     runner = StoppableRunner(name=DEPLOYMENT, pause_on_shutdown=False)
     deploy = load_params().deploy
+    share_cores(deploy)
     runner.add_flow(qin_train, name=DEPLOYMENT, concurrency_limit=concurrency_limit(deploy))
     runner.graceful_stop.install()
     name = f"{qin_train.name}/{DEPLOYMENT}"

@@ -26,7 +26,9 @@ from prefect.states import Crashed
 from prefect.workers.process import ProcessWorker
 
 from flows.deploy_pool import POOL
+from flows.deployment import share_cores
 from flows.shutdown import GracefulStop, say
+from qin.config import load_params
 
 CHILD_GRACE_S = 7.0  # from the signal to SIGKILL of the flow-run processes
 STOP_BY_S = 8.0  # from the signal to stopping the worker (flows/shutdown.py exits at DEADLINE_S, 9 s)
@@ -143,6 +145,7 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m flows.worker", description=__doc__.split("\n")[0])
     parser.add_argument("--pool", default=POOL, help=f"the process work pool (default: {POOL})")
     args = parser.parse_args(argv)
+    share_cores(load_params().deploy)
     process = WorkerProcess(args.pool)
     process.graceful_stop.install()  # before asyncio.run, which otherwise takes SIGINT for itself
     with contextlib.suppress(KeyboardInterrupt):  # a signal before the worker had started

@@ -1,7 +1,7 @@
 """A record per flow run, `artifacts/runs/<flow run id>/`: what the run used and what it did.
 
     params.yaml     the settings it ran with (params.yaml with the run's model and overrides applied)
-    run.json        its parameters, the stage keys it used (ran or reused), its registration
+    run.json        its flow, parameters and start time, and the stage keys it used (ran or reused)
     register.json   the register stage's result
     failure.md      when it failed: the failed stage, the error, the stage's inputs and outputs
 

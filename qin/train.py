@@ -328,8 +328,9 @@ def _train(
             },
         )
 
-    info("training %s (%d parameters) on %d rows, device %s, %s, %d process(es)%s", cfg.model.name,
-         n_params, n, device, precision, procs.world, ", compiled" if cfg.compile else "")  # fmt: skip
+    info("training %s (%d parameters) on %d rows, device %s, %s, %d process(es) of %d thread(s)%s",
+         cfg.model.name, n_params, n, device, precision, procs.world, torch.get_num_threads(),
+         ", compiled" if cfg.compile else "")  # fmt: skip
     stopped = stale >= cfg.patience
     for epoch in range(start_epoch, cfg.epochs + 1):
         if stopped:
