@@ -28,7 +28,9 @@ def _run(**parameters: Any) -> tuple[dict, dict[str, str]]:
     return result, tasks
 
 
-def test_flow_registers_a_loadable_model_and_caches_a_rerun(project: Path, prefect_harness) -> None:
+def test_flow_registers_a_loadable_model_and_caches_a_rerun(
+    project: Path, prefect_harness, capsys: pytest.CaptureFixture[str]
+) -> None:
     import mlflow
     from prefect.artifacts import Artifact
 
@@ -112,6 +114,23 @@ def test_flow_registers_a_loadable_model_and_caches_a_rerun(project: Path, prefe
     assert fifth["stages"] == {**dict.fromkeys(STAGES[:2], "cached"), "train": "ran", "evaluate": "ran"}
     assert (fifth["version"], fifth["newly_registered"]) == ("2", True)
     assert mlflow.get_run(fifth["run_id"]).data.params["train.model.name"] == "din"
+
+    # `qin gc` keeps what the registered versions came from (their stage_keys tags) and everything upstream;
+    # with no recent run kept, only the fourth run's evaluate key (batch 2048, registered by nobody) goes.
+    from qin.cli import main
+
+    for version, run in (("1", first), ("2", fifth)):
+        tags = client.get_model_version("qin-ctr", version).tags
+        assert json.loads(tags["stage_keys"]) == run["stage_keys"]
+    capsys.readouterr()
+    assert main(["gc", "--keep", "0", "--dry-run"]) == 0
+    said = capsys.readouterr().out
+    orphan = f"artifacts/stages/evaluate/{fourth['stage_keys']['evaluate']}"
+    assert [line.split()[2] for line in said.splitlines()[:-1]] == [orphan, f"{orphan}.lock"]
+    assert "would free" in said and (stages / "evaluate" / fourth["stage_keys"]["evaluate"]).exists()
+    assert main(["gc", "--keep", "0"]) == 0
+    assert not (stages / "evaluate" / fourth["stage_keys"]["evaluate"]).exists()
+    assert all((stages / s / k).exists() for run in (first, fifth) for s, k in run["stage_keys"].items())
 
 
 def test_flow_fails_on_bad_data_with_the_validation_message(project: Path, prefect_harness) -> None:
