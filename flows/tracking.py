@@ -31,10 +31,11 @@ from mlflow.exceptions import MlflowException
 from mlflow.models import infer_signature
 
 import qin
-from qin.config import RegisterConfig
+from qin.config import RegisterConfig, flatten, load_params
 from qin.inference import load_package
 from qin.io import file_lock, read_json
 from qin.register import Candidate, Registered, VersionInfo, model_card
+from qin.store import lineage
 
 PYFUNC_CODE = Path(__file__).with_name("pyfunc_model.py")
 # The user's override, read once: mlflow.set_tracking_uri() itself writes MLFLOW_TRACKING_URI into the
@@ -264,9 +265,6 @@ def log_ablation(cfg: RegisterConfig, rows: list[dict], done: list[dict[str, str
     """One parent run (the comparison table, CSV and bar plot) with a nested run per model; returns the
     parent's run id. `done`: per model, its params file and its train and evaluate key folders. Nothing is
     registered: the ablation compares, `qin-train` ships."""
-    from qin.config import flatten, load_params
-    from qin.store import lineage
-
     with store_lock(tracking_uri(cfg)):
         configure(cfg)
         exp = mlflow.set_experiment(f"{cfg.experiment}-ablation")

@@ -82,8 +82,6 @@ def _summary(name: str, result: Any, paths: dict[str, Path]) -> str | None:
 
 def _run_stage(args: argparse.Namespace, params: Params) -> None:
     """`qin <stage>`: the stage function on the given paths (defaults: the DVC workspace's)."""
-    from qin import pipeline
-
     s = pipeline.stage(args.command)
     paths = {arg: getattr(args, arg) for arg in s.args()}
     # A resumable stage's checkpoint must belong to these settings and inputs: its key, by content.

@@ -188,9 +188,10 @@ PRESET_MODELS: dict[str, dict[str, ModelConfig]] = {
 }
 
 
-# Settings that change how fast a stage runs, not what it computes: they are left out of stage keys (a
-# model trained on 1 thread is the model trained on 2), and a checkpoint written under other values of
-# them is resumed. `precision` rounds the matmuls' inputs differently, but trains the same recipe.
+# Settings that change how fast a stage runs, not the recipe: they are left out of stage keys, and a
+# checkpoint written under other values of them is resumed. They do change float rounding (threads split
+# reductions differently, bf16 rounds the matmuls' inputs), so a model trained on 1 thread is not bitwise
+# the one trained on 2; a run reuses whichever its key found first.
 SPEED_SETTINGS: dict[str, tuple[str, ...]] = {
     "train": ("device", "compile", "threads", "precision", "reuse_memory"),
 }
