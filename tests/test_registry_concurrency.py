@@ -238,16 +238,15 @@ def test_a_duplicate_from_a_client_without_our_lock_is_deleted_with_its_run(proj
             return super().log_and_register(model_name, candidate)
 
     params = load_params("params.yaml")
+
+    def register_a(registry: MlflowRegistry | None = None) -> dict:
+        package, metrics = project / "artifacts" / "a", project / "metrics" / "a.json"
+        return register(
+            package, ws.TRAIN_METRICS, metrics, ws.VALIDATION, ws.REGISTRATION, params, registry=registry
+        )
+
     reg = Raced(params.register)
-    result = register(
-        project / "artifacts" / "a",
-        ws.TRAIN_METRICS,
-        project / "metrics" / "a.json",
-        ws.VALIDATION,
-        ws.REGISTRATION,
-        params,
-        registry=reg,
-    )
+    result = register_a(reg)
     assert (result["version"], result["run_id"]) == ("1", reg.other.run_id)
     assert not result["newly_registered"] and result["has_alias"]
     client = mlflow_client(project)
@@ -258,12 +257,5 @@ def test_a_duplicate_from_a_client_without_our_lock_is_deleted_with_its_run(proj
     assert duplicate_run.info.run_id != kept.run_id
     assert duplicate_run.data.tags["model_hash"] == kept.tags["model_hash"]
     # Registering the package again finds the kept version and creates nothing.
-    again = register(
-        project / "artifacts" / "a",
-        ws.TRAIN_METRICS,
-        project / "metrics" / "a.json",
-        ws.VALIDATION,
-        ws.REGISTRATION,
-        params,
-    )
+    again = register_a()
     assert (again["version"], again["newly_registered"]) == ("1", False)
