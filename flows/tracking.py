@@ -122,10 +122,16 @@ class MlflowRegistry:
         exp = self.client.get_experiment_by_name(name)
         if exp is not None:
             return exp.experiment_id
-        root = Path(self.cfg.artifact_root).resolve()
-        root.mkdir(parents=True, exist_ok=True)
+        # A local store keeps artifacts in register.artifact_root; a tracking server chooses their place
+        # itself (its --artifacts-destination, reached through its proxy: `mlflow-artifacts:/`), which a
+        # client's own folder would bypass: the artifacts would stay on the client's disk.
+        location = None
+        if not self.uri.startswith(("http://", "https://")):
+            root = Path(self.cfg.artifact_root).resolve()
+            root.mkdir(parents=True, exist_ok=True)
+            location = root.as_uri()
         try:
-            return self.client.create_experiment(name, artifact_location=root.as_uri())
+            return self.client.create_experiment(name, artifact_location=location)
         except MlflowException:
             # Another client of a shared server created it since we looked.
             exp = self.client.get_experiment_by_name(name)
