@@ -52,6 +52,11 @@ def tracking_uri(cfg: RegisterConfig) -> str:
     return uri
 
 
+def is_server(uri: str) -> bool:
+    """A tracking server (the team stack), rather than a store this process opens itself."""
+    return uri.startswith(("http://", "https://"))
+
+
 def store_lock(uri: str) -> contextlib.AbstractContextManager[None]:
     """Hold while using the store at `uri`: a file lock beside a sqlite database, nothing for a server."""
     if uri.startswith("sqlite:///"):
@@ -122,10 +127,13 @@ class MlflowRegistry:
         exp = self.client.get_experiment_by_name(name)
         if exp is not None:
             return exp.experiment_id
-        root = Path(self.cfg.artifact_root).resolve()
-        root.mkdir(parents=True, exist_ok=True)
+        location = None  # a tracking server: its own artifact store (proxied, `mlflow-artifacts:/`)
+        if not is_server(self.uri):
+            root = Path(self.cfg.artifact_root).resolve()
+            root.mkdir(parents=True, exist_ok=True)
+            location = root.as_uri()
         try:
-            return self.client.create_experiment(name, artifact_location=root.as_uri())
+            return self.client.create_experiment(name, artifact_location=location)
         except MlflowException:
             # Another client of a shared server created it since we looked.
             exp = self.client.get_experiment_by_name(name)
@@ -255,7 +263,7 @@ def experiment_name(cfg: RegisterConfig, data_hash: str) -> str:
 def run_link(cfg: RegisterConfig, run_id: str) -> str:
     """The run's page in the MLflow UI: the tracking server when it is one, else `register.ui_url`."""
     uri = tracking_uri(cfg)
-    base = uri if uri.startswith(("http://", "https://")) else cfg.ui_url
+    base = uri if is_server(uri) else cfg.ui_url
     with store_lock(uri):
         experiment_id = configure(cfg).get_run(run_id).info.experiment_id
     return f"{base.rstrip('/')}/#/experiments/{experiment_id}/runs/{run_id}"
