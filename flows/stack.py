@@ -534,8 +534,9 @@ def _ensure_pool(name: str) -> None:
 
 def run_worker(s: Settings) -> int:
     """A Prefect worker on the process work pool QIN_POOL, after (re)deploying qin-train/pool and
-    qin-ablation/pool from this checkout. Start as many as you like against the same servers: they share
-    the stage store (artifacts/) and data/ when they share this folder (compose: the same volumes)."""
+    qin-ablation/pool from the working directory (a checkout: flows/, params.yaml, data/), where their runs
+    then start. Start as many as you like against the same servers: they share the stage store
+    (artifacts/) and data/ when they share this folder (compose: the same volumes)."""
     s.require("worker", "PREFECT_API_AUTH_STRING")
     api = os.environ.get("PREFECT_API_URL")
     if not api:
@@ -544,7 +545,7 @@ def run_worker(s: Settings) -> int:
     from flows.deploy_pool import deploy
 
     _ensure_pool(s.pool)
-    for deployment, deployment_id in deploy(s.pool).items():
+    for deployment, deployment_id in deploy(s.pool, root=Path.cwd()).items():
         print(f"worker: deployed {deployment} ({deployment_id}) to {s.pool}", flush=True)
     command = [sys.executable, "-m", "flows.worker", "--pool", s.pool]
     os.execv(command[0], command)
@@ -589,7 +590,7 @@ def run_serving(s: Settings, poll_s: float = 10.0) -> int:
 
     from qin.config import load_params
 
-    register = load_params(ROOT / "params.yaml").register
+    register = load_params("params.yaml").register
     aliases = (register.production_alias, register.alias)
     client = MlflowClient()
     child: subprocess.Popen[bytes] | None = None
@@ -645,17 +646,17 @@ def run_serving(s: Settings, poll_s: float = 10.0) -> int:
 
 
 def run_data() -> int:
-    """Raw data into ./data: `qin data synth` (preset QIN_DATA_PRESET, else params.yaml `data.preset`)
+    """Raw data into ./data (the working directory's): `qin data synth` (preset QIN_DATA_PRESET, else params.yaml `data.preset`)
     unless data/ already holds a train.parquet (a previous start, or files imported with `qin data
     import`). Compose mounts the same volume here for every worker."""
-    data = ROOT / "data"
+    data = Path("data")
     if (data / "train.parquet").exists():
         print(f"data: keeping the data in {data}", flush=True)
         return 0
     command = [_tool("qin"), "data", "synth", "--out", str(data)]
     if os.environ.get("QIN_DATA_PRESET"):
         command += ["--preset", os.environ["QIN_DATA_PRESET"]]
-    return subprocess.run(command, cwd=ROOT, check=False).returncode
+    return subprocess.run(command, check=False).returncode
 
 
 # --- `up`: the stack as local processes --------------------------------------------------------------------
