@@ -229,7 +229,7 @@ def team(stack: Stack, tiny_data: Path) -> Iterator[Team]:
                 f"worker {n} polling",
                 lambda log=log: (  # type: ignore[misc]
                     any(w.poll() is not None for w in workers)
-                    or "Worker 'ProcessWorker" in log.read_text(errors="replace")
+                    or "' started!" in log.read_text(errors="replace")
                 ),
                 180,
                 t.logs,
