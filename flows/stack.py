@@ -580,17 +580,19 @@ def _alias_holder(client: object, name: str, aliases: tuple[str, ...]) -> tuple[
     return None
 
 
-def run_serving(s: Settings, poll_s: float = 10.0) -> int:
+def run_serving(s: Settings) -> int:
     """Serve the registry's champion (params register.production_alias), else its staging version
     (register.alias), with `mlflow models serve` on STACK_BIND:SERVING_PORT. Until a version holds either
     it waits (healthy: nothing to serve yet); when the alias moves it restarts the model server on the new
-    version. The model server runs in a process group of its own, stopped with this process."""
+    version (the registry is read every SERVING_POLL_S, 10 s). The model server runs in a process group of
+    its own, stopped with this process."""
     from mlflow.exceptions import MlflowException
     from mlflow.tracking import MlflowClient
 
     from qin.config import load_params
 
     register = load_params("params.yaml").register
+    poll_s = float(os.environ.get("SERVING_POLL_S", "10"))
     aliases = (register.production_alias, register.alias)
     client = MlflowClient()
     child: subprocess.Popen[bytes] | None = None
@@ -646,9 +648,9 @@ def run_serving(s: Settings, poll_s: float = 10.0) -> int:
 
 
 def run_data() -> int:
-    """Raw data into ./data (the working directory's): `qin data synth` (preset QIN_DATA_PRESET, else params.yaml `data.preset`)
-    unless data/ already holds a train.parquet (a previous start, or files imported with `qin data
-    import`). Compose mounts the same volume here for every worker."""
+    """Raw data into the working directory's data/: `qin data synth` (preset QIN_DATA_PRESET, else
+    params.yaml `data.preset`) unless data/ already holds a train.parquet (a previous start, or files
+    imported with `qin data import`). Compose mounts the same volume there for every worker."""
     data = Path("data")
     if (data / "train.parquet").exists():
         print(f"data: keeping the data in {data}", flush=True)

@@ -11,7 +11,10 @@ created, after its model files, with tags `model_hash`, `valid_auc`, `data_hash`
 sqlite is a single-writer store: concurrent processes race creating its tables on first use ("table ...
 already exists", failed migrations), and a writer that waits past sqlite's busy timeout gets "database is
 locked". So with a `sqlite:///` URI every store access holds a file lock beside the database
-(`store_lock`); a tracking server (`http(s)://`) serialises writes itself and takes none.
+(`store_lock`); a tracking server (`http(s)://`, the team stack) serialises writes itself and takes none.
+With a server, experiments use its artifact store (uploads go through its proxy, `mlflow-artifacts:/`),
+`register.artifact_root` is not used, and a server that restarts is retried by MLflow's client (about 4
+minutes with its defaults); one that stays away fails the call with TrackingServerUnavailable, naming it.
 """
 
 from __future__ import annotations
@@ -26,7 +29,9 @@ from typing import Any, Concatenate, ParamSpec, TypeVar
 import mlflow
 import numpy as np
 import pandas as pd
+import requests
 from mlflow import MlflowClient
+from mlflow.environment_variables import MLFLOW_HTTP_REQUEST_MAX_RETRIES
 from mlflow.exceptions import MlflowException
 from mlflow.models import infer_signature
 
@@ -111,9 +116,28 @@ def _serialised(
     @functools.wraps(method)
     def locked(self: MlflowRegistry, *args: P.args, **kwargs: P.kwargs) -> R:
         with store_lock(self.uri):
-            return method(self, *args, **kwargs)
+            try:
+                return method(self, *args, **kwargs)
+            except (MlflowException, requests.exceptions.RequestException) as exc:
+                if is_server(self.uri) and _unreachable(exc):
+                    raise TrackingServerUnavailable(
+                        f"the MLflow tracking server at {self.uri} did not answer ({method.__name__}) "
+                        f"through MLflow's {MLFLOW_HTTP_REQUEST_MAX_RETRIES.get()} retries "
+                        f"(MLFLOW_HTTP_REQUEST_MAX_RETRIES); a version is created only after its model files "
+                        f"are uploaded, so none is left without them: {exc}"
+                    ) from exc
+                raise
 
     return locked
+
+
+class TrackingServerUnavailable(RuntimeError):
+    """The tracking server stayed away through MLflow's own retries (a restart shorter than those is
+    retried without a word)."""
+
+
+def _unreachable(exc: BaseException) -> bool:
+    return isinstance(exc, requests.exceptions.ConnectionError) or "Max retries exceeded" in str(exc)
 
 
 class MlflowRegistry:

@@ -318,6 +318,37 @@ def test_a_deployment_run_through_the_pool_registers_in_the_server(
     expected = load_package(package).predict_frame(rows)
     assert list(served) == pytest.approx(list(expected), abs=1e-6)
 
+    # The serving service (no champion yet: it serves staging) answers /invocations with those scores.
+    _assert_serving(team, rows, list(expected))
+
+
+def _assert_serving(team: Team, rows: Any, expected: list[float]) -> None:
+    s = team.stack.settings
+    env = {**team.env, "SERVING_PORT": str(s.serving_port), "SERVING_POLL_S": "1"}
+    with (team.project / "serving.log").open("wb") as log:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "flows.stack", "serving"], cwd=team.project, env=env, stdout=log,
+            stderr=subprocess.STDOUT,
+        )  # fmt: skip
+    try:
+        _poll(
+            "the model server",
+            lambda: proc.poll() is not None or team.stack.request("serving", "/ping", auth=False)[0] == 200,
+            180,
+            lambda: (team.project / "serving.log").read_text(errors="replace"),
+        )
+        assert proc.poll() is None, (team.project / "serving.log").read_text(errors="replace")
+        body = {"dataframe_split": json.loads(rows.to_json(orient="split", index=False))}
+        status, answer = team.stack.request("serving", "/invocations", body, auth=False)
+        assert status == 200, answer
+        scores = answer["predictions"]
+        assert [float(x) for x in scores] == pytest.approx(expected, abs=1e-6)
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        code = proc.wait(30)
+    assert code == 0
+    assert team.stack.request("serving", "/ping", auth=False)[0] == 0, "the model server outlived serving"
+
 
 def test_two_runs_at_once_on_two_workers_keep_their_lineage(team: Team) -> None:
     before = {
