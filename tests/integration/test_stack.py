@@ -84,6 +84,8 @@ class Stack:
                 return response.status, json.loads(response.read() or b"null")
         except urllib.error.HTTPError as exc:
             return exc.code, exc.read().decode(errors="replace")
+        except OSError as exc:  # nothing listens there (yet, or any more)
+            return 0, str(exc)
 
     def mlflow(self, path: str, body: dict | None = None) -> Any:
         status, payload = self.request("mlflow", path, body)
