@@ -20,7 +20,7 @@ export PATH := $(CURDIR)/$(BIN):$(PATH)
 
 PREFECT_POOL ?= qin-pool
 
-.PHONY: install run test lint data repro serve worker promote ui clean
+.PHONY: install run test lint data repro serve worker promote ui clean stack postgres integration-test
 
 install: $(STAMP)
 
@@ -41,6 +41,10 @@ run: data
 test: $(STAMP) lint
 	$(BIN)/python -m pytest
 
+# The team stack's integration test: PostgreSQL, MLflow and Prefect servers as local processes (tests/integration).
+integration-test: $(STAMP) postgres
+	$(BIN)/python -m pytest -m integration tests/integration
+
 lint: $(STAMP)
 	$(BIN)/ruff check qin flows tests bench
 	$(BIN)/ruff format --check qin flows tests bench
@@ -49,8 +53,9 @@ lint: $(STAMP)
 repro: data
 	$(BIN)/dvc repro
 
-# $(2), a long-running command, with a local Prefect server on 127.0.0.1:$(PREFECT_PORT): started (log in
-# .prefect/server.log) unless one already answers there, and then stopped with $(2); $(1) runs first.
+# $(2), a long-running command, with the Prefect server PREFECT_API_URL names (the team stack's: `make stack`,
+# `make up`), else a local one on 127.0.0.1:$(PREFECT_PORT): started (log in .prefect/server.log) unless one
+# already answers there, and then stopped with $(2); $(1) runs first.
 # $(2) runs in the background while the shell waits for it, because a shell runs its traps only once its
 # foreground child has exited: SIGTERM (to make, as a supervisor sends it) or Ctrl-C reaches the trap at once,
 # which forwards SIGTERM to $(2), waits for it to stop its flow runs, then stops the server it started. A
@@ -69,15 +74,16 @@ define with_server
 		if [ -n "$$server" ]; then kill -TERM $$server 2>/dev/null; \
 			while kill -0 $$server 2>/dev/null; do wait $$server; done; server=; fi; }; \
 	trap stop EXIT; trap 'exit 130' INT; trap 'exit 143' TERM; \
-	if curl -sf $(PREFECT_API)/health >/dev/null; then echo "using the Prefect server at $(PREFECT_API)"; else \
+	if [ -n "$$PREFECT_API_URL" ]; then echo "using the Prefect server at $$PREFECT_API_URL"; \
+	elif curl -sf $(PREFECT_API)/health >/dev/null; then echo "using the Prefect server at $(PREFECT_API)"; \
+		export PREFECT_API_URL=$(PREFECT_API); else \
 	$$(command -v setsid) $(BIN)/prefect server start --host 127.0.0.1 --port $(PREFECT_PORT) \
 		> .prefect/server.log 2>&1 & \
 	server=$$!; \
 	echo "waiting for the Prefect server (log: .prefect/server.log)"; \
 	until curl -sf $(PREFECT_API)/health >/dev/null; do \
-		kill -0 $$server 2>/dev/null || { cat .prefect/server.log; exit 1; }; sleep 1; done; fi; \
-	echo "Prefect UI: http://127.0.0.1:$(PREFECT_PORT)"; \
-	export PREFECT_API_URL=$(PREFECT_API); \
+		kill -0 $$server 2>/dev/null || { cat .prefect/server.log; exit 1; }; sleep 1; done; \
+		echo "Prefect UI: http://127.0.0.1:$(PREFECT_PORT)"; export PREFECT_API_URL=$(PREFECT_API); fi; \
 	$(1) \
 	$(2) & pid=$$!; wait $$pid; status=$$?; pid=; exit $$status
 endef
@@ -104,6 +110,26 @@ promote: $(STAMP)
 ui: $(STAMP)
 	@mkdir -p mlruns
 	$(BIN)/mlflow ui --backend-store-uri sqlite:///mlruns/mlflow.db --host 127.0.0.1 --port $(MLFLOW_PORT) --workers 1
+
+# The team stack without containers: PostgreSQL, the MLflow server and the Prefect server as local processes,
+# with the settings docker/compose.yaml uses (flows/stack.py), credentials in docker/.env (written when
+# missing), state and logs in .stack/. Runs until Ctrl-C or SIGTERM. In another shell:
+#   eval "$$(.venv/bin/python -m flows.stack env)" && make worker      # then qin, prefect, mlflow use it
+stack: $(STAMP) postgres
+	$(BIN)/python -m flows.stack up
+
+# PostgreSQL's server programs, for `make stack` and the integration test: found on PATH or under
+# /usr/lib/postgresql, else installed from Debian's packages (as root; its own cluster is not started).
+POSTGRES_DEB ?= postgresql-15
+postgres: $(STAMP)
+	@$(BIN)/python -c "import flows.stack as s; s.postgres_bindir()" 2>/dev/null || { \
+		if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+			echo "installing $(POSTGRES_DEB) (Debian)"; \
+			apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
+				-o Dpkg::Options::=--force-confold $(POSTGRES_DEB) >/dev/null; \
+			command -v pg_ctlcluster >/dev/null && pg_ctlcluster stop 15 main 2>/dev/null; true; \
+		else echo "PostgreSQL's server is not installed: install it (Debian: $(POSTGRES_DEB)) or set POSTGRES_BIN"; \
+			exit 1; fi; }
 
 clean:
 	rm -rf artifacts metrics

@@ -1,4 +1,5 @@
-"""Deploy the `qin-train` flow to the process work pool `qin-pool` as deployment `qin-train/pool`.
+"""Deploy the `qin-train` and `qin-ablation` flows to the process work pool `qin-pool` as deployments
+`qin-train/pool` and `qin-ablation/pool`.
 
 The code source is this checkout (a local directory: no image, no registry, no network); a worker runs each
 flow run in a subprocess started in the project root. At most params.yaml `deploy.concurrency_limit` runs at
@@ -9,6 +10,7 @@ when it is absent, runs this and starts a worker:
     python -m flows.deploy_pool
     python -m flows.worker --pool qin-pool       # stops its flow runs on SIGTERM / Ctrl-C (flows/worker.py)
     prefect deployment run qin-train/pool        # in another shell, with the same PREFECT_API_URL
+    prefect deployment run qin-ablation/pool
 """
 
 from __future__ import annotations
@@ -18,30 +20,37 @@ from pathlib import Path
 from typing import Any
 
 from flows.deployment import concurrency_limit
+from flows.qin_ablation import qin_ablation
 from flows.qin_train import qin_train
 from qin.config import load_params
 
 POOL = "qin-pool"
 DEPLOYMENT = "pool"
 ROOT = Path(__file__).resolve().parents[1]
+# The flows a worker runs: (flow, its entrypoint in the checkout).
+FLOWS = ((qin_train, "flows/qin_train.py:qin_train"), (qin_ablation, "flows/qin_ablation.py:qin_ablation"))
 
 
-def deploy(pool: str = POOL, name: str = DEPLOYMENT, root: Path = ROOT) -> str:
-    """Deploy the flow from `root` (a directory with flows/qin_train.py), where its runs then start; the
-    concurrency policy is read from ./params.yaml."""
-    source: Any = qin_train.from_source(source=str(root), entrypoint="flows/qin_train.py:qin_train")
+def deploy(pool: str = POOL, name: str = DEPLOYMENT, root: Path = ROOT) -> dict[str, str]:
+    """Deploy each flow from `root` (a checkout), where its runs then start; the concurrency policy is read
+    from ./params.yaml. Deploying again updates the deployments in place. Returns {flow/deployment: id}."""
     limit = concurrency_limit(load_params().deploy)
-    deployment_id = source.deploy(
-        name=name, work_pool_name=pool, concurrency_limit=limit, print_next_steps=False
-    )
-    return str(deployment_id)
+    ids = {}
+    for flow, entrypoint in FLOWS:
+        source: Any = flow.from_source(source=str(root), entrypoint=entrypoint)
+        deployment_id = source.deploy(
+            name=name, work_pool_name=pool, concurrency_limit=limit, print_next_steps=False
+        )
+        ids[f"{flow.name}/{name}"] = str(deployment_id)
+    return ids
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m flows.deploy_pool", description=__doc__.split("\n")[0])
     parser.add_argument("--pool", default=POOL, help=f"the process work pool (default: {POOL})")
     pool = parser.parse_args(argv).pool
-    print(f"deployed {qin_train.name}/{DEPLOYMENT} to work pool {pool} (id {deploy(pool)}), source {ROOT}")
+    for deployment, deployment_id in deploy(pool).items():
+        print(f"deployed {deployment} to work pool {pool} (id {deployment_id}), source {ROOT}")
 
 
 if __name__ == "__main__":

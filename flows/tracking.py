@@ -11,7 +11,10 @@ created, after its model files, with tags `model_hash`, `valid_auc`, `data_hash`
 sqlite is a single-writer store: concurrent processes race creating its tables on first use ("table ...
 already exists", failed migrations), and a writer that waits past sqlite's busy timeout gets "database is
 locked". So with a `sqlite:///` URI every store access holds a file lock beside the database
-(`store_lock`); a tracking server (`http(s)://`) serialises writes itself and takes none.
+(`store_lock`); a tracking server (`http(s)://`, the team stack) serialises writes itself and takes none.
+With a server, experiments use its artifact store (uploads go through its proxy, `mlflow-artifacts:/`),
+`register.artifact_root` is not used, and a server that restarts is retried by MLflow's client (about 4
+minutes with its defaults); one that stays away fails the call with TrackingServerUnavailable, naming it.
 """
 
 from __future__ import annotations
@@ -26,7 +29,9 @@ from typing import Any, Concatenate, ParamSpec, TypeVar
 import mlflow
 import numpy as np
 import pandas as pd
+import requests
 from mlflow import MlflowClient
+from mlflow.environment_variables import MLFLOW_HTTP_REQUEST_MAX_RETRIES
 from mlflow.exceptions import MlflowException
 from mlflow.models import infer_signature
 
@@ -50,6 +55,11 @@ def tracking_uri(cfg: RegisterConfig) -> str:
     if uri.startswith("sqlite:///") and not uri.startswith("sqlite:////"):
         uri = "sqlite:///" + str(Path(uri.removeprefix("sqlite:///")).resolve())
     return uri
+
+
+def is_server(uri: str) -> bool:
+    """A tracking server (the team stack), rather than a store this process opens itself."""
+    return uri.startswith(("http://", "https://"))
 
 
 def store_lock(uri: str) -> contextlib.AbstractContextManager[None]:
@@ -106,9 +116,28 @@ def _serialised(
     @functools.wraps(method)
     def locked(self: MlflowRegistry, *args: P.args, **kwargs: P.kwargs) -> R:
         with store_lock(self.uri):
-            return method(self, *args, **kwargs)
+            try:
+                return method(self, *args, **kwargs)
+            except (MlflowException, requests.exceptions.RequestException) as exc:
+                if is_server(self.uri) and _unreachable(exc):
+                    raise TrackingServerUnavailable(
+                        f"the MLflow tracking server at {self.uri} did not answer ({method.__name__}) "
+                        f"through MLflow's {MLFLOW_HTTP_REQUEST_MAX_RETRIES.get()} retries "
+                        f"(MLFLOW_HTTP_REQUEST_MAX_RETRIES); a version is created only after its model files "
+                        f"are uploaded, so none is left without them: {exc}"
+                    ) from exc
+                raise
 
     return locked
+
+
+class TrackingServerUnavailable(RuntimeError):
+    """The tracking server stayed away through MLflow's own retries (a restart shorter than those is
+    retried without a word)."""
+
+
+def _unreachable(exc: BaseException) -> bool:
+    return isinstance(exc, requests.exceptions.ConnectionError) or "Max retries exceeded" in str(exc)
 
 
 class MlflowRegistry:
@@ -122,11 +151,8 @@ class MlflowRegistry:
         exp = self.client.get_experiment_by_name(name)
         if exp is not None:
             return exp.experiment_id
-        # A local store keeps artifacts in register.artifact_root; a tracking server chooses their place
-        # itself (its --artifacts-destination, reached through its proxy: `mlflow-artifacts:/`), which a
-        # client's own folder would bypass: the artifacts would stay on the client's disk.
-        location = None
-        if not self.uri.startswith(("http://", "https://")):
+        location = None  # a tracking server: its own artifact store (proxied, `mlflow-artifacts:/`)
+        if not is_server(self.uri):
             root = Path(self.cfg.artifact_root).resolve()
             root.mkdir(parents=True, exist_ok=True)
             location = root.as_uri()
@@ -261,7 +287,7 @@ def experiment_name(cfg: RegisterConfig, data_hash: str) -> str:
 def run_link(cfg: RegisterConfig, run_id: str) -> str:
     """The run's page in the MLflow UI: the tracking server when it is one, else `register.ui_url`."""
     uri = tracking_uri(cfg)
-    base = uri if uri.startswith(("http://", "https://")) else cfg.ui_url
+    base = uri if is_server(uri) else cfg.ui_url
     with store_lock(uri):
         experiment_id = configure(cfg).get_run(run_id).info.experiment_id
     return f"{base.rstrip('/')}/#/experiments/{experiment_id}/runs/{run_id}"

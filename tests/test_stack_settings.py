@@ -1,0 +1,119 @@
+"""The team stack's settings without starting it (flows/stack.py): the credentials file, a client's
+exports, what a service refuses to start without, the MLflow server's command line; and a registry call to
+a tracking server that is not there fails naming it. The servers themselves: tests/integration."""
+
+from __future__ import annotations
+
+import socket
+import stat
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from flows.stack import (
+    Settings,
+    StackError,
+    main,
+    mlflow_allowed_hosts,
+    mlflow_server_command,
+    read_env_file,
+    write_secrets,
+)
+from tests.conftest import REPO
+
+
+def test_secrets_are_generated_once_readable_by_their_owner_only(tmp_path: Path) -> None:
+    path = tmp_path / "docker" / ".env"
+    assert write_secrets(path)
+    first = read_env_file(path)
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    for key in ("POSTGRES_PASSWORD", "MLFLOW_TRACKING_PASSWORD", "MLFLOW_FLASK_SERVER_SECRET_KEY"):
+        assert len(first[key]) >= 24, key
+    user, _, password = first["PREFECT_API_AUTH_STRING"].partition(":")
+    assert user and len(password) >= 24
+    assert len({first["POSTGRES_PASSWORD"], first["MLFLOW_TRACKING_PASSWORD"], password}) == 3
+
+    assert not write_secrets(path), "an existing credentials file was rewritten"
+    assert read_env_file(path) == first
+    assert not list(path.parent.glob("*.partial"))
+
+
+def test_the_secrets_command_runs_with_a_bare_python(tmp_path: Path) -> None:
+    """`make up` writes docker/.env before any virtual environment exists: the module's top imports only
+    the standard library (site packages off: -S)."""
+    out = subprocess.run(
+        [sys.executable, "-S", "-m", "flows.stack", "secrets", str(tmp_path / ".env")],
+        cwd=REPO, capture_output=True, text=True, check=False,
+    )  # fmt: skip
+    assert out.returncode == 0, out.stderr
+    assert "POSTGRES_PASSWORD=" in (tmp_path / ".env").read_text()
+
+
+def test_env_prints_a_clients_exports(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path = tmp_path / ".env"
+    write_secrets(path)
+    with path.open("a") as f:
+        f.write("MLFLOW_PORT=15000\n")
+    values = read_env_file(path)
+    assert main(["env", str(path)]) == 0
+    lines = dict(line.removeprefix("export ").split("=", 1) for line in capsys.readouterr().out.splitlines())
+    assert lines["MLFLOW_TRACKING_URI"] == "http://127.0.0.1:15000"
+    assert lines["PREFECT_API_URL"] == "http://127.0.0.1:4200/api"
+    assert lines["MLFLOW_TRACKING_PASSWORD"] == values["MLFLOW_TRACKING_PASSWORD"]
+    assert lines["PREFECT_API_AUTH_STRING"] == values["PREFECT_API_AUTH_STRING"]
+
+
+def test_a_malformed_env_file_is_refused_naming_the_line(tmp_path: Path) -> None:
+    path = tmp_path / ".env"
+    path.write_text("# comment\nPOSTGRES_USER=qin\nthis is not a setting\n")
+    with pytest.raises(StackError, match=r"\.env:3: expected KEY=VALUE, found 'this is not a setting'"):
+        read_env_file(path)
+
+
+def test_a_service_refuses_to_start_without_its_credentials() -> None:
+    with pytest.raises(StackError, match="POSTGRES_PASSWORD, MLFLOW_TRACKING_PASSWORD"):
+        Settings.from_env({}).require("mlflow", "POSTGRES_PASSWORD", "MLFLOW_TRACKING_PASSWORD")
+    with pytest.raises(StackError, match="PREFECT_API_AUTH_STRING: expected user:password"):
+        Settings.from_env({"PREFECT_API_AUTH_STRING": "nocolon"}).require(
+            "prefect", "PREFECT_API_AUTH_STRING"
+        )
+    with pytest.raises(StackError, match="MLFLOW_PORT: expected a port number, found 'http'"):
+        Settings.from_env({"MLFLOW_PORT": "http"})
+
+
+def test_the_mlflow_server_command() -> None:
+    s = Settings.from_env(
+        {
+            "POSTGRES_HOST": "postgres",
+            "POSTGRES_PASSWORD": "pw",
+            "STACK_BIND": "0.0.0.0",
+            "MLFLOW_ARTIFACTS_DESTINATION": "/var/lib/qin/mlflow-artifacts",
+            "MLFLOW_PUBLIC_HOSTS": "mlflow.team.example:443, ",
+        }
+    )
+    command = mlflow_server_command(s)
+    option = {command[i]: command[i + 1] for i in range(len(command) - 1) if command[i].startswith("--")}
+    assert option["--app-name"] == "basic-auth"
+    assert option["--backend-store-uri"] == "postgresql+psycopg2://qin:pw@postgres:5432/mlflow"
+    assert "--serve-artifacts" in command
+    assert option["--artifacts-destination"] == "/var/lib/qin/mlflow-artifacts"
+    assert (option["--host"], option["--port"]) == ("0.0.0.0", "5000")
+    assert option["--allowed-hosts"].split(",") == mlflow_allowed_hosts(s)
+    assert "mlflow.team.example:443" in mlflow_allowed_hosts(s)
+    assert s.url("mlflow") == "http://127.0.0.1:5000"  # a client on this machine, not 0.0.0.0
+
+
+def test_a_tracking_server_that_is_not_there_fails_naming_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    from flows.tracking import MlflowRegistry, TrackingServerUnavailable
+    from qin.config import RegisterConfig
+
+    with socket.socket() as s:  # a port nothing listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+    uri = f"http://127.0.0.1:{port}"
+    registry = MlflowRegistry(RegisterConfig(tracking_uri=uri))
+    with pytest.raises(TrackingServerUnavailable, match=f"tracking server at {uri} did not answer"):
+        registry.find("qin-ctr", "0" * 64)
