@@ -655,10 +655,23 @@ def run_data() -> int:
     if (data / "train.parquet").exists():
         print(f"data: keeping the data in {data}", flush=True)
         return 0
-    command = [_tool("qin"), "data", "synth", "--out", str(data)]
-    if os.environ.get("QIN_DATA_PRESET"):
-        command += ["--preset", os.environ["QIN_DATA_PRESET"]]
-    return subprocess.run(command, check=False).returncode
+    preset = ["--preset", os.environ["QIN_DATA_PRESET"]] if os.environ.get("QIN_DATA_PRESET") else []
+    if not os.path.ismount(data):
+        command = [_tool("qin"), "data", "synth", "--out", str(data), *preset]
+        return subprocess.run(command, check=False).returncode
+    # A volume's mount point (compose mounts one on data/) cannot be replaced whole, as `qin data synth`
+    # replaces its output folder (and the folder above it, /app, is not the user's to write): synthesise
+    # into a folder inside it, then move the files up one by one, train.parquet last, so that a start
+    # interrupted halfway is not taken for data the next time.
+    staging = data / ".synth"
+    shutil.rmtree(staging, ignore_errors=True)
+    command = [_tool("qin"), "data", "synth", "--out", str(staging), "--no-dvc", *preset]
+    status = subprocess.run(command, check=False).returncode
+    if status == 0:
+        for name in sorted((p.name for p in staging.iterdir()), key=lambda n: n == "train.parquet"):
+            os.replace(staging / name, data / name)
+        staging.rmdir()
+    return status
 
 
 # --- `up`: the stack as local processes --------------------------------------------------------------------
