@@ -254,12 +254,22 @@ def healthy(service: str, s: Settings) -> bool:
         if status.get("state") == "serving":
             return _get(s.url("serving") + "/ping") == 200
         return status.get("state") == "waiting"  # no version holds the aliases yet: serving nothing is right
-    if service == "worker":
-        return (
+    if service == "worker":  # its worker process runs (started once the deployments exist), its API answers
+        return _running("flows.worker") and (
             _get(os.environ.get("PREFECT_API_URL", s.url("prefect") + "/api") + "/health", s.prefect_auth)
             == 200
         )
     raise StackError(f"health: expected one of postgres, mlflow, prefect, serving, worker, found {service!r}")
+
+
+def _running(module: str) -> bool:
+    """Whether a `python -m <module>` process runs on this machine (in a container: in this container)."""
+    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+        with contextlib.suppress(OSError):
+            argv = cmdline.read_bytes().split(b"\0")
+            if b"-m" in argv and module.encode() in argv:
+                return True
+    return False
 
 
 def wait_until(
