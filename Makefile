@@ -139,7 +139,8 @@ clean:
 # `secrets` needs only the standard library), builds the image and waits until every service is healthy.
 # `make down` stops the stack and keeps its volumes (databases, artifacts, data); `docker compose -f
 # docker/compose.yaml down -v` would delete them. Host ports: MLFLOW_PORT, PREFECT_PORT, SERVING_PORT in
-# docker/.env (or `make up MLFLOW_PORT=15000`).
+# docker/.env (set them there, not in the shell: every later `docker compose` call, and `flows.stack env`,
+# reads them from that file).
 COMPOSE := docker compose -f docker/compose.yaml
 
 .PHONY: up down container-test
