@@ -62,3 +62,10 @@ def test_ports_are_published_on_loopback_only_and_workers_scale() -> None:
     assert grace and int(grace.group(1)) >= 15, (
         "the worker needs time to stop its flow runs (flows/worker.py)"
     )
+
+
+def test_the_one_image_is_built_once() -> None:
+    built = [name for name, service in SERVICES.items() if "build" in service]
+    assert built == ["mlflow"], f"compose builds once per service with `build:` (five at once): {built}"
+    images = {SERVICES[name]["image"] for name in QIN_SERVICES}
+    assert len(images) == 1, f"every qin service should run the one image, found {images}"
