@@ -157,6 +157,7 @@ down:
 	$(COMPOSE) down
 
 # Builds the image and runs the stack under a project name, env file and free ports of its own (never the
-# one `make up` runs); needs a Docker engine (.ci/container starts one).
+# one `make up` runs); needs a Docker engine (.ci/container starts one). -s: it prints its build, up and
+# run times.
 container-test: $(STAMP)
-	$(BIN)/python -m pytest -m container tests/container
+	$(BIN)/python -m pytest -s -m container tests/container
