@@ -254,12 +254,22 @@ def healthy(service: str, s: Settings) -> bool:
         if status.get("state") == "serving":
             return _get(s.url("serving") + "/ping") == 200
         return status.get("state") == "waiting"  # no version holds the aliases yet: serving nothing is right
-    if service == "worker":
-        return (
+    if service == "worker":  # its worker process runs (started once the deployments exist), its API answers
+        return _running("flows.worker") and (
             _get(os.environ.get("PREFECT_API_URL", s.url("prefect") + "/api") + "/health", s.prefect_auth)
             == 200
         )
     raise StackError(f"health: expected one of postgres, mlflow, prefect, serving, worker, found {service!r}")
+
+
+def _running(module: str) -> bool:
+    """Whether a `python -m <module>` process runs on this machine (in a container: in this container)."""
+    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+        with contextlib.suppress(OSError):
+            argv = cmdline.read_bytes().split(b"\0")
+            if b"-m" in argv and module.encode() in argv:
+                return True
+    return False
 
 
 def wait_until(
@@ -658,10 +668,23 @@ def run_data() -> int:
     if (data / "train.parquet").exists():
         print(f"data: keeping the data in {data}", flush=True)
         return 0
-    command = [_tool("qin"), "data", "synth", "--out", str(data)]
-    if os.environ.get("QIN_DATA_PRESET"):
-        command += ["--preset", os.environ["QIN_DATA_PRESET"]]
-    return subprocess.run(command, check=False).returncode
+    preset = ["--preset", os.environ["QIN_DATA_PRESET"]] if os.environ.get("QIN_DATA_PRESET") else []
+    if not os.path.ismount(data):
+        command = [_tool("qin"), "data", "synth", "--out", str(data), *preset]
+        return subprocess.run(command, check=False).returncode
+    # A volume's mount point (compose mounts one on data/) cannot be replaced whole, as `qin data synth`
+    # replaces its output folder (and the folder above it, /app, is not the user's to write): synthesise
+    # into a folder inside it, then move the files up one by one, train.parquet last, so that a start
+    # interrupted halfway is not taken for data the next time.
+    staging = data / ".synth"
+    shutil.rmtree(staging, ignore_errors=True)
+    command = [_tool("qin"), "data", "synth", "--out", str(staging), "--no-dvc", *preset]
+    status = subprocess.run(command, check=False).returncode
+    if status == 0:
+        for name in sorted((p.name for p in staging.iterdir()), key=lambda n: n == "train.parquet"):
+            os.replace(staging / name, data / name)
+        staging.rmdir()
+    return status
 
 
 # --- `up`: the stack as local processes --------------------------------------------------------------------
