@@ -602,6 +602,9 @@ def run_serving(s: Settings) -> int:
     from qin.config import load_params
 
     register = load_params("params.yaml").register
+    # `mlflow models serve` runs `uvicorn` from PATH: this environment's, also when it is not activated.
+    path = os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])
+    child_env = {**os.environ, **OFFLINE, "PATH": path}
     poll_s = float(os.environ.get("SERVING_POLL_S", "10"))
     aliases = (register.production_alias, register.alias)
     client = MlflowClient()
@@ -646,7 +649,7 @@ def run_serving(s: Settings) -> int:
                         [_tool("mlflow"), "models", "serve", "-m", uri, "--env-manager", "local",
                          "-h", s.bind, "-p", str(s.serving_port),
                          "-w", os.environ.get("SERVING_WORKERS", "1")],
-                        env={**os.environ, **OFFLINE}, start_new_session=True,
+                        env=child_env, start_new_session=True,
                     )  # fmt: skip
                     _write_serving_status(state="serving", alias=holder[0], version=holder[1], uri=uri)
                 else:

@@ -81,11 +81,15 @@ class Stack:
             req.add_header("Authorization", "Basic " + base64.b64encode(login.encode()).decode())
         try:
             with urllib.request.urlopen(req, timeout=30) as response:
-                return response.status, json.loads(response.read() or b"null")
+                text = response.read().decode(errors="replace")
         except urllib.error.HTTPError as exc:
             return exc.code, exc.read().decode(errors="replace")
         except OSError as exc:  # nothing listens there (yet, or any more)
             return 0, str(exc)
+        try:
+            return response.status, json.loads(text)
+        except ValueError:  # e.g. /ping's empty line
+            return response.status, text
 
     def mlflow(self, path: str, body: dict | None = None) -> Any:
         status, payload = self.request("mlflow", path, body)
