@@ -147,7 +147,7 @@ COMPOSE := docker compose -f docker/compose.yaml
 
 up:
 	$(PYTHON) -m flows.stack secrets docker/.env
-	$(COMPOSE) up -d --build --wait
+	QIN_GIT_COMMIT=$$(git rev-parse HEAD 2>/dev/null || echo unknown) $(COMPOSE) up -d --build --wait
 	@echo "MLflow UI:   http://$$($(COMPOSE) port mlflow 5000)  (log in with MLFLOW_TRACKING_USERNAME/PASSWORD of docker/.env)"
 	@echo "Prefect UI:  http://$$($(COMPOSE) port prefect 4200)  (PREFECT_API_AUTH_STRING of docker/.env)"
 	@echo "Serving:     http://$$($(COMPOSE) port serving 5001)/invocations  (models:/qin-ctr@champion, else @staging)"

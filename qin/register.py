@@ -25,6 +25,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import os
 import re
 import subprocess
 from dataclasses import dataclass, field
@@ -151,6 +152,10 @@ def load_registry(cfg: RegisterConfig) -> Registry:
 
 
 def git_commit() -> str:
+    """The checkout's commit; QIN_GIT_COMMIT when set (an image has no git: `make up` passes the commit it
+    was built from)."""
+    if os.environ.get("QIN_GIT_COMMIT"):
+        return os.environ["QIN_GIT_COMMIT"]
     try:
         out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10)
     except (OSError, subprocess.TimeoutExpired):
