@@ -61,7 +61,6 @@ OFFLINE = {  # telemetry off (STACK.md), for every process the stack starts
     "DVC_NO_ANALYTICS": "1",
     "GX_ANALYTICS_ENABLED": "false",
 }
-SERVING_STATUS = Path(tempfile.gettempdir()) / "qin-serving.json"
 STOP_GRACE_S = 15.0  # what a service gets between SIGTERM and SIGKILL when `up` stops it
 
 
@@ -250,7 +249,7 @@ def healthy(service: str, s: Settings) -> bool:
     if service == "prefect":
         return _get(s.url("prefect") + "/api/health", s.prefect_auth) == 200
     if service == "serving":
-        status = _serving_status()
+        status = _serving_status(s.serving_port)
         if status.get("state") == "serving":
             return _get(s.url("serving") + "/ping") == 200
         return status.get("state") == "waiting"  # no version holds the aliases yet: serving nothing is right
@@ -562,17 +561,24 @@ def run_worker(s: Settings) -> int:
     return 1  # not reached
 
 
-def _serving_status() -> dict[str, str]:
+def _status_file(port: int) -> Path:
+    """What `serving` on `port` is doing, for its health check: one file per port, so that two serving
+    processes on one machine never read each other's."""
+    return Path(tempfile.gettempdir()) / f"qin-serving-{port}.json"
+
+
+def _serving_status(port: int) -> dict[str, str]:
     try:
-        return dict(json.loads(SERVING_STATUS.read_text()))
+        return dict(json.loads(_status_file(port).read_text()))
     except (OSError, ValueError):
         return {}
 
 
-def _write_serving_status(**status: str) -> None:
-    tmp = SERVING_STATUS.with_name(SERVING_STATUS.name + ".partial")
+def _write_serving_status(port: int, **status: str) -> None:
+    path = _status_file(port)
+    tmp = path.with_name(f"{path.name}.{os.getpid()}.partial")
     tmp.write_text(json.dumps(status))
-    os.replace(tmp, SERVING_STATUS)
+    os.replace(tmp, path)
 
 
 def _alias_holder(client: object, name: str, aliases: tuple[str, ...]) -> tuple[str, str] | None:
@@ -627,7 +633,7 @@ def run_serving(s: Settings) -> int:
             os.killpg(child.pid, signal.SIGKILL)
 
     stop = Stop(on_second=kill_child)
-    _write_serving_status(state="waiting", aliases=",".join(aliases))
+    _write_serving_status(s.serving_port, state="waiting", aliases=",".join(aliases))
     print(
         f"serving: waiting for a version of {register.model_name} with alias {' or '.join(aliases)}",
         flush=True,
@@ -651,12 +657,15 @@ def run_serving(s: Settings) -> int:
                          "-w", os.environ.get("SERVING_WORKERS", "1")],
                         env=child_env, start_new_session=True,
                     )  # fmt: skip
-                    _write_serving_status(state="serving", alias=holder[0], version=holder[1], uri=uri)
+                    _write_serving_status(
+                        s.serving_port, state="serving", alias=holder[0], version=holder[1], uri=uri
+                    )
                 else:
-                    _write_serving_status(state="waiting", aliases=",".join(aliases))
+                    _write_serving_status(s.serving_port, state="waiting", aliases=",".join(aliases))
             stop.sleep(poll_s)
     finally:
         stop_child()
+        _status_file(s.serving_port).unlink(missing_ok=True)  # stopped: not healthy, whatever it was
     return 0
 
 

@@ -117,3 +117,18 @@ def test_a_tracking_server_that_is_not_there_fails_naming_it(monkeypatch: pytest
     registry = MlflowRegistry(RegisterConfig(tracking_uri=uri))
     with pytest.raises(TrackingServerUnavailable, match=f"tracking server at {uri} did not answer"):
         registry.find("qin-ctr", "0" * 64)
+
+
+def test_serving_health_reads_its_own_ports_status(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Waiting for a version to serve counts as healthy; another serving process's status does not."""
+    from flows import stack
+
+    monkeypatch.setattr(stack.tempfile, "gettempdir", lambda: str(tmp_path))
+    mine, theirs = Settings.from_env({"SERVING_PORT": "6001"}), Settings.from_env({"SERVING_PORT": "6002"})
+    assert not stack.healthy("serving", mine)  # not started
+    stack._write_serving_status(theirs.serving_port, state="waiting")
+    assert not stack.healthy("serving", mine)
+    stack._write_serving_status(mine.serving_port, state="waiting")
+    assert stack.healthy("serving", mine)
+    stack._write_serving_status(mine.serving_port, state="serving", version="3")
+    assert not stack.healthy("serving", mine), "healthy while its model server does not answer"
