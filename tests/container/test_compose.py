@@ -312,6 +312,18 @@ def test_a_deployment_run_from_the_host_registers_a_version_through_the_server(
     # The first version passes the gate: it holds `staging`.
     assert stack.alias("staging") == trained.version
 
+    # The UI on 127.0.0.1: its page and the call it makes to show the run, refused without the login.
+    page = f"{stack.mlflow}/"
+    assert requests.get(page, timeout=30).status_code == 401
+    ui = requests.get(page, auth=stack.mlflow_auth, timeout=30)
+    assert ui.status_code == 200 and "<html" in ui.text.lower(), ui.text[:300]
+    shown = requests.get(
+        f"{stack.mlflow}/ajax-api/2.0/mlflow/runs/get", params={"run_id": trained.run_id},
+        auth=stack.mlflow_auth, timeout=30,
+    )  # fmt: skip
+    assert shown.status_code == 200, shown.text[:300]
+    assert shown.json()["run"]["info"]["run_id"] == trained.run_id
+
 
 @pytest.fixture(scope="module")
 def champion(stack: Stack, trained: Trained) -> str:
