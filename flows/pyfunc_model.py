@@ -17,8 +17,18 @@ class QinModel(PythonModel):
         self.scorer = load_package(context.artifacts["package"], device="auto")
 
     def predict(self, context, model_input: pd.DataFrame, params=None):
-        """Raw challenge rows (likes_level, views_level, item_id, item_seq as a list) -> click probability."""
-        return self.scorer.predict_frame(model_input)
+        """Raw challenge rows (likes_level, views_level, item_id, item_seq as a list) -> click probability.
+        A bad row is refused (qin/request.py) as MLflow's invalid-parameter error, which its scoring server
+        answers with HTTP 400 and the message naming the row, the column, what was expected and found."""
+        from mlflow.exceptions import MlflowException
+        from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
+
+        from qin.request import BadRequest
+
+        try:
+            return self.scorer.predict_frame(model_input)
+        except BadRequest as exc:
+            raise MlflowException(f"bad request: {exc}", error_code=INVALID_PARAMETER_VALUE) from None
 
 
 mlflow.models.set_model(QinModel())

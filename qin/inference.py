@@ -25,9 +25,10 @@ from qin import runtime
 from qin.config import ModelConfig, model_config
 from qin.io import atomic_dir, read_json, tree_hash, write_json
 from qin.models import Batch, FeatureSpec, build_model
+from qin.request import COLUMNS, SCALAR_COLUMNS, check_request, history_matrix
 
 WEIGHTS, CONFIG = "weights.pt", "model.json"
-INPUT_COLUMNS = ("likes_level", "views_level", "item_id", "item_seq")
+INPUT_COLUMNS = COLUMNS  # a request's columns (qin/request.py): Batch's inputs
 
 
 def resolve_device(name: str = "auto") -> torch.device:
@@ -94,22 +95,11 @@ class Scorer:
         return out
 
     def predict_frame(self, frame: pd.DataFrame, batch_size: int = 8192) -> np.ndarray:
-        """Score raw challenge rows: `item_seq` as a list per row (any length), the rest as integers."""
-        missing = [c for c in INPUT_COLUMNS if c not in frame.columns]
-        if missing:
-            raise ValueError(f"input frame: missing columns {missing}; expected {list(INPUT_COLUMNS)}")
-        seq = np.zeros((len(frame), self.max_len), dtype=np.int64)
-        for i, items in enumerate(frame["item_seq"]):
-            tail = np.asarray(items, dtype=np.int64)[-self.max_len :]
-            if len(tail):
-                seq[i, -len(tail) :] = tail  # left padding, most recent last
-        cols = {c: frame[c].to_numpy(dtype=np.int64) for c in INPUT_COLUMNS[:3]}
-        for name, ids in (("item_id", cols["item_id"]), ("item_seq", seq)):
-            bad = ids[(ids < 0) | (ids >= self.n_items)]
-            if bad.size:
-                raise ValueError(
-                    f"input column '{name}': ids must be in 0..{self.n_items - 1}, found {bad[:5].tolist()}"
-                )
+        """Score raw challenge rows: `item_seq` as a list per row (any length: the most recent max_len
+        items are used), the rest as integers. A bad row raises qin.request.BadRequest naming it."""
+        check_request(frame, self.n_items)
+        seq = history_matrix(frame["item_seq"], len(frame), self.max_len)
+        cols = {c: frame[c].to_numpy(dtype=np.int64) for c in SCALAR_COLUMNS}
         return self.predict({**cols, "item_seq": seq}, batch_size)
 
 
