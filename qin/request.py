@@ -81,11 +81,14 @@ def _history_problems(frame: pd.DataFrame, n_items: int) -> Iterable[tuple[int, 
         if not isinstance(items, list | tuple | np.ndarray):
             yield i, f"row {i}, column '{HISTORY}': expected a list of item ids, found {_found(items)}"
             continue
-        array = np.asarray(items)
+        try:
+            array = np.asarray(items)
+        except ValueError:  # ragged: lists inside the list
+            array = np.empty((0, 0))
         if array.ndim != 1:
             yield (
                 i,
-                f"row {i}, column '{HISTORY}': expected a flat list of item ids, found {array.ndim} levels",
+                f"row {i}, column '{HISTORY}': expected a flat list of item ids, found nested lists",
             )
             continue
         if array.dtype.kind in "iu":

@@ -45,6 +45,14 @@ def test_good_rows_pass() -> None:
         ({"item_seq": [[1], [2.5], []]}, "row 1, column 'item_seq': expected item ids in 0..99, found 2.5"),
         ({"item_seq": [[1], 7, []]}, "row 1, column 'item_seq': expected a list of item ids, found 7"),
         (
+            {"item_seq": [[1], [[2, 3], [4]], []]},
+            "row 1, column 'item_seq': expected a flat list of item ids, found nested lists",
+        ),
+        (
+            {"item_seq": [[1], [[2, 3]], []]},
+            "row 1, column 'item_seq': expected a flat list of item ids, found nested lists",
+        ),
+        (
             {"likes_level": [0, 99, 1]},
             "row 1, column 'likes_level': expected an integer level in 0..10, found 99",
         ),
