@@ -364,8 +364,12 @@ def _as_postgres() -> dict[str, object]:
 
 
 def _initdb(bindir: Path, data: Path, s: Settings) -> None:
+    """A new cluster in `data`, made in `<data>.partial` and renamed: an initdb that fails half-way leaves
+    nothing that the next start would take for a cluster."""
     who = _as_postgres()
-    data.mkdir(parents=True, exist_ok=True)
+    final, data = data, data.with_name(data.name + ".partial")
+    shutil.rmtree(data, ignore_errors=True)
+    data.mkdir(parents=True)
     with tempfile.NamedTemporaryFile("w", prefix="qin-pg-", delete=False) as f:
         f.write(s.pg_password + "\n")
     try:
@@ -390,6 +394,7 @@ def _initdb(bindir: Path, data: Path, s: Settings) -> None:
             stdout=subprocess.DEVNULL,
             **who,  # type: ignore[call-overload]
         )
+        os.replace(data, final)
     finally:
         os.unlink(f.name)
 
