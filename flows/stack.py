@@ -26,8 +26,9 @@ Settings come from the environment (docker/.env holds the credentials; `up` read
     QIN_POOL                       the process work pool (qin-pool)
     QIN_STACK_DIR                  `up`'s state: PostgreSQL's data, MLflow's artifacts, logs (./.stack)
 
-Every command stops cleanly on SIGTERM as on Ctrl-C. This module imports only the standard library at the
-top, so `secrets` and `env` run with a bare Python before any virtual environment exists.
+Every command stops cleanly on SIGTERM as on Ctrl-C. This module imports only the standard library and
+qin.io (itself standard library only) at the top, so `secrets` and `env` run with a bare Python before any
+virtual environment exists.
 """
 
 from __future__ import annotations
@@ -50,6 +51,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
+
+from qin.io import atomic_file, write_json
 
 ROOT = Path(__file__).resolve().parents[1]
 ENV_FILE = ROOT / "docker" / ".env"
@@ -160,7 +163,7 @@ def read_env_file(path: Path) -> dict[str, str]:
 
 def write_secrets(path: Path) -> bool:
     """Write `path` with generated passwords unless it exists; True when it was written. Written to a
-    temporary name, readable by its owner only, then renamed."""
+    temporary name (atomic_file's: readable by its owner only, a mode the rename keeps), then renamed."""
     if path.exists():
         return False
     token = lambda: secrets.token_urlsafe(24)  # noqa: E731 - letters, digits, '-' and '_': safe in URLs
@@ -178,12 +181,8 @@ def write_secrets(path: Path) -> bool:
         "PREFECT_PORT=4200",
         "SERVING_PORT=5001",
     ]
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".partial")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as f:
-        f.write("\n".join(lines) + "\n")
-    os.replace(tmp, path)
+    with atomic_file(path) as tmp:
+        tmp.write_text("\n".join(lines) + "\n")
     return True
 
 
@@ -301,7 +300,8 @@ class Stop:
             self.on_second()
             return
         self.requested = True
-        print(f"flows.stack: {signal.Signals(signum).name}: stopping", file=sys.stderr, flush=True)
+        # os.write, not print: a handler may interrupt a print, which is not reentrant (flows/shutdown.py)
+        os.write(2, f"flows.stack: {signal.Signals(signum).name}: stopping\n".encode())
         self.on_stop()
 
     def sleep(self, seconds: float) -> None:
@@ -580,10 +580,7 @@ def _serving_status(port: int) -> dict[str, str]:
 
 
 def _write_serving_status(port: int, **status: str) -> None:
-    path = _status_file(port)
-    tmp = path.with_name(f"{path.name}.{os.getpid()}.partial")
-    tmp.write_text(json.dumps(status))
-    os.replace(tmp, path)
+    write_json(_status_file(port), status)
 
 
 def _alias_holder(client: object, name: str, aliases: tuple[str, ...]) -> tuple[str, str] | None:

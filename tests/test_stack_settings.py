@@ -37,7 +37,7 @@ def test_secrets_are_generated_once_readable_by_their_owner_only(tmp_path: Path)
 
     assert not write_secrets(path), "an existing credentials file was rewritten"
     assert read_env_file(path) == first
-    assert not list(path.parent.glob("*.partial"))
+    assert not list(path.parent.glob(".env.tmp-*")), "a temporary file was left (qin.io.atomic_file's name)"
 
 
 def test_the_secrets_command_runs_with_a_bare_python(tmp_path: Path) -> None:
