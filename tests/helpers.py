@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import socket
 from pathlib import Path
 
 from qin import pipeline
@@ -33,3 +34,16 @@ def model_variant(project: Path, name: str, auc: float) -> tuple[Path, Path]:
     metrics = project / "metrics" / f"{name}.json"
     metrics.write_text(json.dumps({**json.loads(EVAL_METRICS.read_text()), "valid_auc": auc}))
     return model, metrics
+
+
+def free_ports(n: int) -> list[int]:
+    """`n` distinct ports no one listens on at 127.0.0.1 (held open together, so the kernel hands out
+    different ones)."""
+    socks = [socket.socket() for _ in range(n)]
+    try:
+        for s in socks:
+            s.bind(("127.0.0.1", 0))
+        return [s.getsockname()[1] for s in socks]
+    finally:
+        for s in socks:
+            s.close()

@@ -4,7 +4,6 @@ a tracking server that is not there fails naming it. The servers themselves: tes
 
 from __future__ import annotations
 
-import socket
 import stat
 import subprocess
 import sys
@@ -22,6 +21,7 @@ from flows.stack import (
     write_secrets,
 )
 from tests.conftest import REPO
+from tests.helpers import free_ports
 
 
 def test_secrets_are_generated_once_readable_by_their_owner_only(tmp_path: Path) -> None:
@@ -109,9 +109,7 @@ def test_a_tracking_server_that_is_not_there_fails_naming_it(monkeypatch: pytest
     from flows.tracking import MlflowRegistry, TrackingServerUnavailable
     from qin.config import RegisterConfig
 
-    with socket.socket() as s:  # a port nothing listens on
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    (port,) = free_ports(1)  # nothing listens there
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
     uri = f"http://127.0.0.1:{port}"
     registry = MlflowRegistry(RegisterConfig(tracking_uri=uri))

@@ -20,7 +20,6 @@ import json
 import os
 import re
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -32,6 +31,8 @@ from typing import Any, NoReturn
 import numpy as np
 import pytest
 import requests
+
+from tests.helpers import free_ports
 
 pytestmark = pytest.mark.container
 
@@ -68,19 +69,6 @@ if rows is None:
 scores = np.asarray(model.predict(rows), dtype=float).ravel().tolist()
 print(json.dumps({"rows": json.loads(rows.to_json(orient="split", index=False)), "scores": scores}))
 """
-
-
-def free_ports(n: int) -> list[int]:
-    """`n` distinct ports no one listens on at 127.0.0.1 (held open together, so the kernel hands out
-    different ones)."""
-    socks = [socket.socket() for _ in range(n)]
-    try:
-        for s in socks:
-            s.bind(("127.0.0.1", 0))
-        return [s.getsockname()[1] for s in socks]
-    finally:
-        for s in socks:
-            s.close()
 
 
 def read_env_file(path: Path) -> dict[str, str]:

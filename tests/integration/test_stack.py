@@ -13,7 +13,6 @@ import os
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -29,6 +28,7 @@ import pytest
 
 from flows.stack import Settings, postgres_bindir, read_env_file, write_secrets
 from tests.conftest import REPO, TINY_PARAMS
+from tests.helpers import free_ports
 
 pytestmark = pytest.mark.integration
 
@@ -37,12 +37,6 @@ MODEL = "qin-ctr"
 # A deployment run's training on tiny data: a few seconds; each run gets its own seed, so its own model.
 FAST = {"train.epochs": 2}
 PREFECT = str(Path(sys.executable).with_name("prefect"))
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def _poll(what: str, check: Callable[[], T | None], timeout: float, log: Callable[[], str] = str) -> T:
@@ -111,7 +105,8 @@ def stack() -> Iterator[Stack]:
     base.chmod(0o755)
     env_file = base / "env"
     write_secrets(env_file)
-    ports = {k: str(_free_port()) for k in ("POSTGRES_PORT", "MLFLOW_PORT", "PREFECT_PORT", "SERVING_PORT")}
+    names = ("POSTGRES_PORT", "MLFLOW_PORT", "PREFECT_PORT", "SERVING_PORT")
+    ports = {k: str(port) for k, port in zip(names, free_ports(len(names)), strict=True)}
     env = {**os.environ, **ports, "QIN_STACK_DIR": str(base / "state")}
     log = base / "up.log"
     with log.open("wb") as out:
