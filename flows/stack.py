@@ -36,7 +36,6 @@ from __future__ import annotations
 import argparse
 import base64
 import contextlib
-import json
 import os
 import secrets
 import shutil
@@ -52,7 +51,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
 
-from qin.io import atomic_file, write_json
+from qin.io import atomic_file, read_json, write_json
 
 ROOT = Path(__file__).resolve().parents[1]
 ENV_FILE = ROOT / "docker" / ".env"
@@ -574,7 +573,7 @@ def _status_file(port: int) -> Path:
 
 def _serving_status(port: int) -> dict[str, str]:
     try:
-        return dict(json.loads(_status_file(port).read_text()))
+        return dict(read_json(_status_file(port)))
     except (OSError, ValueError):
         return {}
 
