@@ -1,5 +1,5 @@
-"""Deploy the `qin-train` and `qin-ablation` flows to the process work pool `qin-pool` as deployments
-`qin-train/pool` and `qin-ablation/pool`.
+"""Deploy the `qin-train`, `qin-ablation` and `qin-score` flows to the process work pool `qin-pool` as
+deployments `qin-train/pool`, `qin-ablation/pool` and `qin-score/pool`.
 
 The code source is this checkout (a local directory: no image, no registry, no network); a worker runs each
 flow run in a subprocess started in the project root. At most params.yaml `deploy.concurrency_limit` runs at
@@ -11,6 +11,7 @@ when it is absent, runs this and starts a worker:
     python -m flows.worker --pool qin-pool       # stops its flow runs on SIGTERM / Ctrl-C (flows/worker.py)
     prefect deployment run qin-train/pool        # in another shell, with the same PREFECT_API_URL
     prefect deployment run qin-ablation/pool
+    prefect deployment run qin-score/pool        # the champion's (else staging's) submission
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from typing import Any
 
 from flows.deployment import concurrency_limit
 from flows.qin_ablation import qin_ablation
+from flows.qin_score import qin_score
 from flows.qin_train import qin_train
 from qin.config import load_params
 
@@ -28,7 +30,11 @@ POOL = "qin-pool"
 DEPLOYMENT = "pool"
 ROOT = Path(__file__).resolve().parents[1]
 # The flows a worker runs: (flow, its entrypoint in the checkout).
-FLOWS = ((qin_train, "flows/qin_train.py:qin_train"), (qin_ablation, "flows/qin_ablation.py:qin_ablation"))
+FLOWS = (
+    (qin_train, "flows/qin_train.py:qin_train"),
+    (qin_ablation, "flows/qin_ablation.py:qin_ablation"),
+    (qin_score, "flows/qin_score.py:qin_score"),
+)
 
 
 def deploy(pool: str = POOL, name: str = DEPLOYMENT, root: Path = ROOT) -> dict[str, str]:

@@ -74,7 +74,7 @@ def qin_train(
     keys: dict[str, str] = {}
     how: dict[str, str] = {}
     dirs: dict[str, str] = {}
-    for s in pipeline.STAGES:
+    for s in pipeline.flow_stages(pipeline.TRAIN_FLOW):
         if s.content_addressed:
             entry = run_stage(s.name, settings, data, dict(keys), record)
             keys[s.name], how[s.name], dirs[s.name] = entry["key"], entry["how"], entry["dir"]

@@ -1,4 +1,5 @@
-"""Serve the `qin-train` flow as deployment `qin-train/local` (needs PREFECT_API_URL; see `make serve`).
+"""Serve the `qin-train` and `qin-score` flows as deployments `qin-train/local` and `qin-score/local`
+(needs PREFECT_API_URL; see `make serve`).
 
 At most params.yaml `deploy.concurrency_limit` runs at once (the server holds the others back). SIGTERM and
 SIGINT (Ctrl-C) stop it: the in-flight flow runs are cancelled (state Cancelled), then the process exits;
@@ -16,6 +17,7 @@ import anyio
 from prefect.runner import Runner
 
 from flows.deployment import concurrency_limit, share_cores
+from flows.qin_score import qin_score
 from flows.qin_train import qin_train
 from flows.shutdown import GracefulStop
 from qin.config import load_params
@@ -73,12 +75,13 @@ def main() -> None:
     runner = StoppableRunner(name=DEPLOYMENT, pause_on_shutdown=False)
     deploy = load_params().deploy
     share_cores(deploy)
-    runner.add_flow(qin_train, name=DEPLOYMENT, concurrency_limit=concurrency_limit(deploy))
+    for served in (qin_train, qin_score):
+        runner.add_flow(served, name=DEPLOYMENT, concurrency_limit=concurrency_limit(deploy))
     runner.graceful_stop.install()
-    name = f"{qin_train.name}/{DEPLOYMENT}"
+    names = [f"{served.name}/{DEPLOYMENT}" for served in (qin_train, qin_score)]
     print(
-        f"serving {name} (runs at once: {deploy.concurrency_limit or 'no limit'}, then "
-        f"{deploy.collision_strategy}); run it with `prefect deployment run {name}`",
+        f"serving {' and '.join(names)} (runs of each at once: {deploy.concurrency_limit or 'no limit'}, "
+        f"then {deploy.collision_strategy}); run one with `prefect deployment run {names[0]}`",
         flush=True,
     )
     with contextlib.suppress(KeyboardInterrupt):  # a signal before the runner had started

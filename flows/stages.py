@@ -28,8 +28,15 @@ def retry_on_io_only(task: Any, task_run: Any, state: State) -> bool:
 
 
 def _stage_task(s: pipeline.Stage) -> Any:
-    def run_stage(params: str, data: str, upstream: dict[str, str], record: str) -> Any:
-        entry = store.run(s.name, params, data, upstream, record)
+    def run_stage(
+        params: str,
+        data: str,
+        upstream: dict[str, str],
+        record: str,
+        model_dir: str | None = None,
+        extra: dict[str, Any] | None = None,
+    ) -> Any:
+        entry = store.run(s.name, params, data, upstream, record, model_dir=model_dir, extra=extra)
         if not s.content_addressed:
             return entry
         return Completed(name="Cached" if entry["how"] == "cached" else "Completed", data=entry)
@@ -49,9 +56,18 @@ def _stage_task(s: pipeline.Stage) -> Any:
 TASKS = {s.name: _stage_task(s) for s in pipeline.STAGES}
 
 
-def run_stage(name: str, params: str, data: str, upstream: dict[str, str], record: str) -> Any:
-    """Run the stage's task in the current flow; its entry (raises if the task failed)."""
-    return TASKS[name](params, data, upstream, record, return_state=True).result()
+def run_stage(
+    name: str,
+    params: str,
+    data: str,
+    upstream: dict[str, str],
+    record: str,
+    model_dir: str | None = None,
+    extra: dict[str, Any] | None = None,
+) -> Any:
+    """Run the stage's task in the current flow; its entry (raises if the task failed). `model_dir` and
+    `extra`: the model package of a stage that reads one, and its registered identity (store.run)."""
+    return TASKS[name](params, data, upstream, record, model_dir, extra, return_state=True).result()
 
 
 @task(name="params", cache_policy=NO_CACHE)

@@ -22,6 +22,8 @@ from __future__ import annotations
 import contextlib
 import functools
 import os
+import shutil
+import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Concatenate, ParamSpec, TypeVar
@@ -277,6 +279,32 @@ class MlflowRegistry:
         if "MLmodel" not in names:
             return f"its model artifacts at {uri} have no MLmodel file (found {sorted(names) or 'nothing'})"
         return None
+
+    @_serialised
+    def download_package(self, model_name: str, version: str, dest: Path) -> None:
+        uri = self.client.get_model_version_download_uri(model_name, version)
+        with tempfile.TemporaryDirectory(dir=dest.parent, prefix=".download-") as tmp:
+            local = Path(mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=tmp))
+            package = local / "artifacts" / "package"  # where log_model put artifacts={"package": ...}
+            if not (package / "model.json").is_file():
+                raise FileNotFoundError(
+                    f"{uri}: expected a model package at artifacts/package/ of the MLflow model, found "
+                    f"{sorted(p.name for p in local.iterdir())}"
+                )
+            shutil.copytree(package, dest, dirs_exist_ok=True)
+
+    @_serialised
+    def log_scoring(self, model_name: str, version: str, manifest: Path, name: str) -> None:
+        run_id = self.client.get_model_version(model_name, version).run_id
+        with tempfile_copy(manifest, f"{name}.json") as path:
+            self.client.log_artifact(run_id, str(path), artifact_path="predictions")
+
+
+@contextlib.contextmanager
+def tempfile_copy(path: Path, name: str) -> Any:
+    """`path` copied to a temporary file called `name` (MLflow names an artifact after its file)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        yield Path(shutil.copy(path, Path(tmp) / name))
 
 
 def experiment_name(cfg: RegisterConfig, data_hash: str) -> str:

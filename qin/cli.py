@@ -71,6 +71,12 @@ def _summary(name: str, result: Any, paths: dict[str, Path]) -> str | None:
         return f"model package in {out}/ ({best})"
     if name == "evaluate":
         return " ".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}" for k, v in result.items())
+    if name == "predict":
+        seconds = result["seconds"]
+        return (
+            f"{out}/submission.zip: {result['rows']} rows scored in {seconds['score']:.1f} s "
+            f"({result['rows_per_s']:.0f} rows/s), {seconds['total']:.1f} s with the gate and the files"
+        )
     if name == "register":
         return (
             f"MLflow run {result['run_id']}; {result['model_name']} version {result['version']}"
@@ -84,9 +90,17 @@ def _run_stage(args: argparse.Namespace, params: Params) -> None:
     """`qin <stage>`: the stage function on the given paths (defaults: the DVC workspace's)."""
     s = pipeline.stage(args.command)
     paths = {arg: getattr(args, arg) for arg in s.args()}
+    extra = None
+    for i in s.inputs:
+        if i.stage == pipeline.MODEL:  # a registered version (downloaded once) or a package path
+            from qin.resolve import resolve_model
+
+            ref = resolve_model(paths[i.arg] or params.predict.model, params.register)
+            print(f"scoring with {ref.describe()}")
+            paths[i.arg], extra = ref.path, ref.registered()
     # A resumable stage's checkpoint must belong to these settings and inputs: its key, by content.
     key = pipeline.content_key(s, params, paths) if s.resumable else None
-    line = _summary(s.name, pipeline.call(s, paths, params, key=key), paths)
+    line = _summary(s.name, pipeline.call(s, paths, params, key=key, extra=extra), paths)
     if line:
         print(line)
 
@@ -127,7 +141,7 @@ def _show_params(args: argparse.Namespace, params: Params) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="qin", description="QIN pipeline: data, validate, featurize, train, evaluate, register"
+        prog="qin", description="QIN pipeline: data, validate, featurize, train, evaluate, register, predict"
     )
     parser.add_argument(
         "--params", type=Path, default=layout.PARAMS, help="settings file (default: %(default)s)"
@@ -161,6 +175,14 @@ def build_parser() -> argparse.ArgumentParser:
     for s in pipeline.STAGES:
         p = stage(s.name, _run_stage, s.help)
         for i in s.inputs:
+            if i.stage == pipeline.MODEL:
+                p.add_argument(
+                    i.option,
+                    dest=i.arg,
+                    help="a registered version by alias or number, 'auto' (the production alias, else "
+                    "staging) or a model package path (default: params predict.model)",
+                )
+                continue
             p.add_argument(i.option, dest=i.arg, type=Path, default=pipeline.workspace_path(i))
         for o in s.outputs:
             p.add_argument(o.option, dest=o.arg, type=Path, default=Path(o.workspace))

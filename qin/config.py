@@ -194,12 +194,40 @@ PRESET_MODELS: dict[str, dict[str, ModelConfig]] = {
 # the one trained on 2; a run reuses whichever its key found first.
 SPEED_SETTINGS: dict[str, tuple[str, ...]] = {
     "train": ("device", "compile", "threads", "precision", "reuse_memory"),
+    "predict": ("device",),
+}
+# Settings a stage key holds in another form, so they are left out of it too: `predict.model` names the
+# model ("champion", a version, a path) that the key identifies by its content hash.
+KEY_EXCLUDED: dict[str, tuple[str, ...]] = {
+    **SPEED_SETTINGS,
+    "predict": (*SPEED_SETTINGS["predict"], "model"),
 }
 
 
 @dataclass(frozen=True)
 class EvaluateConfig:
     batch_size: int = 8192
+
+
+@dataclass(frozen=True)
+class PredictConfig:
+    """The `predict` stage: test.parquet scored into the challenge's submission (qin/predict.py)."""
+
+    # The model: "auto" (the registry's register.production_alias, else register.alias), an alias, a
+    # version number, or the path of a model package (or of an MLflow model that holds one).
+    model: str = "auto"
+    batch_size: int = 65536  # rows per forward pass
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+
+    def __post_init__(self) -> None:
+        if self.batch_size < 1:
+            raise ValueError(
+                f"params key 'predict.batch_size': expected a positive integer, found {self.batch_size}"
+            )
+        if not self.model.strip():
+            raise ValueError(
+                "params key 'predict.model': expected auto, an alias, a version or a path, found ''"
+            )
 
 
 @dataclass(frozen=True)
@@ -253,6 +281,7 @@ class Params:
     train: TrainConfig = field(default_factory=TrainConfig)
     evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
     register: RegisterConfig = field(default_factory=RegisterConfig)
+    predict: PredictConfig = field(default_factory=PredictConfig)
     deploy: DeployConfig = field(default_factory=DeployConfig)
 
 

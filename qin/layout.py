@@ -13,3 +13,5 @@ DATA = Path("data")  # raw data: written only by `qin data synth` / `qin data im
 STORE = Path("artifacts/stages")
 RUNS = Path("artifacts/runs")
 LOCKS = Path("artifacts/locks")  # one lock file per shared thing (a model hash, an alias)
+# Registered model packages `predict` downloaded, one folder per content hash (qin/predict.py).
+MODELS = Path("artifacts/models")

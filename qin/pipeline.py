@@ -7,11 +7,15 @@ build one task per stage and run them in table order, the failure report lists a
 outputs from it, and a test checks dvc.yaml against it (stages, deps, params, outs).
 
 A stage's identity is its key: a hash of the stage's name, the code it runs, the settings it reads
-(without the speed-only ones, `qin.config.SPEED_SETTINGS`) and the identities of its inputs. In a flow
-run an input's identity is the key of the stage that wrote it (the raw data's content hash at the root),
-so keys chain and two runs with the same settings on the same data agree on every key; `qin.store` keeps
-each key's outputs in their own folder. Run on plain paths (the CLI, under DVC), an input's identity is its
-content hash. The trainer's resumable checkpoint belongs to the key it was written under.
+(without the speed-only ones and those it holds in another form, `qin.config.KEY_EXCLUDED`) and the
+identities of its inputs. In a flow run an input's identity is the key of the stage that wrote it (the raw
+data's and a model package's content hash at the roots), so keys chain and two runs with the same settings
+on the same data agree on every key; `qin.store` keeps each key's outputs in their own folder. Run on plain
+paths (the CLI, under DVC), an input's identity is its content hash. The trainer's resumable checkpoint
+belongs to the key it was written under.
+
+Stages belong to a flow: `qin-train` runs the training stages in table order; `qin-score` runs `predict`
+on a model package (`MODEL`: a registered version, downloaded, or a package path) and the raw data.
 """
 
 from __future__ import annotations
@@ -28,10 +32,14 @@ from pathlib import Path
 from typing import Any, Literal
 
 from qin import layout
-from qin.config import SPEED_SETTINGS, Params
+from qin.config import KEY_EXCLUDED, Params
 from qin.io import file_hash, tree_hash
 
 DATA = "data"  # the source of an input that is the raw data folder, not a stage's output
+# The source of an input that is a model package the caller names (qin/predict.py `resolve_model`): in the
+# DVC workspace, the train stage's package.
+MODEL = "model"
+TRAIN_FLOW, SCORE_FLOW = "qin-train", "qin-score"
 ROOT = Path(__file__).resolve().parents[1]  # the project root: code paths are relative to it
 
 
@@ -67,6 +75,7 @@ class Stage:
     # False: it writes to the outside world (the registry), so it is never cached; a flow run keeps its
     # outputs in the run's record (artifacts/runs/<flow run id>/) instead of a key's folder.
     content_addressed: bool = True
+    flow: str = TRAIN_FLOW  # the Prefect flow that runs it
 
     def output(self, name: str) -> Output:
         for out in self.outputs:
@@ -148,6 +157,16 @@ STAGES: tuple[Stage, ...] = (
         plugins=("flows/tracking.py", "flows/pyfunc_model.py"),
         content_addressed=False,
     ),
+    Stage(
+        "predict",
+        "qin.predict:predict",
+        # The gate's settings (the test file is checked as `validate` checks it) and its own.
+        ("validate", "predict"),
+        inputs=(_DATA_IN, Input("model_dir", "--model", MODEL, "model")),
+        outputs=(Output("out_dir", "--out", "predict", "artifacts/predict"),),
+        help="score test.parquet into the challenge's submission (prediction.csv in a zip) and a manifest",
+        flow=SCORE_FLOW,
+    ),
 )
 
 
@@ -158,9 +177,26 @@ def stage(name: str) -> Stage:
     raise ValueError(f"stage: expected one of {[s.name for s in STAGES]}, found {name!r}")
 
 
+def flow_stages(flow: str) -> tuple[Stage, ...]:
+    """The stages `flow` runs, in table order."""
+    return tuple(s for s in STAGES if s.flow == flow)
+
+
 def workspace_path(source: Input) -> Path:
-    """Where the DVC workspace keeps an input: the raw data folder, or its stage's output path."""
-    return layout.DATA if source.stage == DATA else Path(stage(source.stage).output(source.output).workspace)
+    """Where the DVC workspace keeps an input: the raw data folder, its stage's output path, or (a model)
+    the train stage's package."""
+    if source.stage == DATA:
+        return layout.DATA
+    if source.stage == MODEL:
+        return Path(stage("train").output("model").workspace)
+    return Path(stage(source.stage).output(source.output).workspace)
+
+
+def dvc_cmd(s: Stage) -> str:
+    """The stage's dvc.yaml command: `qin <stage>` on the workspace paths (its defaults), and a model input
+    (which `qin predict` otherwise resolves in the registry) named as the workspace's package."""
+    models = [f" {i.option} {workspace_path(i)}" for i in s.inputs if i.stage == MODEL]
+    return f"python -m qin {s.name}" + "".join(models)
 
 
 def settings(s: Stage, params: Params) -> dict[str, Any]:
@@ -168,7 +204,7 @@ def settings(s: Stage, params: Params) -> dict[str, Any]:
     out = {}
     for section in s.sections:
         values = dataclasses.asdict(getattr(params, section))
-        out[section] = {k: v for k, v in values.items() if k not in SPEED_SETTINGS.get(section, ())}
+        out[section] = {k: v for k, v in values.items() if k not in KEY_EXCLUDED.get(section, ())}
     return out
 
 
@@ -199,11 +235,18 @@ def content_key(s: Stage, params: Params, paths: Mapping[str, str | Path]) -> st
     return stage_key(s, params, {_source(i): tree_hash([paths[i.arg]]) for i in s.inputs})
 
 
-def call(s: Stage, paths: Mapping[str, str | Path], params: Params, key: str | None = None) -> Any:
+def call(
+    s: Stage,
+    paths: Mapping[str, str | Path],
+    params: Params,
+    key: str | None = None,
+    extra: Mapping[str, Any] | None = None,
+) -> Any:
     """Run the stage function on `paths` (its parameter name to path, for every input and output).
 
     A stage that reads one section gets it as `cfg`; one that reads several gets the whole `params`;
-    a resumable one also gets its `key`.
+    a resumable one also gets its `key`; `extra` are more keyword arguments (what the key already holds
+    in another form: the registered name and version of the model package `predict` scores).
     """
     module, name = s.function.split(":")
     fn: Callable[..., Any] = getattr(importlib.import_module(module), name)
@@ -214,11 +257,11 @@ def call(s: Stage, paths: Mapping[str, str | Path], params: Params, key: str | N
         kwargs["params"] = params
     if s.resumable:
         kwargs["key"] = key
-    return fn(**kwargs)
+    return fn(**kwargs, **(extra or {}))
 
 
 def _source(i: Input) -> str:
-    return DATA if i.stage == DATA else f"{i.stage}/{i.output}"
+    return i.stage if i.stage in (DATA, MODEL) else f"{i.stage}/{i.output}"
 
 
 @cache

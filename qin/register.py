@@ -140,6 +140,13 @@ class Registry(Protocol):
     def missing_artifacts(self, model_name: str, version: str) -> str | None:
         """Why its run or model artifacts cannot be used (run deleted, model files gone), or None."""
 
+    def download_package(self, model_name: str, version: str, dest: Path) -> None:
+        """Copy the version's model package (the files `qin.inference.load_package` reads) into `dest`,
+        an empty folder."""
+
+    def log_scoring(self, model_name: str, version: str, manifest: Path, name: str) -> None:
+        """Attach a scoring manifest (qin/predict.py) to the version's run, as `predictions/<name>.json`."""
+
 
 def load_registry(cfg: RegisterConfig) -> Registry:
     found = {ep.name: ep for ep in entry_points(group="qin.registries")}

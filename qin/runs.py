@@ -94,6 +94,8 @@ def failure_report(record: Path, failed: list[str], finished: list[str], error: 
         for i in s.inputs:
             if i.stage == pipeline.DATA:
                 lines.append(f"- `{info.get('parameters', {}).get('data', layout.DATA)}` (the raw data)")
+            elif i.stage == pipeline.MODEL:
+                lines.append(f"- `{info.get('model_dir', 'the model package')}` (the model package)")
             else:
                 where = f"{done[i.stage]['dir']}/{i.output}" if i.stage in done else f"{i.stage}/{i.output}"
                 lines.append(f"- `{where}`")

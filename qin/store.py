@@ -58,22 +58,27 @@ def run(
     upstream: dict[str, str],
     record: str | Path | None = None,
     root: str | Path = layout.STORE,
+    model_dir: str | Path | None = None,
+    extra: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Run stage `name` for a flow run, or reuse its key's outputs; return what happened.
 
-    `upstream`: the keys of the stages already run (by stage name). A content-addressed stage returns
+    `upstream`: the keys of the stages already run (by stage name). `model_dir`: the model package of a
+    stage that reads one (`predict`), identified by its content hash; `extra`: more arguments for the stage
+    function (pipeline.call). A content-addressed stage returns
     {"stage", "key", "dir", "how": "ran" | "cached", "seconds"}; one that is not (register) writes its
     outputs into `record` and returns the stage function's result. With `record` (the flow run's record
     folder) the stage's entry is added to it.
     """
     s = pipeline.stage(name)
     params = load_params(params_file)
-    identities, paths = _inputs(s, Path(data_dir), upstream, Path(root))
+    sources = {pipeline.DATA: Path(data_dir), **({pipeline.MODEL: Path(model_dir)} if model_dir else {})}
+    identities, paths = _inputs(s, sources, upstream, Path(root))
     if not s.content_addressed:
         if record is None:
             raise ValueError(f"stage '{name}' writes outside the store: it needs the run's record folder")
         paths |= {o.arg: Path(record) / o.name for o in s.outputs}
-        return pipeline.call(s, paths, params)  # type: ignore[no-any-return]
+        return pipeline.call(s, paths, params, extra=extra)  # type: ignore[no-any-return]
     key = pipeline.stage_key(s, params, identities)
     folder = key_dir(name, key, root)
     if verify(folder) is None:
@@ -84,22 +89,25 @@ def run(
             if verify(folder) is None:  # the run that held the lock wrote it
                 entry = _entry(s, key, folder, "cached")
             else:
-                entry = _compute(s, key, folder, params, identities, paths, upstream)
+                entry = _compute(s, key, folder, params, identities, paths, upstream, extra)
     if record is not None:
         runs.add_stage(Path(record), entry)
     return entry
 
 
 def _inputs(
-    s: pipeline.Stage, data_dir: Path, upstream: dict[str, str], root: Path
+    s: pipeline.Stage, sources: dict[str, Path], upstream: dict[str, str], root: Path
 ) -> tuple[dict[str, str], dict[str, Path]]:
-    """Each input's identity (by source) and path: the raw data by content hash, a stage's output by key."""
+    """Each input's identity (by source) and path: the raw data and a model package (`sources`) by content
+    hash, a stage's output by key."""
     identities: dict[str, str] = {}
     paths: dict[str, Path] = {}
     for i in s.inputs:
-        if i.stage == pipeline.DATA:
-            identities[pipeline.DATA] = tree_hash([data_dir])
-            paths[i.arg] = data_dir
+        if i.stage in (pipeline.DATA, pipeline.MODEL):
+            if i.stage not in sources:
+                raise ValueError(f"stage '{s.name}' reads a model package: expected its path, found none")
+            identities[i.stage] = tree_hash([sources[i.stage]])
+            paths[i.arg] = sources[i.stage]
             continue
         if i.stage not in upstream:
             raise ValueError(
@@ -119,6 +127,7 @@ def _compute(
     identities: dict[str, str],
     paths: dict[str, Path],
     upstream: dict[str, str],
+    extra: dict[str, Any] | None,
 ) -> dict[str, Any]:
     if folder.exists():  # outputs that no longer verify: recompute rather than trust them
         log.warning("%s %s: %s; computing it again", s.name, key, verify(folder))
@@ -128,7 +137,7 @@ def _compute(
     partial.mkdir(parents=True, exist_ok=True)
     log.info("%s %s: %s", s.name, key, f"continuing in {partial}" if resumed else "running")
     t0 = time.perf_counter()
-    pipeline.call(s, paths | {o.arg: partial / o.name for o in s.outputs}, params, key=key)
+    pipeline.call(s, paths | {o.arg: partial / o.name for o in s.outputs}, params, key=key, extra=extra)
     seconds = time.perf_counter() - t0
     declared = {o.name for o in s.outputs}
     for leftover in {p.name for p in partial.iterdir()} - declared:  # temporaries, a finished checkpoint
@@ -136,7 +145,7 @@ def _compute(
     missing = sorted(declared - {p.name for p in partial.iterdir()})
     if missing:
         raise RuntimeError(f"stage '{s.name}' did not write its outputs {missing} into {partial}")
-    lineage = {i.stage: upstream[i.stage] for i in s.inputs if i.stage != pipeline.DATA}
+    lineage = {i.stage: upstream[i.stage] for i in s.inputs if i.stage not in (pipeline.DATA, pipeline.MODEL)}
     for upstream_stage, upstream_key in list(lineage.items()):
         lineage |= read_json(key_dir(upstream_stage, upstream_key, folder.parents[1]) / MANIFEST)["upstream"]
     write_json(

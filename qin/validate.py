@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -324,9 +325,9 @@ def validate(data_dir: str | Path, out_dir: str | Path, cfg: ValidateConfig) -> 
 
     Raises `ValidationError` (after writing the reports) when any critical expectation fails.
     """
-    data_dir, out_dir = Path(data_dir), Path(out_dir)
-    with atomic_dir(out_dir) as tmp:
-        gx = _Gx(tmp / DATA_DOCS)
+    data_dir = Path(data_dir)
+
+    def check(gx: _Gx) -> dict[str, dict]:
         files: dict[str, dict] = {}
         item = files[schema.ITEM_FILE] = _check_file(gx, data_dir, schema.ITEM_FILE, None, cfg)
         n_items = item["rows"] - 1 if "rows" in item and not item["findings"] else None
@@ -335,6 +336,27 @@ def validate(data_dir: str | Path, out_dir: str | Path, cfg: ValidateConfig) -> 
                 files[split] = {"path": str(data_dir / f"{split}.parquet"), "findings": [], "skipped": True}
                 continue
             files[split] = _check_file(gx, data_dir, split, n_items, cfg)
+        return files
+
+    return _gate(data_dir, Path(out_dir), check)
+
+
+def validate_split(
+    data_dir: str | Path, split: str, max_item_id: int, out_dir: str | Path, cfg: ValidateConfig
+) -> dict:
+    """The same gate for one split on its own, with item ids up to `max_item_id` (e.g. `predict` checks
+    test.parquet against the item table of the model that scores it); reports in `out_dir` as `validate`
+    writes them. Raises `ValidationError` when a critical expectation fails."""
+    data_dir = Path(data_dir)
+    return _gate(
+        data_dir, Path(out_dir), lambda gx: {split: _check_file(gx, data_dir, split, max_item_id, cfg)}
+    )
+
+
+def _gate(data_dir: Path, out_dir: Path, check: Callable[[_Gx], dict[str, dict]]) -> dict:
+    """Run `check` (file name -> its findings) in one GX context; write the reports; raise on failure."""
+    with atomic_dir(out_dir) as tmp:
+        files = check(_Gx(tmp / DATA_DOCS))
         findings = [f for info in files.values() for f in info["findings"]]
         critical = [f for f in findings if f.severity == "critical"]
         summary = {

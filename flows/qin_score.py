@@ -1,0 +1,114 @@
+"""Prefect flow `qin-score`: a model -> the challenge's submission for test.parquet.
+
+params -> model (the registered version by alias or number, downloaded once per content hash, or a package
+path; qin/predict.py `resolve_model`) -> predict (the gate on test.parquet, then scoring; cached by the
+model's content hash, the data and the `validate`/`predict` settings) -> the manifest attached to the model
+version's MLflow run (`predictions/<data md5>.json`). The run's record, artifacts/runs/<flow run id>/,
+holds its settings and a copy of the manifest with the alias the model was found by.
+
+Parameters: `params` and `data` (paths), `model` ("auto": the production alias, else staging; an alias; a
+version number; or a package path; default: params.yaml `predict.model`).
+
+    python -m flows.qin_score                    # one run, in-process (ephemeral Prefect)
+    prefect deployment run qin-score/local       # served by `make serve`
+    prefect deployment run qin-score/pool        # deployed by `make worker`
+"""
+
+# No `from __future__ import annotations`: Prefect builds the flow's parameter model from the signature.
+import argparse
+from pathlib import Path
+from typing import Any
+
+from prefect import flow, task
+from prefect.cache_policies import NO_CACHE
+
+import flows  # noqa: F401  (offline settings, before prefect runs anything)
+from flows.stages import record_dir, report_failure, run_stage, start_run
+from qin import layout, pipeline, runs
+from qin.config import load_params
+from qin.io import read_json, write_json
+from qin.predict import MANIFEST
+from qin.resolve import ModelRef, resolve_model
+
+
+@task(name="model", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=5)
+def find_model(params: str, spec: str) -> dict[str, Any]:
+    """The model package to score with (downloaded into artifacts/models/<hash>/ if registered)."""
+    ref = resolve_model(spec, load_params(params).register)
+    print(f"scoring with {ref.describe()}")
+    return {**ref.registered(), "path": str(ref.path), "model_hash": ref.model_hash, "alias": ref.alias}
+
+
+@task(name="log-manifest", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=5)
+def log_manifest(params: str, model: dict[str, Any], manifest: str) -> str | None:
+    """Attach the manifest to the version's MLflow run; None for a package that is not registered."""
+    if model["model_name"] is None:
+        return None
+    from qin.register import load_registry
+
+    name = f"{read_json(manifest)['data']['md5'][:12]}"
+    load_registry(load_params(params).register).log_scoring(
+        model["model_name"], model["version"], Path(manifest), name
+    )
+    return f"predictions/{name}.json"
+
+
+def summary_markdown(model: dict[str, Any], manifest: dict[str, Any], folder: str, how: str) -> str:
+    ref = ModelRef(
+        Path(model["path"]), model["model_hash"], model["model_name"], model["version"], model["alias"]
+    )
+    s = manifest["seconds"]
+    return (
+        f"# qin-score: {manifest['rows']} rows\n\n"
+        f"- model: {ref.describe()}\n"
+        f"- submission: `{folder}/submission.zip` ({how})\n"
+        f"- data: `{manifest['data']['file']}` (md5 {manifest['data']['md5']})\n"
+        f"- seconds: gate {s['validate']}, scoring {s['score']}, files {s['write']}, total {s['total']} "
+        f"({manifest['rows_per_s']} rows/s)\n"
+    )
+
+
+@flow(name="qin-score", log_prints=True, on_failure=[report_failure])
+def qin_score(
+    params: str = str(layout.PARAMS), data: str = str(layout.DATA), model: str | None = None
+) -> dict:
+    from prefect.artifacts import create_markdown_artifact
+
+    record = record_dir()
+    parameters = {"params": params, "data": data, "model": model}
+    overrides = {"predict.model": model} if model is not None else None
+    settings = start_run(record, params, "qin-score", parameters, overrides=overrides)
+    found = find_model(settings, load_params(settings).predict.model)
+    runs.update(Path(record), model_dir=found["path"])
+    (s,) = pipeline.flow_stages(pipeline.SCORE_FLOW)
+    registered = {"model_name": found["model_name"], "version": found["version"]}
+    entry = run_stage(s.name, settings, data, {}, record, model_dir=found["path"], extra=registered)
+    folder = str(Path(entry["dir"]) / s.outputs[0].name)
+    manifest = read_json(Path(folder) / MANIFEST)
+    # The run's own copy, with what only this run knows: the alias the model was found by.
+    write_json(Path(record) / MANIFEST, {**manifest, "alias": found["alias"], "key": entry["key"]})
+    logged = log_manifest(settings, found, str(Path(record) / MANIFEST))
+    print(f"predict {entry['how']} ({entry['key']}): {folder}/submission.zip, {manifest['rows']} rows")
+    create_markdown_artifact(
+        markdown=summary_markdown(found, manifest, folder, entry["how"]),
+        key="qin-score-summary",
+        description=f"submission of {manifest['rows']} rows",
+    )
+    return {
+        "model": found,
+        "key": entry["key"],
+        "how": entry["how"],
+        "submission": f"{folder}/submission.zip",
+        "manifest": manifest,
+        "record": record,
+        "mlflow_artifact": logged,
+    }
+
+
+if __name__ == "__main__":
+    cli = argparse.ArgumentParser(description="Run the qin-score flow once, in-process")
+    cli.add_argument("--params", default=str(layout.PARAMS))
+    cli.add_argument("--data", default=str(layout.DATA))
+    cli.add_argument("--model", help="auto | an alias | a version number | a package path")
+    args = cli.parse_args()
+    qin_score(params=args.params, data=args.data, model=args.model)

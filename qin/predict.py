@@ -1,0 +1,136 @@
+"""The `predict` stage: test.parquet scored into the challenge's submission.
+
+The challenge scores a zip holding one file, `prediction.csv`, with columns `ID` (0..N-1, the row's
+position in test.parquet) and `Task2` (the predicted click probability). `predict` writes, into its output
+folder:
+    prediction.csv    ID,Task2 for every row of test.parquet, in its order
+    submission.zip    prediction.csv alone (what is uploaded)
+    manifest.json     the model (registered name, version and content hash), the data (test.parquet's
+                      md5, rows), the settings and the seconds each step took
+    validation/       the gate's reports for test.parquet (as `validate` writes them)
+
+The test file passes the same gate as in `validate` (qin/validate.py), with item ids checked against the
+item table of the model that scores it, before anything is scored; it is then scored in batches of
+`predict.batch_size` rows through `qin.inference.Scorer`, the one scoring path.
+
+Which model (`predict.model`, or `qin predict --model`) is found by qin/resolve.py: a registered version
+(downloaded once per content hash) or a package path. The stage's key holds the package's content hash, so
+a run with the same model, data and settings reuses the submission.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from qin.config import Params
+from qin.io import atomic_dir, file_hash, read_json, tree_hash, write_json
+from qin.request import HISTORY, SCALAR_COLUMNS
+
+log = logging.getLogger(__name__)
+
+PREDICTION = "prediction.csv"
+SUBMISSION = "submission.zip"
+MANIFEST = "manifest.json"
+VALIDATION = "validation"
+SPLIT = "test"
+COLUMNS = ("ID", "Task2")
+READ_ROWS = 262_144  # parquet rows read at a time
+
+
+def predict(
+    data_dir: Path,
+    model_dir: Path,
+    out_dir: Path,
+    params: Params,
+    model_name: str | None = None,
+    version: str | None = None,
+) -> dict[str, Any]:
+    """Score `data_dir`/test.parquet with the package `model_dir` into `out_dir` (see the module's text);
+    return the manifest. `model_name`, `version`: the package's registered identity, for the manifest."""
+    from qin.inference import load_package
+    from qin.validate import validate_split
+
+    cfg = params.predict
+    started = time.perf_counter()
+    seconds: dict[str, float] = {}
+    scorer = load_package(model_dir, device=cfg.device)
+    test = Path(data_dir) / f"{SPLIT}.parquet"
+    with atomic_dir(out_dir) as tmp:
+        t = time.perf_counter()
+        gate = validate_split(data_dir, SPLIT, scorer.n_items - 1, tmp / VALIDATION, params.validate)
+        seconds["validate"] = time.perf_counter() - t
+
+        t = time.perf_counter()
+        probs = _score(test, scorer, cfg.batch_size)
+        seconds["score"] = time.perf_counter() - t
+
+        t = time.perf_counter()
+        write_submission(probs, tmp / PREDICTION, tmp / SUBMISSION)
+        seconds["write"] = time.perf_counter() - t
+
+        seconds["total"] = time.perf_counter() - started
+        manifest = {
+            "model": {
+                "model_name": model_name,
+                "version": version,
+                "model_hash": tree_hash([model_dir]),
+                "kind": read_json(Path(model_dir) / "model.json")["model"]["name"],
+            },
+            "data": {"file": str(test), "md5": file_hash(test), "rows": len(probs)},
+            "rows": len(probs),
+            "settings": {"batch_size": cfg.batch_size, "device": str(scorer.device)},
+            "seconds": {k: round(v, 3) for k, v in seconds.items()},
+            "rows_per_s": round(len(probs) / seconds["score"], 1) if seconds["score"] > 0 else None,
+            "prediction": {"mean": float(probs.mean()), "min": float(probs.min()), "max": float(probs.max())},
+            "validation": {"passed": gate["passed"], "warnings": gate["files"][SPLIT]["warnings"]},
+            "files": [PREDICTION, SUBMISSION],
+        }
+        write_json(tmp / MANIFEST, manifest)
+    return manifest
+
+
+def _score(test: Path, scorer: Any, batch_size: int) -> np.ndarray:
+    """test.parquet's rows scored in order, read a few hundred thousand rows at a time."""
+    pf = pq.ParquetFile(test)
+    out = np.empty(pf.metadata.num_rows, dtype=np.float32)
+    row = 0
+    for batch in pf.iter_batches(batch_size=READ_ROWS, columns=[*SCALAR_COLUMNS, HISTORY]):
+        table = pa.Table.from_batches([batch])
+        seq = table[HISTORY].combine_chunks()  # one history length per file (the gate checked it)
+        cols = {c: table[c].to_numpy().astype(np.int64) for c in SCALAR_COLUMNS}
+        cols[HISTORY] = pc.list_flatten(seq).to_numpy().astype(np.int64).reshape(len(seq), -1)
+        out[row : row + len(seq)] = scorer.predict(cols, batch_size)
+        row += len(seq)
+    return out
+
+
+def write_submission(probs: np.ndarray, csv_path: Path, zip_path: Path) -> None:
+    """prediction.csv (ID = row position, Task2 = probability) and the zip holding only it."""
+    lines = np.char.add(np.char.add(np.arange(len(probs)).astype(str), ","), np.char.mod("%.7g", probs))
+    with open(csv_path, "w", newline="\n") as f:
+        f.write(",".join(COLUMNS) + "\n")
+        f.write("\n".join(lines.tolist()))
+        f.write("\n")
+    with zipfile.ZipFile(zip_path, "w", compression=zipfile.ZIP_DEFLATED, compresslevel=6) as z:
+        z.write(csv_path, arcname=PREDICTION)
+
+
+def read_submission(zip_path: str | Path) -> Any:
+    """The submission's prediction.csv as a DataFrame, after checking the zip holds only it."""
+    import pandas as pd
+
+    with zipfile.ZipFile(zip_path) as z:
+        names = z.namelist()
+        if names != [PREDICTION]:
+            raise ValueError(f"{zip_path}: expected one member {PREDICTION}, found {names}")
+        with z.open(PREDICTION) as f:
+            return pd.read_csv(f)
