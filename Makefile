@@ -20,7 +20,7 @@ export PATH := $(CURDIR)/$(BIN):$(PATH)
 
 PREFECT_POOL ?= qin-pool
 
-.PHONY: install run test lint data repro serve worker promote ui clean stack postgres integration-test
+.PHONY: install run test lint data repro serve worker promote predict ui clean stack postgres integration-test
 
 install: $(STAMP)
 
@@ -102,6 +102,11 @@ worker: data
 		$(BIN)/prefect work-pool create $(PREFECT_POOL) --type process || exit 1; \
 	$(BIN)/python -m flows.deploy_pool --pool $(PREFECT_POOL) || exit 1;,\
 	$(BIN)/python -m flows.worker --pool $(PREFECT_POOL))
+
+# The challenge's submission for data/test.parquet: `make predict [MODEL=champion|staging|N|path]` (default:
+# params.yaml predict.model, i.e. the champion, else staging). Writes artifacts/predict/submission.zip.
+predict: data
+	$(BIN)/qin predict $(if $(MODEL),--model $(MODEL))
 
 # Give a registered version an alias: `make promote TO=staging|production [VERSION=N]`.
 promote: $(STAMP)

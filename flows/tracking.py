@@ -42,6 +42,7 @@ from qin.config import RegisterConfig, flatten, load_params
 from qin.inference import load_package
 from qin.io import file_lock, read_json
 from qin.register import Candidate, Registered, VersionInfo, model_card
+from qin.resolve import package_in_mlflow_model
 from qin.store import lineage
 
 PYFUNC_CODE = Path(__file__).with_name("pyfunc_model.py")
@@ -285,13 +286,7 @@ class MlflowRegistry:
         uri = self.client.get_model_version_download_uri(model_name, version)
         with tempfile.TemporaryDirectory(dir=dest.parent, prefix=".download-") as tmp:
             local = Path(mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=tmp))
-            package = local / "artifacts" / "package"  # where log_model put artifacts={"package": ...}
-            if not (package / "model.json").is_file():
-                raise FileNotFoundError(
-                    f"{uri}: expected a model package at artifacts/package/ of the MLflow model, found "
-                    f"{sorted(p.name for p in local.iterdir())}"
-                )
-            shutil.copytree(package, dest, dirs_exist_ok=True)
+            shutil.copytree(package_in_mlflow_model(local), dest, dirs_exist_ok=True)
 
     @_serialised
     def log_scoring(self, model_name: str, version: str, manifest: Path, name: str) -> None:

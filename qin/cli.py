@@ -179,6 +179,7 @@ def build_parser() -> argparse.ArgumentParser:
                 p.add_argument(
                     i.option,
                     dest=i.arg,
+                    metavar="MODEL",
                     help="a registered version by alias or number, 'auto' (the production alias, else "
                     "staging) or a model package path (default: params predict.model)",
                 )

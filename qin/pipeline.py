@@ -215,18 +215,19 @@ def code_hash(s: Stage) -> str:
     return h.hexdigest()
 
 
-def stage_key(s: Stage, params: Params, inputs: Mapping[str, str]) -> str:
+def stage_key(
+    s: Stage, params: Params, inputs: Mapping[str, str], extra: Mapping[str, Any] | None = None
+) -> str:
     """The stage's key from its settings, its code and `inputs`: each input's identity by source
-    ("featurize/features": the upstream key, or a content hash; "data": the raw data's hash)."""
+    ("featurize/features": the upstream key, or a content hash; "data": the raw data's hash), and the
+    `extra` arguments the stage function gets (pipeline.call), which it may write into its outputs."""
     sources = {_source(i) for i in s.inputs}
     if set(inputs) != sources:
         raise ValueError(
             f"stage '{s.name}': expected the identities of {sorted(sources)}, found {sorted(inputs)}"
         )
-    blob = json.dumps(
-        {"stage": s.name, "code": code_hash(s), "settings": settings(s, params), "inputs": dict(inputs)},
-        sort_keys=True,
-    )
+    what = {"stage": s.name, "code": code_hash(s), "settings": settings(s, params), "inputs": dict(inputs)}
+    blob = json.dumps({**what, **({"extra": dict(extra)} if extra else {})}, sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:24]
 
 

@@ -114,12 +114,12 @@ def _score(test: Path, scorer: Any, batch_size: int) -> np.ndarray:
 
 
 def write_submission(probs: np.ndarray, csv_path: Path, zip_path: Path) -> None:
-    """prediction.csv (ID = row position, Task2 = probability) and the zip holding only it."""
-    lines = np.char.add(np.char.add(np.arange(len(probs)).astype(str), ","), np.char.mod("%.7g", probs))
-    with open(csv_path, "w", newline="\n") as f:
-        f.write(",".join(COLUMNS) + "\n")
-        f.write("\n".join(lines.tolist()))
-        f.write("\n")
+    """prediction.csv (ID = row position, Task2 = probability to float32's 7 digits) and the zip holding
+    only it."""
+    import pandas as pd
+
+    frame = pd.DataFrame({COLUMNS[0]: np.arange(len(probs)), COLUMNS[1]: probs})
+    frame.to_csv(csv_path, index=False, float_format="%.7g", lineterminator="\n")
     with zipfile.ZipFile(zip_path, "w", compression=zipfile.ZIP_DEFLATED, compresslevel=6) as z:
         z.write(csv_path, arcname=PREDICTION)
 

@@ -87,12 +87,34 @@ def resolve_model(
 
 
 def _package_in(path: Path) -> Path:
+    """The model package `path` is, or the one inside the MLflow model `path` is."""
     from qin.inference import CONFIG
 
-    for candidate in (path, path / "artifacts" / "package"):
-        if (candidate / CONFIG).is_file():
-            return candidate
+    if (path / CONFIG).is_file():
+        return path
+    if (path / "MLmodel").is_file():
+        return package_in_mlflow_model(path)
     raise FileNotFoundError(
-        f"{path}: expected a model package (with {CONFIG}) or an MLflow model holding one in "
-        f"artifacts/package/, found neither"
+        f"{path}: expected a model package (with {CONFIG}) or an MLflow model holding one, found neither"
     )
+
+
+def package_in_mlflow_model(path: str | Path) -> Path:
+    """Where an MLflow model folder (as the register stage logs it) keeps its model package: the pyfunc
+    flavour's artifact "package", read from its MLmodel file."""
+    import yaml
+
+    path = Path(path)
+    mlmodel = yaml.safe_load((path / "MLmodel").read_text()) or {}
+    rel = (
+        ((mlmodel.get("flavors") or {}).get("python_function") or {}).get("artifacts", {}).get("package", {})
+    )
+    if not isinstance(rel, dict) or "path" not in rel:
+        raise FileNotFoundError(
+            f"{path / 'MLmodel'}: expected flavors.python_function.artifacts.package.path (a qin model), "
+            "found none"
+        )
+    package = path / rel["path"]
+    if not (package / "model.json").is_file():
+        raise FileNotFoundError(f"{package}: expected a model package (with model.json), found none")
+    return package

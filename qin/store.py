@@ -79,7 +79,7 @@ def run(
             raise ValueError(f"stage '{name}' writes outside the store: it needs the run's record folder")
         paths |= {o.arg: Path(record) / o.name for o in s.outputs}
         return pipeline.call(s, paths, params, extra=extra)  # type: ignore[no-any-return]
-    key = pipeline.stage_key(s, params, identities)
+    key = pipeline.stage_key(s, params, identities, extra)
     folder = key_dir(name, key, root)
     if verify(folder) is None:
         entry = _entry(s, key, folder, "cached")

@@ -40,6 +40,7 @@ register:
   experiment: qin-test
   tracking_uri: sqlite:///mlruns/mlflow.db
   artifact_root: mlruns/artifacts
+predict: {model: auto, batch_size: 4096, device: cpu}
 """
 
 

@@ -30,9 +30,10 @@ def test_dvc_repro_twice_and_after_a_params_change(project: Path) -> None:
         (shutil.copytree if src.is_dir() else shutil.copy)(src, project / item)
     _dvc(project, "init", "--no-scm", "-q")
     first = _dvc(project, "repro")
-    for stage in ("validate", "featurize", "train", "evaluate", "register"):
+    for stage in ("validate", "featurize", "train", "evaluate", "register", "predict"):
         assert f"Running stage '{stage}'" in first
     assert (project / "artifacts" / "register.json").exists()
+    assert (project / "artifacts" / "predict" / "submission.zip").exists()  # the workspace model's
 
     import json
 
@@ -58,3 +59,4 @@ def test_dvc_repro_twice_and_after_a_params_change(project: Path) -> None:
     (project / "params.yaml").write_text(params)
     third = _dvc(project, "repro")
     assert "Running stage 'evaluate'" in third and "Running stage 'train'" not in third
+    assert "Running stage 'predict'" not in third  # the model it scores did not change

@@ -166,9 +166,11 @@ def test_a_package_path_or_an_mlflow_model_folder_is_taken_as_it_is(
     cfg = dataclasses.replace(load_params(params_file).register, registry="none")  # never asked
     assert resolve_model(str(model), cfg).path == model
     mlflow_model = tmp_path / "mlflow-model"
-    shutil.copytree(model, mlflow_model / "artifacts" / "package")
-    (mlflow_model / "MLmodel").write_text("flavors: {}\n")
+    shutil.copytree(model, mlflow_model / "artifacts" / "model")
+    (mlflow_model / "MLmodel").write_text(
+        "flavors:\n  python_function:\n    artifacts:\n      package: {path: artifacts/model}\n"
+    )
     ref = resolve_model(str(mlflow_model), cfg)
-    assert ref.path == mlflow_model / "artifacts" / "package" and ref.model_hash == tree_hash([model])
+    assert ref.path == mlflow_model / "artifacts" / "model" and ref.model_hash == tree_hash([model])
     with pytest.raises(FileNotFoundError, match="expected a model package"):
         resolve_model(str(tmp_path), cfg)
