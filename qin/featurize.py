@@ -29,7 +29,8 @@ ROW_FIELDS = ("item_seq", "likes_level", "views_level", "item_id")
 BATCH_ROWS = 250_000
 
 
-def _fixed_list(table, column: str) -> np.ndarray:
+def fixed_list(table, column: str) -> np.ndarray:
+    """A list column of one length per row as an (N, length) array (the gate checked the length)."""
     col = table[column].combine_chunks()
     values = pc.list_flatten(col).to_numpy(zero_copy_only=False)
     return values.reshape(len(col), -1)
@@ -45,7 +46,7 @@ def _write_split(path: Path, tmp: Path, split: str, max_len: int, manifest: dict
     row = 0
     for batch in pf.iter_batches(batch_size=BATCH_ROWS, columns=columns):
         table = pa.Table.from_batches([batch])
-        seq = _fixed_list(table, "item_seq")
+        seq = fixed_list(table, "item_seq")
         values = {"item_seq": seq[:, -max_len:]}
         values |= {c: table[c].to_numpy() for c in columns if c != "item_seq"}
         if not arrays:  # shapes are known from the first batch (one history length per file)
@@ -78,9 +79,9 @@ def featurize(
         item_path = data_dir / f"{schema.ITEM_FILE}.parquet"
         items = pq.read_table(item_path)
         manifest["sources"][schema.ITEM_FILE] = file_hash(item_path)
-        tags = _fixed_list(items, "item_tags").astype(np.int32)
+        tags = fixed_list(items, "item_tags").astype(np.int32)
         save("item_tags", tags)
-        save("item_emb", _fixed_list(items, "item_emb_d128").astype(np.float32))
+        save("item_emb", fixed_list(items, "item_emb_d128").astype(np.float32))
         manifest["n_items"] = int(items.num_rows)
         manifest["n_tags"] = int(tags.max()) + 1
         for split in schema.SPLITS:

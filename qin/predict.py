@@ -28,10 +28,10 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from qin.config import Params
+from qin.featurize import fixed_list
 from qin.io import atomic_dir, file_hash, read_json, tree_hash, write_json
 from qin.request import HISTORY, SCALAR_COLUMNS
 
@@ -105,11 +105,10 @@ def _score(test: Path, scorer: Any, batch_size: int) -> np.ndarray:
     row = 0
     for batch in pf.iter_batches(batch_size=READ_ROWS, columns=[*SCALAR_COLUMNS, HISTORY]):
         table = pa.Table.from_batches([batch])
-        seq = table[HISTORY].combine_chunks()  # one history length per file (the gate checked it)
         cols = {c: table[c].to_numpy().astype(np.int64) for c in SCALAR_COLUMNS}
-        cols[HISTORY] = pc.list_flatten(seq).to_numpy().astype(np.int64).reshape(len(seq), -1)
-        out[row : row + len(seq)] = scorer.predict(cols, batch_size)
-        row += len(seq)
+        cols[HISTORY] = fixed_list(table, HISTORY).astype(np.int64)  # Scorer keeps the last max_len
+        out[row : row + len(table)] = scorer.predict(cols, batch_size)
+        row += len(table)
     return out
 
 
