@@ -38,6 +38,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import socket
 from collections.abc import Callable
 from typing import Any
 
@@ -47,6 +48,7 @@ from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
+from uvicorn.protocols.http.h11_impl import H11Protocol
 
 log = logging.getLogger("qin.scoring")
 
@@ -199,6 +201,19 @@ def create_app(model: Any, model_uri: str) -> Starlette:
     )
 
 
+class NoDelayH11Protocol(H11Protocol):
+    """uvicorn's h11 protocol with TCP_NODELAY on each connection. With --workers N uvicorn binds the
+    listening socket itself without naming TCP, so asyncio leaves Nagle's algorithm on for the connections
+    it accepts: each response's body then waits for the client's delayed ACK, about 40 ms a request
+    (measured: /ping 44 ms with 2 workers, 0.3 ms with 1; `mlflow models serve -w 2` runs into the same)."""
+
+    def connection_made(self, transport: Any) -> None:  # type: ignore[override]
+        sock = transport.get_extra_info("socket")
+        if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        super().connection_made(transport)
+
+
 def app_from_env() -> Starlette:
     """uvicorn's factory (in each worker process): the model named by QIN_SCORING_MODEL, loaded once."""
     import mlflow
@@ -232,6 +247,7 @@ def main(argv: list[str] | None = None) -> int:
         workers=args.workers,
         access_log=args.access_log,
         lifespan="off",
+        http="flows.scoring_app:NoDelayH11Protocol",  # by name: uvicorn's workers import it
         log_level="info",
     )
     return 0
