@@ -11,6 +11,10 @@ from mlflow.pyfunc import PythonModel
 
 
 class QinModel(PythonModel):
+    # Every row is checked by `predict` (qin/request.py), more strictly than MLflow's signature enforcement
+    # (which casts 3.5 to 3): a server may call `predict` directly, without it (flows/scoring_app.py).
+    checks_requests = True
+
     def load_context(self, context):
         from qin.inference import load_package
 

@@ -96,6 +96,26 @@ def example_frame(model_dir: Path, rows: int = 3) -> pd.DataFrame:
     )
 
 
+def pyfunc_args(model_dir: Path) -> dict[str, Any]:
+    """How the package in `model_dir` is logged or saved as an MLflow pyfunc: model from code
+    (flows/pyfunc_model.py), the package as its artifact, `qin` bundled, a column signature and an example."""
+    example = example_frame(model_dir)
+    preds = load_package(model_dir).predict_frame(example)
+    return {
+        "python_model": str(PYFUNC_CODE),
+        "artifacts": {"package": str(model_dir)},
+        "code_paths": [str(Path(qin.__file__).parent)],
+        "signature": infer_signature(example, preds),
+        "input_example": example,
+    }
+
+
+def save_pyfunc(model_dir: Path, out: Path) -> Path:
+    """The package as a local MLflow model directory `out`, outside any store (tests, benchmarks)."""
+    mlflow.pyfunc.save_model(str(out), **pyfunc_args(model_dir))
+    return out
+
+
 def log_history(history: list[dict]) -> None:
     """The training run's per-epoch metrics (train.json `history`) as `epoch_*` metric steps."""
     for h in history:
@@ -201,16 +221,7 @@ class MlflowRegistry:
                     mlflow.log_artifacts(str(path), artifact_path=folder)
                 else:
                     mlflow.log_artifact(str(path), artifact_path=folder)
-            example = example_frame(candidate.model_dir)
-            preds = load_package(candidate.model_dir).predict_frame(example)
-            info = mlflow.pyfunc.log_model(
-                name="model",
-                python_model=str(PYFUNC_CODE),
-                artifacts={"package": str(candidate.model_dir)},
-                code_paths=[str(Path(qin.__file__).parent)],
-                signature=infer_signature(example, preds),
-                input_example=example,
-            )
+            info = mlflow.pyfunc.log_model(name="model", **pyfunc_args(candidate.model_dir))
             # One call creates the version with all its tags, after its model files exist: a crash
             # never leaves a version that `find` or the promotion rules cannot read.
             created = mlflow.register_model(info.model_uri, model_name, tags=tags)

@@ -18,6 +18,7 @@ from flows.stack import (
     mlflow_allowed_hosts,
     mlflow_server_command,
     read_env_file,
+    serving_command,
     write_secrets,
 )
 from tests.conftest import REPO
@@ -103,6 +104,20 @@ def test_the_mlflow_server_command() -> None:
     assert option["--allowed-hosts"].split(",") == mlflow_allowed_hosts(s)
     assert "mlflow.team.example:443" in mlflow_allowed_hosts(s)
     assert s.url("mlflow") == "http://127.0.0.1:5000"  # a client on this machine, not 0.0.0.0
+
+
+def test_the_serving_command_runs_the_app_serving_app_names() -> None:
+    uri = "models:/qin-ctr/3"
+    asgi = serving_command(Settings.from_env({"STACK_BIND": "0.0.0.0", "SERVING_WORKERS": "2"}), uri)
+    assert asgi[1:5] == ["-m", "flows.scoring_app", "--model", uri]  # the default
+    option = {asgi[i]: asgi[i + 1] for i in range(len(asgi) - 1) if asgi[i].startswith("--")}
+    assert (option["--host"], option["--port"], option["--workers"]) == ("0.0.0.0", "5001", "2")
+    mlflow = serving_command(Settings.from_env({"SERVING_APP": "mlflow"}), uri)
+    assert mlflow[1:5] == ["models", "serve", "-m", uri] and mlflow[-2:] == ["-w", "1"]
+    with pytest.raises(StackError, match="SERVING_APP: expected one of asgi, mlflow, found 'flask'"):
+        Settings.from_env({"SERVING_APP": "flask"})
+    with pytest.raises(StackError, match="SERVING_WORKERS: expected a number of processes"):
+        Settings.from_env({"SERVING_WORKERS": "0"})
 
 
 def test_a_tracking_server_that_is_not_there_fails_naming_it(monkeypatch: pytest.MonkeyPatch) -> None:
