@@ -7,11 +7,14 @@ other), waits for /ping, and measures from this process over keep-alive connecti
     --clients (8) concurrent clients sending 64-row requests: threads of this process, each with its own
         http.client connection (the GIL is released while a thread waits on its socket), p50/p95/p99, rows/s
 Beside them, the in-process figures for the same pyfunc's scorer (measured first, with no server running):
-Scorer.predict on large batches, and Scorer.predict_frame (the request check included) at 1 and 64 rows.
-The server and this client share the machine's cores.
+Scorer.predict on large batches, and Scorer.predict_frame (the request check included) at 1 and 64 rows;
+with --predict-data, `qin predict` on that folder's test.parquet (the full-size synthetic split: `qin data
+synth --preset full`), wall time from process start to the written submission. The server and this client
+share the machine's cores.
 
     python bench/serving.py --model models:/qin-ctr@staging --data data     # MLFLOW_TRACKING_URI set
     python bench/serving.py --model path/to/mlflow-model-dir --data data --server both --workers 2
+    python bench/serving.py --model models:/qin-ctr@staging --data data --predict-data data-full
 
 Targets (issue 13; 2 cores, the cpu preset's model, request checks on): one client, 1-row p99 <= 5 ms and
 64-row p99 <= 10 ms; 8 clients sending 64-row requests >= 20,000 rows/s.
@@ -21,10 +24,12 @@ from __future__ import annotations
 
 import argparse
 import http.client
+import json
 import os
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from pathlib import Path
@@ -201,15 +206,34 @@ def in_process(model: str, frame: pd.DataFrame, threads: int, n: int) -> list[tu
 
 
 def predict_stage(data: Path | None, model: str) -> dict[str, Any] | None:
-    """HOOK (--predict-data): the `predict` stage's rows/s on the full-size synthetic test split.
-
-    To be filled in where the `qin predict` stage lives (another branch): time the stage on `data`'s
-    test.parquet and return {"rows_s": ...}. Until then this measures nothing and returns None.
-    """
+    """`qin predict` (a fresh process, as a user runs it) on `data`/test.parquet with the same model: the
+    wall time from start to the written submission, the gate included, and the stage's own breakdown."""
     if data is None:
         return None
-    print(f"--predict-data {data}: the predict stage is not on this branch; not measured", file=sys.stderr)
-    return None
+    import mlflow
+
+    from qin.resolve import package_in_mlflow_model
+
+    with tempfile.TemporaryDirectory() as tmp:
+        local = Path(model)
+        if not local.exists():
+            local = Path(mlflow.artifacts.download_artifacts(artifact_uri=model, dst_path=f"{tmp}/model"))
+        package = package_in_mlflow_model(local) if (local / "MLmodel").exists() else local
+        out = Path(tmp) / "predict"
+        cmd = [sys.executable, "-m", "qin", "predict", "--model", str(package), "--data", str(data)]
+        t = time.perf_counter()
+        subprocess.run([*cmd, "--out", str(out)], check=True, stdout=subprocess.DEVNULL)
+        wall = time.perf_counter() - t
+        manifest = json.loads((out / "manifest.json").read_text())
+    seconds = manifest["seconds"]
+    print(
+        f"qin predict: {manifest['rows']:,} rows in {wall:.1f} s wall (process start to submission.zip); "
+        f"in the stage: load + gate {seconds['validate']:.1f} s, scoring {seconds['score']:.1f} s "
+        f"({manifest['rows_per_s']:,.0f} rows/s), files {seconds['write']:.1f} s",
+        file=sys.stderr,
+        flush=True,
+    )
+    return {"rows_s": manifest["rows"] / wall}
 
 
 # --- the table ---------------------------------------------------------------------------------------------
@@ -244,7 +268,10 @@ def main() -> None:
         "--rows", type=int, default=20_000, help="rows read from --data (in-process large batches)"
     )
     p.add_argument(
-        "--predict-data", type=Path, default=None, help="HOOK: full-size data for the predict stage"
+        "--predict-data",
+        type=Path,
+        default=None,
+        help="a data folder (e.g. the full-size synthetic data) for `qin predict`",
     )
     args = p.parse_args()
     os.environ.setdefault("DO_NOT_TRACK", "true")
@@ -257,7 +284,7 @@ def main() -> None:
         results.append(("process", case, r))
     stage = predict_stage(args.predict_data, args.model)
     if stage is not None:
-        results.append(("stage", "qin predict, full-size test split", stage))
+        results.append(("stage", "qin predict, wall time, gate included", stage))
     for kind in ["asgi", "mlflow"] if args.server == "both" else [args.server]:
         port = free_port()
         proc = start_server(kind, args.model, port, args.workers, args.threads)
