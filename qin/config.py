@@ -216,7 +216,7 @@ class PredictConfig:
     # The model: "auto" (the registry's register.production_alias, else register.alias), an alias, a
     # version number, or the path of a model package (or of an MLflow model that holds one).
     model: str = "auto"
-    batch_size: int = 65536  # rows per forward pass
+    batch_size: int = 16384  # rows per forward pass (2 cores: faster than 65,536, at half the memory)
     device: Literal["auto", "cpu", "cuda"] = "auto"
 
     def __post_init__(self) -> None:

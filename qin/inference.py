@@ -25,6 +25,7 @@ from qin import runtime
 from qin.config import ModelConfig, model_config
 from qin.io import atomic_dir, read_json, tree_hash, write_json
 from qin.models import Batch, FeatureSpec, build_model
+from qin.models.blocks import ItemEncoder
 from qin.request import COLUMNS, SCALAR_COLUMNS, check_request, history_matrix
 
 WEIGHTS, CONFIG = "weights.pt", "model.json"
@@ -67,11 +68,20 @@ def save_package(
 
 
 class Scorer:
-    def __init__(self, model: nn.Module, max_len: int, n_items: int, device: torch.device) -> None:
+    def __init__(
+        self, model: nn.Module, max_len: int, n_items: int, device: torch.device, frozen: bool = False
+    ) -> None:
+        """`frozen`: the weights never change (a loaded package, not a model in training): its item table
+        is encoded once (ItemEncoder.freeze)."""
         self.model = model.to(device)
         self.max_len = max_len
         self.n_items = n_items  # valid item ids: 0 (padding) .. n_items - 1
         self.device = device
+        if frozen:
+            self.model.eval()
+            for module in self.model.modules():
+                if isinstance(module, ItemEncoder):
+                    module.freeze()
 
     @torch.inference_mode()
     def predict(self, cols: dict[str, np.ndarray], batch_size: int = 8192) -> np.ndarray:
@@ -114,4 +124,4 @@ def load_package(path: str | Path, device: str = "cpu") -> Scorer:
     emb = torch.from_numpy(np.load(path / "item_emb.npy"))
     model = build_model(model_cfg, spec, tags, emb)
     model.load_state_dict(torch.load(path / WEIGHTS, map_location="cpu", weights_only=True))
-    return Scorer(model, int(cfg["max_len"]), spec.n_items, resolve_device(device))
+    return Scorer(model, int(cfg["max_len"]), spec.n_items, resolve_device(device), frozen=True)

@@ -134,11 +134,29 @@ def test_under_bf16_autocast_the_gradients_of_a_repeated_item_still_sum_in_float
     assert torch.linalg.vector_norm(mixed - exact) <= 0.05 * torch.linalg.vector_norm(exact)
 
 
-def test_an_item_id_outside_the_vocabulary_is_refused() -> None:
+@pytest.mark.parametrize("name", ["qin", "qin w/o ASTA", "din", "dcnv3", "sdcnv3"])
+def test_a_frozen_item_table_scores_to_the_bit_what_encoding_each_call_scores(name: str) -> None:
+    from qin.inference import Scorer
+
+    model = _model(CONFIGS[name])
+    batch = _batch(b=40, length=12, pad=3)
+    cols = {k: getattr(batch, k).numpy() for k in ("item_seq", "likes_level", "views_level", "item_id")}
+    one = {k: v[:1] for k, v in cols.items()}  # a row alone (a request), besides a batch
+    live = Scorer(model, 12, SPEC.n_items, torch.device("cpu"))
+    expected = live.predict(cols), live.predict(one)
+    frozen = Scorer(model, 12, SPEC.n_items, torch.device("cpu"), frozen=True)
+    assert model.features.items.frozen is not None
+    assert (frozen.predict(cols) == expected[0]).all() and (frozen.predict(one) == expected[1]).all()
+
+
+@pytest.mark.parametrize("frozen", [False, True])
+def test_an_item_id_outside_the_vocabulary_is_refused(frozen: bool) -> None:
     model = _model(CONFIGS["qin"]).eval()
+    if frozen:
+        model.features.items.freeze()
     batch = _batch()
     batch.item_seq[0, -1] = SPEC.n_items
-    with pytest.raises(IndexError):
+    with pytest.raises(IndexError), torch.no_grad():
         model(batch)
 
 

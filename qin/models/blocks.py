@@ -56,6 +56,8 @@ class ItemEncoder(nn.Module):
     item_emb: Tensor
     # False: encode every position (the textbook order), for comparisons; set on the class or an instance.
     distinct: bool = True
+    # The whole item table encoded once, for scoring with fixed weights (`freeze`); None while training.
+    frozen: Tensor | None = None
 
     def __init__(self, spec: FeatureSpec, dim: int, item_tags: Tensor, item_emb: Tensor) -> None:
         super().__init__()
@@ -72,8 +74,22 @@ class ItemEncoder(nn.Module):
         tag_vec = (self.tag_emb(tags) * tag_mask).sum(-2) / tag_mask.sum(-2).clamp(min=1.0)  # (…, E)
         return torch.cat([self.id_emb(ids), tag_vec, self.mm_proj(self.item_emb[ids])], dim=-1)
 
+    def freeze(self) -> None:
+        """Scoring with fixed weights: encode every item once, so that a call only gathers rows of the
+        result (at 64 rows a request, 2.4x faster on 2 CPU cores: encoding a request's items costs more than
+        the rest of the model). The same vectors as encoding the call's items (tests/test_models.py checks
+        the scores to the bit on CPU); the weights must not change afterwards (the trainer never freezes).
+        Used outside autocast and autograd only."""
+        with torch.inference_mode():
+            self.frozen = self.encode(torch.arange(self.item_tags.shape[0], device=self.item_tags.device))
+
     def table(self, ids: Tensor) -> tuple[Tensor, Tensor]:
-        """The vectors of the distinct ids in `ids`, (U, I), and the row of each position in them."""
+        """The vectors of the distinct ids in `ids`, (U, I), and the row of each position in them (frozen:
+        the whole encoded table, and the ids themselves)."""
+        if self.frozen is not None and not torch.is_grad_enabled() and not _autocast(ids):
+            if ids.numel() and int(ids.max()) >= self.frozen.shape[0]:
+                raise IndexError(f"item id {int(ids.max())} is out of range for {self.frozen.shape[0]} items")
+            return self.frozen, ids.long()
         flat = ids.reshape(-1).long()
         if not self.distinct:
             return self.encode(flat), torch.arange(flat.numel(), device=ids.device).view(ids.shape)
@@ -88,6 +104,10 @@ class ItemEncoder(nn.Module):
     def forward(self, ids: Tensor) -> Tensor:
         vectors, rows = self.table(ids)
         return vectors.index_select(0, rows.reshape(-1)).view(*ids.shape, -1)
+
+
+def _autocast(t: Tensor) -> bool:
+    return torch.is_autocast_enabled(t.device.type)
 
 
 class FeatureEncoder(nn.Module):
