@@ -173,13 +173,12 @@ def in_process(model: str, frame: pd.DataFrame, threads: int, n: int) -> list[tu
     import mlflow
     import torch
 
-    from qin.request import SCALAR_COLUMNS, history_matrix
+    from qin.request import request_arrays
 
     scorer = mlflow.pyfunc.load_model(model).unwrap_python_model().scorer
     default_threads = torch.get_num_threads()
     out = []
-    cols = {c: frame[c].to_numpy(dtype=np.int64) for c in SCALAR_COLUMNS}
-    arrays = {**cols, "item_seq": history_matrix(frame["item_seq"], len(frame), scorer.max_len)}
+    arrays = request_arrays(frame, scorer.n_items, scorer.max_len)
     scorer.predict(arrays)
     times = []
     for _ in range(3):

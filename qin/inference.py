@@ -26,7 +26,7 @@ from qin.config import ModelConfig, model_config
 from qin.io import atomic_dir, read_json, tree_hash, write_json
 from qin.models import Batch, FeatureSpec, build_model
 from qin.models.blocks import ItemEncoder
-from qin.request import COLUMNS, SCALAR_COLUMNS, check_request, history_matrix
+from qin.request import COLUMNS, request_arrays
 
 WEIGHTS, CONFIG = "weights.pt", "model.json"
 INPUT_COLUMNS = COLUMNS  # a request's columns (qin/request.py): Batch's inputs
@@ -107,10 +107,7 @@ class Scorer:
     def predict_frame(self, frame: pd.DataFrame, batch_size: int = 8192) -> np.ndarray:
         """Score raw challenge rows: `item_seq` as a list per row (any length: the most recent max_len
         items are used), the rest as integers. A bad row raises qin.request.BadRequest naming it."""
-        check_request(frame, self.n_items)
-        seq = history_matrix(frame["item_seq"], len(frame), self.max_len)
-        cols = {c: frame[c].to_numpy(dtype=np.int64) for c in SCALAR_COLUMNS}
-        return self.predict({**cols, "item_seq": seq}, batch_size)
+        return self.predict(request_arrays(frame, self.n_items, self.max_len), batch_size)
 
 
 def load_package(path: str | Path, device: str = "cpu") -> Scorer:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import numbers
 from collections.abc import Iterable, Sequence
+from itertools import chain
 from typing import Any
 
 import numpy as np
@@ -91,12 +92,14 @@ def _history_problems(frame: pd.DataFrame, n_items: int) -> Iterable[tuple[int, 
                 f"row {i}, column '{HISTORY}': expected a flat list of item ids, found nested lists",
             )
             continue
-        if array.dtype.kind in "iu":
+        # (np.asarray takes [2, True] for integers: a list's values are judged one by one unless all ints)
+        plain = isinstance(items, np.ndarray) or all(type(v) is int for v in items)
+        if array.dtype.kind in "iu" and plain:
             out = array[(array < low) | (array > high)]
             if out.size:
                 yield i, f"row {i}, column '{HISTORY}': expected {expected}, found {out[0]}"
             continue
-        for value in array.tolist():
+        for value in items if not isinstance(items, np.ndarray) else array.tolist():
             number = _integer(value)
             if number is None or not low <= number <= high:
                 yield i, f"row {i}, column '{HISTORY}': expected {expected}, found {_found(value)}"
@@ -121,10 +124,66 @@ def check_request(frame: pd.DataFrame, n_items: int) -> None:
 
 def history_matrix(histories: Iterable[Any], rows: int, max_len: int) -> np.ndarray:
     """(rows, max_len) item ids: each history's most recent max_len items, left-padded with 0 (the one
-    truncation of a request's history)."""
+    truncation of a request's history). The histories must have passed the check."""
+    arrays = [np.asarray(items, dtype=np.int64).reshape(-1) for items in histories]
+    lengths = np.array([len(a) for a in arrays], dtype=np.int64)
+    values = np.concatenate(arrays) if arrays else np.empty(0, dtype=np.int64)
+    return _left_padded(values, lengths, rows, max_len)
+
+
+def _left_padded(values: np.ndarray, lengths: np.ndarray, rows: int, max_len: int) -> np.ndarray:
+    """The histories laid end to end (`values`, `lengths` per row) as a (rows, max_len) matrix: the last
+    max_len of each, most recent last, 0 before them."""
     seq = np.zeros((rows, max_len), dtype=np.int64)
-    for i, items in enumerate(histories):
-        tail = np.asarray(items, dtype=np.int64)[-max_len:]  # checked: integers, or integral floats
-        if len(tail):
-            seq[i, -len(tail) :] = tail  # most recent last
+    if values.size:
+        row = np.repeat(np.arange(rows), lengths)
+        starts = np.cumsum(lengths) - lengths
+        col = max_len - np.repeat(lengths, lengths) + (np.arange(values.size) - np.repeat(starts, lengths))
+        keep = col >= 0
+        seq[row[keep], col[keep]] = values[keep]
     return seq
+
+
+def request_arrays(frame: pd.DataFrame, n_items: int, max_len: int) -> dict[str, np.ndarray]:
+    """The model's input arrays for a request (int64; the history as `history_matrix` makes it), after the
+    check: a bad row raises BadRequest as `check_request` names it.
+
+    A request as JSON brings it (integer columns, histories as lists of ints) is checked and converted in a
+    few vectorised passes; anything else (floats, nulls, strings, arrays in cells) takes the row-by-row
+    check, which names each problem."""
+    arrays = _plain_arrays(frame, n_items, max_len)
+    if arrays is not None:
+        return arrays
+    check_request(frame, n_items)
+    scalars = {c: frame[c].to_numpy(dtype=np.int64) for c in SCALAR_COLUMNS}
+    return {**scalars, HISTORY: history_matrix(frame[HISTORY], len(frame), max_len)}
+
+
+def _plain_arrays(frame: pd.DataFrame, n_items: int, max_len: int) -> dict[str, np.ndarray] | None:
+    """The arrays of a request of plain integers within bounds, or None when it is anything else (which
+    `check_request` then judges)."""
+    if any(c not in frame.columns for c in COLUMNS):
+        return None
+    out: dict[str, np.ndarray] = {}
+    for column in SCALAR_COLUMNS:
+        values = frame[column].to_numpy()
+        low, high, _ = _bounds(column, n_items)
+        if values.dtype.kind not in "iu" or (values.size and (values.min() < low or values.max() > high)):
+            return None
+        out[column] = values.astype(np.int64, copy=False)
+    histories = frame[HISTORY].tolist()
+    if not all(type(items) is list for items in histories):
+        return None
+    flat = list(chain.from_iterable(histories))
+    if any(type(v) is not int for v in flat):  # bools, floats, nested lists, nulls: the detailed check
+        return None
+    low, high, _ = _bounds(HISTORY, n_items)
+    try:
+        values = np.array(flat, dtype=np.int64)
+    except OverflowError:
+        return None
+    if values.size and (values.min() < low or values.max() > high):
+        return None
+    lengths = np.fromiter(map(len, histories), dtype=np.int64, count=len(histories))
+    out[HISTORY] = _left_padded(values, lengths, len(frame), max_len)
+    return out

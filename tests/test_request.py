@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from qin.request import BadRequest, check_request, history_matrix
+from qin.request import BadRequest, check_request, history_matrix, request_arrays
 
 N_ITEMS = 100  # ids 0 (padding) .. 99
 
@@ -45,6 +45,10 @@ def test_good_rows_pass() -> None:
         ({"item_seq": [[1], [2.5], []]}, "row 1, column 'item_seq': expected item ids in 0..99, found 2.5"),
         ({"item_seq": [[1], 7, []]}, "row 1, column 'item_seq': expected a list of item ids, found 7"),
         (
+            {"item_seq": [[1], [2, True], []]},
+            "row 1, column 'item_seq': expected item ids in 0..99, found True",
+        ),
+        (
             {"item_seq": [[1], [[2, 3], [4]], []]},
             "row 1, column 'item_seq': expected a flat list of item ids, found nested lists",
         ),
@@ -71,6 +75,9 @@ def test_good_rows_pass() -> None:
 def test_each_kind_of_bad_row_is_refused_naming_it(change: dict[str, list[Any]], message: str) -> None:
     with pytest.raises(BadRequest) as refused:
         check_request(_rows(**change), N_ITEMS)
+    assert str(refused.value) == message
+    with pytest.raises(BadRequest) as refused:  # what scoring calls: the same refusal
+        request_arrays(_rows(**change), N_ITEMS, max_len=4)
     assert str(refused.value) == message
 
 
@@ -99,3 +106,21 @@ def test_histories_keep_their_most_recent_items_left_padded() -> None:
     seq = history_matrix([[1, 2, 3, 4, 5], [], [7.0, 8.0]], rows=3, max_len=3)
     assert seq.tolist() == [[3, 4, 5], [0, 0, 0], [0, 7, 8]]
     assert seq.dtype == np.int64
+
+
+@pytest.mark.parametrize(
+    "histories",
+    [
+        [[1, 2, 3, 4, 5], [], [7, 8]],  # plain ints, as JSON brings them: the vectorised path
+        [np.array([1, 2, 3, 4, 5]), (), [7.0, 8.0]],  # arrays, tuples, integral floats: the row-by-row path
+    ],
+)
+def test_request_arrays_are_the_checked_columns_and_the_history_matrix(histories: list[Any]) -> None:
+    frame = pd.DataFrame(
+        {"likes_level": [0, 5, 10], "views_level": [3, 3, 3], "item_id": [1, 50, 99], "item_seq": histories}
+    )
+    arrays = request_arrays(frame, N_ITEMS, max_len=3)
+    assert arrays["item_seq"].tolist() == [[3, 4, 5], [0, 0, 0], [0, 7, 8]]
+    assert arrays["item_id"].tolist() == [1, 50, 99] and arrays["likes_level"].tolist() == [0, 5, 10]
+    assert all(a.dtype == np.int64 for a in arrays.values())
+    assert request_arrays(frame.head(0), N_ITEMS, max_len=3)["item_seq"].shape == (0, 3)
