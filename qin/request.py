@@ -23,6 +23,8 @@ SCALAR_COLUMNS = ("likes_level", "views_level", "item_id")
 HISTORY = "item_seq"
 COLUMNS = (*SCALAR_COLUMNS, HISTORY)
 MAX_REPORTED = 5  # problems named in one message; the rest are counted
+# The types of a history's values taken without a closer look (not bool, a subclass of int).
+_INT_TYPES = {int, np.int8, np.int16, np.int32, np.int64, np.uint8, np.uint16, np.uint32, np.uint64}
 
 
 class BadRequest(ValueError):
@@ -93,7 +95,7 @@ def _history_problems(frame: pd.DataFrame, n_items: int) -> Iterable[tuple[int, 
             )
             continue
         # (np.asarray takes [2, True] for integers: a list's values are judged one by one unless all ints)
-        plain = isinstance(items, np.ndarray) or all(type(v) is int for v in items)
+        plain = isinstance(items, np.ndarray) or set(map(type, items)) <= _INT_TYPES
         if array.dtype.kind in "iu" and plain:
             out = array[(array < low) | (array > high)]
             if out.size:
@@ -175,7 +177,7 @@ def _plain_arrays(frame: pd.DataFrame, n_items: int, max_len: int) -> dict[str, 
     if not all(type(items) is list for items in histories):
         return None
     flat = list(chain.from_iterable(histories))
-    if any(type(v) is not int for v in flat):  # bools, floats, nested lists, nulls: the detailed check
+    if not set(map(type, flat)) <= _INT_TYPES:  # bools, floats, nested lists, nulls: the detailed check
         return None
     low, high, _ = _bounds(HISTORY, n_items)
     try:
