@@ -88,7 +88,7 @@ define with_server
 	$(2) & pid=$$!; wait $$pid; status=$$?; pid=; exit $$status
 endef
 
-# Deployment qin-train/local: the flow served by this process. In another shell:
+# Deployments qin-train/local and qin-score/local: the flows served by this process. In another shell:
 #   export PREFECT_API_URL=http://127.0.0.1:$(PREFECT_PORT)/api && .venv/bin/prefect deployment run qin-train/local
 serve: data
 	$(call with_server,,$(BIN)/python -m flows.serve)

@@ -33,3 +33,15 @@ def test_runs_at_once_share_the_cores(
         monkeypatch.setenv("OMP_NUM_THREADS", given)
     share_cores(DeployConfig(concurrency_limit=limit))
     assert os.environ.get("OMP_NUM_THREADS") == expected
+
+
+def test_the_pool_deploys_each_flow_from_its_own_entrypoint() -> None:
+    import importlib
+
+    from flows.deploy_pool import FLOWS
+
+    assert [flow.name for flow, _ in FLOWS] == ["qin-train", "qin-ablation", "qin-score"]
+    for flow, entrypoint in FLOWS:
+        path, name = entrypoint.split(":")
+        module = importlib.import_module(path.removesuffix(".py").replace("/", "."))
+        assert getattr(module, name) is flow, entrypoint
