@@ -581,9 +581,9 @@ def _ensure_pool(name: str) -> None:
 
 def run_worker(s: Settings) -> int:
     """A Prefect worker on the process work pool QIN_POOL, after (re)deploying qin-train/pool,
-    qin-ablation/pool and qin-score/pool from the working directory (a checkout: flows/, params.yaml, data/), where their runs
-    then start. Start as many as you like against the same servers: they share the stage store
-    (artifacts/) and data/ when they share this folder (compose: the same volumes)."""
+    qin-ablation/pool and qin-score/pool from the working directory (a checkout: flows/, params.yaml,
+    data/), where their runs then start. Start as many as you like against the same servers: they share the
+    stage store (artifacts/) and data/ when they share this folder (compose: the same volumes)."""
     s.require("worker", "PREFECT_API_AUTH_STRING")
     api = os.environ.get("PREFECT_API_URL")
     if not api:
