@@ -44,7 +44,8 @@ def resolve_model(
     spec: str, cfg: RegisterConfig, root: str | Path = layout.MODELS, registry: Any = None
 ) -> ModelRef:
     """The model `spec` names: "auto" (the production alias, else the staging one), an alias, a version
-    number, or a path (a model package, or an MLflow model folder holding one in artifacts/package/)."""
+    number, or a path (a model package, or an MLflow model folder holding one as its pyfunc's "package"
+    artifact). A registered version's package is downloaded into `root`/<model_hash>/ unless it is there."""
     path = Path(spec)
     if path.exists():
         return ModelRef(_package_in(path), tree_hash([_package_in(path)]))
