@@ -23,7 +23,7 @@ from prefect import flow, task
 from prefect.cache_policies import NO_CACHE
 
 import flows  # noqa: F401  (offline settings, before prefect runs anything)
-from flows.stages import record_dir, report_failure, run_stage, start_run
+from flows.stages import record_dir, report_failure, retry_on_io_only, run_stage, start_run
 from qin import layout, pipeline, runs
 from qin.config import load_params
 from qin.io import read_json, write_json
@@ -31,7 +31,9 @@ from qin.predict import MANIFEST
 from qin.resolve import ModelRef, resolve_model
 
 
-@task(name="model", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=5)
+@task(
+    name="model", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=5, retry_condition_fn=retry_on_io_only
+)
 def find_model(params: str, spec: str) -> dict[str, Any]:
     """The model package to score with (downloaded into artifacts/models/<hash>/ if registered)."""
     ref = resolve_model(spec, load_params(params).register)
@@ -39,7 +41,13 @@ def find_model(params: str, spec: str) -> dict[str, Any]:
     return {**ref.registered(), "path": str(ref.path), "model_hash": ref.model_hash, "alias": ref.alias}
 
 
-@task(name="log-manifest", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=5)
+@task(
+    name="log-manifest",
+    cache_policy=NO_CACHE,
+    retries=2,
+    retry_delay_seconds=5,
+    retry_condition_fn=retry_on_io_only,
+)
 def log_manifest(params: str, model: dict[str, Any], manifest: str) -> str | None:
     """Attach the manifest to the version's MLflow run; None for a package that is not registered."""
     if model["model_name"] is None:

@@ -19,7 +19,7 @@ from qin.featurize import Features
 from qin.inference import load_package
 from qin.io import atomic_dir, read_json, write_json
 from qin.metrics import (
-    calibration_bins,
+    calibration,
     expected_calibration_error,
     grouped_auc,
     log_loss,
@@ -69,8 +69,7 @@ def write_plot_data(out: Path, labels: np.ndarray, probs: np.ndarray, history: l
     """The curves as CSV files (one header row), for `dvc plots show` / `dvc plots diff`."""
     fpr, tpr = roc_curve(labels, probs)
     keep = np.unique(np.linspace(0, len(fpr) - 1, min(len(fpr), ROC_POINTS)).round().astype(int))
-    n, y_sum, p_sum = calibration_bins(labels, probs, CALIBRATION_BINS)
-    seen = n > 0
+    mean_p, mean_y, counts = calibration(labels, probs, CALIBRATION_BINS)
     columns = ("epoch", "train_loss", "valid_logloss", "valid_auc", "learning_rate")
     tables: dict[str, tuple[tuple[str, ...], list[tuple[Any, ...]]]] = {
         "roc.csv": (
@@ -79,10 +78,7 @@ def write_plot_data(out: Path, labels: np.ndarray, probs: np.ndarray, history: l
         ),
         "calibration.csv": (
             ("mean_predicted", "observed_rate", "rows"),
-            [
-                (f"{p / c:.6f}", f"{y / c:.6f}", int(c))
-                for c, y, p in zip(n[seen], y_sum[seen], p_sum[seen], strict=True)
-            ],
+            [(f"{p:.6f}", f"{y:.6f}", int(c)) for p, y, c in zip(mean_p, mean_y, counts, strict=True)],
         ),
         "learning_curve.csv": (columns, [tuple(h.get(c, "") for c in columns) for h in history]),
     }
@@ -114,9 +110,7 @@ def _plots(
         fig.savefig(tmp / "roc.png", dpi=100, bbox_inches="tight")
         plt.close(fig)
 
-        n, y_sum, p_sum = calibration_bins(labels, probs, CALIBRATION_BINS)
-        seen = n > 0
-        mean_p, mean_y = p_sum[seen] / n[seen], y_sum[seen] / n[seen]
+        mean_p, mean_y, _ = calibration(labels, probs, CALIBRATION_BINS)
         fig, ax = plt.subplots(figsize=(5, 5))
         ax.plot([0, 1], [0, 1], "k:", lw=0.8)
         ax.plot(mean_p, mean_y, "o-", label="model")

@@ -25,7 +25,7 @@ from qin.io import atomic_dir, file_hash, read_json, write_json
 from qin.validate import require_passed
 
 MANIFEST = "manifest.json"
-ROW_FIELDS = ("item_seq", "likes_level", "views_level", "item_id")
+ROW_FIELDS = schema.MODEL_INPUTS  # what featurize keeps of a row, besides user_id and label
 BATCH_ROWS = 250_000
 
 

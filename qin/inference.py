@@ -23,13 +23,13 @@ from torch import nn
 
 from qin import runtime
 from qin.config import ModelConfig, model_config
+from qin.data.schema import MODEL_INPUTS
 from qin.io import atomic_dir, read_json, tree_hash, write_json
 from qin.models import Batch, FeatureSpec, build_model
 from qin.models.blocks import ItemEncoder
-from qin.request import COLUMNS, request_arrays
+from qin.request import request_arrays
 
 WEIGHTS, CONFIG = "weights.pt", "model.json"
-INPUT_COLUMNS = COLUMNS  # a request's columns (qin/request.py): Batch's inputs
 
 
 def resolve_device(name: str = "auto") -> torch.device:
@@ -97,7 +97,7 @@ class Scorer:
         with runtime.reuse_freed_memory() if cpu and n > batch_size else contextlib.nullcontext():
             for start in range(0, n, batch_size):
                 sl = slice(start, start + batch_size)
-                rows = {c: torch.from_numpy(np.array(cols[c][sl])) for c in INPUT_COLUMNS}
+                rows = {c: torch.from_numpy(np.array(cols[c][sl])) for c in MODEL_INPUTS}
                 if not cpu:  # pinned, so that the copy to the GPU is asynchronous
                     rows = {c: t.pin_memory() for c, t in rows.items()}
                 batch = Batch(**rows).to(self.device, non_blocking=not cpu)

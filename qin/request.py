@@ -17,11 +17,10 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from qin.data.schema import NUM_LEVELS
+from qin.data.schema import HISTORY, MODEL_INPUTS, NUM_LEVELS
 
-SCALAR_COLUMNS = ("likes_level", "views_level", "item_id")
-HISTORY = "item_seq"
-COLUMNS = (*SCALAR_COLUMNS, HISTORY)
+COLUMNS = MODEL_INPUTS  # a request's columns: the model's inputs
+SCALAR_COLUMNS = tuple(c for c in COLUMNS if c != HISTORY)
 MAX_REPORTED = 5  # problems named in one message; the rest are counted
 # The types of a history's values taken without a closer look (not bool, a subclass of int).
 _INT_TYPES = {int, np.int8, np.int16, np.int32, np.int64, np.uint8, np.uint16, np.uint32, np.uint64}

@@ -260,3 +260,14 @@ def test_unknown_model_name_is_refused() -> None:
     object.__setattr__(cfg, "name", "dcnv9")
     with pytest.raises(ValueError, match=r"'train\.model\.name': expected one of"):
         build_model(cfg, SPEC, torch.zeros(60, 5, dtype=torch.long), torch.zeros(60, 128))
+
+
+def test_batch_holds_the_model_inputs_declared_once() -> None:
+    from dataclasses import fields
+
+    from qin.data.schema import MODEL_INPUTS
+    from qin.featurize import ROW_FIELDS
+    from qin.request import COLUMNS
+
+    assert {f.name for f in fields(Batch)} - {"label"} == set(MODEL_INPUTS)
+    assert ROW_FIELDS == COLUMNS == MODEL_INPUTS

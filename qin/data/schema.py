@@ -24,6 +24,10 @@ ITEM_FILE = "item_info"
 FILES = (*SPLITS, ITEM_FILE)
 
 NUM_LEVELS = 11  # likes_level / views_level take values 0..10
+# The model's inputs, declared once: the row columns featurize keeps, a scoring request carries (qin/request.py),
+# inference hands the model and `qin.models.Batch` holds (besides the label).
+HISTORY = "item_seq"
+MODEL_INPUTS = ("likes_level", "views_level", "item_id", HISTORY)
 TAGS_PER_ITEM = 5
 ITEM_EMB_DIM = 128
 
