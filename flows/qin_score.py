@@ -1,10 +1,11 @@
 """Prefect flow `qin-score`: a model -> the challenge's submission for test.parquet.
 
 params -> model (the registered version by alias or number, downloaded once per content hash, or a package
-path; qin/predict.py `resolve_model`) -> predict (the gate on test.parquet, then scoring; cached by the
+path; qin/resolve.py `resolve_model`) -> predict (the gate on test.parquet, then scoring; cached by the
 model's content hash, the data and the `validate`/`predict` settings) -> the manifest attached to the model
-version's MLflow run (`predictions/<data md5>.json`). The run's record, artifacts/runs/<flow run id>/,
-holds its settings and a copy of the manifest with the alias the model was found by.
+version's MLflow run (`predictions/<first 12 of test.parquet's md5>.json`). The run's record,
+artifacts/runs/<flow run id>/, holds its settings and a copy of the manifest with the alias the model was
+found by.
 
 Parameters: `params` and `data` (paths), `model` ("auto": the production alias, else staging; an alias; a
 version number; or a package path; default: params.yaml `predict.model`).
@@ -54,7 +55,7 @@ def log_manifest(params: str, model: dict[str, Any], manifest: str) -> str | Non
         return None
     from qin.register import load_registry
 
-    name = f"{read_json(manifest)['data']['md5'][:12]}"
+    name = read_json(manifest)["data"]["md5"][:12]  # one file per test split scored
     load_registry(load_params(params).register).log_scoring(
         model["model_name"], model["version"], Path(manifest), name
     )
