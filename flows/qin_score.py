@@ -39,7 +39,7 @@ def find_model(params: str, spec: str) -> dict[str, Any]:
     """The model package to score with (downloaded into artifacts/models/<hash>/ if registered)."""
     ref = resolve_model(spec, load_params(params).register)
     print(f"scoring with {ref.describe()}")
-    return {**ref.registered(), "path": str(ref.path), "model_hash": ref.model_hash, "alias": ref.alias}
+    return {**ref.identity(), "path": str(ref.path), "alias": ref.alias}
 
 
 @task(
@@ -90,8 +90,8 @@ def qin_score(
     found = find_model(settings, load_params(settings).predict.model)
     runs.update(Path(record), model_dir=found["path"])
     (s,) = pipeline.flow_stages(pipeline.SCORE_FLOW)
-    registered = {"model_name": found["model_name"], "version": found["version"]}
-    entry = run_stage(s.name, settings, data, {}, record, model_dir=found["path"], extra=registered)
+    identity = {k: found[k] for k in ("model_name", "version", "model_hash")}
+    entry = run_stage(s.name, settings, data, {}, record, model_dir=found["path"], extra=identity)
     folder = str(Path(entry["dir"]) / s.outputs[0].name)
     manifest = read_json(Path(folder) / MANIFEST)
     # The run's own copy, with what only this run knows: the alias the model was found by.

@@ -97,7 +97,7 @@ def _run_stage(args: argparse.Namespace, params: Params) -> None:
 
             ref = resolve_model(paths[i.arg] or params.predict.model, params.register)
             print(f"scoring with {ref.describe()}")
-            paths[i.arg], extra = ref.path, ref.registered()
+            paths[i.arg], extra = ref.path, ref.identity()
     # A resumable stage's checkpoint must belong to these settings and inputs: its key, by content.
     key = pipeline.content_key(s, params, paths) if s.resumable else None
     line = _summary(s.name, pipeline.call(s, paths, params, key=key, extra=extra), paths)

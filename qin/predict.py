@@ -32,7 +32,7 @@ import pyarrow.parquet as pq
 
 from qin.config import Params
 from qin.featurize import fixed_list
-from qin.io import atomic_dir, file_hash, read_json, tree_hash, write_json
+from qin.io import atomic_dir, read_json, tree_hash, write_json
 from qin.request import HISTORY, SCALAR_COLUMNS
 
 log = logging.getLogger(__name__)
@@ -53,9 +53,11 @@ def predict(
     params: Params,
     model_name: str | None = None,
     version: str | None = None,
+    model_hash: str | None = None,
 ) -> dict[str, Any]:
     """Score `data_dir`/test.parquet with the package `model_dir` into `out_dir` (see the module's text);
-    return the manifest. `model_name`, `version`: the package's registered identity, for the manifest."""
+    return the manifest. `model_name`, `version`: the package's registered identity, for the manifest;
+    `model_hash`: its content hash when the caller has it (qin/resolve.py computed or checked it)."""
     from qin.inference import load_package
     from qin.validate import validate_split
 
@@ -82,10 +84,10 @@ def predict(
             "model": {
                 "model_name": model_name,
                 "version": version,
-                "model_hash": tree_hash([model_dir]),
+                "model_hash": model_hash or tree_hash([model_dir]),
                 "kind": read_json(Path(model_dir) / "model.json")["model"]["name"],
             },
-            "data": {"file": str(test), "md5": file_hash(test), "rows": len(probs)},
+            "data": {"file": str(test), "md5": gate["files"][SPLIT]["md5"], "rows": len(probs)},
             "rows": len(probs),
             "settings": {"batch_size": cfg.batch_size, "device": str(scorer.device)},
             "seconds": {k: round(v, 3) for k, v in seconds.items()},

@@ -29,9 +29,10 @@ class ModelRef:
     version: str | None = None
     alias: str | None = None  # the alias it was found by, if any
 
-    def registered(self) -> dict[str, str | None]:
-        """What the manifest records of the registry (stable for one content hash)."""
-        return {"model_name": self.model_name, "version": self.version}
+    def identity(self) -> dict[str, str | None]:
+        """What the manifest records of the model: its registered name and version (stable for one content
+        hash) and the content hash, which `predict` then need not compute again."""
+        return {"model_name": self.model_name, "version": self.version, "model_hash": self.model_hash}
 
     def describe(self) -> str:
         if self.model_name is None:
@@ -48,7 +49,8 @@ def resolve_model(
     artifact). A registered version's package is downloaded into `root`/<model_hash>/ unless it is there."""
     path = Path(spec)
     if path.exists():
-        return ModelRef(_package_in(path), tree_hash([_package_in(path)]))
+        package = _package_in(path)
+        return ModelRef(package, tree_hash([package]))
     if spec != "auto" and ("/" in spec or spec.startswith(".")):
         raise FileNotFoundError(f"predict.model {spec!r}: no such model package")
     if registry is None:
