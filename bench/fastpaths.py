@@ -16,8 +16,8 @@ import dataclasses
 
 from common import parser, prepare
 
-from qin.config import QINConfig
 from qin.models.blocks import ItemEncoder
+from qin.models.qin import QINConfig
 from qin.train import train
 
 

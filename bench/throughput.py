@@ -101,10 +101,11 @@ def measure(args: argparse.Namespace) -> dict:
     import torch
 
     from qin import runtime
-    from qin.config import TRAIN_PRESETS, QINConfig, TrainConfig
+    from qin.config import TrainConfig, preset
     from qin.inference import Scorer
-    from qin.models import FeatureSpec, build_model
-    from qin.models.blocks import ItemEncoder
+    from qin.models import build_model
+    from qin.models.blocks import FeatureSpec, ItemEncoder
+    from qin.models.qin import QINConfig
     from qin.train import Trainer, gather
 
     runtime.set_threads(args.threads)
@@ -112,7 +113,7 @@ def measure(args: argparse.Namespace) -> dict:
     setup = CONFIGS[args.config]
     model_cfg = QINConfig(**setup["model"], attention_order=args.attention_order)
     batch, history = int(setup["batch"]), int(setup["history"])
-    base = TRAIN_PRESETS["paper" if args.config == "paper" else "cpu"]
+    base = preset("paper" if args.config == "paper" else "cpu")
     cfg: TrainConfig = dataclasses.replace(
         base, model=model_cfg, batch_size=batch, max_len=history, precision=args.precision,
         compile=args.compile, threads=args.threads, device=device.type,

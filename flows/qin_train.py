@@ -9,8 +9,8 @@ the same key at once compute it once. `register` is never cached: it registers a
 (an already registered one is reported instead) and offers the version the `staging` alias through the
 gate (qin/register.py); `champion` (production) is moved only by `qin promote --to production`.
 
-Parameters: `params` and `data` (paths), `model` (qin | din | dcnv3 | sdcnv3) and `overrides` (dotted params
-keys to values, e.g. {"train.learning_rate": 0.001}).
+Parameters: `params` and `data` (paths), `model` (a registered name: qin, din, dcnv3, sdcnv3) and
+`overrides` (dotted params keys to values, e.g. {"train.learning_rate": 0.001}).
 
 A successful run publishes a Markdown artifact (metrics table, MLflow run link); a failed one writes
 failure.md into its record (the failed stage, the error, the stage's inputs and outputs) and logs it.
@@ -25,7 +25,7 @@ failure.md into its record (the failed stage, the error, the stage's inputs and 
 import argparse
 import json
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from prefect import flow
 
@@ -34,8 +34,13 @@ from flows.stages import record_dir, report_failure, run_stage, start_run
 from qin import layout, pipeline
 from qin.config import load_params
 from qin.io import read_json
+from qin.models import MODELS
 
-ModelName = Literal["qin", "din", "dcnv3", "sdcnv3"]
+# The registered model names (qin/models/__init__.py), so the flow's parameter form offers each of them.
+if TYPE_CHECKING:
+    ModelName = str
+else:
+    ModelName = Literal[tuple(MODELS)]
 
 
 def summary_markdown(result: dict, metrics: dict[str, Any], link: str, parameters: dict[str, Any]) -> str:
@@ -103,7 +108,7 @@ if __name__ == "__main__":
     cli = argparse.ArgumentParser(description="Run the qin-train flow once, in-process")
     cli.add_argument("--params", default=str(layout.PARAMS))
     cli.add_argument("--data", default=str(layout.DATA))
-    cli.add_argument("--model", choices=["qin", "din", "dcnv3", "sdcnv3"])
+    cli.add_argument("--model", choices=list(MODELS))
     cli.add_argument("--overrides", type=json.loads, help="JSON, e.g. '{\"train.epochs\": 2}'")
     args = cli.parse_args()
     qin_train(params=args.params, data=args.data, model=args.model, overrides=args.overrides)

@@ -17,20 +17,20 @@ from pathlib import Path
 from typing import Any
 
 from qin.config import (
-    PRESET_MODELS,
-    DCNv3Config,
-    DINConfig,
     EvaluateConfig,
     ModelConfig,
     Params,
-    QINConfig,
     TrainConfig,
     flatten,
     load_params,
+    preset,
     to_yaml,
 )
 from qin.evaluate import evaluate
 from qin.io import atomic_dir, atomic_file, read_json, write_json
+from qin.models.dcnv3 import DCNv3Config
+from qin.models.din import DINConfig
+from qin.models.qin import QINConfig
 from qin.pipeline import content_key, stage
 from qin.store import MANIFEST
 from qin.train import train
@@ -44,8 +44,8 @@ def variants(qin: ModelConfig, din_challenge: bool = False) -> dict[str, ModelCo
         raise ValueError(f"train.model: the ablation set is built around QIN; found model '{qin.name}'")
     e = qin.embedding_dim
     # The challenge DIN costs ~30x QIN's FLOPs per sample: unless din_challenge, the cpu preset's DIN
-    # (qin.config.PRESET_MODELS) at QIN's width.
-    din = DINConfig() if din_challenge else dataclasses.replace(PRESET_MODELS["cpu"]["din"], embedding_dim=e)
+    # (params/presets/cpu.yaml) at QIN's width.
+    din = DINConfig() if din_challenge else dataclasses.replace(_cpu_din(), embedding_dim=e)
     return {
         "QIN": qin,
         "w/o QNN": dataclasses.replace(qin, use_qnn=False),
@@ -57,6 +57,12 @@ def variants(qin: ModelConfig, din_challenge: bool = False) -> dict[str, ModelCo
         "DCNv3": DCNv3Config(embedding_dim=e),
         "SDCNv3": DCNv3Config(name="sdcnv3", embedding_dim=e),
     }
+
+
+def _cpu_din() -> DINConfig:
+    din = preset("cpu", "din").model
+    assert isinstance(din, DINConfig)
+    return din
 
 
 def select(todo: dict[str, ModelConfig], only: list[str] | None) -> dict[str, ModelConfig]:

@@ -60,132 +60,96 @@ class FeaturizeConfig:
 
 
 @dataclass(frozen=True)
-class QINConfig:
-    """QIN (qin/models/qin.py). Defaults: a small CPU-friendly QIN; the `paper` preset has the authors'."""
+class ModelConfig:
+    """What every model's settings have: its name in the registry (qin/models/__init__.py `MODELS`).
 
-    name: Literal["qin"] = "qin"
-    embedding_dim: int = 32
-    # 0 means "twice the item vector width", the authors' choice (768 for 3 x 128).
-    attention_dim: int = 0
-    # "fused" computes the same attention in a cheaper order; "reference" is the textbook order.
-    attention_order: Literal["fused", "reference"] = "fused"
-    num_layers: int = 2
-    num_row: int = 2
-    # Dropout on each QNN layer's linear map, and after its activation.
-    linear_dropout: float = 0.0
-    net_dropout: float = 0.1
-    batch_norm: bool = True
-    # The paper's ablations (its Table 2), one switch each:
-    use_qnn: bool = True  # false: "w/o QNN", an MLP of mlp_units instead
-    mlp_units: tuple[int, ...] = (1024, 512, 256)
-    history_pooling: Literal["attention", "mean"] = "attention"  # mean: "w/o ASTA"
-    attention_activation: Literal["relu", "softmax"] = "relu"  # softmax: "ASTA w/ SoftMax"
-    qnn_activation: Literal["prelu", "relu"] = "prelu"  # relu: "QNN w/o PReLU"
-    attention_dropout: float = 0.0  # 0.1: "ASTA w/ Dropout"
+    Each model's own settings class subclasses this one in the model's file (e.g. qin/models/qin.py
+    `QINConfig`): the `train.model` section, told apart by `name`.
+    """
+
+    name: str
 
 
-@dataclass(frozen=True)
-class DINConfig:
-    """DIN (qin/models/din.py), as the challenge baseline ran it."""
-
-    name: Literal["din"] = "din"
-    embedding_dim: int = 64
-    attention_units: tuple[int, ...] = (512, 256)
-    attention_dropout: float = 0.1
-    dnn_units: tuple[int, ...] = (1024, 512, 256)
-    net_dropout: float = 0.1
-    batch_norm: bool = True
-
-
-@dataclass(frozen=True)
-class DCNv3Config:
-    """DCNv3 (the exponential cross network alone) or SDCNv3 (exponential + linear, Tri-BCE loss)."""
-
-    name: Literal["dcnv3", "sdcnv3"] = "dcnv3"
-    embedding_dim: int = 32
-    num_deep_layers: int = 4
-    num_shallow_layers: int = 4
-    deep_dropout: float = 0.1
-    shallow_dropout: float = 0.3
-    layer_norm: bool = True
-
-
-ModelConfig = QINConfig | DINConfig | DCNv3Config
-MODEL_CONFIGS: dict[str, type] = {
-    "qin": QINConfig,
-    "din": DINConfig,
-    "dcnv3": DCNv3Config,
-    "sdcnv3": DCNv3Config,
-}
+# The train presets: params/presets/<name>.yaml, beside params.yaml in the project.
+PRESETS = Path(__file__).resolve().parents[1] / "params" / "presets"
 
 
 @dataclass(frozen=True)
 class TrainConfig:
-    # A preset supplies every setting; keys given in params.yaml override it. "cpu": a small QIN that
-    # trains in minutes on 2 cores; "paper": the authors' QIN and recipe (REFERENCE.md).
-    preset: Literal["cpu", "paper"] = "cpu"
-    model: ModelConfig = field(default_factory=QINConfig)
+    """The train section. A preset file (params/presets/<preset>.yaml) supplies every setting; keys given
+    in params.yaml override it, so these fields have no defaults of their own."""
+
+    # "cpu": a small QIN that trains in minutes on 2 cores; "paper": the authors' QIN and recipe.
+    preset: str
+    model: ModelConfig
     # Models keep the most recent max_len history items (0: all that featurize kept).
-    max_len: int = 0
-    batch_size: int = 512
-    epochs: int = 16
-    learning_rate: float = 2e-3
+    max_len: int
+    batch_size: int
+    epochs: int
+    learning_rate: float
     # L2 penalties added to the loss: on the embedding tables, and (separately) on the network's weights.
-    # The small synthetic preset has ~10 target rows per item: id embeddings overfit without a strong one.
-    embedding_l2: float = 3e-2
-    net_l2: float = 0.0
-    grad_clip_norm: float = 10.0
+    embedding_l2: float
+    net_l2: float
+    grad_clip_norm: float
     # Halve the learning rate after lr_patience epochs without a valid AUC gain; stop after patience.
-    lr_patience: int = 1
-    patience: int = 3
-    seed: int = 20242025
-    device: Literal["auto", "cpu", "cuda"] = "auto"
+    lr_patience: int
+    patience: int
+    seed: int
+    device: Literal["auto", "cpu", "cuda"]
     # Save a resumable checkpoint every this many steps (and at every epoch end).
-    checkpoint_every: int = 200
+    checkpoint_every: int
     # Matmuls in bfloat16 under autocast (weights, optimizer and losses stay float32). auto: bf16 on a CUDA
     # GPU that supports it and on a CPU with native bf16 dot products (AVX512-BF16 or AMX), where training
     # measured 2.7x (paper) and 1.4x (cpu preset) faster than fp32 (bench/throughput.py); fp32 elsewhere.
-    precision: Literal["auto", "fp32", "bf16"] = "auto"
+    precision: Literal["auto", "fp32", "bf16"]
     # torch.compile the training step (CPU needs a C++ compiler; fails with a message when it cannot).
-    compile: bool = False
+    compile: bool
     # Intra-op CPU threads per process (0: torch's default, one per core; torchrun sets 1 per process).
-    threads: int = 0
+    threads: int
     # CPU (glibc): keep the memory a step frees for the next step instead of returning it to the system and
-    # faulting it in again: 1.4x faster at batch 8192, but the heap's fragmentation raises the peak RSS
-    # (the paper preset on the full-size data: about 8 GB after 30 steps instead of about 5 GB).
-    reuse_memory: bool = True
+    # faulting it in again: faster at large batches, but the heap's fragmentation raises the peak RSS.
+    reuse_memory: bool
 
 
-TRAIN_PRESETS: dict[str, TrainConfig] = {
-    "cpu": TrainConfig(),
-    # The authors' run (REFERENCE.md): 31.2M parameters on the real vocabularies; with featurize.max_len 64.
-    "paper": TrainConfig(
-        preset="paper",
-        model=QINConfig(
-            embedding_dim=128, attention_dim=0, num_layers=4, num_row=4, linear_dropout=0.1, net_dropout=0.1
-        ),
-        max_len=64,
-        batch_size=8192,
-        epochs=100,
-        learning_rate=2e-3,
-        embedding_l2=2e-4,
-        lr_patience=1,
-        patience=8,
-        seed=20242025,
-        # Batch 8192 on CPU: heap reuse is 1.4x faster but peaks at ~8 GB on the full-size data (~5 GB off).
-        reuse_memory=False,
-    ),
-}
+def preset_names() -> list[str]:
+    return sorted(p.stem for p in PRESETS.glob("*.yaml"))
 
 
-# The settings a preset starts from for a model other than its QIN (`train.model.name`); keys given in
-# params.yaml override them. The challenge DIN (embedding 64, attention MLP 512-256 on every history item)
-# costs ~30x the cpu preset QIN's FLOPs per sample (557 s an epoch of the small preset on 2 busy cores):
-# the cpu preset starts DIN at QIN's width; the paper preset (and the class defaults) keep the challenge's.
-PRESET_MODELS: dict[str, dict[str, ModelConfig]] = {
-    "cpu": {"din": DINConfig(embedding_dim=32, attention_units=(64, 32))},
-    "paper": {"din": DINConfig()},
-}
+def preset_files() -> tuple[Path, ...]:
+    """Every preset file: what a stage that reads the train section reads besides params.yaml."""
+    return tuple(PRESETS / f"{name}.yaml" for name in preset_names())
+
+
+def preset(name: str, model: str | None = None) -> TrainConfig:
+    """The train settings of preset `name`, starting `model` (default: the preset's own) from the preset's
+    `models` entry for it when it has one, else from the model's class defaults."""
+    path = PRESETS / f"{name}.yaml"
+    if not path.is_file():
+        raise ValueError(
+            f"params key 'train.preset': expected one of {preset_names()} (the files in params/presets/), "
+            f"found {name!r}"
+        )
+    raw = yaml.safe_load(path.read_text()) or {}
+    if not isinstance(raw, dict) or set(raw) - {"train", "models"} or not isinstance(raw.get("train"), dict):
+        raise ValueError(f"{path}: expected a mapping with a 'train' section (and optionally 'models')")
+    train, models = dict(raw["train"]), raw.get("models") or {}
+    if train.get("preset", name) != name:
+        raise ValueError(f"{path}: key 'train.preset': expected {name!r}, found {train['preset']!r}")
+    own = train.get("model", {}).get("name")
+    if model is not None and model != own:
+        train["model"] = {**models.get(model, {}), "name": model}
+    hints = typing.get_type_hints(TrainConfig)
+    missing = [f.name for f in dataclasses.fields(TrainConfig) if f.name not in (*train, "preset")]
+    if missing:
+        raise ValueError(f"{path}: the preset must set every train setting; missing {missing}")
+    unknown = sorted(set(train) - set(hints))
+    if unknown:
+        raise ValueError(f"{path}: key 'train.{unknown[0]}' is not a setting; allowed: {sorted(hints)}")
+    try:
+        kwargs = {k: _coerce(v, hints[k], f"train.{k}") for k, v in train.items() if k != "preset"}
+    except ValueError as exc:
+        raise ValueError(f"{path}: {exc}") from None
+    return TrainConfig(preset=name, **kwargs)
 
 
 # Settings that change how fast a stage runs, not the recipe: they are left out of stage keys, and a
@@ -278,7 +242,7 @@ class Params:
     data: DataConfig = field(default_factory=DataConfig)
     validate: ValidateConfig = field(default_factory=ValidateConfig)
     featurize: FeaturizeConfig = field(default_factory=FeaturizeConfig)
-    train: TrainConfig = field(default_factory=TrainConfig)
+    train: TrainConfig = field(default_factory=lambda: preset("cpu"))
     evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
     register: RegisterConfig = field(default_factory=RegisterConfig)
     predict: PredictConfig = field(default_factory=PredictConfig)
@@ -292,17 +256,15 @@ def _coerce(value: Any, tp: Any, key: str, base: Any = None) -> Any:
     """Check `value` against type `tp`; `base` (the current value) is what a nested mapping overrides."""
     origin = get_origin(tp)
     arms = get_args(tp) if origin in (typing.Union, types.UnionType) else ()
-    if dataclasses.is_dataclass(tp) or (arms and all(dataclasses.is_dataclass(a) for a in arms)):
+    if dataclasses.is_dataclass(tp):
         if not isinstance(value, dict):
             raise ValueError(f"params key '{key}': expected a mapping, found {value!r}")
-        cls = tp
+        cls: Any = tp
         base_name = getattr(base, "name", None)
-        if arms:  # a union of settings classes, told apart by their `name` (the model)
-            name = value.get("name", base_name)
-            if name not in MODEL_CONFIGS:
-                names = sorted(MODEL_CONFIGS)
-                raise ValueError(f"params key '{key}.name': expected one of {names}, found {name!r}")
-            cls = MODEL_CONFIGS[name]
+        if tp is ModelConfig:  # a model's settings: the class its `name` registers (qin/models)
+            from qin.models import config_class
+
+            cls = config_class(value.get("name", base_name), f"params key '{key}.name'")
         same = isinstance(base, cls) and value.get("name", base_name) == base_name
         return from_dict(cls, value, prefix=f"{key}.", base=base if same else None)
     if origin is Literal:
@@ -353,7 +315,8 @@ def _coerce(value: Any, tp: Any, key: str, base: Any = None) -> Any:
 def from_dict(cls: type[T], mapping: dict[str, Any], prefix: str = "", base: T | None = None) -> T:
     """Build dataclass `cls` from `mapping` over `base` (default: the class defaults); unknown keys raise.
 
-    The train section starts from its preset (`train.preset`) instead of the class defaults.
+    The train section starts from its preset (`train.preset`, a file in params/presets/) instead of class
+    defaults: the preset's own model, or the one `train.model.name` names, as the preset starts it.
     """
     hints = typing.get_type_hints(cls)
     names = [f.name for f in dataclasses.fields(cls)]  # type: ignore[arg-type]
@@ -365,14 +328,10 @@ def from_dict(cls: type[T], mapping: dict[str, Any], prefix: str = "", base: T |
         )
     if cls is TrainConfig:
         default = base.preset if isinstance(base, TrainConfig) else "cpu"
-        preset = _coerce(mapping.get("preset", default), hints["preset"], f"{prefix}preset")
-        train = TRAIN_PRESETS[preset]
+        name = _coerce(mapping.get("preset", default), hints["preset"], f"{prefix}preset")
         model = mapping.get("model")
-        name = model.get("name") if isinstance(model, dict) else None
-        if name in PRESET_MODELS[preset] and name != train.model.name:
-            train = dataclasses.replace(train, model=PRESET_MODELS[preset][name])
-        base = train  # type: ignore[assignment]
-    start = base if base is not None else cls()
+        base = preset(name, model.get("name") if isinstance(model, dict) else None)  # type: ignore[assignment]
+    start = base if base is not None else cls()  # type: ignore[call-arg]
     kwargs = {k: _coerce(v, hints[k], prefix + k, getattr(start, k)) for k, v in mapping.items()}
     return dataclasses.replace(start, **kwargs)  # type: ignore[type-var]
 
@@ -416,9 +375,35 @@ def _flatten_dict(d: dict[str, Any], prefix: str) -> list[tuple[str, Any]]:
     return items
 
 
+class Undeclared:
+    """A params section a stage does not declare (qin/pipeline.py STAGES): reading it raises, naming both."""
+
+    def __init__(self, section: str, stage: str, declared: tuple[str, ...]) -> None:
+        self._what = (section, stage, declared)
+
+    def __getattr__(self, name: str) -> Any:
+        section, stage, declared = self._what
+        raise RuntimeError(
+            f"stage '{stage}' read params key '{section}.{name}', but its sections are {list(declared)}: "
+            f"declare '{section}' in its entry in qin/pipeline.py STAGES (and dvc.yaml's params)"
+        )
+
+
+def declared(params: Params, sections: tuple[str, ...], stage: str) -> Params:
+    """`params` with only `sections` readable: every other section is `Undeclared`."""
+    hidden = {f.name: Undeclared(f.name, stage, sections) for f in dataclasses.fields(Params)}
+    return dataclasses.replace(params, **{k: v for k, v in hidden.items() if k not in sections})  # type: ignore[arg-type]
+
+
 def to_yaml(params: Params) -> str:
-    """The resolved settings (presets applied, defaults filled in) as YAML, in params.yaml's layout."""
-    return yaml.safe_dump(_plain(dataclasses.asdict(params)), sort_keys=False)
+    """The resolved settings (presets applied, defaults filled in) as YAML, in params.yaml's layout: the
+    sections `params` holds (`declared` hides the others)."""
+    sections = {
+        f.name: dataclasses.asdict(getattr(params, f.name))
+        for f in dataclasses.fields(params)
+        if not isinstance(getattr(params, f.name), Undeclared)
+    }
+    return yaml.safe_dump(_plain(sections), sort_keys=False)
 
 
 def _plain(value: Any) -> Any:
@@ -440,14 +425,15 @@ def apply_overrides(
     """
     out = copy.deepcopy(raw)
     if model is not None:
-        if model not in MODEL_CONFIGS:
-            raise ValueError(f"model: expected one of {sorted(MODEL_CONFIGS)}, found {model!r}")
+        from qin.models import config_class
+
+        cls = config_class(model, "model")
         train = out.setdefault("train", {})
         if not isinstance(train, dict):
             raise ValueError(f"params key 'train': expected a mapping, found {train!r}")
         current = train.get("model")
         current = current if isinstance(current, dict) else {}
-        allowed = {f.name for f in dataclasses.fields(MODEL_CONFIGS[model])}
+        allowed = {f.name for f in dataclasses.fields(cls)}
         train["model"] = {**{k: v for k, v in current.items() if k in allowed}, "name": model}
     for key, value in (overrides or {}).items():
         parts = str(key).split(".")

@@ -25,8 +25,8 @@ from qin import runtime
 from qin.config import ModelConfig, model_config
 from qin.data.schema import MODEL_INPUTS
 from qin.io import atomic_dir, read_json, tree_hash, write_json
-from qin.models import Batch, FeatureSpec, build_model
-from qin.models.blocks import ItemEncoder
+from qin.models import build_model
+from qin.models.blocks import Batch, FeatureSpec, ItemEncoder
 from qin.request import request_arrays
 
 WEIGHTS, CONFIG = "weights.pt", "model.json"

@@ -32,8 +32,9 @@ from pathlib import Path
 from typing import Any, Literal
 
 from qin import layout
-from qin.config import KEY_EXCLUDED, Params
+from qin.config import KEY_EXCLUDED, Params, declared, preset_files
 from qin.io import file_hash, tree_hash
+from qin.models import module_files
 
 DATA = "data"  # the source of an input that is the raw data folder, not a stage's output
 # The source of an input that is a model package the caller names (qin/predict.py `resolve_model`): in the
@@ -70,6 +71,8 @@ class Stage:
     help: str
     # Code the stage runs that its imports do not show: the registry plug-in (an entry point).
     plugins: tuple[str, ...] = ()
+    # It builds networks by name (qin.models.build_model), so every registered model's file is its code.
+    models: bool = False
     # It takes a `key` and resumes only a checkpoint written under that key.
     resumable: bool = False
     # False: it writes to the outside world (the registry), so it is never cached; a flow run keeps its
@@ -89,8 +92,18 @@ class Stage:
 
     def code(self) -> tuple[str, ...]:
         """The source files it runs, relative to the project root: its module, every `qin` module that
-        module imports (transitively) and its plug-ins."""
-        return tuple(sorted({*_qin_closure(self.function.split(":")[0]), *self.plugins}))
+        module imports (transitively), its plug-ins and, when it builds networks, the registered models'
+        files (and what they import)."""
+        modules = [self.function.split(":")[0]]
+        if self.models:
+            modules += [f.removesuffix(".py").replace("/", ".") for f in module_files()]
+        return tuple(sorted({*(f for m in modules for f in _qin_closure(m)), *self.plugins}))
+
+    def params_files(self) -> tuple[str, ...]:
+        """The files besides params.yaml whose settings it reads: the train presets, when it reads train."""
+        if "train" not in self.sections:
+            return ()
+        return tuple(p.relative_to(ROOT).as_posix() for p in preset_files())
 
 
 _DATA_IN = Input("data_dir", "--data", DATA, DATA)
@@ -126,6 +139,7 @@ STAGES: tuple[Stage, ...] = (
             Output("metrics_path", "--metrics", "train.json", "metrics/train.json", dvc="metrics"),
         ),
         help="train the model; write a self-contained model package",
+        models=True,
         resumable=True,
     ),
     Stage(
@@ -139,6 +153,7 @@ STAGES: tuple[Stage, ...] = (
             Output("plot_data", "--plot-data", "plot_data", "metrics/plots"),
         ),
         help="AUC, logloss, gAUC and calibration on valid (and the oracle AUC when known); plots",
+        models=True,
     ),
     Stage(
         "register",
@@ -165,6 +180,7 @@ STAGES: tuple[Stage, ...] = (
         inputs=(_DATA_IN, Input("model_dir", "--model", MODEL, "model")),
         outputs=(Output("out_dir", "--out", "predict", "artifacts/predict"),),
         help="score test.parquet into the challenge's submission (prediction.csv in a zip) and a manifest",
+        models=True,
         flow=SCORE_FLOW,
     ),
 )
@@ -245,7 +261,8 @@ def call(
 ) -> Any:
     """Run the stage function on `paths` (its parameter name to path, for every input and output).
 
-    A stage that reads one section gets it as `cfg`; one that reads several gets the whole `params`;
+    A stage that reads one section gets it as `cfg`; one that reads several gets `params` with only those
+    sections readable (reading another raises, naming it);
     a resumable one also gets its `key`; `extra` are more keyword arguments (what the key already holds
     in another form: the registered name and version of the model package `predict` scores).
     """
@@ -255,7 +272,7 @@ def call(
     if len(s.sections) == 1:
         kwargs["cfg"] = getattr(params, s.sections[0])
     else:
-        kwargs["params"] = params
+        kwargs["params"] = declared(params, s.sections, s.name)
     if s.resumable:
         kwargs["key"] = key
     return fn(**kwargs, **(extra or {}))
@@ -289,10 +306,29 @@ def _module_file(name: str) -> str | None:
 
 
 def _imports(path: Path) -> Iterable[str]:
-    """The qin modules a file imports (`from qin import x` names qin.x when x is a module)."""
-    for node in ast.walk(ast.parse(path.read_text())):
+    """The qin modules a file imports (`from qin import x` names qin.x when x is a module), except those
+    imported for type checking only (under `if TYPE_CHECKING:`), which never run."""
+    for node in _runtime_nodes(ast.parse(path.read_text())):
         if isinstance(node, ast.Import):
             yield from (a.name for a in node.names if a.name.split(".")[0] == "qin")
         elif isinstance(node, ast.ImportFrom) and node.module and node.module.split(".")[0] == "qin":
             yield node.module
             yield from (f"{node.module}.{a.name}" for a in node.names)
+
+
+def _runtime_nodes(tree: ast.AST) -> Iterable[ast.AST]:
+    """Every node of `tree`, without the bodies of `if TYPE_CHECKING:` blocks (their `else` stays)."""
+    todo = [tree]
+    while todo:
+        node = todo.pop()
+        yield node
+        if isinstance(node, ast.If) and _names_type_checking(node.test):
+            todo.extend(node.orelse)
+            continue
+        todo.extend(ast.iter_child_nodes(node))
+
+
+def _names_type_checking(test: ast.expr) -> bool:
+    return (isinstance(test, ast.Name) and test.id == "TYPE_CHECKING") or (
+        isinstance(test, ast.Attribute) and test.attr == "TYPE_CHECKING"
+    )

@@ -54,8 +54,8 @@ from qin.inference import Scorer, resolve_device, save_package
 from qin.io import write_json
 from qin.losses import bce, tri_bce
 from qin.metrics import log_loss, roc_auc
-from qin.models import Batch, FeatureSpec, build_model
-from qin.models.blocks import embedding_tables, network_weights
+from qin.models import build_model
+from qin.models.blocks import Batch, FeatureSpec, embedding_tables, network_weights
 
 log = logging.getLogger(__name__)
 

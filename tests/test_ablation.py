@@ -8,7 +8,9 @@ from pathlib import Path
 import pytest
 
 from qin.ablation import select, slug, table_markdown, variants
-from qin.config import DCNv3Config, DINConfig, QINConfig
+from qin.models.dcnv3 import DCNv3Config
+from qin.models.din import DINConfig
+from qin.models.qin import QINConfig
 
 
 def test_variants_are_the_papers_table_around_the_configured_qin() -> None:

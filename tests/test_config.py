@@ -2,7 +2,8 @@ from pathlib import Path
 
 import pytest
 
-from qin.config import DeployConfig, DINConfig, Params, TrainConfig, flatten, load_params
+from qin.config import DeployConfig, Params, flatten, load_params, preset
+from qin.models.din import DINConfig
 
 
 def test_repo_params_load_and_match_the_dataclasses(tmp_path: Path) -> None:
@@ -58,7 +59,7 @@ def test_scientific_notation_floats_are_accepted(tmp_path: Path) -> None:
     path = tmp_path / "params.yaml"
     path.write_text("train: {learning_rate: 2e-3}")
     assert load_params(path).train.learning_rate == pytest.approx(2e-3)
-    assert TrainConfig().learning_rate == pytest.approx(2e-3)
+    assert preset("cpu").learning_rate == pytest.approx(2e-3)
 
 
 @pytest.mark.parametrize(

@@ -7,12 +7,13 @@ import pytest
 import torch
 from torch import nn
 
-from qin.config import TRAIN_PRESETS, DCNv3Config, DINConfig, ModelConfig, QINConfig
-from qin.losses import bce, tri_bce
-from qin.models import Batch, FeatureSpec, build_model
-from qin.models.blocks import MLP, MeanPooling, embedding_tables
-from qin.models.qin import QuadraticLayer, TargetAttention
-from qin.train import batch_loss
+from qin.config import ModelConfig, preset
+from qin.losses import bce, model_loss, tri_bce
+from qin.models import build_model
+from qin.models.blocks import MLP, Batch, FeatureSpec, MeanPooling, embedding_tables
+from qin.models.dcnv3 import DCNv3Config
+from qin.models.din import DINConfig
+from qin.models.qin import QINConfig, QuadraticLayer, TargetAttention
 
 SPEC = FeatureSpec(n_items=60, n_tags=25)
 
@@ -108,7 +109,7 @@ def test_encoding_each_distinct_item_once_is_the_same_function_as_encoding_every
         monkeypatch.setattr(model.features.items, "distinct", distinct)
         model.zero_grad()
         torch.manual_seed(5)  # the same dropout masks
-        loss = batch_loss(model, batch)
+        loss = model_loss(CONFIGS[name].name)(model, batch)
         loss.backward()
         return loss.detach(), [p.grad.clone() for p in model.parameters()]
 
@@ -126,7 +127,7 @@ def test_under_bf16_autocast_the_gradients_of_a_repeated_item_still_sum_in_float
     def grad_of_item_7(autocast: bool) -> torch.Tensor:
         model.zero_grad()
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
-            loss = batch_loss(model, batch)
+            loss = model_loss("qin")(model, batch)
         loss.backward()
         return model.features.items.id_emb.weight.grad[7].clone()
 
@@ -163,7 +164,7 @@ def test_an_item_id_outside_the_vocabulary_is_refused(frozen: bool) -> None:
 @pytest.mark.parametrize("name", list(CONFIGS))
 def test_every_parameter_receives_a_gradient(name: str) -> None:
     model = _model(CONFIGS[name]).train()
-    batch_loss(model, _batch(b=16)).backward()
+    model_loss(CONFIGS[name].name)(model, _batch(b=16)).backward()
     missing = [n for n, p in model.named_parameters() if p.grad is None or not p.grad.abs().sum() > 0]
     assert missing == []
 
@@ -183,7 +184,7 @@ def test_loss_decreases_on_tiny_data(name: str) -> None:
         for b in batches:
             model.train()
             optimizer.zero_grad()
-            batch_loss(model, b).backward()
+            model_loss(CONFIGS[name].name)(model, b).backward()
             optimizer.step()
     assert mean_loss() < 0.7 * before
 
@@ -239,7 +240,7 @@ def test_ablation_attention_dropout_drops_attention_weights_in_training_only() -
 
 
 def test_paper_preset_has_the_authors_parameter_count() -> None:
-    cfg = TRAIN_PRESETS["paper"].model
+    cfg = preset("paper").model
     spec = FeatureSpec(n_items=91_718, n_tags=11_740)
     model = build_model(cfg, spec, torch.zeros(91_718, 5, dtype=torch.long), torch.zeros(91_718, 128))
     assert sum(p.numel() for p in model.parameters()) == 31_244_293

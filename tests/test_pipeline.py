@@ -3,6 +3,7 @@ CLI is derived from it, and stage keys change exactly when what a stage computes
 
 from __future__ import annotations
 
+import ast
 import dataclasses
 import importlib
 import inspect
@@ -13,7 +14,7 @@ import yaml
 
 from qin import pipeline
 from qin.cli import build_parser
-from qin.config import Params, load_params
+from qin.config import Params, declared, load_params, to_yaml
 from tests.conftest import REPO, TINY_PARAMS
 
 
@@ -24,7 +25,7 @@ def _dvc_view(s: pipeline.Stage) -> dict:
     view = {
         "cmd": pipeline.dvc_cmd(s),
         "deps": sorted({*(str(pipeline.workspace_path(i)) for i in s.inputs), *s.code()}),
-        "params": list(s.sections),
+        "params": [*s.sections, *({f: None} for f in s.params_files())],
         "outs": outs,
         "metrics": [o.workspace for o in s.outputs if o.dvc == "metrics"],
     }
@@ -77,6 +78,7 @@ def test_a_stages_code_is_its_module_and_the_qin_modules_it_imports() -> None:
     assert "flows/tracking.py" in pipeline.stage("register").code()
     assert set(pipeline.stage("validate").code()) == {
         "qin/config.py",
+        "qin/models/__init__.py",  # the registry (no torch): reading params.yaml names the models
         "qin/data/__init__.py",
         "qin/data/schema.py",
         "qin/io.py",
@@ -142,3 +144,43 @@ def test_a_stage_fed_wrong_keys_is_refused_by_name(params: Params, tmp_path: Pat
         store.run("train", tmp_path / "p.yaml", tmp_path, {}, root=tmp_path / "stages")
     with pytest.raises(ValueError, match="stage: expected one of"):
         pipeline.stage("deploy")
+
+
+def _sections_read(s: pipeline.Stage) -> set[str]:
+    """The params sections a stage function's module reads, as `params.<section>` (what `call` passes it)."""
+    module = importlib.import_module(s.function.split(":")[0])
+    tree = ast.parse(Path(inspect.getfile(module)).read_text())
+    sections = {f.name for f in dataclasses.fields(Params)}
+    return {
+        node.attr
+        for node in ast.walk(tree)
+        if isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name) and node.value.id == "params"
+    } & sections
+
+
+def test_every_stage_declares_exactly_the_params_sections_it_reads() -> None:
+    for s in pipeline.STAGES:
+        if len(s.sections) == 1:  # it gets its one section as `cfg` and no `params`
+            assert "params" not in inspect.signature(_function(s)).parameters, s.name
+        else:
+            assert _sections_read(s) == set(s.sections), s.name
+
+
+def _function(s: pipeline.Stage):
+    module, name = s.function.split(":")
+    return getattr(importlib.import_module(module), name)
+
+
+def test_a_stage_reading_a_section_it_does_not_declare_is_stopped_by_name(params: Params) -> None:
+    shown = declared(params, ("validate", "predict"), "predict")
+    assert shown.predict == params.predict and shown.validate == params.validate
+    with pytest.raises(RuntimeError, match=r"stage 'predict' read params key 'train.model'.*declare 'train'"):
+        _ = shown.train.model
+    assert set(yaml.safe_load(to_yaml(shown))) == {"validate", "predict"}
+
+
+def test_the_train_presets_are_params_files_of_the_stages_that_read_train() -> None:
+    presets = {f"params/presets/{p.name}" for p in (REPO / "params" / "presets").glob("*.yaml")}
+    assert presets == {"params/presets/cpu.yaml", "params/presets/paper.yaml"}
+    for s in pipeline.STAGES:
+        assert set(s.params_files()) == (presets if "train" in s.sections else set()), s.name
