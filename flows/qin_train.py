@@ -35,6 +35,7 @@ from qin import layout, pipeline
 from qin.config import load_params
 from qin.io import read_json
 from qin.models import MODELS
+from qin.register import Registration, registration_lines
 
 # The registered model names (qin/models/__init__.py), so the flow's parameter form offers each of them.
 if TYPE_CHECKING:
@@ -43,21 +44,26 @@ else:
     ModelName = Literal[tuple(MODELS)]
 
 
-def summary_markdown(result: dict, metrics: dict[str, Any], link: str, parameters: dict[str, Any]) -> str:
+def summary_markdown(
+    registration: Registration,
+    link: str,
+    stages: dict[str, str],
+    keys: dict[str, str],
+    record: str,
+    parameters: dict[str, Any],
+    metrics: dict[str, Any],
+) -> str:
+    """The run's summary artifact: the registration (`registration_lines`), the stages, the metrics."""
     rows = "\n".join(
         f"| {k} | {v:.5f} |" if isinstance(v, float) else f"| {k} | {v} |" for k, v in sorted(metrics.items())
     )
-    stages = ", ".join(
-        f"{name} {how} (`{result['stage_keys'][name]}`)" for name, how in result["stages"].items()
-    )
-    registered = "new" if result["newly_registered"] else "already registered, unchanged"
+    registered = "".join(f"- {line}\n" for line in registration_lines(registration, link))
+    used = ", ".join(f"{name} {how} (`{keys[name]}`)" for name, how in stages.items())
     return (
-        f"# qin-train: {result['model_name']} version {result['version']}\n\n"
-        f"- MLflow run: [{result['run_id']}]({link})\n"
-        f"- version {result['version']} ({registered}); '{result['alias']}': "
-        f"{'yes' if result['has_alias'] else 'no'} ({result['reason']})\n"
-        f"- stages: {stages}\n"
-        f"- parameters: `{parameters}`; record: `{result['record']}`\n\n"
+        f"# qin-train: {registration.model_name} version {registration.version}\n\n"
+        f"{registered}"
+        f"- stages: {used}\n"
+        f"- parameters: `{parameters}`; record: `{record}`\n\n"
         f"| metric | value |\n|---|---|\n{rows}\n"
     )
 
@@ -83,25 +89,27 @@ def qin_train(
         if s.content_addressed:
             entry = run_stage(s.name, settings, data, dict(keys), record)
             keys[s.name], how[s.name], dirs[s.name] = entry["key"], entry["how"], entry["dir"]
-    registration = run_stage("register", settings, data, keys, record)
-    result = {**registration, "stages": how, "stage_keys": keys, "record": record}
+    registration: Registration = run_stage("register", settings, data, keys, record)
+    link = run_link(load_params(settings).register, registration.run_id)
 
     print("stages: " + ", ".join(f"{name} {h} ({keys[name]})" for name, h in how.items()))
-    print(f"MLflow run id: {result['run_id']}")
-    print(
-        f"registered: {result['model_name']} version {result['version']}"
-        f"{'' if result['newly_registered'] else ' (unchanged model, already registered)'}"
-    )
-    print(f"{result['alias']}: {'yes' if result['has_alias'] else 'no'} ({result['reason']})")
+    for line in registration_lines(registration, link):
+        print(line)
 
-    link = run_link(load_params(settings).register, result["run_id"])
     metrics = read_json(Path(dirs["evaluate"]) / "evaluate.json")
     create_markdown_artifact(
-        markdown=summary_markdown(result, metrics, link, parameters),
+        markdown=summary_markdown(registration, link, how, keys, record, parameters, metrics),
         key="qin-train-summary",
-        description=f"{result['model_name']} version {result['version']}: metrics and MLflow run",
+        description=f"{registration.model_name} version {registration.version}: metrics and MLflow run",
     )
-    return {**result, "mlflow_run_link": link}
+    # The run's result: register.json's fields, what the stages did, the record and the run's page.
+    return {
+        **registration.to_json(),
+        "stages": how,
+        "stage_keys": keys,
+        "record": record,
+        "mlflow_run_link": link,
+    }
 
 
 if __name__ == "__main__":

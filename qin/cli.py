@@ -78,11 +78,9 @@ def _summary(name: str, result: Any, paths: dict[str, Path]) -> str | None:
             f"({result['rows_per_s']:.0f} rows/s), {seconds['total']:.1f} s with the gate and the files"
         )
     if name == "register":
-        return (
-            f"MLflow run {result['run_id']}; {result['model_name']} version {result['version']}"
-            f"{'' if result['newly_registered'] else ' (already registered)'}; "
-            f"'{result['alias']}': {'yes' if result['has_alias'] else 'no'} ({result['reason']})"
-        )
+        from qin.register import registration_lines
+
+        return "\n".join(registration_lines(result))
     return None
 
 

@@ -18,6 +18,10 @@ A version takes an alias when no version holds it, or when its valid AUC beats t
 missing is always refused. Every move is recorded on the version as a tag `alias_history.<n>` (JSON: when,
 alias, from which version, metrics, reason, by whom), read back with `alias_history`. A move is a
 compare-and-set against the holder the decision was made on (see `promote`).
+
+The stage's result is a `Registration` (with the gate's `GateDecision`): `write_registration` and
+`read_registration` are the only code that writes and reads register.json, and `registration_lines` the only
+code that words it (`qin register`, the qin-train flow's log and its summary artifact).
 """
 
 from __future__ import annotations
@@ -32,7 +36,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from importlib.metadata import entry_points
 from pathlib import Path
-from typing import Any, Literal, Protocol
+from typing import Any, Literal, Protocol, get_type_hints
 
 import qin
 from qin import layout
@@ -146,6 +150,103 @@ class Registry(Protocol):
 
     def log_scoring(self, model_name: str, version: str, manifest: Path, name: str) -> None:
         """Attach a scoring manifest (qin/predict.py) to the version's run, as `predictions/<name>.json`."""
+
+
+# ---------------------------------------------------------------- the register stage's result: register.json
+
+
+@dataclass(frozen=True)
+class GateDecision:
+    """The staging gate's outcome for one version (`gate`, through `promote`)."""
+
+    alias: str
+    has_alias: bool  # the version holds `alias` now: it moved to it, or held it already
+    reason: str  # why (the promotion rule's words)
+    previous: str | None  # the version that held `alias` when it was decided (None: no holder)
+    history_tag: str | None  # the version tag recording the move (`alias_history.<n>`); None: no move
+
+    @property
+    def moved(self) -> bool:
+        return self.history_tag is not None
+
+
+@dataclass(frozen=True)
+class Registration:
+    """What the register stage did, as register.json holds it: the version the package is and, once `gate`
+    ran, the staging decision. The file is flat: these fields and, with a decision, `GateDecision`'s."""
+
+    model_name: str
+    run_id: str  # the MLflow run that logged the package (an older one when it was already registered)
+    version: str
+    newly_registered: bool  # False: the package's content hash was registered before, nothing was logged
+    valid_auc: float
+    model_hash: str  # the package's content hash (`tree_hash`)
+    gate: GateDecision | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        """The register.json object (one level: the decision's fields beside the registration's)."""
+        own = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "gate"}
+        return {**own, **(dataclasses.asdict(self.gate) if self.gate is not None else {})}
+
+
+def write_registration(path: str | Path, registration: Registration) -> Path:
+    """Write register.json atomically (a temporary file renamed over `path`)."""
+    return write_json(path, registration.to_json())
+
+
+def read_registration(path: str | Path) -> Registration:
+    """register.json back into its record. A file that lacks a field, or holds a value of another type, is
+    refused naming the key; the gate's fields are there all or none."""
+    raw = read_json(path)
+    if not isinstance(raw, dict):
+        raise ValueError(f"{path}: expected a JSON object (register.json), found {type(raw).__name__}")
+    decided = any(f.name in raw for f in dataclasses.fields(GateDecision))
+    return Registration(
+        **_checked_fields(path, raw, Registration),
+        gate=GateDecision(**_checked_fields(path, raw, GateDecision)) if decided else None,
+    )
+
+
+def _checked_fields(path: str | Path, raw: dict[str, Any], record: type) -> dict[str, Any]:
+    """The values of `record`'s fields (all but `gate`) in register.json's object, each of its type."""
+    types = {k: t for k, t in get_type_hints(record).items() if k != "gate"}
+    missing = sorted(set(types) - set(raw))
+    if missing:
+        raise ValueError(
+            f"{path}: expected the keys {sorted(types)} of a {record.__name__}, missing {missing}"
+        )
+    values = {}
+    for key, t in types.items():
+        value = raw[key]
+        # A float may be written as an int (an AUC of 1); a bool is an int to isinstance, but no number.
+        number = isinstance(value, int | float) and not isinstance(value, bool)
+        if not (number if t is float else isinstance(value, t)):
+            raise ValueError(f"{path}: key '{key}': expected {getattr(t, '__name__', t)}, found {value!r}")
+        values[key] = float(value) if t is float else value
+    return values
+
+
+def registration_lines(registration: Registration, run_link: str | None = None) -> list[str]:
+    """The register stage's result in three lines of text that are Markdown too: what `qin register`
+    prints, the qin-train flow logs and its summary artifact lists. `run_link`: the MLflow run's page,
+    linked from the run id."""
+    r, g = registration, registration.gate
+    how = "newly registered" if r.newly_registered else "already registered, unchanged"
+    run = f"[{r.run_id}]({run_link})" if run_link else r.run_id
+    if g is None:
+        alias = "alias: not offered (the gate has not run)"
+    elif g.moved:
+        previous = f"from version {g.previous}" if g.previous else "(no previous holder)"
+        alias = (
+            f"alias '{g.alias}': yes, moved {previous}: {g.reason}; recorded as version tag {g.history_tag}"
+        )
+    else:
+        alias = f"alias '{g.alias}': {'yes' if g.has_alias else 'no'} ({g.reason})"
+    return [
+        f"{r.model_name} version {r.version} ({how}), valid AUC {r.valid_auc:.5f}",
+        f"MLflow run {run}",
+        alias,
+    ]
 
 
 def load_registry(cfg: RegisterConfig) -> Registry:
@@ -372,15 +473,24 @@ def _record_move(
     return key
 
 
-def gate(registration: str | Path, params: Params, registry: Registry | None = None) -> dict:
+def gate(registration: str | Path, params: Params, registry: Registry | None = None) -> Registration:
     """The register stage's automatic step: offer the version named in `registration` (register.json) the
-    staging alias through `promote`, and add the outcome to that file."""
-    reg = read_json(registration)
+    staging alias through `promote`, and write the file again with the decision; returns that record."""
+    reg = read_registration(registration)
     decision = promote(
-        params.register, "staging", reg["version"], strict=False, by="register", registry=registry
+        params.register, "staging", reg.version, strict=False, by="register", registry=registry
     )
-    result = {**reg, **{k: decision[k] for k in ("alias", "has_alias", "reason", "previous", "history_tag")}}
-    write_json(registration, result)
+    result = dataclasses.replace(
+        reg,
+        gate=GateDecision(
+            alias=decision["alias"],
+            has_alias=decision["has_alias"],
+            reason=decision["reason"],
+            previous=decision["previous"],
+            history_tag=decision["history_tag"],
+        ),
+    )
+    write_registration(registration, result)
     return result
 
 
@@ -515,9 +625,10 @@ def register(
     plots_dir: str | Path | None = None,
     registry: Registry | None = None,
     gate_staging: bool = True,
-) -> dict:
+) -> Registration:
     """Register the package (once per content hash), write `out_path` (register.json) and, unless
-    `gate_staging` is False (the flow runs `gate` as its own step), offer the version `staging`.
+    `gate_staging` is False (the flow runs `gate` as its own step), offer the version `staging`. Returns
+    what `out_path` holds.
 
     Concurrency: find → log → create runs under a file lock per (model, package hash) in `layout.LOCKS`,
     so processes sharing that folder never create two versions of one package; `keep_oldest` then settles
@@ -542,15 +653,15 @@ def register(
             created = registry.log_and_register(cfg.model_name, candidate)
             registered = keep_oldest(registry, cfg.model_name, model_hash, created)
             newly = registered == created
-    result = {
-        "model_name": cfg.model_name,
-        "run_id": registered.run_id,
-        "version": registered.version,
-        "newly_registered": newly,
-        "valid_auc": float(metrics["valid_auc"]),
-        "model_hash": model_hash,
-    }
-    write_json(out_path, result)
+    result = Registration(
+        model_name=cfg.model_name,
+        run_id=registered.run_id,
+        version=registered.version,
+        newly_registered=newly,
+        valid_auc=float(metrics["valid_auc"]),
+        model_hash=model_hash,
+    )
+    write_registration(out_path, result)
     if gate_staging:
         result = gate(out_path, params, registry)
     return result

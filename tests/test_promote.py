@@ -3,6 +3,7 @@ against the real MLflow registry (history tags read back, champion only on reque
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
 from pathlib import Path
@@ -14,13 +15,17 @@ from qin.register import (
     ALIAS_TRIES,
     AliasContended,
     Candidate,
+    GateDecision,
     PromotionRefused,
     Registered,
+    Registration,
     VersionInfo,
     alias_history,
     decide,
     gate,
     promote,
+    read_registration,
+    write_registration,
 )
 from tests import helpers as ws
 from tests.helpers import model_variant
@@ -139,10 +144,19 @@ def test_gate_in_the_register_stage_moves_staging_never_champion(tmp_path: Path)
 
     reg = FakeRegistry([v("1", 0.70), v("2", 0.75)])
     out = tmp_path / "register.json"
-    for version in ("1", "2"):
-        out.write_text(json.dumps({"version": version, "run_id": f"run{version}"}))
+    for version, auc, previous in (("1", 0.70, None), ("2", 0.75, "1")):
+        registered = Registration("qin-ctr", f"run{version}", version, True, auc, f"hash{version}")
+        write_registration(out, registered)
         result = gate(out, Params(register=CFG), reg)
-        assert result["has_alias"] and json.loads(out.read_text())["has_alias"]
+        # The registration as it was, with the decision; and the file says the same.
+        assert result == dataclasses.replace(registered, gate=result.gate) == read_registration(out)
+        assert result.gate is not None and result.gate.alias == "staging"
+        assert (result.gate.has_alias, result.gate.previous, result.gate.history_tag) == (
+            True,
+            previous,
+            "alias_history.1",
+        )
+        assert json.loads(out.read_text())["has_alias"] is True
     assert reg.aliases == {"staging": "2"}
     assert [e["by"] for e in alias_history(reg.by_number["2"])] == ["register"]
 
@@ -241,20 +255,22 @@ def test_qin_promote_against_mlflow(project: Path, capsys: pytest.CaptureFixture
     train(ws.FEATURES, ws.MODEL, ws.TRAIN_METRICS, params.train)
     evaluate(ws.FEATURES, ws.MODEL, ws.EVAL_METRICS, params.evaluate)
 
-    def reg(name: str, auc: float, validation: Path = ws.VALIDATION) -> dict:
+    def reg(name: str, auc: float, validation: Path = ws.VALIDATION) -> GateDecision:
         model, metrics = model_variant(project, name, auc)
-        return register(model, ws.TRAIN_METRICS, metrics, validation, ws.REGISTRATION, params)
+        decision = register(model, ws.TRAIN_METRICS, metrics, validation, ws.REGISTRATION, params).gate
+        assert decision is not None
+        return decision
 
-    assert reg("a", 0.70)["has_alias"]  # version 1: staging
+    assert reg("a", 0.70).has_alias  # version 1: staging
     within_delta = reg("b", 0.7005)  # version 2: not better by min_delta
-    assert not within_delta["has_alias"] and "does not beat version 1's" in within_delta["reason"]
+    assert not within_delta.has_alias and "does not beat version 1's" in within_delta.reason
     # Version 3: better, but evaluated on another data version (a validation of different files).
     other = project / "artifacts" / "validate-other"
     shutil.copytree(ws.VALIDATION, other)
     summary = json.loads((other / "summary.json").read_text())
     next(iter(summary["files"].values()))["md5"] = "0" * 32
     (other / "summary.json").write_text(json.dumps(summary))
-    assert "on different data" in reg("c", 0.90, other)["reason"]
+    assert "on different data" in reg("c", 0.90, other).reason
 
     def promote_cli(*args: str) -> tuple[int, str]:
         code = main(["promote", *args])

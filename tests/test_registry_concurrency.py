@@ -20,7 +20,7 @@ import pytest
 from qin import layout
 from qin.config import Params, load_params
 from qin.io import tree_hash
-from qin.register import Candidate, Registered, register
+from qin.register import Candidate, Registered, Registration, read_registration, register
 from tests import helpers as ws
 from tests.conftest import TINY_PARAMS
 from tests.helpers import model_variant
@@ -45,7 +45,7 @@ def fake_package(root: Path, params: Params, auc: float = 0.7) -> dict[str, Path
     return {"model_dir": model, "validation_dir": validation, "train": metrics / "train.json"}
 
 
-def fake_register(pkg: dict[str, Path], params: Params, registry: FakeRegistry, out: Path) -> dict:
+def fake_register(pkg: dict[str, Path], params: Params, registry: FakeRegistry, out: Path) -> Registration:
     return register(
         pkg["model_dir"],
         pkg["train"],
@@ -73,10 +73,10 @@ def test_a_duplicate_created_by_a_client_without_our_lock_is_deleted_and_the_old
     pkg = fake_package(tmp_path, params)
     reg = Raced([])
     result = fake_register(pkg, params, reg, tmp_path / "register.json")
-    assert (result["version"], result["run_id"], result["newly_registered"]) == ("1", "run1", False)
+    assert (result.version, result.run_id, result.newly_registered, result.gate) == ("1", "run1", False, None)
     assert reg.deleted == ["2"] and list(reg.by_number) == ["1"]
     assert reg.by_number["1"].tags["model_hash"] == tree_hash([pkg["model_dir"]])
-    assert json.loads((tmp_path / "register.json").read_text())["version"] == "1"
+    assert read_registration(tmp_path / "register.json") == result
 
 
 def test_a_version_is_created_with_every_tag_and_extra_tags_may_not_replace_them(tmp_path: Path) -> None:
@@ -159,7 +159,7 @@ def register_in_process(project: str, variant: str, out: str, ready: Any, result
         ready.wait(timeout=300)
         model, metrics = Path("artifacts") / variant, Path("metrics") / f"{variant}.json"
         result = register(model, ws.TRAIN_METRICS, metrics, ws.VALIDATION, out, params)
-        results.put({"variant": variant, **result})
+        results.put({"variant": variant, **result.to_json()})  # register.json's fields
     except BaseException:
         results.put({"variant": variant, "error": traceback.format_exc()})
 
@@ -239,7 +239,7 @@ def test_a_duplicate_from_a_client_without_our_lock_is_deleted_with_its_run(proj
 
     params = load_params("params.yaml")
 
-    def register_a(registry: MlflowRegistry | None = None) -> dict:
+    def register_a(registry: MlflowRegistry | None = None) -> Registration:
         package, metrics = project / "artifacts" / "a", project / "metrics" / "a.json"
         return register(
             package, ws.TRAIN_METRICS, metrics, ws.VALIDATION, ws.REGISTRATION, params, registry=registry
@@ -247,8 +247,8 @@ def test_a_duplicate_from_a_client_without_our_lock_is_deleted_with_its_run(proj
 
     reg = Raced(params.register)
     result = register_a(reg)
-    assert (result["version"], result["run_id"]) == ("1", reg.other.run_id)
-    assert not result["newly_registered"] and result["has_alias"]
+    assert (result.version, result.run_id) == ("1", reg.other.run_id)
+    assert not result.newly_registered and result.gate is not None and result.gate.has_alias
     client = mlflow_client(project)
     (kept,) = client.search_model_versions("name='qin-ctr'")
     assert str(kept.version) == "1" and kept.tags["stage.train"] == "k1" and set(kept.tags) >= CORE_TAGS
@@ -258,4 +258,4 @@ def test_a_duplicate_from_a_client_without_our_lock_is_deleted_with_its_run(proj
     assert duplicate_run.data.tags["model_hash"] == kept.tags["model_hash"]
     # Registering the package again finds the kept version and creates nothing.
     again = register_a()
-    assert (again["version"], again["newly_registered"]) == ("1", False)
+    assert (again.version, again.newly_registered) == ("1", False)
