@@ -55,8 +55,15 @@ class ValidateConfig:
 
 @dataclass(frozen=True)
 class FeaturizeConfig:
-    # Models keep the most recent `max_len` history items (the authors use 64).
+    # The history length of every model trained on these features: the most recent `max_len` items (the
+    # authors use 64). The one history-length setting: train and scoring take it from the features.
     max_len: int = 64
+
+    def __post_init__(self) -> None:
+        if self.max_len < 1:
+            raise ValueError(
+                f"params key 'featurize.max_len': expected a positive integer, found {self.max_len}"
+            )
 
 
 @dataclass(frozen=True)

@@ -41,17 +41,17 @@ def _write_split(path: Path, tmp: Path, split: str, max_len: int, manifest: dict
     pf = pq.ParquetFile(path)
     n = pf.metadata.num_rows
     labelled = split in schema.LABELLED_SPLITS
-    columns = [*ROW_FIELDS, "user_id", *(["label"] if labelled else [])]
+    columns = [*ROW_FIELDS, schema.USER, *([schema.LABEL] if labelled else [])]
     arrays: dict[str, np.memmap] = {}
     row = 0
     for batch in pf.iter_batches(batch_size=BATCH_ROWS, columns=columns):
         table = pa.Table.from_batches([batch])
-        seq = fixed_list(table, "item_seq")
-        values = {"item_seq": seq[:, -max_len:]}
-        values |= {c: table[c].to_numpy() for c in columns if c != "item_seq"}
+        seq = fixed_list(table, schema.HISTORY)
+        values = {schema.HISTORY: schema.most_recent(seq, max_len)}
+        values |= {c: table[c].to_numpy() for c in columns if c != schema.HISTORY}
         if not arrays:  # shapes are known from the first batch (one history length per file)
             for col, v in values.items():
-                dtype = {"label": np.float32, "user_id": np.int64}.get(col, np.int32)
+                dtype = {schema.LABEL: np.float32, schema.USER: np.int64}.get(col, np.int32)
                 arrays[col] = np.lib.format.open_memmap(
                     tmp / f"{split}_{col}.npy", mode="w+", dtype=dtype, shape=(n, *v.shape[1:])
                 )
@@ -79,9 +79,9 @@ def featurize(
         item_path = data_dir / f"{schema.ITEM_FILE}.parquet"
         items = pq.read_table(item_path)
         manifest["sources"][schema.ITEM_FILE] = file_hash(item_path)
-        tags = fixed_list(items, "item_tags").astype(np.int32)
+        tags = fixed_list(items, schema.TAGS).astype(np.int32)
         save("item_tags", tags)
-        save("item_emb", fixed_list(items, "item_emb_d128").astype(np.float32))
+        save("item_emb", fixed_list(items, schema.ITEM_EMB).astype(np.float32))
         manifest["n_items"] = int(items.num_rows)
         manifest["n_tags"] = int(tags.max()) + 1
         for split in schema.SPLITS:
@@ -116,5 +116,5 @@ class Features:
         return np.load(self.root / f"{name}.npy", mmap_mode="c" if copy_on_write else "r")
 
     def split(self, split: str, copy_on_write: bool = False) -> dict[str, np.ndarray]:
-        cols = [*ROW_FIELDS, "label"] if self.has(f"{split}_label") else list(ROW_FIELDS)
+        cols = [*ROW_FIELDS, schema.LABEL] if self.has(f"{split}_{schema.LABEL}") else list(ROW_FIELDS)
         return {c: self.array(f"{split}_{c}", copy_on_write) for c in cols}

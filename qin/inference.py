@@ -23,7 +23,7 @@ from torch import nn
 
 from qin import runtime
 from qin.config import ModelConfig, model_config
-from qin.data.schema import MODEL_INPUTS
+from qin.data.schema import HISTORY, MODEL_INPUTS, TARGET, most_recent
 from qin.io import atomic_dir, read_json, tree_hash, write_json
 from qin.models import build_model
 from qin.models.blocks import Batch, FeatureSpec, ItemEncoder
@@ -90,8 +90,8 @@ class Scorer:
         Only the last max_len history items are used, as in training.
         """
         self.model.eval()
-        cols = {**cols, "item_seq": cols["item_seq"][:, -self.max_len :]}
-        n = len(cols["item_id"])
+        cols = {**cols, HISTORY: most_recent(cols[HISTORY], self.max_len)}
+        n = len(cols[TARGET])
         out = np.empty(n, dtype=np.float32)
         cpu = self.device.type == "cpu"
         with runtime.reuse_freed_memory() if cpu and n > batch_size else contextlib.nullcontext():

@@ -41,18 +41,19 @@ BATCH_ROWS = 250_000
 
 INT_TYPES = ("int8", "int16", "int32", "int64", "uint8", "uint16", "uint32")
 FLOAT_TYPES = ("float", "double")
+# The types a file may store each contract column as (widened on reading), for every column of
+# qin/data/schema.py (a test checks that these are its columns).
 ALLOWED_TYPES: dict[str, tuple[str, ...]] = {
-    "user_id": INT_TYPES,
-    "likes_level": INT_TYPES,
-    "views_level": INT_TYPES,
-    "item_id": INT_TYPES,
-    "label": (*FLOAT_TYPES, *INT_TYPES),
-    "item_seq": tuple(f"list<{t}>" for t in INT_TYPES),
-    "item_tags": tuple(f"list<{t}>" for t in INT_TYPES),
-    "item_emb_d128": tuple(f"list<{t}>" for t in FLOAT_TYPES),
+    schema.USER: INT_TYPES,
+    **{level: INT_TYPES for level in schema.LEVELS},
+    schema.TARGET: INT_TYPES,
+    schema.LABEL: (*FLOAT_TYPES, *INT_TYPES),
+    schema.HISTORY: tuple(f"list<{t}>" for t in INT_TYPES),
+    schema.TAGS: tuple(f"list<{t}>" for t in INT_TYPES),
+    schema.ITEM_EMB: tuple(f"list<{t}>" for t in FLOAT_TYPES),
 }
 # Columns a file may carry beyond its contract (test.parquet sometimes ships an unusable label column).
-OPTIONAL_COLUMNS = {"test": ("label",)}
+OPTIONAL_COLUMNS = {"test": (schema.LABEL,)}
 
 
 class ValidationError(RuntimeError):
@@ -229,42 +230,47 @@ def _value_expectations(name: str, n_items: int, cfg: ValidateConfig) -> list:
     if name == schema.ITEM_FILE:
         return [
             *exps,
-            E.ExpectColumnValuesToNotBeNull(column="item_id"),
-            E.ExpectColumnPairValuesToBeEqual(column_A="item_id", column_B="row_index"),
-            E.ExpectColumnValuesToNotBeNull(column="item_tags.len"),
+            E.ExpectColumnValuesToNotBeNull(column=schema.TARGET),
+            E.ExpectColumnPairValuesToBeEqual(column_A=schema.TARGET, column_B="row_index"),
+            E.ExpectColumnValuesToNotBeNull(column=f"{schema.TAGS}.len"),
             E.ExpectColumnValuesToBeBetween(
-                column="item_tags.len", min_value=schema.TAGS_PER_ITEM, max_value=schema.TAGS_PER_ITEM
+                column=f"{schema.TAGS}.len", min_value=schema.TAGS_PER_ITEM, max_value=schema.TAGS_PER_ITEM
             ),
-            E.ExpectColumnValuesToBeBetween(column="item_tags.nonfinite", min_value=0, max_value=0),
-            E.ExpectColumnValuesToBeBetween(column="item_tags.min", min_value=0),
-            E.ExpectColumnValuesToBeBetween(column="item_tags.max", max_value=cfg.tag_vocab - 1),
+            E.ExpectColumnValuesToBeBetween(column=f"{schema.TAGS}.nonfinite", min_value=0, max_value=0),
+            E.ExpectColumnValuesToBeBetween(column=f"{schema.TAGS}.min", min_value=0),
+            E.ExpectColumnValuesToBeBetween(column=f"{schema.TAGS}.max", max_value=cfg.tag_vocab - 1),
             E.ExpectColumnValuesToBeBetween(
-                column="item_tags.max", max_value=0, row_condition="row_index==0", condition_parser="pandas"
+                column=f"{schema.TAGS}.max",
+                max_value=0,
+                row_condition="row_index==0",
+                condition_parser="pandas",
             ),
-            E.ExpectColumnValuesToNotBeNull(column="item_emb_d128.len"),
+            E.ExpectColumnValuesToNotBeNull(column=f"{schema.ITEM_EMB}.len"),
             E.ExpectColumnValuesToBeBetween(
-                column="item_emb_d128.len", min_value=schema.ITEM_EMB_DIM, max_value=schema.ITEM_EMB_DIM
+                column=f"{schema.ITEM_EMB}.len", min_value=schema.ITEM_EMB_DIM, max_value=schema.ITEM_EMB_DIM
             ),
-            E.ExpectColumnValuesToBeBetween(column="item_emb_d128.nonfinite", min_value=0, max_value=0),
+            E.ExpectColumnValuesToBeBetween(column=f"{schema.ITEM_EMB}.nonfinite", min_value=0, max_value=0),
         ]
-    exps += [E.ExpectColumnValuesToNotBeNull(column=c) for c in ("user_id", "likes_level", "views_level")]
+    exps += [E.ExpectColumnValuesToNotBeNull(column=c) for c in (schema.USER, *schema.LEVELS)]
     exps += [
-        E.ExpectColumnValuesToBeBetween(column="likes_level", min_value=0, max_value=schema.NUM_LEVELS - 1),
-        E.ExpectColumnValuesToBeBetween(column="views_level", min_value=0, max_value=schema.NUM_LEVELS - 1),
-        E.ExpectColumnValuesToNotBeNull(column="item_id"),
-        E.ExpectColumnValuesToBeBetween(column="item_id", min_value=1, max_value=n_items),
-        E.ExpectColumnValuesToNotBeNull(column="item_seq.len"),
-        E.ExpectColumnUniqueValueCountToBeBetween(column="item_seq.len", min_value=1, max_value=1),
-        E.ExpectColumnValuesToBeBetween(column="item_seq.nonfinite", min_value=0, max_value=0),
-        E.ExpectColumnValuesToBeBetween(column="item_seq.min", min_value=0),
-        E.ExpectColumnValuesToBeBetween(column="item_seq.max", max_value=n_items),
+        *(
+            E.ExpectColumnValuesToBeBetween(column=level, min_value=0, max_value=schema.NUM_LEVELS - 1)
+            for level in schema.LEVELS
+        ),
+        E.ExpectColumnValuesToNotBeNull(column=schema.TARGET),
+        E.ExpectColumnValuesToBeBetween(column=schema.TARGET, min_value=1, max_value=n_items),
+        E.ExpectColumnValuesToNotBeNull(column=f"{schema.HISTORY}.len"),
+        E.ExpectColumnUniqueValueCountToBeBetween(column=f"{schema.HISTORY}.len", min_value=1, max_value=1),
+        E.ExpectColumnValuesToBeBetween(column=f"{schema.HISTORY}.nonfinite", min_value=0, max_value=0),
+        E.ExpectColumnValuesToBeBetween(column=f"{schema.HISTORY}.min", min_value=0),
+        E.ExpectColumnValuesToBeBetween(column=f"{schema.HISTORY}.max", max_value=n_items),
     ]
     if name in schema.LABELLED_SPLITS:
         exps += [
-            E.ExpectColumnValuesToNotBeNull(column="label"),
-            E.ExpectColumnValuesToBeInSet(column="label", value_set=[0, 1]),
+            E.ExpectColumnValuesToNotBeNull(column=schema.LABEL),
+            E.ExpectColumnValuesToBeInSet(column=schema.LABEL, value_set=[0, 1]),
             E.ExpectColumnMeanToBeBetween(
-                column="label",
+                column=schema.LABEL,
                 min_value=cfg.positive_rate_min,
                 max_value=cfg.positive_rate_max,
                 severity=FailureSeverity.WARNING,

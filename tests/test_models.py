@@ -272,3 +272,31 @@ def test_batch_holds_the_model_inputs_declared_once() -> None:
 
     assert {f.name for f in fields(Batch)} - {"label"} == set(MODEL_INPUTS)
     assert ROW_FIELDS == COLUMNS == MODEL_INPUTS
+
+
+def test_each_registered_model_has_its_settings_network_and_loss_in_one_place() -> None:
+    import typing
+
+    import flows.qin_train
+    from qin import losses
+    from qin.models import MODELS, config_class
+
+    assert typing.get_args(flows.qin_train.ModelName) == tuple(MODELS)
+    for name, entry in MODELS.items():
+        cls = config_class(name)
+        assert issubclass(cls, ModelConfig) and entry.loss in losses.LOSSES, name
+        assert name in typing.get_args(typing.get_type_hints(cls)["name"]), name
+        network = _model(cls(name=name))
+        assert type(network).__name__ == entry.network and network.__module__ == entry.module, name
+    assert losses.model_loss("sdcnv3") is losses.tri_bce_loss  # declared, not sniffed from the network
+    assert {losses.model_loss(n) for n in ("qin", "din", "dcnv3")} == {losses.bce_loss}
+    with pytest.raises(ValueError, match=r"params key 'train.model.name': expected one of .*found 'xgb'"):
+        config_class("xgb")
+
+
+def test_sdcnv3_trains_on_tri_bce_of_its_three_logits() -> None:
+    model = _model(CONFIGS["sdcnv3"]).eval()  # no dropout: the same logits twice
+    batch = _batch(b=16)
+    loss = model_loss("sdcnv3")(model, batch)
+    assert torch.equal(loss, tri_bce(*model.side_logits(batch), batch.label))
+    assert not torch.equal(loss, bce(model(batch), batch.label))

@@ -268,3 +268,12 @@ def test_featurize_writes_compact_memory_mapped_arrays(tiny_data: Path, tmp_path
     assert feats.has("valid_truth") and not feats.has("train_truth")
     assert set(manifest["sources"]) == {"train", "valid", "test", "item_info"}
     assert manifest["arrays"]["train_item_seq"]["shape"] == [len(labels), 8]
+
+
+def test_the_gate_knows_a_stored_type_for_every_contract_column_and_no_other() -> None:
+    from qin.data import schema
+    from qin.validate import ALLOWED_TYPES
+
+    columns = {f.name for name in schema.FILES for f in schema.schema_for(name)}
+    assert set(ALLOWED_TYPES) == columns
+    assert set(schema.MODEL_INPUTS) <= columns

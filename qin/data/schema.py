@@ -16,7 +16,11 @@ item_info.parquet, one row per item id 0..N in id order (row 0 is padding):
 
 from __future__ import annotations
 
+from typing import Any, TypeVar
+
 import pyarrow as pa
+
+H = TypeVar("H", bound=Any)
 
 SPLITS = ("train", "valid", "test")
 LABELLED_SPLITS = ("train", "valid")
@@ -26,27 +30,31 @@ FILES = (*SPLITS, ITEM_FILE)
 NUM_LEVELS = 11  # likes_level / views_level take values 0..10
 # The model's inputs, declared once: the row columns featurize keeps, a scoring request carries (qin/request.py),
 # inference hands the model and `qin.models.Batch` holds (besides the label).
+USER, LABEL = "user_id", "label"
+LEVELS = ("likes_level", "views_level")  # 0..NUM_LEVELS-1
+TARGET = "item_id"
 HISTORY = "item_seq"
-MODEL_INPUTS = ("likes_level", "views_level", "item_id", HISTORY)
+MODEL_INPUTS = (*LEVELS, TARGET, HISTORY)
+# item_info's columns besides the id.
+TAGS, ITEM_EMB = "item_tags", "item_emb_d128"
 TAGS_PER_ITEM = 5
 ITEM_EMB_DIM = 128
 
 ROW_SCHEMA = pa.schema(
     [
-        ("user_id", pa.int64()),
-        ("item_seq", pa.list_(pa.int64())),
-        ("likes_level", pa.int64()),
-        ("views_level", pa.int64()),
-        ("item_id", pa.int64()),
-        ("label", pa.float64()),
+        (USER, pa.int64()),
+        (HISTORY, pa.list_(pa.int64())),
+        *((level, pa.int64()) for level in LEVELS),
+        (TARGET, pa.int64()),
+        (LABEL, pa.float64()),
     ]
 )
-TEST_SCHEMA = pa.schema([f for f in ROW_SCHEMA if f.name != "label"])
+TEST_SCHEMA = pa.schema([f for f in ROW_SCHEMA if f.name != LABEL])
 ITEM_SCHEMA = pa.schema(
     [
-        ("item_id", pa.int64()),
-        ("item_tags", pa.list_(pa.int64())),
-        ("item_emb_d128", pa.list_(pa.float32())),
+        (TARGET, pa.int64()),
+        (TAGS, pa.list_(pa.int64())),
+        (ITEM_EMB, pa.list_(pa.float32())),
     ]
 )
 
@@ -64,3 +72,10 @@ def schema_for(name: str) -> pa.Schema:
 def truth_file(split: str) -> str:
     """Name of the file holding the true click probability of each row (synthetic data only)."""
     return f"{split}_truth.parquet"
+
+
+def most_recent(history: H, max_len: int) -> H:
+    """The last `max_len` items of each row of an (N, L) history array or tensor (most recent last; all of
+    them when L <= max_len): the one truncation, for featurize, training and scoring."""
+    assert max_len >= 1, max_len
+    return history[:, -max_len:]
