@@ -25,7 +25,7 @@ def _dvc(root: Path, *args: str) -> str:
 
 
 def test_dvc_repro_twice_and_after_a_params_change(project: Path) -> None:
-    for item in ("dvc.yaml", "qin", "flows"):
+    for item in ("dvc.yaml", "qin", "flows", "params"):
         src = REPO / item
         (shutil.copytree if src.is_dir() else shutil.copy)(src, project / item)
     _dvc(project, "init", "--no-scm", "-q")
@@ -60,3 +60,11 @@ def test_dvc_repro_twice_and_after_a_params_change(project: Path) -> None:
     third = _dvc(project, "repro")
     assert "Running stage 'evaluate'" in third and "Running stage 'train'" not in third
     assert "Running stage 'predict'" not in third  # the model it scores did not change
+
+    # A preset is a params file of the stages that read train: a change to it is a params change there only.
+    preset = project / "params" / "presets" / "cpu.yaml"
+    preset.write_text(preset.read_text().replace("grad_clip_norm: 10.0", "grad_clip_norm: 5.0"))
+    status = json.loads(_dvc(project, "status", "--json"))
+    assert set(status) == {"train", "register"}, status
+    changed = [c["changed deps"] for c in status["train"] if "changed deps" in c]
+    assert changed == [{"params/presets/cpu.yaml": {"train": "modified"}}], status
