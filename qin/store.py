@@ -60,15 +60,15 @@ def run(
     root: str | Path = layout.STORE,
     model_dir: str | Path | None = None,
     extra: dict[str, Any] | None = None,
-) -> dict[str, Any]:
+) -> Any:
     """Run stage `name` for a flow run, or reuse its key's outputs; return what happened.
 
     `upstream`: the keys of the stages already run (by stage name). `model_dir`: the model package of a
     stage that reads one (`predict`), identified by its content hash; `extra`: more arguments for the stage
     function (pipeline.call). A content-addressed stage returns
     {"stage", "key", "dir", "how": "ran" | "cached", "seconds"}; one that is not (register) writes its
-    outputs into `record` and returns the stage function's result. With `record` (the flow run's record
-    folder) the stage's entry is added to it.
+    outputs into `record` and returns the stage function's result (register: a `Registration`). With
+    `record` (the flow run's record folder) the stage's entry is added to it.
     """
     s = pipeline.stage(name)
     params = load_params(params_file)
@@ -78,7 +78,7 @@ def run(
         if record is None:
             raise ValueError(f"stage '{name}' writes outside the store: it needs the run's record folder")
         paths |= {o.arg: Path(record) / o.name for o in s.outputs}
-        return pipeline.call(s, paths, params, extra=extra)  # type: ignore[no-any-return]
+        return pipeline.call(s, paths, params, extra=extra)
     key = pipeline.stage_key(s, params, identities, extra)
     folder = key_dir(name, key, root)
     if verify(folder) is None:
