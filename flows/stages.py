@@ -9,7 +9,8 @@ computed ("Completed"); two runs that need one key at once compute it once.
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Callable
+from typing import Any, Concatenate, ParamSpec
 
 from prefect import task
 from prefect.cache_policies import NO_CACHE
@@ -20,6 +21,8 @@ from qin import pipeline, runs, store
 from qin.register import PromotionRefused
 from qin.validate import ValidationError
 
+P = ParamSpec("P")
+
 
 def retry_on_io_only(task: Any, task_run: Any, state: State) -> bool:
     """Retry transient I/O failures, not bad data or bad settings: those fail the same way again."""
@@ -27,24 +30,28 @@ def retry_on_io_only(task: Any, task_run: Any, state: State) -> bool:
     return not isinstance(exc, ValidationError | ValueError | KeyError | PromotionRefused)
 
 
-def _stage_task(s: pipeline.Stage) -> Any:
-    def run_stage(
-        params: str,
-        data: str,
-        upstream: dict[str, str],
-        record: str,
-        model_dir: str | None = None,
-        extra: dict[str, Any] | None = None,
-    ) -> Any:
-        entry = store.run(s.name, params, data, upstream, record, model_dir=model_dir, extra=extra)
-        if not s.content_addressed:
-            return entry
-        return Completed(name="Cached" if entry["how"] == "cached" else "Completed", data=entry)
+def _run(
+    name: str,
+    params: str,
+    data: str,
+    upstream: dict[str, str],
+    record: str,
+    model_dir: str | None = None,
+    extra: dict[str, Any] | None = None,
+) -> Any:
+    """Stage `name` through the store (qin.store.run): a content-addressed stage's entry, as a state named
+    Cached or Completed; the result of one that is not (register)."""
+    entry = store.run(name, params, data, upstream, record, model_dir=model_dir, extra=extra)
+    if not pipeline.stage(name).content_addressed:
+        return entry
+    return Completed(name="Cached" if entry["how"] == "cached" else "Completed", data=entry)
 
-    run_stage.__doc__ = f"Stage `{s.name}`: {s.help}."
+
+def _stage_task(s: pipeline.Stage) -> Any:
     return task(  # type: ignore[call-overload]
-        run_stage,
+        _run,
         name=s.name,
+        description=f"Stage `{s.name}`: {s.help}.",
         cache_policy=NO_CACHE,
         # register talks to the registry (a server may restart); the others read and write files.
         retries=1 if s.content_addressed else 2,
@@ -56,18 +63,17 @@ def _stage_task(s: pipeline.Stage) -> Any:
 TASKS = {s.name: _stage_task(s) for s in pipeline.STAGES}
 
 
-def run_stage(
-    name: str,
-    params: str,
-    data: str,
-    upstream: dict[str, str],
-    record: str,
-    model_dir: str | None = None,
-    extra: dict[str, Any] | None = None,
-) -> Any:
-    """Run the stage's task in the current flow; its entry (raises if the task failed). `model_dir` and
-    `extra`: the model package of a stage that reads one, and its registered identity (store.run)."""
-    return TASKS[name](params, data, upstream, record, model_dir, extra, return_state=True).result()
+def _in_flow(body: Callable[Concatenate[str, P], Any]) -> Callable[Concatenate[str, P], Any]:
+    def run_stage(name: str, /, *args: P.args, **kwargs: P.kwargs) -> Any:
+        """Run stage `name`'s task in the current flow; its entry (raises if the task failed). `model_dir`
+        and `extra`: the model package of a stage that reads one, and its registered identity."""
+        return TASKS[name](name, *args, return_state=True, **kwargs).result()
+
+    return run_stage
+
+
+# run_stage(name, params, data, upstream, record, model_dir=None, extra=None), typed as `_run`.
+run_stage = _in_flow(_run)
 
 
 @task(name="params", cache_policy=NO_CACHE)

@@ -124,6 +124,8 @@ class FeatureEncoder(nn.Module):
         self.likes = nn.Embedding(spec.num_levels, dim)
         self.views = nn.Embedding(spec.num_levels, dim)
         self.item_dim = 3 * dim
+        # The width of concat(likes, views, target, pooled history): what a model's interaction part reads.
+        self.width = 2 * dim + 2 * self.item_dim
 
     def forward(self, batch: Batch) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
         seq = batch.item_seq

@@ -71,9 +71,8 @@ class CrossNetwork(nn.Module):
 class DCNv3(nn.Module):
     def __init__(self, cfg: DCNv3Config, spec: FeatureSpec, item_tags: Tensor, item_emb: Tensor) -> None:
         super().__init__()
-        e = cfg.embedding_dim
-        self.features = FeatureEncoder(spec, e, item_tags, item_emb)
-        width = 2 * e + 2 * self.features.item_dim
+        self.features = FeatureEncoder(spec, cfg.embedding_dim, item_tags, item_emb)
+        width = self.features.width
         self.deep = CrossNetwork(
             width, cfg.num_deep_layers, cfg.deep_dropout, cfg.layer_norm, exponential=True
         )

@@ -52,11 +52,9 @@ class ActivationUnit(nn.Module):
 class DIN(nn.Module):
     def __init__(self, cfg: DINConfig, spec: FeatureSpec, item_tags: Tensor, item_emb: Tensor) -> None:
         super().__init__()
-        e = cfg.embedding_dim
-        self.features = FeatureEncoder(spec, e, item_tags, item_emb)
-        item_dim = self.features.item_dim
-        self.attention = ActivationUnit(item_dim, cfg.attention_units, cfg.attention_dropout)
-        self.dnn = MLP(2 * e + 2 * item_dim, cfg.dnn_units, cfg.net_dropout, cfg.batch_norm)
+        self.features = FeatureEncoder(spec, cfg.embedding_dim, item_tags, item_emb)
+        self.attention = ActivationUnit(self.features.item_dim, cfg.attention_units, cfg.attention_dropout)
+        self.dnn = MLP(self.features.width, cfg.dnn_units, cfg.net_dropout, cfg.batch_norm)
         self.head = nn.Linear(self.dnn.out_dim, 1)
         init_weights(self)
 

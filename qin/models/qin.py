@@ -131,8 +131,7 @@ class QIN(nn.Module):
         super().__init__()
         e = cfg.embedding_dim
         self.features = FeatureEncoder(spec, e, item_tags, item_emb)
-        item_dim = self.features.item_dim
-        width = 2 * e + 2 * item_dim
+        item_dim, width = self.features.item_dim, self.features.width
         self.attention: nn.Module = (
             TargetAttention(
                 item_dim,
