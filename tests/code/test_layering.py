@@ -5,7 +5,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-QIN = Path(__file__).resolve().parents[1] / "qin"
+QIN = Path(__file__).resolve().parents[2] / "qin"
 FORBIDDEN = ("prefect", "mlflow", "dvc", "flows")
 
 

@@ -7,7 +7,7 @@ from qin.models.din import DINConfig
 
 
 def test_repo_params_load_and_match_the_dataclasses(tmp_path: Path) -> None:
-    repo = Path(__file__).resolve().parents[1]
+    repo = Path(__file__).resolve().parents[2]
     params = load_params(repo / "params.yaml")
     assert isinstance(params, Params)
     assert params.train.learning_rate == pytest.approx(0.002)
@@ -44,7 +44,7 @@ def test_bad_params_are_refused_by_key(tmp_path: Path, text: str, message: str) 
 
 
 def test_deploy_section_sets_the_concurrency_policy(tmp_path: Path) -> None:
-    repo = Path(__file__).resolve().parents[1]
+    repo = Path(__file__).resolve().parents[2]
     assert load_params(repo / "params.yaml").deploy == DeployConfig(
         concurrency_limit=2, collision_strategy="ENQUEUE"
     )

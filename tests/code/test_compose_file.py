@@ -17,7 +17,7 @@ import yaml
 
 from flows.stack import read_env_file, write_secrets
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 COMPOSE_FILE = REPO / "docker" / "compose.yaml"
 EXAMPLE = REPO / "docker" / ".env.example"
 TEXT = COMPOSE_FILE.read_text()

@@ -1,7 +1,7 @@
 """The register stage's result: the record round-trips through register.json, one formatter words it for
 the CLI, the flow's log and its summary; and the staging gate against the real MLflow registry: better
 models move the alias, worse ones do not, and registering an unchanged package twice is idempotent. (The
-rule itself: tests/test_promote.py.)"""
+rule itself: tests/pipeline/test_promote.py.)"""
 
 import json
 from pathlib import Path

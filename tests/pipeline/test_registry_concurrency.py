@@ -1,7 +1,7 @@
 """Registration under concurrency: one version per package hash whatever the number of racing runs, no
 "database is locked" from the sqlite store, a duplicate left by a client without our locks is settled
 (the lowest version wins), and a version is created with its tags and describes the model it holds.
-(Alias compare-and-set: tests/test_promote.py.)"""
+(Alias compare-and-set: tests/pipeline/test_promote.py.)"""
 
 from __future__ import annotations
 
@@ -24,7 +24,7 @@ from qin.register import Candidate, Registered, Registration, read_registration,
 from tests import helpers as ws
 from tests.conftest import TINY_PARAMS
 from tests.helpers import model_variant
-from tests.test_promote import FakeRegistry
+from tests.pipeline.test_promote import FakeRegistry
 
 CORE_TAGS = {"model_hash", "valid_auc", "data_hash", "params_hash", "git_commit", "code_hash"}
 
