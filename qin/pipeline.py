@@ -42,6 +42,7 @@ DATA = "data"  # the source of an input that is the raw data folder, not a stage
 MODEL = "model"
 TRAIN_FLOW, SCORE_FLOW = "qin-train", "qin-score"
 ROOT = Path(__file__).resolve().parents[1]  # the project root: code paths are relative to it
+MODELS_DIR = "qin/models"  # the networks (qin/models/__init__.py registers them)
 
 
 @dataclass(frozen=True)
@@ -98,6 +99,14 @@ class Stage:
         if self.models:
             modules += [f.removesuffix(".py").replace("/", ".") for f in module_files()]
         return tuple(sorted({*(f for m in modules for f in _qin_closure(m)), *self.plugins}))
+
+    def dvc_code(self) -> tuple[str, ...]:
+        """Its code as dvc.yaml lists it: when it builds networks, the models' folder instead of its files,
+        so a model added to the registry is a dependency without another line (.dvcignore leaves out the
+        bytecode)."""
+        if not self.models:
+            return self.code()
+        return tuple(sorted({MODELS_DIR if f.startswith(f"{MODELS_DIR}/") else f for f in self.code()}))
 
     def params_files(self) -> tuple[str, ...]:
         """The files besides params.yaml whose settings it reads: the train presets, when it reads train."""

@@ -29,6 +29,7 @@ def test_dvc_repro_twice_and_after_a_params_change(project: Path) -> None:
         src = REPO / item
         (shutil.copytree if src.is_dir() else shutil.copy)(src, project / item)
     _dvc(project, "init", "--no-scm", "-q")
+    shutil.copy(REPO / ".dvcignore", project / ".dvcignore")  # the code's bytecode is not a dependency
     first = _dvc(project, "repro")
     for stage in ("validate", "featurize", "train", "evaluate", "register", "predict"):
         assert f"Running stage '{stage}'" in first

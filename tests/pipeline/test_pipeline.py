@@ -24,7 +24,7 @@ def _dvc_view(s: pipeline.Stage) -> dict:
     outs += [{o.workspace: {"cache": False}} for o in s.outputs if o.dvc == "uncached"]
     view = {
         "cmd": pipeline.dvc_cmd(s),
-        "deps": sorted({*(str(pipeline.workspace_path(i)) for i in s.inputs), *s.code()}),
+        "deps": sorted({*(str(pipeline.workspace_path(i)) for i in s.inputs), *s.dvc_code()}),
         "params": [*s.sections, *({f: None} for f in s.params_files())],
         "outs": outs,
         "metrics": [o.workspace for o in s.outputs if o.dvc == "metrics"],
