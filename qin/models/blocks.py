@@ -78,8 +78,8 @@ class ItemEncoder(nn.Module):
         """Scoring with fixed weights: encode every item once, so that a call only gathers rows of the
         result (at 64 rows a request, 2.4x faster on 2 CPU cores: encoding a request's items costs more than
         the rest of the model). The same vectors as encoding the call's items (tests/models/test_models.py
-        checks the scores to the bit on CPU); the weights must not change afterwards (the trainer never freezes).
-        Used outside autocast and autograd only."""
+        checks the scores to the bit on CPU); the weights must not change afterwards (the trainer never
+        freezes). Used outside autocast and autograd only."""
         with torch.inference_mode():
             self.frozen = self.encode(torch.arange(self.item_tags.shape[0], device=self.item_tags.device))
 
