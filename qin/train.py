@@ -23,11 +23,15 @@ Recipe (the authors'): Adam; L2 on the embedding tables, separate from the netwo
 clipping; the learning rate halves when valid AUC stalls (lr_patience epochs) and training stops after
 `patience` epochs without a gain; the best epoch's weights are kept.
 
-Resumable: every `checkpoint_every` steps and at each epoch end the full state (weights, optimizer,
-scheduler, RNG states of every process, the epoch's shuffling, history, best weights) is saved beside the
-output, under the stage key (qin/pipeline.py) of the run that wrote it. A rerun with the same key (the same
-settings but the speed-only ones, the same features) continues from there, mid-epoch included, and reaches
-the same result as an uninterrupted run. The checkpoint is removed once the package is written.
+Resumable: every `checkpoint_every` steps and at each epoch end the full state (`TrainState`: weights,
+optimizer, scheduler, RNG states of every process, the epoch's shuffling and position, history, best
+weights) is saved beside the output, under the stage key (qin/pipeline.py) of the run that wrote it. A rerun
+with the same key (the same settings but the speed-only ones, the same features) continues from there,
+mid-epoch included, and reaches the same result as an uninterrupted run. The checkpoint is removed once the
+package is written.
+
+A run reads as its phases: `_setup` → `_resume` → per epoch `_train_epoch`, `_score`, `_decide` (and a
+checkpoint) → `_finish`.
 """
 
 from __future__ import annotations
@@ -38,7 +42,7 @@ import logging
 import os
 import sys
 import time
-from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -195,29 +199,141 @@ class Trainer:
         dist.all_gather(parts, padded)
         return torch.cat(parts).cpu().numpy()[:n]
 
-    def rng_states(self) -> list[tuple[Tensor, Tensor | None]]:
-        """The RNG states (CPU, CUDA) of every process, in rank order."""
-        cuda = torch.cuda.get_rng_state(self.device) if self.device.type == "cuda" else None
-        state = (torch.get_rng_state(), cuda)
-        if self.procs.world == 1:
-            return [state]
-        import torch.distributed as dist
 
-        states: list[Any] = [None] * self.procs.world
-        dist.all_gather_object(states, state)
-        return states
+def _rng_states(procs: runtime.Processes, device: torch.device) -> list[tuple[Tensor, Tensor | None]]:
+    """The RNG states (CPU, CUDA) of every process, in rank order; every process takes part."""
+    cuda = torch.cuda.get_rng_state(device) if device.type == "cuda" else None
+    state = (torch.get_rng_state(), cuda)
+    if procs.world == 1:
+        return [state]
+    import torch.distributed as dist
 
-    def set_rng_state(self, states: list[tuple[Tensor, Tensor | None]]) -> None:
-        cpu, cuda = states[self.procs.rank] if self.procs.rank < len(states) else states[0]
-        torch.set_rng_state(cpu)
-        if cuda is not None and self.device.type == "cuda":
-            torch.cuda.set_rng_state(cuda, self.device)
+    states: list[Any] = [None] * procs.world
+    dist.all_gather_object(states, state)
+    return states
 
 
-def _save_checkpoint(path: Path, state: dict[str, Any]) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(state, tmp)
-    os.replace(tmp, path)
+def _set_rng_states(
+    states: list[tuple[Tensor, Tensor | None]], procs: runtime.Processes, device: torch.device
+) -> None:
+    """This process's RNG states from `states` (process 0's where fewer processes wrote them)."""
+    cpu, cuda = states[procs.rank] if procs.rank < len(states) else states[0]
+    torch.set_rng_state(cpu)
+    if cuda is not None and device.type == "cuda":
+        torch.cuda.set_rng_state(cuda, device)
+
+
+def _epoch_totals() -> dict[str, float]:
+    return {"loss": 0.0, "steps": 0, "seconds": 0.0}
+
+
+@dataclass
+class TrainState:
+    """Where a run is: all that a resumed run needs to continue as if it had never stopped.
+
+    The weights, optimizer and scheduler are the run's own objects (held, not copied); the RNG states are
+    every process's (torch's global generators, which draw the dropout masks) and `shuffle`, which draws
+    each epoch's order of the train rows. `state_dict()` is the checkpoint, `load_state_dict()` resumes it.
+    """
+
+    model: nn.Module
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.ReduceLROnPlateau
+    shuffle: torch.Generator
+    procs: runtime.Processes
+    device: torch.device
+    epoch_shuffle: Tensor  # `shuffle`'s state when the epoch's order was drawn: a mid-epoch resume redraws it
+    best: dict[str, Any]  # the best epoch so far: its valid "auc", "epoch" and weights ("state")
+    epoch: int = 1  # the epoch under way, or the next one
+    step: int = 0  # the epoch's first step not yet taken
+    partial: dict[str, float] = field(default_factory=_epoch_totals)  # the epoch's loss, steps, seconds
+    history: list[dict] = field(default_factory=list)  # one row of metrics per finished epoch
+    stale: int = 0  # epochs since the best one
+
+    @classmethod
+    def start(
+        cls,
+        model: nn.Module,
+        optimizer: torch.optim.Optimizer,
+        scheduler: torch.optim.lr_scheduler.ReduceLROnPlateau,
+        seed: int,
+        procs: runtime.Processes,
+        device: torch.device,
+    ) -> TrainState:
+        """Epoch 1, step 0: the initial weights count as the best so far (at AUC -1)."""
+        shuffle = torch.Generator().manual_seed(seed)
+        best = {"auc": -1.0, "epoch": 0, "state": copy.deepcopy(model.state_dict())}
+        return cls(model, optimizer, scheduler, shuffle, procs, device, shuffle.get_state(), best)
+
+    def epoch_order(self, n: int) -> Tensor:
+        """The epoch's order of the `n` rows: drawn at its step 0, the same order again on a resume."""
+        if self.step == 0:
+            self.epoch_shuffle = self.shuffle.get_state()
+            self.partial = _epoch_totals()
+        self.shuffle.set_state(self.epoch_shuffle)
+        return torch.randperm(n, generator=self.shuffle)
+
+    def state_dict(self) -> dict[str, Any]:
+        """The checkpoint. Every process must call it: it gathers their RNG states."""
+        return {
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "rng": _rng_states(self.procs, self.device),
+            "shuffle": self.shuffle.get_state(),
+            "epoch_shuffle": self.epoch_shuffle,
+            "epoch": self.epoch,
+            "step": self.step,
+            "partial": self.partial,
+            "history": self.history,
+            "best": self.best,
+            "stale": self.stale,
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        _set_rng_states(state["rng"], self.procs, self.device)
+        self.shuffle.set_state(state["shuffle"])
+        self.epoch_shuffle = state["epoch_shuffle"]
+        self.epoch, self.step = state["epoch"], state["step"]
+        self.partial, self.history = dict(state["partial"]), list(state["history"])
+        self.best, self.stale = dict(state["best"]), state["stale"]
+
+
+@dataclass
+class _Run:
+    """One training run: its settings, data, model and trainer (fixed once set up) and its TrainState."""
+
+    cfg: TrainConfig
+    procs: runtime.Processes
+    device: torch.device
+    feats: Features
+    spec: FeatureSpec
+    item_tags: np.ndarray
+    item_emb: np.ndarray
+    max_len: int
+    train_cols: dict[str, Tensor]
+    valid: dict[str, np.ndarray]
+    trainer: Trainer
+    scorer: Scorer
+    state: TrainState
+    checkpoint: Path  # where the state is saved, under stage key `key`
+    key: str | None
+
+    @property
+    def rows(self) -> int:
+        return len(self.train_cols["item_id"])
+
+    @property
+    def steps_per_epoch(self) -> int:
+        return (self.rows + self.cfg.batch_size - 1) // self.cfg.batch_size
+
+    def info(self, msg: str, *args: Any) -> None:
+        """Log on process 0 only."""
+        if self.procs.main:
+            log.info(msg, *args)
 
 
 def train(
@@ -248,7 +364,33 @@ def _train(
     procs: runtime.Processes,
     device: torch.device,
 ) -> dict:
-    info: Callable[..., None] = log.info if procs.main else (lambda *args, **kwargs: None)
+    run = _setup(features_dir, cfg, procs, device, checkpoint_path(out_dir), key)
+    _resume(run)
+    _announce(run)
+    while run.state.epoch <= cfg.epochs and run.state.stale < cfg.patience:
+        meter = _train_epoch(run)
+        row = _score(run, meter)
+        _decide(run, row)
+        _checkpoint(run)
+    return _finish(run, out_dir, metrics_path)
+
+
+def _max_len(feats: Features, cfg: TrainConfig) -> int:
+    """The history length the model keeps: train.max_len (0: all), at most what featurize stored."""
+    stored_len = int(feats.array("train_item_seq").shape[1])
+    return min(cfg.max_len or stored_len, stored_len)
+
+
+def _setup(
+    features_dir: str | Path,
+    cfg: TrainConfig,
+    procs: runtime.Processes,
+    device: torch.device,
+    checkpoint: Path,
+    key: str | None,
+) -> _Run:
+    """The data, the model (the same initial weights in every process), its trainer, and the state at the
+    start: epoch 1, step 0."""
     runtime.set_threads(cfg.threads)
     torch.manual_seed(cfg.seed)
     feats = Features(features_dir)
@@ -258,158 +400,152 @@ def _train(
     model = build_model(cfg.model, spec, torch.from_numpy(item_tags), torch.from_numpy(item_emb)).to(device)
     if procs.rank:  # the same initial weights everywhere; each process its own dropout masks
         torch.manual_seed(cfg.seed + procs.rank)
-    n_params = sum(p.numel() for p in model.parameters())
-    stored_len = int(feats.array("train_item_seq").shape[1])
-    max_len = min(cfg.max_len or stored_len, stored_len)
+    max_len = _max_len(feats, cfg)
     train_cols = load_columns(feats, "train", max_len, device)
     valid = {k: np.asarray(v) for k, v in feats.split("valid").items()}
     valid["item_seq"] = valid["item_seq"][:, -max_len:]
-    n = len(train_cols["item_id"])
-    steps_per_epoch = (n + cfg.batch_size - 1) // cfg.batch_size
-
     trainer = Trainer(model, cfg, device, procs)
-    precision = runtime.precision_name(trainer.dtype)
-    optimizer = trainer.optimizer
     scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
-        optimizer, mode="max", factor=0.5, patience=cfg.lr_patience - 1
+        trainer.optimizer, mode="max", factor=0.5, patience=cfg.lr_patience - 1
     )
-    gen = torch.Generator().manual_seed(cfg.seed)
     scorer = Scorer(model, max_len, spec.n_items, device)
+    state = TrainState.start(model, trainer.optimizer, scheduler, cfg.seed, procs, device)
+    return _Run(cfg, procs, device, feats, spec, item_tags, item_emb, max_len, train_cols, valid, trainer,
+                scorer, state, checkpoint, key)  # fmt: skip
 
-    ckpt_path = checkpoint_path(out_dir)
-    history: list[dict] = []
-    best: dict[str, Any] = {"auc": -1.0, "epoch": 0, "state": copy.deepcopy(model.state_dict())}
-    stale, start_epoch, start_step = 0, 1, 0
-    epoch_gen_state = gen.get_state()
-    partial = {"loss": 0.0, "steps": 0, "seconds": 0.0}
-    if ckpt_path.exists():
-        ck = torch.load(ckpt_path, map_location="cpu", weights_only=False)
-        if key is not None and ck.get("key") == key:
-            model.load_state_dict(ck["model"])
-            optimizer.load_state_dict(ck["optimizer"])
-            scheduler.load_state_dict(ck["scheduler"])
-            trainer.set_rng_state(ck["rng"])
-            gen.set_state(ck["gen_state"])
-            history, best, stale, partial = ck["history"], ck["best"], ck["stale"], ck["partial"]
-            start_epoch, start_step, epoch_gen_state = ck["epoch"], ck["step"], ck["epoch_gen_state"]
-            info("resuming from %s: epoch %d, step %d of %d", ckpt_path, start_epoch, start_step,
-                 steps_per_epoch)  # fmt: skip
-        else:
-            info("ignoring %s: it belongs to other settings or data (key %s, not %s)", ckpt_path,
-                 ck.get("key"), key)  # fmt: skip
 
-    loss_sum = torch.zeros((), device=device)
+def _resume(run: _Run) -> None:
+    """Continue from the checkpoint if it was written under the run's key; otherwise start afresh."""
+    if not run.checkpoint.exists():
+        return
+    saved = torch.load(run.checkpoint, map_location="cpu", weights_only=False)
+    if run.key is not None and saved.get("key") == run.key:
+        run.state.load_state_dict(saved["state"])
+        run.info("resuming from %s: epoch %d, step %d of %d", run.checkpoint, run.state.epoch, run.state.step,
+                 run.steps_per_epoch)  # fmt: skip
+    else:
+        run.info("ignoring %s: it belongs to other settings or data (key %s, not %s)", run.checkpoint,
+                 saved.get("key"), run.key)  # fmt: skip
 
-    def flush_loss() -> None:
-        """Add the steps' losses (summed on the device, mean over processes) to the epoch's."""
-        partial["loss"] += trainer.all_mean(loss_sum)
-        loss_sum.zero_()
 
-    def checkpoint(epoch: int, step: int) -> None:
-        rng = trainer.rng_states()  # every process takes part
-        if not procs.main:
-            return
-        _save_checkpoint(
-            ckpt_path,
-            {
-                "key": key,
-                "epoch": epoch,
-                "step": step,
-                "epoch_gen_state": epoch_gen_state,
-                "gen_state": gen.get_state(),
-                "model": model.state_dict(),
-                "optimizer": optimizer.state_dict(),
-                "scheduler": scheduler.state_dict(),
-                "rng": rng,
-                "history": history,
-                "best": best,
-                "stale": stale,
-                "partial": partial,
-            },
-        )
+def _announce(run: _Run) -> None:
+    cfg, n_params = run.cfg, sum(p.numel() for p in run.trainer.params)
+    precision = runtime.precision_name(run.trainer.dtype)
+    run.info("training %s (%d parameters) on %d rows, device %s, %s, %d process(es) of %d thread(s)%s",
+             cfg.model.name, n_params, run.rows, run.device, precision, run.procs.world,
+             torch.get_num_threads(), ", compiled" if cfg.compile else "")  # fmt: skip
 
-    info("training %s (%d parameters) on %d rows, device %s, %s, %d process(es) of %d thread(s)%s",
-         cfg.model.name, n_params, n, device, precision, procs.world, torch.get_num_threads(),
-         ", compiled" if cfg.compile else "")  # fmt: skip
-    stopped = stale >= cfg.patience
-    for epoch in range(start_epoch, cfg.epochs + 1):
-        if stopped:
-            break
-        if epoch != start_epoch or start_step == 0:
-            epoch_gen_state = gen.get_state()
-            partial = {"loss": 0.0, "steps": 0, "seconds": 0.0}
-        gen.set_state(epoch_gen_state)
-        perm = torch.randperm(n, generator=gen).to(train_cols["item_id"].device)  # where the rows are
-        first = start_step if epoch == start_epoch else 0
-        meter = runtime.ResourceMeter(device)
-        model.train()
-        # A progress bar in a terminal (the per-epoch log lines are what a flow run or a log file shows).
-        in_terminal = procs.main and sys.stderr.isatty()
-        bar = tqdm(total=steps_per_epoch, initial=first, desc=f"epoch {epoch}/{cfg.epochs}", unit="step",
-                   leave=False, disable=not in_terminal, file=sys.stderr)  # fmt: skip
-        t0 = time.perf_counter()
-        for step in range(first, steps_per_epoch):
-            bar.update(1)
-            rows = perm[step * cfg.batch_size : (step + 1) * cfg.batch_size]
-            # BatchNorm needs 2 rows per process: a last global batch smaller than that is left out.
-            if len(rows) >= 2 * procs.world:
-                mine = rows[procs.rank :: procs.world]
-                share = len(mine) * procs.world / len(rows)
-                loss_sum += trainer.step(gather(train_cols, mine, device), share)
-                partial["steps"] += 1
-            if cfg.checkpoint_every and (step + 1) % cfg.checkpoint_every == 0 and step + 1 < steps_per_epoch:
-                flush_loss()
-                partial["seconds"] += time.perf_counter() - t0
-                t0 = time.perf_counter()
-                checkpoint(epoch, step + 1)
-        flush_loss()
-        bar.close()
-        seconds = partial["seconds"] + time.perf_counter() - t0
-        trainer.sync_buffers()
-        probs = trainer.predict(scorer, valid)  # puts the model in eval mode
-        auc, ll = roc_auc(valid["label"], probs), log_loss(valid["label"], probs)
-        lr = optimizer.param_groups[0]["lr"]
-        train_loss = partial["loss"] / max(partial["steps"], 1)
-        history.append(
-            {
-                "epoch": epoch,
-                "train_loss": train_loss,
-                "valid_auc": auc,
-                "valid_logloss": ll,
-                "learning_rate": lr,
-                "train_seconds": seconds,
-                "train_samples_per_second": n / seconds if seconds > 0 else 0.0,
-                **meter.read(),  # this process, over the epoch's training and validation
-            }
-        )
-        info("epoch %d/%d  loss %.4f  valid_auc %.4f  valid_logloss %.4f  lr %.2g  %.1fs (%.0f samples/s)",
-             epoch, cfg.epochs, train_loss, auc, ll, lr, seconds, n / max(seconds, 1e-9))  # fmt: skip
-        scheduler.step(auc)
-        if auc > best["auc"]:
-            best, stale = {"auc": auc, "epoch": epoch, "state": copy.deepcopy(model.state_dict())}, 0
-        else:
-            stale += 1
-        stopped = stale >= cfg.patience
-        if stopped:
-            info("early stop: no valid AUC gain for %d epochs", stale)
-        checkpoint(epoch + 1, 0)
 
-    model.load_state_dict(best["state"])
+def _train_epoch(run: _Run) -> runtime.ResourceMeter:
+    """The epoch's steps from `state.step` on, saving the state every `checkpoint_every` steps; its loss,
+    steps and seconds add up in `state.partial`. Returns the meter of the epoch's resource use (running)."""
+    cfg, state, procs, last = run.cfg, run.state, run.procs, run.steps_per_epoch
+    perm = state.epoch_order(run.rows).to(run.train_cols["item_id"].device)  # where the rows are
+    meter = runtime.ResourceMeter(run.device)
+    run.trainer.model.train()
+    # A progress bar in a terminal (the per-epoch log lines are what a flow run or a log file shows).
+    in_terminal = procs.main and sys.stderr.isatty()
+    bar = tqdm(total=last, initial=state.step, desc=f"epoch {state.epoch}/{cfg.epochs}", unit="step",
+               leave=False, disable=not in_terminal, file=sys.stderr)  # fmt: skip
+    loss_sum = torch.zeros((), device=run.device)  # the steps' losses since the last flush, on the device
+    t0 = time.perf_counter()
+    for step in range(state.step, last):
+        bar.update(1)
+        rows = perm[step * cfg.batch_size : (step + 1) * cfg.batch_size]
+        # BatchNorm needs 2 rows per process: a last global batch smaller than that is left out.
+        if len(rows) >= 2 * procs.world:
+            mine = rows[procs.rank :: procs.world]
+            share = len(mine) * procs.world / len(rows)
+            loss_sum += run.trainer.step(gather(run.train_cols, mine, run.device), share)
+            state.partial["steps"] += 1
+        state.step = step + 1
+        if cfg.checkpoint_every and state.step % cfg.checkpoint_every == 0 and state.step < last:
+            t0 = _flush(run, loss_sum, t0)
+            _checkpoint(run)
+    _flush(run, loss_sum, t0)
+    bar.close()
+    return meter
+
+
+def _flush(run: _Run, loss_sum: Tensor, t0: float) -> float:
+    """Add the losses summed on the device (their mean over processes) and the seconds since `t0` to the
+    epoch's; returns the new t0."""
+    run.state.partial["loss"] += run.trainer.all_mean(loss_sum)
+    loss_sum.zero_()
+    run.state.partial["seconds"] += time.perf_counter() - t0
+    return time.perf_counter()
+
+
+def _score(run: _Run, meter: runtime.ResourceMeter) -> dict[str, Any]:
+    """Score valid with the epoch's weights (every process, the same BatchNorm statistics); the epoch's
+    row of the history."""
+    state, n, epochs = run.state, run.rows, run.cfg.epochs
+    run.trainer.sync_buffers()
+    probs = run.trainer.predict(run.scorer, run.valid)  # puts the model in eval mode
+    auc, ll = roc_auc(run.valid["label"], probs), log_loss(run.valid["label"], probs)
+    lr = run.trainer.optimizer.param_groups[0]["lr"]
+    train_loss = state.partial["loss"] / max(state.partial["steps"], 1)
+    seconds = state.partial["seconds"]
+    run.info("epoch %d/%d  loss %.4f  valid_auc %.4f  valid_logloss %.4f  lr %.2g  %.1fs (%.0f samples/s)",
+             state.epoch, epochs, train_loss, auc, ll, lr, seconds, n / max(seconds, 1e-9))  # fmt: skip
+    return {
+        "epoch": state.epoch,
+        "train_loss": train_loss,
+        "valid_auc": auc,
+        "valid_logloss": ll,
+        "learning_rate": lr,
+        "train_seconds": seconds,
+        "train_samples_per_second": n / seconds if seconds > 0 else 0.0,
+        **meter.read(),  # this process, over the epoch's training and validation
+    }
+
+
+def _decide(run: _Run, row: dict[str, Any]) -> None:
+    """Record the epoch; halve the learning rate when valid AUC stalls, keep the best weights, count the
+    epochs without a gain (training stops at `patience`), and move on to the next epoch."""
+    state, auc = run.state, row["valid_auc"]
+    state.history.append(row)
+    state.scheduler.step(auc)
+    if auc > state.best["auc"]:
+        state.best = {"auc": auc, "epoch": state.epoch, "state": copy.deepcopy(state.model.state_dict())}
+        state.stale = 0
+    else:
+        state.stale += 1
+    if state.stale >= run.cfg.patience:
+        run.info("early stop: no valid AUC gain for %d epochs", state.stale)
+    state.epoch, state.step = state.epoch + 1, 0
+
+
+def _checkpoint(run: _Run) -> None:
+    """Save the state under the run's key; process 0 writes it, atomically (a temporary file, renamed)."""
+    state = run.state.state_dict()  # every process takes part
+    if not run.procs.main:
+        return
+    tmp = run.checkpoint.with_name(run.checkpoint.name + ".tmp")
+    torch.save({"key": run.key, "state": state}, tmp)
+    os.replace(tmp, run.checkpoint)
+
+
+def _finish(run: _Run, out_dir: str | Path, metrics_path: str | Path) -> dict:
+    """Back to the best epoch's weights; process 0 writes the package and metrics, drops the checkpoint."""
+    cfg, state, model = run.cfg, run.state, run.trainer.model
+    model.load_state_dict(state.best["state"])
     summary = {
         "model": cfg.model.name,
-        "parameters": n_params,
-        "device": str(device),
-        "precision": precision,
-        "processes": procs.world,
-        "best_epoch": best["epoch"],
-        "best_valid_auc": best["auc"],
-        "history": history,
+        "parameters": sum(p.numel() for p in model.parameters()),
+        "device": str(run.device),
+        "precision": runtime.precision_name(run.trainer.dtype),
+        "processes": run.procs.world,
+        "best_epoch": state.best["epoch"],
+        "best_valid_auc": state.best["auc"],
+        "history": state.history,
     }
-    if procs.main:
-        meta = {"best_epoch": best["epoch"], "valid_auc": best["auc"], "sources": feats.manifest["sources"]}
+    if run.procs.main:
+        meta = {"best_epoch": state.best["epoch"], "valid_auc": state.best["auc"],
+                "sources": run.feats.manifest["sources"]}  # fmt: skip
         summary["model_hash"] = save_package(
-            out_dir, model, cfg.model, spec, max_len, item_tags, item_emb, meta
+            out_dir, model, cfg.model, run.spec, run.max_len, run.item_tags, run.item_emb, meta
         )
         write_json(metrics_path, summary)
-        ckpt_path.unlink(missing_ok=True)
+        run.checkpoint.unlink(missing_ok=True)
     return summary

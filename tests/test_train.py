@@ -1,7 +1,9 @@
 """The trainer: deterministic on CPU, resumes a killed run from its checkpoint, evaluation metrics."""
 
 import dataclasses
+import io
 import json
+import logging
 import os
 import signal
 import subprocess
@@ -20,7 +22,7 @@ from qin.evaluate import evaluate
 from qin.featurize import Features, featurize
 from qin.metrics import expected_calibration_error, grouped_auc
 from qin.models.blocks import ItemEncoder
-from qin.train import checkpoint_path, load_columns, train
+from qin.train import TrainState, checkpoint_path, load_columns, train
 from qin.validate import validate
 
 RESUME_PARAMS = """
@@ -76,6 +78,56 @@ def test_a_killed_run_resumes_from_its_checkpoint_and_ends_where_an_uninterrupte
     b = json.loads((tmp_path / "killed.json").read_text())
     assert abs(a["best_valid_auc"] - b["best_valid_auc"]) <= 0.002
     assert [h["epoch"] for h in b["history"]] == [1, 2, 3]
+
+
+def _train_state(seed: int) -> TrainState:
+    model = torch.nn.Linear(3, 1)
+    optimizer = torch.optim.Adam(model.parameters(), lr=0.1)
+    scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, mode="max", factor=0.5, patience=0)
+    return TrainState.start(model, optimizer, scheduler, seed, runtime.Processes(), torch.device("cpu"))
+
+
+def test_a_train_state_continues_from_its_state_dict_as_if_never_stopped() -> None:
+    a = _train_state(seed=5)
+    order = a.epoch_order(10)
+    a.model(torch.ones(2, 3)).sum().backward()
+    a.optimizer.step()
+    a.scheduler.step(0.7)
+    a.scheduler.step(0.6)  # no gain: the learning rate halves
+    a.epoch, a.step, a.stale = 2, 3, 1
+    a.partial.update(loss=1.5, steps=3, seconds=0.2)
+    a.history.append({"epoch": 1, "valid_auc": 0.7})
+    saved = io.BytesIO()
+    torch.save(a.state_dict(), saved)
+    dropout_draws = torch.rand(4)
+
+    b = _train_state(seed=6)  # other weights, another shuffling and a different RNG position
+    b.load_state_dict(torch.load(io.BytesIO(saved.getvalue()), weights_only=False))
+    assert torch.equal(torch.rand(4), dropout_draws)
+    weights = b.model.state_dict()
+    assert all(torch.equal(weights[name], w) for name, w in a.model.state_dict().items())
+    moments = [t.optimizer.state_dict()["state"][0]["exp_avg"] for t in (a, b)]
+    assert torch.equal(*moments)
+    assert b.optimizer.param_groups[0]["lr"] == a.optimizer.param_groups[0]["lr"] == 0.05
+    assert (b.epoch, b.step, b.stale, b.partial, b.history) == (2, 3, 1, a.partial, a.history)
+    assert torch.equal(b.epoch_order(10), order)  # mid-epoch: the epoch's order again
+    a.step = b.step = 0
+    assert torch.equal(b.epoch_order(10), a.epoch_order(10))  # the next epoch's order
+    assert b.partial == {"loss": 0.0, "steps": 0, "seconds": 0.0}
+
+
+def test_a_checkpoint_written_under_another_key_is_ignored(
+    features: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    (tmp_path / "params.yaml").write_text(EXACT_PARAMS.replace("epochs: 2", "epochs: 1"))
+    cfg = load_params(tmp_path / "params.yaml").train
+    ckpt = checkpoint_path(tmp_path / "m")
+    torch.save({"key": "another", "state": {}}, ckpt)
+    caplog.set_level(logging.INFO, logger="qin.train")
+    s = train(features, tmp_path / "m", tmp_path / "m.json", cfg, key="mine")
+    assert "ignoring" in caplog.text and "resuming" not in caplog.text
+    assert [h["epoch"] for h in s["history"]] == [1]
+    assert not ckpt.exists() and not ckpt.with_name(ckpt.name + ".tmp").exists()
 
 
 def test_training_on_cpu_is_deterministic(features: Path, tmp_path: Path) -> None:
