@@ -25,7 +25,7 @@ def main() -> None:
 
     todo = select(variants(cfg.model, args.din_challenge), args.only)
     print(f"data {args.data}, {cfg.epochs} epochs max, batch {cfg.batch_size}, lr {cfg.learning_rate}, "
-          f"history {cfg.max_len or params.featurize.max_len}, early stop after {cfg.patience}")  # fmt: skip
+          f"history {params.featurize.max_len}, early stop after {cfg.patience}")  # fmt: skip
     rows = []
     for name, model in todo.items():
         rows.append(run_variant(name, work / "features", work / slug(name), cfg, model, params.evaluate))

@@ -115,7 +115,7 @@ def measure(args: argparse.Namespace) -> dict:
     batch, history = int(setup["batch"]), int(setup["history"])
     base = preset("paper" if args.config == "paper" else "cpu")
     cfg: TrainConfig = dataclasses.replace(
-        base, model=model_cfg, batch_size=batch, max_len=history, precision=args.precision,
+        base, model=model_cfg, batch_size=batch, precision=args.precision,
         compile=args.compile, threads=args.threads, device=device.type,
     )  # fmt: skip
     ItemEncoder.distinct = not args.no_distinct

@@ -89,8 +89,6 @@ class TrainConfig:
     # "cpu": a small QIN that trains in minutes on 2 cores; "paper": the authors' QIN and recipe.
     preset: str
     model: ModelConfig
-    # Models keep the most recent max_len history items (0: all that featurize kept).
-    max_len: int
     batch_size: int
     epochs: int
     learning_rate: float
@@ -258,6 +256,9 @@ class Params:
 
 T = TypeVar("T")
 
+# Settings that were once elsewhere: a file that still has one is told where it went.
+MOVED = {"train.max_len": "featurize.max_len"}
+
 
 def _coerce(value: Any, tp: Any, key: str, base: Any = None) -> Any:
     """Check `value` against type `tp`; `base` (the current value) is what a nested mapping overrides."""
@@ -329,9 +330,11 @@ def from_dict(cls: type[T], mapping: dict[str, Any], prefix: str = "", base: T |
     names = [f.name for f in dataclasses.fields(cls)]  # type: ignore[arg-type]
     unknown = sorted(set(mapping) - set(names))
     if unknown:
+        moved = MOVED.get(f"{prefix}{unknown[0]}")
         raise ValueError(
-            f"params key '{prefix}{unknown[0]}' is not a setting; allowed keys under "
-            f"'{prefix.rstrip('.') or '<top>'}': {names}"
+            f"params key '{prefix}{unknown[0]}' is not a setting"
+            + (f" (use '{moved}')" if moved else "")
+            + f"; allowed keys under '{prefix.rstrip('.') or '<top>'}': {names}"
         )
     if cls is TrainConfig:
         default = base.preset if isinstance(base, TrainConfig) else "cpu"

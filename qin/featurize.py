@@ -115,6 +115,12 @@ class Features:
             raise KeyError(f"{self.root}: no array '{name}' (have {sorted(self.manifest['arrays'])})")
         return np.load(self.root / f"{name}.npy", mmap_mode="c" if copy_on_write else "r")
 
+    @property
+    def history_len(self) -> int:
+        """The history length of every split: featurize.max_len, or the data's when that is shorter. The
+        models trained on these features keep all of it."""
+        return int(self.array(f"train_{schema.HISTORY}").shape[1])
+
     def split(self, split: str, copy_on_write: bool = False) -> dict[str, np.ndarray]:
         cols = [*ROW_FIELDS, schema.LABEL] if self.has(f"{split}_{schema.LABEL}") else list(ROW_FIELDS)
         return {c: self.array(f"{split}_{c}", copy_on_write) for c in cols}

@@ -56,7 +56,7 @@ from qin.config import TrainConfig
 from qin.featurize import Features
 from qin.inference import Scorer, resolve_device, save_package
 from qin.io import write_json
-from qin.losses import bce, tri_bce
+from qin.losses import Loss, model_loss
 from qin.metrics import log_loss, roc_auc
 from qin.models import build_model
 from qin.models.blocks import Batch, FeatureSpec, embedding_tables, network_weights
@@ -69,14 +69,13 @@ def checkpoint_path(out_dir: str | Path) -> Path:
     return out_dir.parent / f"{out_dir.name}.checkpoint.pt"
 
 
-def load_columns(feats: Features, split: str, max_len: int, device: torch.device) -> dict[str, Tensor]:
-    """A split's columns as tensors over the memory-mapped arrays, the history cut to its last max_len items.
+def load_columns(feats: Features, split: str, device: torch.device) -> dict[str, Tensor]:
+    """A split's columns as tensors over the memory-mapped arrays (nothing is read yet).
 
     On CUDA they are copied to the GPU when they fit in a quarter of its free memory; otherwise they stay
     memory-mapped and `gather` stages each batch through pinned memory.
     """
     cols = {k: torch.from_numpy(v) for k, v in feats.split(split, copy_on_write=True).items()}
-    cols["item_seq"] = cols["item_seq"][:, -max_len:]  # a view: nothing is read yet
     if device.type == "cuda":
         need = sum(t.numel() * t.element_size() for t in cols.values())
         if need < torch.cuda.mem_get_info(device)[0] / 4:
@@ -100,28 +99,19 @@ def l2_penalty(params: list[Tensor], weight: float) -> Tensor | float:
     return weight / 2 * sum(p.pow(2).sum() for p in params)
 
 
-def batch_loss(model: nn.Module, batch: Batch) -> Tensor:
-    """The model's training loss: Tri-BCE for models with side logits (SDCNv3), else BCE."""
-    assert batch.label is not None
-    side_logits = getattr(model, "side_logits", None)
-    if side_logits is not None and getattr(model, "shallow", None) is not None:
-        fused, deep, shallow = side_logits(batch)
-        return tri_bce(fused, deep, shallow, batch.label)
-    return bce(model(batch), batch.label)
-
-
 class TrainingLoss(nn.Module):
-    """One batch's objective as a module (what DDP and torch.compile wrap): (data loss, L2 penalties)."""
+    """One batch's objective as a module (what DDP and torch.compile wrap): (data loss, L2 penalties). The
+    data loss is the one the model registers (qin/models `MODELS`: BCE, or SDCNv3's Tri-BCE)."""
 
-    def __init__(self, model: nn.Module, embedding_l2: float, net_l2: float) -> None:
+    def __init__(self, model: nn.Module, loss: Loss, embedding_l2: float, net_l2: float) -> None:
         super().__init__()
-        self.model = model
+        self.model, self.data_loss = model, loss
         self.embedding_l2, self.net_l2 = embedding_l2, net_l2
         self.tables, self.weights = embedding_tables(model), network_weights(model)
 
     def forward(self, batch: Batch) -> tuple[Tensor, Tensor | float]:
         penalty = l2_penalty(self.tables, self.embedding_l2) + l2_penalty(self.weights, self.net_l2)
-        return batch_loss(self.model, batch), penalty
+        return self.data_loss(self.model, batch), penalty
 
 
 class Trainer:
@@ -139,7 +129,7 @@ class Trainer:
         self.dtype = runtime.resolve_precision(cfg.precision, device)
         self.params = list(model.parameters())
         self.optimizer = runtime.adam(self.params, cfg.learning_rate, device)
-        loss: nn.Module = TrainingLoss(model, cfg.embedding_l2, cfg.net_l2)
+        loss: nn.Module = TrainingLoss(model, model_loss(cfg.model.name), cfg.embedding_l2, cfg.net_l2)
         if self.procs.world > 1:
             from torch.nn.parallel import DistributedDataParallel
 
@@ -375,12 +365,6 @@ def _train(
     return _finish(run, out_dir, metrics_path)
 
 
-def _max_len(feats: Features, cfg: TrainConfig) -> int:
-    """The history length the model keeps: train.max_len (0: all), at most what featurize stored."""
-    stored_len = int(feats.array("train_item_seq").shape[1])
-    return min(cfg.max_len or stored_len, stored_len)
-
-
 def _setup(
     features_dir: str | Path,
     cfg: TrainConfig,
@@ -400,10 +384,9 @@ def _setup(
     model = build_model(cfg.model, spec, torch.from_numpy(item_tags), torch.from_numpy(item_emb)).to(device)
     if procs.rank:  # the same initial weights everywhere; each process its own dropout masks
         torch.manual_seed(cfg.seed + procs.rank)
-    max_len = _max_len(feats, cfg)
-    train_cols = load_columns(feats, "train", max_len, device)
+    max_len = feats.history_len  # featurize.max_len's cut: the one history length
+    train_cols = load_columns(feats, "train", device)
     valid = {k: np.asarray(v) for k, v in feats.split("valid").items()}
-    valid["item_seq"] = valid["item_seq"][:, -max_len:]
     trainer = Trainer(model, cfg, device, procs)
     scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
         trainer.optimizer, mode="max", factor=0.5, patience=cfg.lr_patience - 1

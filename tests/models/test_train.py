@@ -179,21 +179,23 @@ def test_expected_calibration_error() -> None:
     assert expected_calibration_error(np.array([1, 0]), np.array([1.0, 0.0])) == 0.0
 
 
-def test_a_model_trained_on_a_shorter_history_scores_only_that_history(
+def test_a_model_keeps_the_history_featurize_kept_and_scores_only_that_history(
     features: Path, tmp_path: Path
 ) -> None:
     from qin.inference import load_package
 
-    (tmp_path / "params.yaml").write_text(RESUME_PARAMS.replace("device: cpu", "device: cpu\n  max_len: 6"))
+    (tmp_path / "params.yaml").write_text(RESUME_PARAMS)
     cfg = load_params(tmp_path / "params.yaml").train
     train(features, tmp_path / "m", tmp_path / "t.json", cfg)
     valid = {k: np.asarray(v) for k, v in Features(features).split("valid").items()}
     scorer = load_package(tmp_path / "m")
-    assert scorer.max_len == 6 and valid["item_seq"].shape[1] == 16
-    short = {**valid, "item_seq": valid["item_seq"][:, -6:]}
-    np.testing.assert_array_equal(scorer.predict(valid), scorer.predict(short))
-    longer = {**valid, "item_seq": np.pad(valid["item_seq"][:, -6:], ((0, 0), (10, 0)), constant_values=1)}
-    np.testing.assert_array_equal(scorer.predict(longer), scorer.predict(short))
+    assert scorer.max_len == Features(features).history_len == valid["item_seq"].shape[1] == 16
+    longer = {**valid, "item_seq": np.pad(valid["item_seq"], ((0, 0), (10, 0)), constant_values=1)}
+    np.testing.assert_array_equal(scorer.predict(longer), scorer.predict(valid))
+    # The one history length is featurize's: train has none of its own.
+    (tmp_path / "params.yaml").write_text(RESUME_PARAMS.replace("device: cpu", "device: cpu\n  max_len: 6"))
+    with pytest.raises(ValueError, match=r"'train.max_len' is not a setting \(use 'featurize.max_len'\)"):
+        load_params(tmp_path / "params.yaml")
 
 
 EXACT_PARAMS = """
@@ -270,7 +272,7 @@ def test_fast_and_reference_paths_train_to_the_same_metrics(
 def test_on_cuda_the_data_moves_to_the_gpu_and_training_runs_in_bf16(features: Path, tmp_path: Path) -> None:
     (tmp_path / "params.yaml").write_text(RESUME_PARAMS.replace("device: cpu", "device: cuda"))
     cfg = load_params(tmp_path / "params.yaml").train
-    cols = load_columns(Features(features), "train", 16, torch.device("cuda"))
+    cols = load_columns(Features(features), "train", torch.device("cuda"))
     assert all(c.is_cuda for c in cols.values())
     s = train(features, tmp_path / "m", tmp_path / "m.json", cfg)
     assert s["device"].startswith("cuda")
