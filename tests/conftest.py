@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 import shutil
+import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -60,6 +62,15 @@ def _no_inherited_tracking_uri(monkeypatch: pytest.MonkeyPatch) -> None:
     would otherwise inherit the store an earlier test used, as if the user had set it."""
     for var in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI"):
         monkeypatch.delenv(var, raising=False)
+
+
+@pytest.fixture(autouse=True)
+def _restore_sys_path() -> Iterator[None]:
+    """Loading an MLflow model puts its code copy (code/qin/) first on sys.path; a later test's spawned
+    processes would import that copy, not the project's."""
+    saved = list(sys.path)
+    yield
+    sys.path[:] = saved
 
 
 @pytest.fixture
