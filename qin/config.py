@@ -35,6 +35,10 @@ class DataConfig:
     latent_dim: int = 16  # item latent space
     subtopics: int = 4  # per topic; near-duplicates share a sub-topic
     emb_noise: float = 0.35  # noise added to the projection that makes item_emb_d128
+    # item_feature.parquet's modalities: noise added to each projection (per dimension). The text carries the
+    # topic, the image the sub-topic; more noise makes each alone (and their fusion) recover less.
+    txt_noise: float = 1.5  # txt_emb_BERT (768 dims)
+    img_noise: float = 2.0  # img_emb_CLIPRN50 (1024 dims)
     history_noise: float = 0.15  # share of history items drawn by popularity rather than interests
     target_from_interest: float = 0.5  # share of targets drawn from the user's interests
     relevance_tau: float = 0.85  # cosine above which a history item is relevant to the target
@@ -42,6 +46,12 @@ class DataConfig:
     w_quadratic: float = 0.8  # pairwise interactions,
     w_popularity: float = 0.4  # popularity
     positive_rate: float = 0.25
+
+    def __post_init__(self) -> None:
+        for key in ("txt_noise", "img_noise"):
+            value = getattr(self, key)
+            if not value >= 0:
+                raise ValueError(f"params key 'data.{key}': expected a number >= 0, found {value}")
 
 
 @dataclass(frozen=True)

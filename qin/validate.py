@@ -1,5 +1,8 @@
 """The `validate` stage: a great-expectations gate in front of everything else.
 
+It checks the four contract files, and item_feature.parquet when the data folder has it (the file is
+optional: real data without it still passes).
+
 Each file is checked in two passes:
 1. its schema, as a small frame of (column, type) rows: every expected column present with an allowed
    type, no extra columns;
@@ -38,6 +41,7 @@ SUMMARY = "summary.json"
 REPORT = "report.md"
 DATA_DOCS = "data_docs"
 BATCH_ROWS = 250_000
+FEATURE_BATCH_ROWS = 8_192  # item_feature rows carry 1,792 floats each: derive fewer at a time
 
 INT_TYPES = ("int8", "int16", "int32", "int64", "uint8", "uint16", "uint32")
 FLOAT_TYPES = ("float", "double")
@@ -51,6 +55,9 @@ ALLOWED_TYPES: dict[str, tuple[str, ...]] = {
     schema.HISTORY: tuple(f"list<{t}>" for t in INT_TYPES),
     schema.TAGS: tuple(f"list<{t}>" for t in INT_TYPES),
     schema.ITEM_EMB: tuple(f"list<{t}>" for t in FLOAT_TYPES),
+    schema.TITLE: ("string", "large_string"),
+    schema.TXT_EMB: tuple(f"list<{t}>" for t in FLOAT_TYPES),
+    schema.IMG_EMB: tuple(f"list<{t}>" for t in FLOAT_TYPES),
 }
 # Columns a file may carry beyond its contract (test.parquet sometimes ships an unusable label column).
 OPTIONAL_COLUMNS = {"test": (schema.LABEL,)}
@@ -111,8 +118,13 @@ def _derive_batch(table: pa.Table) -> pd.DataFrame:
     return pd.DataFrame(cols)
 
 
-def _derive(pf: pq.ParquetFile) -> pd.DataFrame:
-    parts = [_derive_batch(pa.Table.from_batches([b])) for b in pf.iter_batches(batch_size=BATCH_ROWS)]
+def _derive(pf: pq.ParquetFile, batch_rows: int = BATCH_ROWS) -> pd.DataFrame:
+    # Row group by row group: the batch reader, given the whole file, buffers far more than one batch.
+    parts = [
+        _derive_batch(pa.Table.from_batches([b]))
+        for group in range(pf.metadata.num_row_groups)
+        for b in pf.iter_batches(batch_size=batch_rows, row_groups=[group])
+    ]
     if not parts:
         return _derive_batch(pf.schema_arrow.empty_table())
     return pd.concat(parts, ignore_index=True)
@@ -206,6 +218,8 @@ def _bounds(kw: dict) -> str:
         parts.append(f">= {lo:g}" if lo is not None else f"<= {hi:g}")
     if "value_set" in kw:
         parts.append(f"in {kw['value_set']}")
+    if "value" in kw:
+        parts.append(f"= {kw['value']}")
     return f" ({', '.join(parts)})" if parts else ""
 
 
@@ -227,6 +241,8 @@ def _value_expectations(name: str, n_items: int, cfg: ValidateConfig) -> list:
     from great_expectations.expectations.metadata_types import FailureSeverity
 
     exps: list = [E.ExpectTableRowCountToBeBetween(min_value=1)]
+    if name == schema.FEATURE_FILE:
+        return [*exps, *_feature_expectations(n_items, cfg)]
     if name == schema.ITEM_FILE:
         return [
             *exps,
@@ -279,6 +295,35 @@ def _value_expectations(name: str, n_items: int, cfg: ValidateConfig) -> list:
     return exps
 
 
+def _feature_expectations(n_items: int, cfg: ValidateConfig) -> list:
+    """item_feature: items 1..N (item_info's ids, in order), their tags and levels, two modality vectors of
+    exactly their dimension, every value finite."""
+    import great_expectations.expectations as E
+
+    exps: list = [
+        E.ExpectTableRowCountToEqual(value=n_items),
+        E.ExpectColumnValuesToNotBeNull(column=schema.TARGET),
+        E.ExpectColumnPairValuesToBeEqual(column_A=schema.TARGET, column_B="row_id"),
+        E.ExpectColumnValuesToNotBeNull(column=schema.TITLE),
+        E.ExpectColumnValuesToNotBeNull(column=f"{schema.TAGS}.len"),
+        E.ExpectColumnValuesToBeBetween(column=f"{schema.TAGS}.nonfinite", min_value=0, max_value=0),
+        E.ExpectColumnValuesToBeBetween(column=f"{schema.TAGS}.min", min_value=0),
+        E.ExpectColumnValuesToBeBetween(column=f"{schema.TAGS}.max", max_value=cfg.tag_vocab - 1),
+    ]
+    for level in schema.LEVELS:
+        exps += [
+            E.ExpectColumnValuesToNotBeNull(column=level),
+            E.ExpectColumnValuesToBeBetween(column=level, min_value=0, max_value=schema.NUM_LEVELS - 1),
+        ]
+    for column, dim in ((schema.TXT_EMB, schema.TXT_EMB_DIM), (schema.IMG_EMB, schema.IMG_EMB_DIM)):
+        exps += [
+            E.ExpectColumnValuesToNotBeNull(column=f"{column}.len"),
+            E.ExpectColumnValuesToBeBetween(column=f"{column}.len", min_value=dim, max_value=dim),
+            E.ExpectColumnValuesToBeBetween(column=f"{column}.nonfinite", min_value=0, max_value=0),
+        ]
+    return exps
+
+
 def _check_file(gx: _Gx, data_dir: Path, name: str, n_items: int | None, cfg: ValidateConfig) -> dict:
     path = data_dir / f"{name}.parquet"
     info: dict[str, Any] = {"path": str(path), "findings": []}
@@ -314,12 +359,14 @@ def _check_file(gx: _Gx, data_dir: Path, name: str, n_items: int | None, cfg: Va
             )
     if not findings:
         try:
-            frame = _derive(pf)
+            frame = _derive(pf, FEATURE_BATCH_ROWS if name == schema.FEATURE_FILE else BATCH_ROWS)
         except Exception as exc:  # corrupt pages behind a valid footer
             return refuse("expect readable row groups", f"{type(exc).__name__}: {exc}")
         if name == schema.ITEM_FILE:
             frame["row_index"] = np.arange(len(frame))
             n_items = len(frame) - 1
+        if name == schema.FEATURE_FILE:  # no padding row: row r holds item r + 1
+            frame["row_id"] = np.arange(1, len(frame) + 1)
         assert n_items is not None
         findings = _findings(str(path), gx.run(name, frame, _value_expectations(name, n_items, cfg)))
     info["findings"] = findings
@@ -327,7 +374,8 @@ def _check_file(gx: _Gx, data_dir: Path, name: str, n_items: int | None, cfg: Va
 
 
 def validate(data_dir: str | Path, out_dir: str | Path, cfg: ValidateConfig) -> dict:
-    """Validate the four files in `data_dir`; write summary.json, report.md and data_docs/ to `out_dir`.
+    """Validate the four files in `data_dir` (and item_feature.parquet when it is there); write summary.json,
+    report.md and data_docs/ to `out_dir`.
 
     Raises `ValidationError` (after writing the reports) when any critical expectation fails.
     """
@@ -342,6 +390,13 @@ def validate(data_dir: str | Path, out_dir: str | Path, cfg: ValidateConfig) -> 
                 files[split] = {"path": str(data_dir / f"{split}.parquet"), "findings": [], "skipped": True}
                 continue
             files[split] = _check_file(gx, data_dir, split, n_items, cfg)
+        for name in schema.OPTIONAL_FILES:
+            if not (data_dir / f"{name}.parquet").exists():
+                continue
+            if n_items is None:
+                files[name] = {"path": str(data_dir / f"{name}.parquet"), "findings": [], "skipped": True}
+                continue
+            files[name] = _check_file(gx, data_dir, name, n_items, cfg)
         return files
 
     return _gate(data_dir, Path(out_dir), check)
@@ -357,6 +412,16 @@ def validate_split(
     return _gate(
         data_dir, Path(out_dir), lambda gx: {split: _check_file(gx, data_dir, split, max_item_id, cfg)}
     )
+
+
+def file_failures(data_dir: str | Path, name: str, n_items: int, cfg: ValidateConfig) -> list[str]:
+    """The gate's critical failures for one file of `data_dir` (item ids up to `n_items`), one line each
+    (file, column, expectation, what was found), without writing reports: for `qin data import`."""
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as docs:
+        info = _check_file(_Gx(Path(docs)), Path(data_dir), name, n_items, cfg)
+    return [f.line() for f in info["findings"] if f.severity == "critical"]
 
 
 def _gate(data_dir: Path, out_dir: Path, check: Callable[[_Gx], dict[str, dict]]) -> dict:

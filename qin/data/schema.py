@@ -1,4 +1,5 @@
-"""The data contract: MicroLens_1M_x1 (WWW 2025 MM-CTR challenge, task 2), as four parquet files.
+"""The data contract: MicroLens_1M_x1 (WWW 2025 MM-CTR challenge, task 2), as four parquet files (and an
+optional fifth).
 
 train/valid/test.parquet, one row per impression:
     user_id      int64               user key (not a model input)
@@ -12,6 +13,16 @@ item_info.parquet, one row per item id 0..N in id order (row 0 is padding):
     item_id        int64
     item_tags      list<int64> of 5   tag ids, 0 = padding
     item_emb_d128  list<float32> of 128  frozen multimodal embedding
+
+item_feature.parquet (optional: the challenge ships it, the pipeline does not need it), one row per item
+id 1..N in id order (no padding row):
+    item_id           int64
+    item_title        string
+    item_tags         list<int64>           the same tags as item_info
+    likes_level       int64 0..10           the item's own levels
+    views_level       int64 0..10
+    txt_emb_BERT      list<float32> of 768   text embedding
+    img_emb_CLIPRN50  list<float32> of 1024  image embedding
 """
 
 from __future__ import annotations
@@ -26,6 +37,8 @@ SPLITS = ("train", "valid", "test")
 LABELLED_SPLITS = ("train", "valid")
 ITEM_FILE = "item_info"
 FILES = (*SPLITS, ITEM_FILE)
+FEATURE_FILE = "item_feature"
+OPTIONAL_FILES = (FEATURE_FILE,)  # validated (and imported) when present; real data without them is whole
 
 NUM_LEVELS = 11  # likes_level / views_level take values 0..10
 # The model's inputs, declared once: the row columns featurize keeps, a scoring request carries (qin/request.py),
@@ -39,6 +52,11 @@ MODEL_INPUTS = (*LEVELS, TARGET, HISTORY)
 TAGS, ITEM_EMB = "item_tags", "item_emb_d128"
 TAGS_PER_ITEM = 5
 ITEM_EMB_DIM = 128
+# item_feature's columns besides item_info's and the levels.
+TITLE, TXT_EMB, IMG_EMB = "item_title", "txt_emb_BERT", "img_emb_CLIPRN50"
+TXT_EMB_DIM, IMG_EMB_DIM = 768, 1024
+# The synthetic generator's planted item structure (topic, sub-topic, unit latent vector per item 1..N).
+ITEM_TRUTH_FILE = "item_truth.parquet"
 
 ROW_SCHEMA = pa.schema(
     [
@@ -57,16 +75,28 @@ ITEM_SCHEMA = pa.schema(
         (ITEM_EMB, pa.list_(pa.float32())),
     ]
 )
+FEATURE_SCHEMA = pa.schema(
+    [
+        (TARGET, pa.int64()),
+        (TITLE, pa.string()),
+        (TAGS, pa.list_(pa.int64())),
+        *((level, pa.int64()) for level in LEVELS),
+        (TXT_EMB, pa.list_(pa.float32())),
+        (IMG_EMB, pa.list_(pa.float32())),
+    ]
+)
 
 
 def schema_for(name: str) -> pa.Schema:
     if name == ITEM_FILE:
         return ITEM_SCHEMA
+    if name == FEATURE_FILE:
+        return FEATURE_SCHEMA
     if name == "test":
         return TEST_SCHEMA
     if name in LABELLED_SPLITS:
         return ROW_SCHEMA
-    raise ValueError(f"unknown data file '{name}': expected one of {list(FILES)}")
+    raise ValueError(f"unknown data file '{name}': expected one of {[*FILES, *OPTIONAL_FILES]}")
 
 
 def truth_file(split: str) -> str:

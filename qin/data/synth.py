@@ -12,6 +12,12 @@ The data model (docs/data.md has the long form):
   find and mean pooling blurs; (b) pairwise (quadratic) interactions between likes, views and the target's
   latent factors; (c) popularity. The intercept is set so that about 25% of rows are positive.
 
+item_feature.parquet (the challenge's per-item features) holds a synthetic title, the tags, the item's
+levels and two modality vectors, each a noisy projection of part of the latent vector (the text mostly the
+topic, the image the sub-topic and the residual): together they recover item similarity better than
+either alone. item_truth.parquet saves each item's topic, sub-topic and unit latent vector, so that an
+embedding can be scored against the planted similarity (qin/data/similarity.py).
+
 Saved beside the data: the true click probability of every valid/test row, and in synth.json the valid
 oracle AUC (scoring with the truth) and the no-history bound (scoring with E[p | target, likes, views],
 the best any model that ignores the history can do, estimated by sampling histories from their posterior).
@@ -64,6 +70,15 @@ PRESETS: dict[str, Preset] = {
     ),
 }
 CHUNK_CELLS = 6_000_000  # history cells (rows x length) generated at once: bounds memory on `full`
+FEATURE_CHUNK_ITEMS = 8_192  # item_feature rows generated at once (~60 MB of float32 vectors)
+# item_feature's modalities split the latent vector (centre + offset + residual) between them: the text
+# sees the topic centre and a little of the sub-topic offset, the image the offset and the item's residual.
+TEXT_OFFSET_SHARE = 0.25
+# Titles: each topic owns a block of words; the rest of a title comes from shared words.
+TITLE_WORDS_PER_TOPIC = 40
+TITLE_SHARED_WORDS = 200
+TITLE_TOPIC_SHARE = 0.7
+_SYLLABLES = [c + v for c in "bdfgklmnprstvz" for v in "aeiou"]
 NO_HISTORY_SAMPLES = 32  # posterior histories drawn per row for the no-history bound
 
 
@@ -84,6 +99,11 @@ class World:
     tags: np.ndarray  # (N+1, 5)
     emb: np.ndarray  # (N+1, 128) float32
     intercept: float
+    # The latent vector's three parts (latent = centre + offset + residual), for item_feature's modalities.
+    subtopic_of: np.ndarray  # (N+1,) global sub-topic id: topic * subtopics + sub-topic
+    centre: np.ndarray  # (N+1, K) the item's topic centre
+    offset: np.ndarray  # (N+1, K) its sub-topic's offset from the centre
+    residual: np.ndarray  # (N+1, K) its own noise
 
 
 def _rng(seed: int, *purpose: int) -> np.random.Generator:
@@ -109,7 +129,9 @@ def _build_world(p: Preset, cfg: DataConfig) -> World:
     topic_of = np.zeros(n + 1, dtype=np.int64)
     topic_of[1:] = rng.integers(0, c, n)
     sub_of = rng.integers(0, cfg.subtopics, n + 1)
-    latent = centres[topic_of] + sub[topic_of, sub_of] + 0.25 * rng.standard_normal((n + 1, k))
+    centre, offset = centres[topic_of], sub[topic_of, sub_of]
+    residual = 0.25 * rng.standard_normal((n + 1, k))
+    latent = centre + offset + residual
     unit = (latent / np.linalg.norm(latent, axis=1, keepdims=True)).astype(np.float32)
 
     log_pop = rng.standard_normal(n + 1) * 1.2
@@ -164,6 +186,10 @@ def _build_world(p: Preset, cfg: DataConfig) -> World:
         tags=tags,
         emb=emb,
         intercept=0.0,
+        subtopic_of=topic_of * cfg.subtopics + sub_of,
+        centre=centre,
+        offset=offset,
+        residual=residual,
     )
     # Calibrate the intercept on a probe sample so that the positive rate is about cfg.positive_rate.
     logit = _logit_parts(world, cfg, _rows(world, p, cfg, _rng(cfg.seed, 2), 20_000))
@@ -197,7 +223,9 @@ def _histories(world: World, p: Preset, cfg: DataConfig, users: np.ndarray, rng:
     return hist
 
 
-def _rows(world: World, p: Preset, cfg: DataConfig, rng: np.random.Generator, n: int) -> dict[str, np.ndarray]:
+def _rows(
+    world: World, p: Preset, cfg: DataConfig, rng: np.random.Generator, n: int
+) -> dict[str, np.ndarray]:
     user = rng.integers(0, p.n_users, n)
     hist = _histories(world, p, cfg, user, rng)
     target = _sample_popular(world, (n,), rng)
@@ -233,8 +261,14 @@ def _probability(world: World, cfg: DataConfig, rows: dict[str, np.ndarray]) -> 
     return 1.0 / (1.0 + np.exp(-(_logit_parts(world, cfg, rows) + world.intercept)))
 
 
-def no_history_scores(world: World, p: Preset, cfg: DataConfig, rows: dict[str, np.ndarray],
-                      rng: np.random.Generator, samples: int = NO_HISTORY_SAMPLES) -> np.ndarray:
+def no_history_scores(
+    world: World,
+    p: Preset,
+    cfg: DataConfig,
+    rows: dict[str, np.ndarray],
+    rng: np.random.Generator,
+    samples: int = NO_HISTORY_SAMPLES,
+) -> np.ndarray:
     """E[p | target, likes, views] per row: the history integrated out over its posterior given the target.
 
     A user's likelihood of producing the target depends only on m, how many of its 3 interest slots hold
@@ -292,8 +326,9 @@ def _list_array(matrix: np.ndarray, value_type: pa.DataType) -> pa.ListArray:
     return pa.ListArray.from_arrays(offsets, pa.array(matrix.ravel(), type=value_type))
 
 
-def _write_split(world: World, p: Preset, cfg: DataConfig, split_no: int, n_rows: int, path: Path,
-                 labelled: bool) -> tuple[np.ndarray, np.ndarray | None, dict[str, np.ndarray] | None]:
+def _write_split(
+    world: World, p: Preset, cfg: DataConfig, split_no: int, n_rows: int, path: Path, labelled: bool
+) -> tuple[np.ndarray, np.ndarray | None, dict[str, np.ndarray] | None]:
     """Write one split chunk by chunk; return the true probabilities, the labels and (small splits) the rows."""
     sch = schema.ROW_SCHEMA if labelled else schema.TEST_SCHEMA
     chunk_rows = max(1, CHUNK_CELLS // p.seq_len)
@@ -320,8 +355,76 @@ def _write_split(world: World, p: Preset, cfg: DataConfig, split_no: int, n_rows
     )
 
 
+def _title_words(n_words: int) -> np.ndarray:
+    """`n_words` distinct pronounceable words of three syllables."""
+    base = len(_SYLLABLES)
+    assert n_words <= base**3, n_words
+    ids = np.arange(n_words)
+    return np.array(
+        ["".join(_SYLLABLES[d] for d in (i // base**2, i // base % base, i % base)) for i in ids.tolist()]
+    )
+
+
+def _titles(world: World, rng: np.random.Generator) -> list[str]:
+    """Titles of items 1..N: 3 to 8 words, most from the item's topic block, the rest shared."""
+    n, n_topics = len(world.topic_of) - 1, len(world.topic_mass)
+    words = _title_words(n_topics * TITLE_WORDS_PER_TOPIC + TITLE_SHARED_WORDS)
+    length = rng.integers(3, 9, n)
+    own = world.topic_of[1:, None] * TITLE_WORDS_PER_TOPIC + rng.integers(0, TITLE_WORDS_PER_TOPIC, (n, 8))
+    shared = n_topics * TITLE_WORDS_PER_TOPIC + rng.integers(0, TITLE_SHARED_WORDS, (n, 8))
+    token = np.where(rng.random((n, 8)) < TITLE_TOPIC_SHARE, own, shared)
+    return [" ".join(words[row[:m]]) for row, m in zip(token, length.tolist(), strict=True)]
+
+
+def _write_item_feature(world: World, cfg: DataConfig, path: Path) -> None:
+    """item_feature.parquet: items 1..N with a title, tags, levels and two modality vectors.
+
+    Each modality is a random projection of part of the latent vector plus noise: the text of the topic
+    centre (+ TEXT_OFFSET_SHARE of the sub-topic offset), the image of the offset + the residual, so the
+    text tells topics apart, the image sub-topics within them (noisily), and both together do best. Drawn
+    from their own streams (seed, 20) and (seed, 21, chunk): the other files do not depend on them.
+    """
+    rng = _rng(cfg.seed, 20)
+    k = cfg.latent_dim
+    txt_proj = rng.standard_normal((k, schema.TXT_EMB_DIM)) / np.sqrt(k)
+    img_proj = rng.standard_normal((k, schema.IMG_EMB_DIM)) / np.sqrt(k)
+    titles = _titles(world, rng)
+    n = len(world.topic_of) - 1
+    with pq.ParquetWriter(path, schema.FEATURE_SCHEMA) as writer:
+        for chunk, start in enumerate(range(1, n + 1, FEATURE_CHUNK_ITEMS)):
+            ids = np.arange(start, min(n + 1, start + FEATURE_CHUNK_ITEMS))
+            noise = _rng(cfg.seed, 21, chunk)
+            txt = (world.centre[ids] + TEXT_OFFSET_SHARE * world.offset[ids]) @ txt_proj
+            txt += cfg.txt_noise * noise.standard_normal(txt.shape)
+            img = (world.offset[ids] + world.residual[ids]) @ img_proj
+            img += cfg.img_noise * noise.standard_normal(img.shape)
+            cols = {
+                schema.TARGET: pa.array(ids),
+                schema.TITLE: pa.array(titles[start - 1 : ids[-1]], pa.string()),
+                schema.TAGS: _list_array(world.tags[ids], pa.int64()),
+                schema.LEVELS[0]: pa.array(world.likes[ids]),
+                schema.LEVELS[1]: pa.array(world.views[ids]),
+                schema.TXT_EMB: _list_array(txt.astype(np.float32), pa.float32()),
+                schema.IMG_EMB: _list_array(img.astype(np.float32), pa.float32()),
+            }
+            writer.write_table(pa.table(cols).select(schema.FEATURE_SCHEMA.names).cast(schema.FEATURE_SCHEMA))
+
+
+def _item_truth(world: World) -> pa.Table:
+    """Each item's planted place (items 1..N): topic, global sub-topic id and unit latent vector."""
+    return pa.table(
+        {
+            schema.TARGET: pa.array(np.arange(1, len(world.topic_of), dtype=np.int64)),
+            "topic": pa.array(world.topic_of[1:]),
+            "subtopic": pa.array(world.subtopic_of[1:].astype(np.int64)),
+            "latent": _list_array(world.unit[1:], pa.float32()),
+        }
+    )
+
+
 def synthesize(out: str | Path, cfg: DataConfig) -> dict:
-    """Write train/valid/test/item_info parquet, truth files and synth.json into `out`, atomically."""
+    """Write train/valid/test/item_info/item_feature parquet, truth files and synth.json into `out`,
+    atomically."""
     if cfg.preset not in PRESETS:
         raise ValueError(f"unknown preset '{cfg.preset}': expected one of {sorted(PRESETS)}")
     p = PRESETS[cfg.preset]
@@ -353,5 +456,8 @@ def synthesize(out: str | Path, cfg: DataConfig) -> dict:
                 summary["valid_oracle_auc"] = roc_auc(labels, prob)
                 bound = no_history_scores(world, p, cfg, rows, _rng(cfg.seed, 3))
                 summary["valid_no_history_auc"] = roc_auc(labels, bound)
+        # Last, from streams of its own: the files above are the same bytes with or without it.
+        _write_item_feature(world, cfg, tmp / f"{schema.FEATURE_FILE}.parquet")
+        pq.write_table(_item_truth(world), tmp / schema.ITEM_TRUTH_FILE)
         write_json(tmp / "synth.json", summary)
     return summary

@@ -17,9 +17,12 @@ def test_same_seed_gives_the_same_bytes_and_another_seed_does_not(tmp_path: Path
     synthesize(again, DataConfig(preset="tiny", seed=7))
     other = tmp_path / "other"
     synthesize(other, DataConfig(preset="tiny", seed=8))
-    for name in [*schema.FILES]:
-        assert file_hash(again / f"{name}.parquet") == file_hash(tiny_data / f"{name}.parquet"), name
-    assert file_hash(other / "train.parquet") != file_hash(tiny_data / "train.parquet")
+    names = [f"{n}.parquet" for n in (*schema.FILES, *schema.OPTIONAL_FILES)]
+    names += [schema.truth_file("valid"), schema.truth_file("test"), schema.ITEM_TRUTH_FILE]
+    for name in names:
+        assert file_hash(again / name) == file_hash(tiny_data / name), name
+    for name in ("train.parquet", "item_feature.parquet", schema.ITEM_TRUTH_FILE):
+        assert file_hash(other / name) != file_hash(tiny_data / name), name
 
 
 def test_files_follow_the_contract(tiny_data: Path) -> None:

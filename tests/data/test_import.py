@@ -6,17 +6,21 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 
 from qin.cli import main
 from qin.data import schema
-from qin.io import file_hash
+from qin.io import file_hash, read_json
 
 
-def _challenge_folder(tmp_path: Path, tiny_data: Path, skip: str | None = None) -> Path:
+def _challenge_folder(
+    tmp_path: Path, tiny_data: Path, skip: str | None = None, extra: tuple[str, ...] = ()
+) -> Path:
     src = tmp_path / "challenge"
     src.mkdir()
-    for name in schema.FILES:
+    for name in (*schema.FILES, *extra):
         if name != skip:
             shutil.copy(tiny_data / f"{name}.parquet", src / f"{name}.parquet")
     return src
@@ -62,3 +66,41 @@ def test_import_refuses_a_missing_file_by_name(
     assert "missing item_info.parquet" in err and str(src) in err
     assert {p.name: file_hash(p) for p in (dvc_project / "data").iterdir()} == old
     assert not (dvc_project / "data.dvc").exists()
+
+
+def test_import_takes_item_feature_when_present(dvc_project: Path, tmp_path: Path, tiny_data: Path) -> None:
+    src = _challenge_folder(tmp_path, tiny_data, extra=(schema.FEATURE_FILE,))
+
+    assert main(["data", "import", str(src), "--no-dvc"]) == 0
+
+    data = dvc_project / "data"
+    assert file_hash(data / "item_feature.parquet") == file_hash(src / "item_feature.parquet")
+    assert "item_feature.parquet" in read_json(data / "import.json")["files"]
+
+
+def test_import_refuses_a_malformed_item_feature_by_name(
+    dvc_project: Path, tmp_path: Path, tiny_data: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    src = _challenge_folder(tmp_path, tiny_data, extra=(schema.FEATURE_FILE,))
+    table = pq.read_table(src / "item_feature.parquet")
+    vectors = table["img_emb_CLIPRN50"].to_pylist()
+    vectors[3] = vectors[3][:1000]
+    column = table.schema.get_field_index("img_emb_CLIPRN50")
+    pq.write_table(
+        table.set_column(column, "img_emb_CLIPRN50", pa.array(vectors, pa.list_(pa.float32()))),
+        src / "item_feature.parquet",
+    )
+    old = {p.name: file_hash(p) for p in (dvc_project / "data").iterdir()}
+
+    assert main(["data", "import", str(src)]) == 1
+
+    err = capsys.readouterr().err
+    for fragment in (
+        str(src / "item_feature.parquet"),
+        "nothing was imported",
+        "column 'img_emb_CLIPRN50'",
+        "in [1024, 1024]",
+        "[1000]",
+    ):
+        assert fragment in err, f"{fragment!r} not in:\n{err}"
+    assert {p.name: file_hash(p) for p in (dvc_project / "data").iterdir()} == old

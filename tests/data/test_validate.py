@@ -65,6 +65,17 @@ def _emb(row: int, value: float, length: int = 128) -> Callable[[pa.Table], pa.T
     return fn
 
 
+def _vector(column: str, row: int, value: float, length: int | None = None) -> Callable[[pa.Table], pa.Table]:
+    """Set item_feature's modality vector of `row` to start with `value` (and cut it to `length`)."""
+
+    def fn(t: pa.Table) -> pa.Table:
+        vectors = t[column].to_pylist()
+        vectors[row] = [value, *vectors[row][1:]][:length]
+        return _set(t, column, pa.array(vectors, pa.list_(pa.float32())))
+
+    return fn
+
+
 def _tags(row: int, tags: list[int]) -> Callable[[pa.Table], pa.Table]:
     def fn(t: pa.Table) -> pa.Table:
         all_tags = _lists(t, "item_tags")
@@ -194,6 +205,40 @@ CORRUPTIONS: dict[str, tuple[Corrupt, tuple[str, ...]]] = {
         _delete("test"),
         ("test.parquet", "column '<file>'", "expect the file to exist", "no such file"),
     ),
+    "text vector of 767": (
+        _edit("item_feature", _vector("txt_emb_BERT", 30, 0.5, length=767)),
+        ("item_feature.parquet", "column 'txt_emb_BERT'", "on txt_emb_BERT.len, in [768, 768]", "[767]"),
+    ),
+    "NaN in an image vector": (
+        _edit("item_feature", _vector("img_emb_CLIPRN50", 31, float("nan"))),
+        (
+            "item_feature.parquet",
+            "column 'img_emb_CLIPRN50'",
+            "on img_emb_CLIPRN50.nonfinite",
+            "1 offending rows",
+        ),
+    ),
+    "inf in a text vector": (
+        _edit("item_feature", _vector("txt_emb_BERT", 32, float("-inf"))),
+        ("item_feature.parquet", "column 'txt_emb_BERT'", "on txt_emb_BERT.nonfinite", "1 offending rows"),
+    ),
+    "item_feature with a padding row": (
+        _edit("item_feature", lambda t: _set(t, "item_id", pa.array(np.arange(t.num_rows)))),
+        (
+            "item_feature.parquet",
+            "column 'item_id'",
+            "expect_column_pair_values_to_be_equal",
+            "[[0, 1], [1, 2]",
+        ),
+    ),
+    "item_feature missing the last item": (
+        _edit("item_feature", lambda t: t.slice(0, t.num_rows - 1)),
+        ("item_feature.parquet", "column '<table>'", "expect_table_row_count_to_equal (= 400)", "found 399"),
+    ),
+    "image vectors as strings": (
+        _edit("item_feature", lambda t: _set(t, "img_emb_CLIPRN50", pa.array(["x"] * t.num_rows))),
+        ("item_feature.parquet", "column 'img_emb_CLIPRN50'", "expected type list<float>", "found 'string'"),
+    ),
     "test file with the wrong columns": (
         _edit(
             "test", lambda t: t.rename_columns([c if c != "item_seq" else "history" for c in t.column_names])
@@ -209,6 +254,15 @@ def test_clean_data_passes_and_writes_the_reports(tiny_data: Path, tmp_path: Pat
     assert read_json(tmp_path / "v" / "summary.json")["files"]["train"]["md5"]
     assert "PASSED" in (tmp_path / "v" / "report.md").read_text()
     assert (tmp_path / "v" / "data_docs" / "index.html").exists()
+    assert summary["files"]["item_feature"]["md5"]  # validated when present
+
+
+def test_data_without_item_feature_passes(tiny_data: Path, tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    shutil.copytree(tiny_data, data)
+    (data / "item_feature.parquet").unlink()
+    summary = validate(data, tmp_path / "v", ValidateConfig())
+    assert summary["passed"] and "item_feature" not in summary["files"]
 
 
 def test_a_test_file_may_carry_an_unused_label_column(tiny_data: Path, tmp_path: Path) -> None:
@@ -274,6 +328,9 @@ def test_the_gate_knows_a_stored_type_for_every_contract_column_and_no_other() -
     from qin.data import schema
     from qin.validate import ALLOWED_TYPES
 
-    columns = {f.name for name in schema.FILES for f in schema.schema_for(name)}
+    columns = {f.name for name in (*schema.FILES, *schema.OPTIONAL_FILES) for f in schema.schema_for(name)}
     assert set(ALLOWED_TYPES) == columns
+    assert {schema.TXT_EMB, schema.IMG_EMB, schema.TITLE} <= columns - {
+        f.name for name in schema.FILES for f in schema.schema_for(name)
+    }
     assert set(schema.MODEL_INPUTS) <= columns
