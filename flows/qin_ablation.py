@@ -66,7 +66,7 @@ def qin_ablation(
     }
     settings = start_run(record, params, "qin-ablation", parameters)
     keys: dict[str, str] = {}
-    for name in ("validate", "featurize"):
+    for name in ("validate", "embed", "featurize"):
         keys[name] = run_stage(name, settings, data, keys, record)["key"]
 
     done = []

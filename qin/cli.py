@@ -62,6 +62,11 @@ def _summary(name: str, result: Any, paths: dict[str, Path]) -> str | None:
     out = paths.get("out_dir") or paths.get("out_path")
     if name == "validate":
         return f"validation passed: report in {out}/"
+    if name == "embed":
+        agreement = result.get("neighbour_agreement", {}).get("subtopic", {})
+        shown = ", ".join(f"{k} {v:.3f}" for k, v in agreement.items())
+        line = f"item table ({result['method']}) in {out}/"
+        return line + (f"; sub-topic agreement: {shown}" if shown else "")
     if name == "featurize":
         return f"features in {out}/ ({len(result['arrays'])} arrays)"
     if name == "train":

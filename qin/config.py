@@ -64,6 +64,33 @@ class ValidateConfig:
 
 
 @dataclass(frozen=True)
+class FusionConfig:
+    """The `learned` embedding (qin/fusion.py): a fusion of the text and image features trained on which
+    items the training histories hold together, started from the pca solution."""
+
+    epochs: int = 3
+    batch_size: int = 4096  # co-occurring pairs a step; the batch's other items are the negatives
+    learning_rate: float = 1e-3
+    temperature: float = 0.1
+    window: int = 5  # items this many positions apart in one history count as co-occurring (0: any)
+    history_rows: int = 200_000  # train rows whose histories it reads (a fixed sample); 0: all
+    seed: int = 20242025
+
+
+@dataclass(frozen=True)
+class EmbedConfig:
+    """The `embed` stage (qin/embed.py): the items' 128-d embedding, `item_emb_d128`.
+
+    method: given (as the data ships it), pca (standardise, concatenate text and image, PCA to 128: the
+    challenge organisers' baseline) or learned (`learned`'s settings); pca and learned need the data's
+    item_feature.parquet.
+    """
+
+    method: Literal["given", "pca", "learned"] = "given"
+    learned: FusionConfig = field(default_factory=FusionConfig)
+
+
+@dataclass(frozen=True)
 class FeaturizeConfig:
     # The history length of every model trained on these features: the most recent `max_len` items (the
     # authors use 64). The one history-length setting: train and scoring take it from the features.
@@ -256,6 +283,7 @@ class DeployConfig:
 class Params:
     data: DataConfig = field(default_factory=DataConfig)
     validate: ValidateConfig = field(default_factory=ValidateConfig)
+    embed: EmbedConfig = field(default_factory=EmbedConfig)
     featurize: FeaturizeConfig = field(default_factory=FeaturizeConfig)
     train: TrainConfig = field(default_factory=lambda: preset("cpu"))
     evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)

@@ -65,8 +65,14 @@ def _write_split(path: Path, tmp: Path, split: str, max_len: int, manifest: dict
 
 
 def featurize(
-    data_dir: str | Path, validation_dir: str | Path, out_dir: str | Path, cfg: FeaturizeConfig
+    data_dir: str | Path,
+    validation_dir: str | Path,
+    out_dir: str | Path,
+    cfg: FeaturizeConfig,
+    embed_dir: str | Path | None = None,
 ) -> dict:
+    """The arrays of the validated splits in `data_dir`, with the item table the embed stage wrote in
+    `embed_dir` (its item_emb_d128); without one, the data's own."""
     data_dir, out_dir = Path(data_dir), Path(out_dir)
     require_passed(validation_dir, data_dir)
     manifest: dict = {"max_len": cfg.max_len, "sources": {}, "arrays": {}}
@@ -76,7 +82,7 @@ def featurize(
             np.save(tmp / f"{name}.npy", arr)
             manifest["arrays"][name] = {"shape": list(arr.shape), "dtype": str(arr.dtype)}
 
-        item_path = data_dir / f"{schema.ITEM_FILE}.parquet"
+        item_path = Path(embed_dir or data_dir) / f"{schema.ITEM_FILE}.parquet"
         items = pq.read_table(item_path)
         manifest["sources"][schema.ITEM_FILE] = file_hash(item_path)
         tags = fixed_list(items, schema.TAGS).astype(np.int32)

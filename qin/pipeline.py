@@ -120,6 +120,7 @@ _FEATURES_IN = Input("features_dir", "--features", "featurize", "features")
 _MODEL_IN = Input("model_dir", "--model", "train", "model")
 _TRAIN_METRICS_IN = Input("train_metrics", "--train-metrics", "train", "train.json")
 _VALIDATION_IN = Input("validation_dir", "--validation", "validate", "validation")
+_EMBED_IN = Input("embed_dir", "--embedding", "embed", "embedding")
 
 STAGES: tuple[Stage, ...] = (
     Stage(
@@ -131,10 +132,18 @@ STAGES: tuple[Stage, ...] = (
         help="check the raw data against the contract (great-expectations)",
     ),
     Stage(
+        "embed",
+        "qin.embed:embed",
+        ("embed",),
+        inputs=(_DATA_IN, _VALIDATION_IN),
+        outputs=(Output("out_dir", "--out", "embedding", "artifacts/embed"),),
+        help="the items' item_emb_d128: as shipped, or made from their text and image features",
+    ),
+    Stage(
         "featurize",
         "qin.featurize:featurize",
         ("featurize",),
-        inputs=(_DATA_IN, _VALIDATION_IN),
+        inputs=(_DATA_IN, _VALIDATION_IN, _EMBED_IN),
         outputs=(Output("out_dir", "--out", "features", "artifacts/features"),),
         help="validated parquet -> arrays for training",
     ),
@@ -168,13 +177,14 @@ STAGES: tuple[Stage, ...] = (
         "register",
         "qin.register:register",
         # It logs every pipeline setting with the model (the MLflow run's params and config/params.yaml).
-        ("validate", "featurize", "train", "evaluate", "register"),
+        ("validate", "embed", "featurize", "train", "evaluate", "register"),
         inputs=(
             _MODEL_IN,
             _TRAIN_METRICS_IN,
             Input("eval_metrics", "--metrics", "evaluate", "evaluate.json"),
             _VALIDATION_IN,
             Input("plots_dir", "--plots", "evaluate", "plots"),
+            _EMBED_IN,
         ),
         outputs=(Output("out_path", "--out", "register.json", "artifacts/register.json", dvc="uncached"),),
         help="log the run and register the model; move the alias if it is better",

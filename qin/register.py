@@ -558,6 +558,7 @@ def build_candidate(
     params: Params,
     plots_dir: str | Path | None,
     extra_tags: dict[str, str],
+    embed_dir: str | Path | None = None,
 ) -> Candidate:
     return Candidate(
         model_dir=model_dir,
@@ -566,6 +567,7 @@ def build_candidate(
         history=read_json(train_metrics)["history"],
         params={
             **flatten(params.validate, "validate."),
+            **flatten(params.embed, "embed."),
             **flatten(params.featurize, "featurize."),
             **flatten(params.train, "train."),
             **flatten(params.evaluate, "evaluate."),
@@ -590,6 +592,7 @@ def build_candidate(
                 if plots_dir is not None and Path(plots_dir).exists()
                 else []
             ),
+            *([(Path(embed_dir) / "report.json", "reports/embed")] if embed_dir is not None else []),
         ],
         config_yaml=to_yaml(params),
         extra_tags=extra_tags,
@@ -625,6 +628,7 @@ def register(
     plots_dir: str | Path | None = None,
     registry: Registry | None = None,
     gate_staging: bool = True,
+    embed_dir: str | Path | None = None,
 ) -> Registration:
     """Register the package (once per content hash), write `out_path` (register.json) and, unless
     `gate_staging` is False (the flow runs `gate` as its own step), offer the version `staging`. Returns
@@ -648,7 +652,15 @@ def register(
             keys = lineage(eval_metrics)
             extra = {STAGE_KEYS_TAG: json.dumps(keys, sort_keys=True)} if keys else {}
             candidate = build_candidate(
-                model_dir, model_hash, train_metrics, eval_metrics, validation_dir, params, plots_dir, extra
+                model_dir,
+                model_hash,
+                train_metrics,
+                eval_metrics,
+                validation_dir,
+                params,
+                plots_dir,
+                extra,
+                embed_dir,
             )
             created = registry.log_and_register(cfg.model_name, candidate)
             registered = keep_oldest(registry, cfg.model_name, model_hash, created)

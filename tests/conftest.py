@@ -28,6 +28,7 @@ REPO = Path(__file__).resolve().parents[1]
 TINY_PARAMS = """
 data: {preset: tiny, seed: 7}
 validate: {positive_rate_min: 0.02, positive_rate_max: 0.8}
+embed: {method: given}
 featurize: {max_len: 16}
 train:
   model: {name: qin, embedding_dim: 8, num_layers: 2, num_row: 2}

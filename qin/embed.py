@@ -1,0 +1,157 @@
+"""The `embed` stage: the item table the models read, its `item_emb_d128` made from the items' text and
+image features (the challenge's task 1) or kept as the data ships it.
+
+Methods (params `embed.method`):
+    given    item_emb_d128 as shipped (the only one for data without item_feature.parquet)
+    pca      the organisers' baseline: every text and image column standardised, both concatenated,
+             PCA to 128
+    learned  a fusion of both modalities trained on which items the training histories hold together
+             (qin/fusion.py), started from the pca solution; it reads train.parquet's histories only,
+             never a label
+
+Output folder:
+    item_info.parquet  item_info with the new item_emb_d128 (row 0 stays the zero padding row)
+    report.json        method, seconds, explained variance (pca), and on synthetic data (item_truth.parquet)
+                       the nearest-neighbour agreement with the planted sub-topics and topics of the shipped
+                       embedding, each modality, their concatenation and the result
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from qin.config import EmbedConfig
+from qin.data import schema
+from qin.data.similarity import concat_unit, neighbour_agreement, read_item_truth
+from qin.featurize import fixed_list
+from qin.io import atomic_dir, write_json
+from qin.validate import require_passed
+
+ITEMS, REPORT = f"{schema.ITEM_FILE}.parquet", "report.json"
+
+
+@dataclass(frozen=True)
+class Pca:
+    """A fitted PCA of standardised columns: `transform(x)` = ((x - mean) / std) @ components * scale."""
+
+    mean: np.ndarray  # (D,)
+    std: np.ndarray  # (D,), 1 where a column is constant
+    components: np.ndarray  # (D, dim), orthonormal columns by decreasing variance
+    explained: np.ndarray  # (dim,) share of the standardised variance each component holds
+    scale: float  # makes the scores' root mean square 1
+
+    def standardise(self, x: np.ndarray) -> np.ndarray:
+        return ((x - self.mean) / self.std).astype(np.float32)
+
+    def transform(self, x: np.ndarray) -> np.ndarray:
+        return (self.standardise(x) @ self.components * self.scale).astype(np.float32)
+
+
+def fit_pca(x: np.ndarray, dim: int) -> Pca:
+    """PCA of `x` (N, D) after standardising each column, from the eigenvectors of the covariance (float64):
+    exact whatever N, at D x D cost. Each component's sign is fixed (its largest entry positive)."""
+    if x.ndim != 2 or not 1 <= dim <= min(x.shape):
+        raise ValueError(f"pca: expected (N, D) features with D, N >= dim = {dim}, found shape {x.shape}")
+    mean = x.mean(axis=0, dtype=np.float64)
+    std = x.std(axis=0, dtype=np.float64)
+    std[std == 0] = 1.0
+    z = (x - mean) / std
+    cov = z.T @ z / max(len(z) - 1, 1)
+    values, vectors = np.linalg.eigh(cov)
+    order = np.argsort(values)[::-1][:dim]
+    values, vectors = np.clip(values[order], 0, None), vectors[:, order]
+    signs = np.sign(vectors[np.abs(vectors).argmax(axis=0), np.arange(dim)])
+    vectors = vectors * np.where(signs == 0, 1, signs)
+    total = float(np.trace(cov)) or 1.0
+    rms = float(np.sqrt(values.sum() / dim * (len(z) - 1) / len(z))) or 1.0  # the scores' root mean square
+    return Pca(mean, std, vectors, values / total, 1.0 / rms)
+
+
+def embed(data_dir: str | Path, validation_dir: str | Path, out_dir: str | Path, cfg: EmbedConfig) -> dict:
+    """Write the item table with `cfg.method`'s item_emb_d128 and its report into `out_dir`; return the
+    report."""
+    data_dir = Path(data_dir)
+    require_passed(validation_dir, data_dir)
+    start = time.perf_counter()
+    items = pq.read_table(data_dir / ITEMS)
+    shipped = fixed_list(items, schema.ITEM_EMB).astype(np.float32)
+    report: dict[str, Any] = {"method": cfg.method, "items": items.num_rows - 1}
+    modalities = _modalities(data_dir, items.num_rows - 1) if cfg.method != "given" else None
+    if modalities is None:
+        emb = shipped
+    else:
+        emb = np.zeros_like(shipped)
+        emb[1:], figures = _fused(cfg, data_dir, modalities)
+        report |= figures
+    report["seconds"] = round(time.perf_counter() - start, 3)
+    report |= _agreement(data_dir, shipped[1:], emb[1:], modalities)
+    with atomic_dir(out_dir) as tmp:
+        table = items.set_column(
+            items.schema.get_field_index(schema.ITEM_EMB), schema.ITEM_EMB, _list_column(emb)
+        )
+        pq.write_table(table, tmp / ITEMS)
+        write_json(tmp / REPORT, report)
+    return report
+
+
+def _modalities(data_dir: Path, n_items: int) -> tuple[np.ndarray, np.ndarray]:
+    """(text (N, 768), image (N, 1024)) of items 1..N from item_feature.parquet (which the gate checked)."""
+    path = data_dir / f"{schema.FEATURE_FILE}.parquet"
+    if not path.exists():
+        raise FileNotFoundError(
+            f"{path}: not found; params key 'embed.method': 'pca' and 'learned' need the items' text and "
+            "image features, and without them only 'given' applies"
+        )
+    table = pq.read_table(path, columns=[schema.TXT_EMB, schema.IMG_EMB])
+    if table.num_rows != n_items:
+        raise ValueError(f"{path}: {table.num_rows} rows, expected {n_items} (the items of {ITEMS})")
+    return fixed_list(table, schema.TXT_EMB), fixed_list(table, schema.IMG_EMB)
+
+
+def _fused(
+    cfg: EmbedConfig, data_dir: Path, modalities: tuple[np.ndarray, np.ndarray]
+) -> tuple[np.ndarray, dict[str, Any]]:
+    """The (N, 128) embedding of items 1..N by `cfg.method`, and its figures."""
+    features = np.concatenate(modalities, axis=1)
+    pca = fit_pca(features, schema.ITEM_EMB_DIM)
+    figures: dict[str, Any] = {"explained_variance": round(float(pca.explained.sum()), 6)}
+    if cfg.method == "pca":
+        return pca.transform(features), figures
+    from qin.fusion import learn_fusion, read_histories
+
+    histories = read_histories(data_dir / "train.parquet", cfg.learned.history_rows, cfg.learned.seed)
+    start = (pca.components * pca.scale).astype(np.float32)
+    emb, learned = learn_fusion(pca.standardise(features), start, histories, cfg.learned)
+    return emb, {**figures, "learned": learned}
+
+
+def _agreement(
+    data_dir: Path, shipped: np.ndarray, emb: np.ndarray, modalities: tuple[np.ndarray, np.ndarray] | None
+) -> dict[str, Any]:
+    """Nearest-neighbour agreement (k=10) with the planted sub-topics and topics, when the data has them."""
+    if not (data_dir / schema.ITEM_TRUTH_FILE).exists():
+        return {}
+    truth = read_item_truth(data_dir)
+    candidates = {"shipped": shipped, "result": emb}
+    if modalities is not None:
+        text, image = modalities
+        candidates |= {"text": text, "image": image, "text+image": concat_unit(text, image)}
+    return {
+        "neighbour_agreement": {
+            level: {name: round(neighbour_agreement(e, truth[level]), 4) for name, e in candidates.items()}
+            for level in ("subtopic", "topic")
+        }
+    }
+
+
+def _list_column(matrix: np.ndarray) -> pa.ListArray:
+    flat = pa.array(np.ascontiguousarray(matrix, dtype=np.float32).reshape(-1))
+    offsets = pa.array(np.arange(0, matrix.size + 1, matrix.shape[1], dtype=np.int32))
+    return pa.ListArray.from_arrays(offsets, flat)
