@@ -31,7 +31,7 @@ def test_dvc_repro_twice_and_after_a_params_change(project: Path) -> None:
     _dvc(project, "init", "--no-scm", "-q")
     shutil.copy(REPO / ".dvcignore", project / ".dvcignore")  # the code's bytecode is not a dependency
     first = _dvc(project, "repro")
-    for stage in ("validate", "featurize", "train", "evaluate", "register", "predict"):
+    for stage in ("validate", "embed", "featurize", "train", "evaluate", "register", "predict"):
         assert f"Running stage '{stage}'" in first
     assert (project / "artifacts" / "register.json").exists()
     assert (project / "artifacts" / "predict" / "submission.zip").exists()  # the workspace model's

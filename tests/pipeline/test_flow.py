@@ -14,7 +14,7 @@ import pytest
 
 pytestmark = pytest.mark.slow
 
-STAGES = ["validate", "featurize", "train", "evaluate"]
+STAGES = ["validate", "embed", "featurize", "train", "evaluate"]
 
 
 def _run(**parameters: Any) -> tuple[dict, dict[str, str]]:
@@ -68,7 +68,13 @@ def test_flow_registers_a_loadable_model_and_caches_a_rerun(
     (featurized / "features" / "valid_item_id.npy").write_bytes(b"corrupted")
     shutil.rmtree(evaluated)
     third, _ = _run()
-    assert third["stages"] == {"validate": "cached", "featurize": "ran", "train": "cached", "evaluate": "ran"}
+    assert third["stages"] == {
+        "validate": "cached",
+        "embed": "cached",
+        "featurize": "ran",
+        "train": "cached",
+        "evaluate": "ran",
+    }
     assert third["stage_keys"] == first["stage_keys"]
 
     mlflow.set_tracking_uri(f"sqlite:///{project / 'mlruns' / 'mlflow.db'}")

@@ -70,9 +70,10 @@ def test_lineage_gc_and_dry_run(project: Path) -> None:
     os.chdir(project)
     record = "artifacts/runs/a"
     v = store.run("validate", "params.yaml", "data", {}, record)
-    f = store.run("featurize", "params.yaml", "data", {"validate": v["key"]}, record)
+    m = store.run("embed", "params.yaml", "data", {"validate": v["key"]}, record)
+    f = store.run("featurize", "params.yaml", "data", {"validate": v["key"], "embed": m["key"]}, record)
     t = store.run("train", "params.yaml", "data", {"featurize": f["key"]}, record)
-    keys = {"validate": v["key"], "featurize": f["key"], "train": t["key"]}
+    keys = {"validate": v["key"], "embed": m["key"], "featurize": f["key"], "train": t["key"]}
     e = store.run("evaluate", "params.yaml", "data", keys, record)
     assert store.lineage(Path(e["dir"]) / "evaluate.json") == {**keys, "evaluate": e["key"]}
     assert store.lineage(project / "data") is None
