@@ -1,5 +1,5 @@
-"""Deploy the `qin-train`, `qin-ablation` and `qin-score` flows to the process work pool `qin-pool` as
-deployments `qin-train/pool`, `qin-ablation/pool` and `qin-score/pool`.
+"""Deploy the `qin-train`, `qin-ablation`, `qin-embed-eval` and `qin-score` flows to the process work pool
+`qin-pool` as deployments `qin-train/pool`, `qin-ablation/pool`, `qin-embed-eval/pool` and `qin-score/pool`.
 
 The code source is this checkout (a local directory: no image, no registry, no network); a worker runs each
 flow run in a subprocess started in the project root. At most params.yaml `deploy.concurrency_limit` runs at
@@ -11,6 +11,7 @@ when it is absent, runs this and starts a worker:
     python -m flows.worker --pool qin-pool       # stops its flow runs on SIGTERM / Ctrl-C (flows/worker.py)
     prefect deployment run qin-train/pool        # in another shell, with the same PREFECT_API_URL
     prefect deployment run qin-ablation/pool
+    prefect deployment run qin-embed-eval/pool   # each item embedding judged by DIN and QIN
     prefect deployment run qin-score/pool        # the champion's (else staging's) submission
 """
 
@@ -22,6 +23,7 @@ from typing import Any
 
 from flows.deployment import concurrency_limit
 from flows.qin_ablation import qin_ablation
+from flows.qin_embed_eval import qin_embed_eval
 from flows.qin_score import qin_score
 from flows.qin_train import qin_train
 from qin.config import load_params
@@ -33,6 +35,7 @@ ROOT = Path(__file__).resolve().parents[1]
 FLOWS = (
     (qin_train, "flows/qin_train.py:qin_train"),
     (qin_ablation, "flows/qin_ablation.py:qin_ablation"),
+    (qin_embed_eval, "flows/qin_embed_eval.py:qin_embed_eval"),
     (qin_score, "flows/qin_score.py:qin_score"),
 )
 

@@ -30,12 +30,14 @@ def variant_params(params: str, out: str, name: str, epochs: int | None, din_cha
 
 
 @task(name="compare", cache_policy=NO_CACHE)
-def compare(done: list[dict[str, str]], out: str, data: str) -> list[dict[str, Any]]:
+def compare(
+    done: list[dict[str, str]], out: str, data: str, title: str = "QIN ablations and baselines"
+) -> list[dict[str, Any]]:
     from qin.ablation import compare as run
     from qin.ablation import no_history_bound, stage_row
 
     rows = [stage_row(d["model"], d["train"], d["evaluate"]) for d in done]
-    run(rows, out, no_history_bound(data))
+    run(rows, out, no_history_bound(data), title)
     return rows
 
 

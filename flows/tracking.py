@@ -327,19 +327,32 @@ def run_link(cfg: RegisterConfig, run_id: str) -> str:
     return f"{base.rstrip('/')}/#/experiments/{experiment_id}/runs/{run_id}"
 
 
-def log_ablation(cfg: RegisterConfig, rows: list[dict], done: list[dict[str, str]], comparison: Path) -> str:
+def log_ablation(
+    cfg: RegisterConfig,
+    rows: list[dict],
+    done: list[dict[str, str]],
+    comparison: Path,
+    kind: str = "ablation",
+) -> str:
     """One parent run (the comparison table, CSV and bar plot) with a nested run per model; returns the
-    parent's run id. `done`: per model, its params file and its train and evaluate key folders. Nothing is
-    registered: the ablation compares, `qin-train` ships."""
+    parent's run id. `done`: per model, its params file and its train and evaluate key folders; `kind`:
+    the comparison (ablation, embed-eval), which names the experiment and the run. Nothing is registered:
+    a comparison compares, `qin-train` ships."""
     with store_lock(tracking_uri(cfg)):
         configure(cfg)
-        exp = mlflow.set_experiment(f"{cfg.experiment}-ablation")
-        with mlflow.start_run(experiment_id=exp.experiment_id, run_name="ablation") as parent:
+        exp = mlflow.set_experiment(f"{cfg.experiment}-{kind}")
+        with mlflow.start_run(experiment_id=exp.experiment_id, run_name=kind) as parent:
             for row, variant in zip(rows, done, strict=True):
                 with mlflow.start_run(run_name=row["model"], nested=True):
                     train_dir, evaluate_dir = Path(variant["train"]), Path(variant["evaluate"])
-                    train = load_params(variant["params"]).train
-                    mlflow.log_params({"variant": row["model"], **flatten(train, "train.")})
+                    settings = load_params(variant["params"])
+                    mlflow.log_params(
+                        {
+                            "variant": row["model"],
+                            **flatten(settings.train, "train."),
+                            **flatten(settings.embed, "embed."),
+                        }
+                    )
                     mlflow.log_metrics({k: float(v) for k, v in row.items() if isinstance(v, int | float)})
                     log_history(read_json(train_dir / "train.json")["history"])
                     mlflow.log_artifact(str(evaluate_dir / "evaluate.json"))

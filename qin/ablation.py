@@ -160,8 +160,14 @@ def table_markdown(rows: list[dict[str, Any]], no_history_auc: float | None = No
     return "\n".join(lines) + "\n"
 
 
-def compare(rows: list[dict[str, Any]], out_dir: str | Path, no_history_auc: float | None = None) -> Path:
-    """Write comparison.md, comparison.csv and comparison.png (valid AUC per model) into out_dir."""
+def compare(
+    rows: list[dict[str, Any]],
+    out_dir: str | Path,
+    no_history_auc: float | None = None,
+    title: str = "QIN ablations and baselines",
+) -> Path:
+    """Write comparison.md, comparison.csv and comparison.png (valid AUC per row, titled `title`) into
+    out_dir."""
     if not rows:
         raise ValueError("ablation: no variant results to compare")
     import matplotlib
@@ -177,7 +183,7 @@ def compare(rows: list[dict[str, Any]], out_dir: str | Path, no_history_auc: flo
             writer.writerows(rows)
         fig, ax = plt.subplots(figsize=(max(6.0, 0.9 * len(rows)), 4))
         aucs = [r["valid_auc"] for r in rows]
-        ax.bar(range(len(rows)), aucs, color=["C0" if r["model"] == "QIN" else "C7" for r in rows])
+        ax.bar(range(len(rows)), aucs, color=["C0" if r["model"].startswith("QIN") else "C7" for r in rows])
         oracle = rows[0]["valid_oracle_auc"]
         refs = [(oracle, "oracle", "k--"), (no_history_auc, "no-history bound", "r:")]
         for value, label, style in refs:
@@ -186,7 +192,7 @@ def compare(rows: list[dict[str, Any]], out_dir: str | Path, no_history_auc: flo
         low = min([*aucs, *(v for v, _, _ in refs if v is not None and v == v)])
         ax.set_ylim(low - 0.01, max([*aucs, oracle if oracle == oracle else 0]) + 0.01)
         ax.set_xticks(range(len(rows)), [r["model"] for r in rows], rotation=30, ha="right")
-        ax.set(ylabel="valid AUC", title="QIN ablations and baselines")
+        ax.set(ylabel="valid AUC", title=title)
         ax.legend(loc="lower right", fontsize=8)
         fig.savefig(tmp / "comparison.png", dpi=100, bbox_inches="tight")
         plt.close(fig)

@@ -100,3 +100,36 @@ def test_ablation_flow_logs_nested_runs_and_a_comparison(project: Path, prefect_
     din = qin_train(model="din", overrides={"train.epochs": 1})
     assert din["stages"]["train"] == "cached"
     assert f"artifacts/stages/train/{din['stage_keys']['train']}" == first["variants"][2]["train"]
+
+
+@pytest.mark.slow
+def test_embed_eval_judges_each_method_by_the_models_trained_on_it(project: Path, prefect_harness) -> None:
+    import mlflow
+
+    from flows.qin_embed_eval import qin_embed_eval
+
+    first = qin_embed_eval(methods=["given", "pca"], models=["din", "qin"], epochs=1)
+    names = ["DIN / given", "QIN / given", "DIN / pca", "QIN / pca"]
+    assert [r["model"] for r in first["rows"]] == names
+    assert all(0.0 < r["valid_auc"] < 1.0 for r in first["rows"])
+    with open(Path(first["comparison"]) / "comparison.csv") as f:
+        assert [r["model"] for r in csv.DictReader(f)] == names
+    trains = [v["train"] for v in first["variants"]]
+    assert len(set(trains)) == 4  # one model per method and judge
+    given_qin = next(v for v in first["variants"] if v["model"] == "QIN / given")
+    assert "embed.method: given" in Path(given_qin["params"]).read_text().replace("'", "")
+
+    mlflow.set_tracking_uri(f"sqlite:///{project / 'mlruns' / 'mlflow.db'}")
+    client = mlflow.MlflowClient()
+    parent = client.get_run(first["run_id"])
+    assert client.get_experiment(parent.info.experiment_id).name.endswith("-embed-eval")
+    children = client.search_runs(
+        [parent.info.experiment_id], filter_string=f"tags.mlflow.parentRunId = '{first['run_id']}'"
+    )
+    methods = {c.info.run_name: c.data.params["embed.method"] for c in children}
+    assert methods == {name: name.split(" / ")[1] for name in names}
+
+    # The same methods and budget again: every model comes from its keys.
+    second = qin_embed_eval(methods=["given", "pca"], models=["din", "qin"], epochs=1)
+    assert [v["train"] for v in second["variants"]] == trains
+    assert [r["valid_auc"] for r in second["rows"]] == [r["valid_auc"] for r in first["rows"]]

@@ -40,7 +40,7 @@ def test_the_pool_deploys_each_flow_from_its_own_entrypoint() -> None:
 
     from flows.deploy_pool import FLOWS
 
-    assert [flow.name for flow, _ in FLOWS] == ["qin-train", "qin-ablation", "qin-score"]
+    assert [flow.name for flow, _ in FLOWS] == ["qin-train", "qin-ablation", "qin-embed-eval", "qin-score"]
     for flow, entrypoint in FLOWS:
         path, name = entrypoint.split(":")
         module = importlib.import_module(path.removesuffix(".py").replace("/", "."))
