@@ -68,13 +68,42 @@ class FusionConfig:
     """The `learned` embedding (qin/fusion.py): a fusion of the text and image features trained on which
     items the training histories hold together, started from the pca solution."""
 
-    epochs: int = 3
-    batch_size: int = 4096  # co-occurring pairs a step; the batch's other items are the negatives
-    learning_rate: float = 1e-3
-    temperature: float = 0.1
+    epochs: int = 8
+    batch_size: int = 1024  # co-occurring pairs a step; the batch's other items are the negatives
+    learning_rate: float = 3e-4
+    temperature: float = 0.2
     window: int = 5  # items this many positions apart in one history count as co-occurring (0: any)
+    pairs_per_epoch: int = 262_144  # drawn afresh each epoch
+    hidden: int = 0  # width of a residual block after the linear map (0: the linear map alone)
+    anchor_weight: float = 30.0  # the pull back to the pca solution (qin/fusion.py `_anchor_penalty`)
     history_rows: int = 200_000  # train rows whose histories it reads (a fixed sample); 0: all
     seed: int = 20242025
+
+    def __post_init__(self) -> None:
+        lowest = {
+            "epochs": 0,
+            "batch_size": 2,
+            "window": 0,
+            "pairs_per_epoch": 1,
+            "hidden": 0,
+            "history_rows": 0,
+        }
+        for name, low in lowest.items():
+            if getattr(self, name) < low:
+                found = getattr(self, name)
+                raise ValueError(
+                    f"params key 'embed.learned.{name}': expected an integer >= {low}, found {found}"
+                )
+        for name in ("learning_rate", "temperature"):
+            if not getattr(self, name) > 0:
+                found = getattr(self, name)
+                raise ValueError(
+                    f"params key 'embed.learned.{name}': expected a positive number, found {found}"
+                )
+        if self.anchor_weight < 0:
+            raise ValueError(
+                f"params key 'embed.learned.anchor_weight': expected 0 or more, found {self.anchor_weight}"
+            )
 
 
 @dataclass(frozen=True)

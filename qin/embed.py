@@ -126,7 +126,8 @@ def _fused(
         return pca.transform(features), figures
     from qin.fusion import learn_fusion, read_histories
 
-    histories = read_histories(data_dir / "train.parquet", cfg.learned.history_rows, cfg.learned.seed)
+    rows = cfg.learned.history_rows or None
+    histories = read_histories(data_dir / "train.parquet", rows, cfg.learned.seed)
     start = (pca.components * pca.scale).astype(np.float32)
     emb, learned = learn_fusion(pca.standardise(features), start, histories, cfg.learned)
     return emb, {**figures, "learned": learned}

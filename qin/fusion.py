@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -42,38 +41,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from qin.config import FusionConfig
 from qin.data import schema
 from qin.featurize import fixed_list
 
 EMBED_BLOCK = 16_384  # items embedded at once when writing the result
-
-
-@dataclass(frozen=True)
-class FusionSettings:
-    dim: int = 128
-    epochs: int = 8
-    batch_size: int = 1024
-    learning_rate: float = 3e-4
-    temperature: float = 0.2
-    window: int = 5  # co-occurrence window inside a history (0 = the whole history)
-    seed: int = 20242025
-    threads: int = 0  # 0: torch's default
-    pairs_per_epoch: int = 262_144
-    hidden: int = 0  # width of the residual block (0: the linear map alone; see the module docstring)
-    anchor_weight: float = 30.0  # weight of the pull back to the PCA projection (see `_anchor_penalty`)
-
-    def __post_init__(self) -> None:
-        for name in ("dim", "batch_size", "pairs_per_epoch"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"fusion.{name}: expected >= 1, found {getattr(self, name)}")
-        for name in ("epochs", "window", "threads", "hidden"):
-            if getattr(self, name) < 0:
-                raise ValueError(f"fusion.{name}: expected >= 0, found {getattr(self, name)}")
-        for name in ("learning_rate", "temperature"):
-            if not getattr(self, name) > 0:
-                raise ValueError(f"fusion.{name}: expected > 0, found {getattr(self, name)}")
-        if self.anchor_weight < 0:
-            raise ValueError(f"fusion.anchor_weight: expected >= 0, found {self.anchor_weight}")
 
 
 class Fusion(nn.Module):
@@ -160,10 +132,10 @@ def _embed(fn: Callable[[torch.Tensor], torch.Tensor], rows: torch.Tensor) -> to
         return torch.cat([fn(rows[s : s + EMBED_BLOCK]) for s in range(0, len(rows), EMBED_BLOCK)])
 
 
-def _check(features: np.ndarray, start: np.ndarray, histories: np.ndarray, settings: FusionSettings) -> None:
-    if features.ndim != 2 or start.ndim != 2 or start.shape != (features.shape[1], settings.dim):
+def _check(features: np.ndarray, start: np.ndarray, histories: np.ndarray, settings: FusionConfig) -> None:
+    if features.ndim != 2 or start.ndim != 2 or start.shape != (features.shape[1], start.shape[1]):
         raise ValueError(
-            f"learn_fusion: expected features (N, D) and start (D, {settings.dim}), "
+            f"learn_fusion: expected features (N, D) and start (D, {start.shape[1]}), "
             f"found {features.shape} and {start.shape}"
         )
     if histories.ndim != 2:
@@ -176,7 +148,7 @@ def _check(features: np.ndarray, start: np.ndarray, histories: np.ndarray, setti
 
 
 def learn_fusion(
-    features: np.ndarray, start: np.ndarray, histories: np.ndarray, settings: FusionSettings
+    features: np.ndarray, start: np.ndarray, histories: np.ndarray, settings: FusionConfig
 ) -> tuple[np.ndarray, dict]:
     """features: (N, D) float32, the standardised concatenated modalities of items 1..N (row i is item i+1);
     start: (D, dim) float32, the PCA projection the fusion starts from (features @ start: the pca embedding);
@@ -184,49 +156,43 @@ def learn_fusion(
     Returns the (N, dim) float32 embeddings and a dict of figures (loss per epoch, pairs used, seconds)."""
     _check(features, start, histories, settings)
     began = time.perf_counter()
-    threads = torch.get_num_threads()
-    if settings.threads:
-        torch.set_num_threads(settings.threads)
-    try:
-        torch.manual_seed(settings.seed)
-        rng = np.random.default_rng(settings.seed)
-        x = torch.from_numpy(np.ascontiguousarray(features, dtype=np.float32))  # (N, D)
-        basis = torch.from_numpy(np.ascontiguousarray(start, dtype=np.float32))  # (D, K)
-        y = _embed(lambda b: b @ basis, x)  # (N, K): computed once, so a step never touches D
-        model = Fusion(basis.shape[1], settings.dim, settings.hidden)
-        opt = torch.optim.Adam(model.parameters(), lr=settings.learning_rate)
-        losses: list[float] = []
-        pairs = 0
-        for _ in range(settings.epochs):
-            a_ids, p_ids = sample_pairs(histories, settings.pairs_per_epoch, settings.window, rng)
-            total, batches = 0.0, 0
-            for s in range(0, len(a_ids) - 1, settings.batch_size):
-                a = torch.from_numpy(a_ids[s : s + settings.batch_size] - 1)  # (B,) rows of features
-                p = torch.from_numpy(p_ids[s : s + settings.batch_size] - 1)
-                if len(a) < 2:
-                    break
-                same = (p[:, None] == p[None, :]) & ~torch.eye(len(p), dtype=torch.bool)  # (B, B)
-                za = F.normalize(model(y[a]), dim=1)  # (B, E)
-                zp = F.normalize(model(y[p]), dim=1)
-                loss = info_nce(za, zp, same, settings.temperature)
-                if settings.anchor_weight:
-                    loss = loss + settings.anchor_weight * _anchor_penalty(model)
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
-                total += float(loss.detach())
-                batches += 1
-                pairs += len(a)
-            losses.append(total / max(batches, 1))
-        emb = _embed(model, y)  # (N, E)
-        # One factor for the whole matrix: the PCA embedding's root-mean-square entry, so the stage sees
-        # the same scale whatever the training did to the norms.
-        if settings.epochs:
-            ref = y.pow(2).mean().sqrt()
-            emb = emb * (ref / emb.pow(2).mean().sqrt().clamp_min(1e-12))
-        out = emb.numpy().astype(np.float32, copy=False)
-    finally:
-        torch.set_num_threads(threads)
+    torch.manual_seed(settings.seed)
+    rng = np.random.default_rng(settings.seed)
+    x = torch.from_numpy(np.ascontiguousarray(features, dtype=np.float32))  # (N, D)
+    basis = torch.from_numpy(np.ascontiguousarray(start, dtype=np.float32))  # (D, K)
+    y = _embed(lambda b: b @ basis, x)  # (N, K): computed once, so a step never touches D
+    model = Fusion(basis.shape[1], start.shape[1], settings.hidden)
+    opt = torch.optim.Adam(model.parameters(), lr=settings.learning_rate)
+    losses: list[float] = []
+    pairs = 0
+    for _ in range(settings.epochs):
+        a_ids, p_ids = sample_pairs(histories, settings.pairs_per_epoch, settings.window, rng)
+        total, batches = 0.0, 0
+        for s in range(0, len(a_ids) - 1, settings.batch_size):
+            a = torch.from_numpy(a_ids[s : s + settings.batch_size] - 1)  # (B,) rows of features
+            p = torch.from_numpy(p_ids[s : s + settings.batch_size] - 1)
+            if len(a) < 2:
+                break
+            same = (p[:, None] == p[None, :]) & ~torch.eye(len(p), dtype=torch.bool)  # (B, B)
+            za = F.normalize(model(y[a]), dim=1)  # (B, E)
+            zp = F.normalize(model(y[p]), dim=1)
+            loss = info_nce(za, zp, same, settings.temperature)
+            if settings.anchor_weight:
+                loss = loss + settings.anchor_weight * _anchor_penalty(model)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            total += float(loss.detach())
+            batches += 1
+            pairs += len(a)
+        losses.append(total / max(batches, 1))
+    emb = _embed(model, y)  # (N, E)
+    # One factor for the whole matrix: the PCA embedding's root-mean-square entry, so the stage sees
+    # the same scale whatever the training did to the norms.
+    if settings.epochs:
+        ref = y.pow(2).mean().sqrt()
+        emb = emb * (ref / emb.pow(2).mean().sqrt().clamp_min(1e-12))
+    out = emb.numpy().astype(np.float32, copy=False)
     seconds = time.perf_counter() - began
     figures = {
         "loss": losses,

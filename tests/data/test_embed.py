@@ -75,3 +75,30 @@ def test_pca_without_the_items_features_is_refused_by_name(tiny_data: Path, tmp_
     assert not (tmp_path / "out").exists()
     embed(data, tmp_path / "validation", tmp_path / "out", EmbedConfig(method="given"))  # given still works
     assert (tmp_path / "out" / ITEMS).exists()
+
+
+def test_learned_reads_no_label_and_only_the_training_histories(
+    validated: tuple[Path, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import pyarrow.parquet
+
+    from qin.config import FusionConfig
+
+    data, validation = validated
+    reads: list[tuple[str, list[str] | None]] = []
+    read_table = pyarrow.parquet.read_table
+
+    def recording(source, *args, columns=None, **kwargs):  # noqa: ANN001, ANN202
+        reads.append((Path(source).name, columns))
+        return read_table(source, *args, columns=columns, **kwargs)
+
+    monkeypatch.setattr(pyarrow.parquet, "read_table", recording)
+    monkeypatch.setattr(pyarrow.parquet, "ParquetFile", None)  # no other way into a file
+    cfg = EmbedConfig(method="learned", learned=FusionConfig(epochs=1, pairs_per_epoch=2048, history_rows=500))
+    report = embed(data, validation, tmp_path / "learned", cfg)
+    assert ("train.parquet", [schema.HISTORY]) in reads
+    assert {name for name, _ in reads} <= {
+        "train.parquet", f"{schema.ITEM_FILE}.parquet", f"{schema.FEATURE_FILE}.parquet", schema.ITEM_TRUTH_FILE
+    }
+    assert all(columns == [schema.HISTORY] for name, columns in reads if name == "train.parquet")
+    assert report["learned"]["pairs"] > 0 and _emb(tmp_path / "learned").shape[1] == schema.ITEM_EMB_DIM

@@ -11,10 +11,11 @@ import pyarrow.parquet as pq
 import pytest
 
 from qin import fusion
+from qin.config import FusionConfig
 from qin.data.similarity import neighbour_agreement
-from qin.fusion import FusionSettings, learn_fusion, read_histories, sample_pairs
+from qin.fusion import learn_fusion, read_histories, sample_pairs
 
-FAST = FusionSettings(dim=8, epochs=2, batch_size=64, pairs_per_epoch=512, hidden=16, threads=1, seed=3)
+FAST = FusionConfig(epochs=2, batch_size=64, pairs_per_epoch=512, hidden=16, seed=3)
 
 
 def _planted(n_items: int = 240, groups: int = 8, seed: int = 0) -> tuple[np.ndarray, ...]:
@@ -38,7 +39,7 @@ def _planted(n_items: int = 240, groups: int = 8, seed: int = 0) -> tuple[np.nda
 def test_output_is_one_float32_row_per_item_of_the_chosen_width() -> None:
     features, start, histories, _ = _planted()
     emb, figures = learn_fusion(features, start, histories, FAST)
-    assert emb.shape == (len(features), FAST.dim) and emb.dtype == np.float32
+    assert emb.shape == (len(features), start.shape[1]) and emb.dtype == np.float32
     assert np.isfinite(emb).all()
     assert len(figures["loss"]) == FAST.epochs and figures["pairs"] == FAST.epochs * FAST.pairs_per_epoch
     assert figures["seconds"] > 0
@@ -102,11 +103,11 @@ def test_histories_of_padding_only_give_no_pairs_and_the_start_back() -> None:
 def test_mismatched_inputs_and_bad_settings_are_refused_by_name() -> None:
     features, start, histories, _ = _planted()
     with pytest.raises(ValueError, match="start"):
-        learn_fusion(features, start[:, :4], histories, FAST)
+        learn_fusion(features, start[:-1], histories, FAST)
     with pytest.raises(ValueError, match="history ids"):
         learn_fusion(features, start, histories + len(features), FAST)
-    with pytest.raises(ValueError, match=r"fusion\.temperature"):
-        FusionSettings(temperature=0.0)
+    with pytest.raises(ValueError, match=r"params key 'embed\.learned\.temperature'"):
+        FusionConfig(temperature=0.0)
 
 
 def test_read_histories_reads_only_the_history_column(
