@@ -1,7 +1,7 @@
 """Prefect flow `qin-ablation`: the paper's ablation set and the baselines, compared under one MLflow run.
 
-validate -> featurize -> for each model: its settings (the run's params with that model), then the same
-train and evaluate stages as qin-train (flows/stages.py), cached by their keys -> `compare` (Markdown and
+validate -> embed -> featurize -> for each model: its settings (the run's params with that model), then the
+same train and evaluate stages as qin-train (flows/stages.py), cached by their keys -> `compare` (Markdown and
 CSV table, bar plot, in the run's record) -> one parent MLflow run holding a nested run per model and the
 comparison. A variant whose settings equal a qin-train run's reuses that run's model, and the other way round.
 

@@ -1,4 +1,4 @@
-"""Prefect flow `qin-train`: params -> validate -> featurize -> train -> evaluate -> register.
+"""Prefect flow `qin-train`: params -> validate -> embed -> featurize -> train -> evaluate -> register.
 
 The stages and their order come from the stage table (qin/pipeline.py); each is a task (flows/stages.py)
 that runs the stage through the content-addressed store (qin/store.py) or finds its key's outputs there.

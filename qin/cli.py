@@ -144,7 +144,8 @@ def _show_params(args: argparse.Namespace, params: Params) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="qin", description="QIN pipeline: data, validate, featurize, train, evaluate, register, predict"
+        prog="qin",
+        description="QIN pipeline: data, validate, embed, featurize, train, evaluate, register, predict",
     )
     parser.add_argument(
         "--params", type=Path, default=layout.PARAMS, help="settings file (default: %(default)s)"
