@@ -1,9 +1,10 @@
 """Settings: `params.yaml` read once into frozen, typed dataclasses.
 
-One section per stage (`data`, `validate`, `featurize`, `train`, `evaluate`, `register`), and `deploy` for the
-Prefect deployments. Unknown keys and values of the wrong type or outside their allowed set raise `ValueError`
-naming the key, what was expected and what was found, so a typo in params.yaml never silently falls back to a
-default.
+One section per stage (`data`, `validate`, `embed`, `featurize`, `train`, `evaluate`, `register`, `predict`),
+and `deploy` for the Prefect deployments. The train section starts from a preset file (params/presets/), and a
+model's own settings class lives in its file under qin/models/ (the registry there names it). Unknown keys
+and values of the wrong type or outside their allowed set raise `ValueError` naming the key, what was
+expected and what was found, so a typo in params.yaml never silently falls back to a default.
 """
 
 from __future__ import annotations
