@@ -48,6 +48,29 @@ def log(rows: list[dict[str, Any]], done: list[dict[str, str]], comparison: str,
     return log_ablation(load_params(params).register, rows, done, Path(comparison))
 
 
+def train_and_evaluate(name: str, own: str, data: str, keys: dict[str, str], record: str) -> dict[str, str]:
+    """One model of a comparison: the train and evaluate stages on settings `own` over the upstream `keys`;
+    its entry for `compare` and `log`."""
+    trained = run_stage("train", own, data, keys, record)
+    evaluated = run_stage("evaluate", own, data, {**keys, "train": trained["key"]}, record)
+    print(f"{name}: train {trained['how']} ({trained['key']}), evaluate {evaluated['how']}")
+    return {"model": name, "params": own, "train": trained["dir"], "evaluate": evaluated["dir"]}
+
+
+def conclude(
+    done: list[dict[str, str]], record: str, data: str, settings: str, logged: Any, title: str
+) -> dict[str, Any]:
+    """A comparison's end: the table and plot in the run's record, logged to MLflow by task `logged`."""
+    from qin.ablation import table_markdown
+
+    comparison = f"{record}/comparison"
+    rows = compare(done, comparison, data, title)
+    run_id = logged(rows, done, comparison, settings)
+    print(table_markdown(rows))
+    print(f"MLflow parent run id: {run_id}")
+    return {"run_id": run_id, "rows": rows, "variants": done, "comparison": comparison, "record": record}
+
+
 @flow(name="qin-ablation", log_prints=True, on_failure=[report_failure])
 def qin_ablation(
     params: str = str(layout.PARAMS),
@@ -56,7 +79,7 @@ def qin_ablation(
     only: list[str] | None = None,
     din_challenge: bool = False,
 ) -> dict[str, Any]:
-    from qin.ablation import select, slug, table_markdown, variants
+    from qin.ablation import select, slug, variants
 
     record = record_dir()
     parameters = {
@@ -74,16 +97,8 @@ def qin_ablation(
     done = []
     for name in select(variants(load_params(settings).train.model, din_challenge), only):
         own = variant_params(settings, f"{record}/variants/{slug(name)}.yaml", name, epochs, din_challenge)
-        trained = run_stage("train", own, data, keys, record)
-        evaluated = run_stage("evaluate", own, data, {**keys, "train": trained["key"]}, record)
-        done.append({"model": name, "params": own, "train": trained["dir"], "evaluate": evaluated["dir"]})
-        print(f"{name}: train {trained['how']} ({trained['key']}), evaluate {evaluated['how']}")
-    comparison = f"{record}/comparison"
-    rows = compare(done, comparison, data)
-    run_id = log(rows, done, comparison, settings)
-    print(table_markdown(rows))
-    print(f"MLflow parent run id: {run_id}")
-    return {"run_id": run_id, "rows": rows, "variants": done, "comparison": comparison, "record": record}
+        done.append(train_and_evaluate(name, own, data, keys, record))
+    return conclude(done, record, data, settings, log, "QIN ablations and baselines")
 
 
 if __name__ == "__main__":

@@ -19,7 +19,7 @@ from prefect import flow, task
 from prefect.cache_policies import NO_CACHE
 
 import flows  # noqa: F401  (offline settings, before prefect runs anything)
-from flows.qin_ablation import compare
+from flows.qin_ablation import conclude, train_and_evaluate
 from flows.stages import record_dir, report_failure, run_stage, start_run
 from qin import layout
 from qin.config import EmbedConfig, load_params
@@ -61,8 +61,6 @@ def qin_embed_eval(
     models: list[ModelName] | None = None,
     epochs: int | None = None,
 ) -> dict[str, Any]:
-    from qin.ablation import table_markdown
-
     record = record_dir()
     parameters = {"params": params, "data": data, "methods": methods, "models": models, "epochs": epochs}
     settings = start_run(record, params, "qin-embed-eval", parameters)
@@ -74,16 +72,8 @@ def qin_embed_eval(
             own = method_params(settings, f"{record}/variants/{method}-{model}.yaml", method, model, epochs)
             keys = {**validated, "embed": run_stage("embed", own, data, validated, record)["key"]}
             keys["featurize"] = run_stage("featurize", own, data, keys, record)["key"]
-            trained = run_stage("train", own, data, keys, record)
-            evaluated = run_stage("evaluate", own, data, {**keys, "train": trained["key"]}, record)
-            done.append({"model": name, "params": own, "train": trained["dir"], "evaluate": evaluated["dir"]})
-            print(f"{name}: train {trained['how']} ({trained['key']}), evaluate {evaluated['how']}")
-    comparison = f"{record}/comparison"
-    rows = compare(done, comparison, data, title="Item embeddings judged by CTR models (task 1)")
-    run_id = log(rows, done, comparison, settings)
-    print(table_markdown(rows))
-    print(f"MLflow parent run id: {run_id}")
-    return {"run_id": run_id, "rows": rows, "variants": done, "comparison": comparison, "record": record}
+            done.append(train_and_evaluate(name, own, data, keys, record))
+    return conclude(done, record, data, settings, log, "Item embeddings judged by CTR models (task 1)")
 
 
 if __name__ == "__main__":
