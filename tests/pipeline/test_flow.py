@@ -112,7 +112,7 @@ def test_flow_registers_a_loadable_model_and_caches_a_rerun(
     # Overriding one params section reruns only the stages that read it (keys hash the sections a stage
     # reads, not the path of the run's params file); a speed-only setting changes no key at all.
     fourth, tasks = _run(overrides={"evaluate.batch_size": 2048, "train.threads": 1})
-    assert fourth["stages"] == {**dict.fromkeys(STAGES[:3], "cached"), "evaluate": "ran"}
+    assert fourth["stages"] == {**dict.fromkeys(STAGES[:4], "cached"), "evaluate": "ran"}
     assert (fourth["version"], fourth["newly_registered"]) == ("1", False)
     assert "batch_size: 2048" in (Path(fourth["record"]) / "params.yaml").read_text()
 
