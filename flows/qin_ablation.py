@@ -17,6 +17,7 @@ from prefect import flow, task
 from prefect.cache_policies import NO_CACHE
 
 import flows  # noqa: F401  (offline settings, before prefect runs anything)
+from flows.shutdown import signals_unwrapped
 from flows.stages import record_dir, report_failure, run_stage, start_run
 from qin import layout
 from qin.config import load_params
@@ -79,26 +80,28 @@ def qin_ablation(
     only: list[str] | None = None,
     din_challenge: bool = False,
 ) -> dict[str, Any]:
-    from qin.ablation import select, slug, variants
+    with signals_unwrapped():  # a signal during an import still crashes (or cancels) the run
+        from qin.ablation import select, slug, variants
 
-    record = record_dir()
-    parameters = {
-        "params": params,
-        "data": data,
-        "epochs": epochs,
-        "only": only,
-        "din_challenge": din_challenge,
-    }
-    settings = start_run(record, params, "qin-ablation", parameters)
-    keys: dict[str, str] = {}
-    for name in ("validate", "embed", "featurize"):
-        keys[name] = run_stage(name, settings, data, keys, record)["key"]
+        record = record_dir()
+        parameters = {
+            "params": params,
+            "data": data,
+            "epochs": epochs,
+            "only": only,
+            "din_challenge": din_challenge,
+        }
+        settings = start_run(record, params, "qin-ablation", parameters)
+        keys: dict[str, str] = {}
+        for name in ("validate", "embed", "featurize"):
+            keys[name] = run_stage(name, settings, data, keys, record)["key"]
 
-    done = []
-    for name in select(variants(load_params(settings).train.model, din_challenge), only):
-        own = variant_params(settings, f"{record}/variants/{slug(name)}.yaml", name, epochs, din_challenge)
-        done.append(train_and_evaluate(name, own, data, keys, record))
-    return conclude(done, record, data, settings, log, "QIN ablations and baselines")
+        done = []
+        for name in select(variants(load_params(settings).train.model, din_challenge), only):
+            own_file = f"{record}/variants/{slug(name)}.yaml"
+            own = variant_params(settings, own_file, name, epochs, din_challenge)
+            done.append(train_and_evaluate(name, own, data, keys, record))
+        return conclude(done, record, data, settings, log, "QIN ablations and baselines")
 
 
 if __name__ == "__main__":

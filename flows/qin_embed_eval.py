@@ -20,6 +20,7 @@ from prefect.cache_policies import NO_CACHE
 
 import flows  # noqa: F401  (offline settings, before prefect runs anything)
 from flows.qin_ablation import conclude, train_and_evaluate
+from flows.shutdown import signals_unwrapped
 from flows.stages import record_dir, report_failure, run_stage, start_run
 from qin import layout
 from qin.config import EmbedConfig, load_params
@@ -61,19 +62,21 @@ def qin_embed_eval(
     models: list[ModelName] | None = None,
     epochs: int | None = None,
 ) -> dict[str, Any]:
-    record = record_dir()
-    parameters = {"params": params, "data": data, "methods": methods, "models": models, "epochs": epochs}
-    settings = start_run(record, params, "qin-embed-eval", parameters)
-    validated = {"validate": run_stage("validate", settings, data, {}, record)["key"]}
-    done = []
-    for method in methods or METHODS:
-        for model in models or JUDGES:
-            name = f"{LABELS.get(model, model)} / {method}"
-            own = method_params(settings, f"{record}/variants/{method}-{model}.yaml", method, model, epochs)
-            keys = {**validated, "embed": run_stage("embed", own, data, validated, record)["key"]}
-            keys["featurize"] = run_stage("featurize", own, data, keys, record)["key"]
-            done.append(train_and_evaluate(name, own, data, keys, record))
-    return conclude(done, record, data, settings, log, "Item embeddings judged by CTR models (task 1)")
+    with signals_unwrapped():  # a signal during an import still crashes (or cancels) the run
+        record = record_dir()
+        parameters = {"params": params, "data": data, "methods": methods, "models": models, "epochs": epochs}
+        settings = start_run(record, params, "qin-embed-eval", parameters)
+        validated = {"validate": run_stage("validate", settings, data, {}, record)["key"]}
+        done = []
+        for method in methods or METHODS:
+            for model in models or JUDGES:
+                name = f"{LABELS.get(model, model)} / {method}"
+                own_file = f"{record}/variants/{method}-{model}.yaml"
+                own = method_params(settings, own_file, method, model, epochs)
+                keys = {**validated, "embed": run_stage("embed", own, data, validated, record)["key"]}
+                keys["featurize"] = run_stage("featurize", own, data, keys, record)["key"]
+                done.append(train_and_evaluate(name, own, data, keys, record))
+        return conclude(done, record, data, settings, log, "Item embeddings judged by CTR models (task 1)")
 
 
 if __name__ == "__main__":

@@ -24,6 +24,7 @@ from prefect import flow, task
 from prefect.cache_policies import NO_CACHE
 
 import flows  # noqa: F401  (offline settings, before prefect runs anything)
+from flows.shutdown import signals_unwrapped
 from flows.stages import record_dir, report_failure, retry_on_io_only, run_stage, start_run
 from qin import layout, pipeline, runs
 from qin.config import load_params
@@ -81,37 +82,38 @@ def summary_markdown(model: dict[str, Any], manifest: dict[str, Any], folder: st
 def qin_score(
     params: str = str(layout.PARAMS), data: str = str(layout.DATA), model: str | None = None
 ) -> dict:
-    from prefect.artifacts import create_markdown_artifact
+    with signals_unwrapped():  # a signal during an import still crashes (or cancels) the run
+        from prefect.artifacts import create_markdown_artifact
 
-    record = record_dir()
-    parameters = {"params": params, "data": data, "model": model}
-    overrides = {"predict.model": model} if model is not None else None
-    settings = start_run(record, params, "qin-score", parameters, overrides=overrides)
-    found = find_model(settings, load_params(settings).predict.model)
-    runs.update(Path(record), model_dir=found["path"])
-    (s,) = pipeline.flow_stages(pipeline.SCORE_FLOW)
-    identity = {k: found[k] for k in ("model_name", "version", "model_hash")}
-    entry = run_stage(s.name, settings, data, {}, record, model_dir=found["path"], extra=identity)
-    folder = str(Path(entry["dir"]) / s.outputs[0].name)
-    manifest = read_json(Path(folder) / MANIFEST)
-    # The run's own copy, with what only this run knows: the alias the model was found by.
-    write_json(Path(record) / MANIFEST, {**manifest, "alias": found["alias"], "key": entry["key"]})
-    logged = log_manifest(settings, found, str(Path(record) / MANIFEST))
-    print(f"predict {entry['how']} ({entry['key']}): {folder}/submission.zip, {manifest['rows']} rows")
-    create_markdown_artifact(
-        markdown=summary_markdown(found, manifest, folder, entry["how"]),
-        key="qin-score-summary",
-        description=f"submission of {manifest['rows']} rows",
-    )
-    return {
-        "model": found,
-        "key": entry["key"],
-        "how": entry["how"],
-        "submission": f"{folder}/submission.zip",
-        "manifest": manifest,
-        "record": record,
-        "mlflow_artifact": logged,
-    }
+        record = record_dir()
+        parameters = {"params": params, "data": data, "model": model}
+        overrides = {"predict.model": model} if model is not None else None
+        settings = start_run(record, params, "qin-score", parameters, overrides=overrides)
+        found = find_model(settings, load_params(settings).predict.model)
+        runs.update(Path(record), model_dir=found["path"])
+        (s,) = pipeline.flow_stages(pipeline.SCORE_FLOW)
+        identity = {k: found[k] for k in ("model_name", "version", "model_hash")}
+        entry = run_stage(s.name, settings, data, {}, record, model_dir=found["path"], extra=identity)
+        folder = str(Path(entry["dir"]) / s.outputs[0].name)
+        manifest = read_json(Path(folder) / MANIFEST)
+        # The run's own copy, with what only this run knows: the alias the model was found by.
+        write_json(Path(record) / MANIFEST, {**manifest, "alias": found["alias"], "key": entry["key"]})
+        logged = log_manifest(settings, found, str(Path(record) / MANIFEST))
+        print(f"predict {entry['how']} ({entry['key']}): {folder}/submission.zip, {manifest['rows']} rows")
+        create_markdown_artifact(
+            markdown=summary_markdown(found, manifest, folder, entry["how"]),
+            key="qin-score-summary",
+            description=f"submission of {manifest['rows']} rows",
+        )
+        return {
+            "model": found,
+            "key": entry["key"],
+            "how": entry["how"],
+            "submission": f"{folder}/submission.zip",
+            "manifest": manifest,
+            "record": record,
+            "mlflow_artifact": logged,
+        }
 
 
 if __name__ == "__main__":

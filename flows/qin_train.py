@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING, Any, Literal
 from prefect import flow
 
 import flows  # noqa: F401  (offline settings, before prefect runs anything)
+from flows.shutdown import signals_unwrapped
 from flows.stages import record_dir, report_failure, run_stage, start_run
 from qin import layout, pipeline
 from qin.config import load_params
@@ -75,41 +76,42 @@ def qin_train(
     model: ModelName | None = None,
     overrides: dict[str, Any] | None = None,
 ) -> dict:
-    from prefect.artifacts import create_markdown_artifact
+    with signals_unwrapped():  # a signal during an import still crashes (or cancels) the run
+        from prefect.artifacts import create_markdown_artifact
 
-    from flows.tracking import run_link
+        from flows.tracking import run_link
 
-    record = record_dir()
-    parameters = {"params": params, "data": data, "model": model, "overrides": overrides}
-    settings = start_run(record, params, "qin-train", parameters, model, overrides)
-    keys: dict[str, str] = {}
-    how: dict[str, str] = {}
-    dirs: dict[str, str] = {}
-    for s in pipeline.flow_stages(pipeline.TRAIN_FLOW):
-        if s.content_addressed:
-            entry = run_stage(s.name, settings, data, dict(keys), record)
-            keys[s.name], how[s.name], dirs[s.name] = entry["key"], entry["how"], entry["dir"]
-    registration: Registration = run_stage("register", settings, data, keys, record)
-    link = run_link(load_params(settings).register, registration.run_id)
+        record = record_dir()
+        parameters = {"params": params, "data": data, "model": model, "overrides": overrides}
+        settings = start_run(record, params, "qin-train", parameters, model, overrides)
+        keys: dict[str, str] = {}
+        how: dict[str, str] = {}
+        dirs: dict[str, str] = {}
+        for s in pipeline.flow_stages(pipeline.TRAIN_FLOW):
+            if s.content_addressed:
+                entry = run_stage(s.name, settings, data, dict(keys), record)
+                keys[s.name], how[s.name], dirs[s.name] = entry["key"], entry["how"], entry["dir"]
+        registration: Registration = run_stage("register", settings, data, keys, record)
+        link = run_link(load_params(settings).register, registration.run_id)
 
-    print("stages: " + ", ".join(f"{name} {h} ({keys[name]})" for name, h in how.items()))
-    for line in registration_lines(registration, link):
-        print(line)
+        print("stages: " + ", ".join(f"{name} {h} ({keys[name]})" for name, h in how.items()))
+        for line in registration_lines(registration, link):
+            print(line)
 
-    metrics = read_json(Path(dirs["evaluate"]) / "evaluate.json")
-    create_markdown_artifact(
-        markdown=summary_markdown(registration, link, how, keys, record, parameters, metrics),
-        key="qin-train-summary",
-        description=f"{registration.model_name} version {registration.version}: metrics and MLflow run",
-    )
-    # The run's result: register.json's fields, what the stages did, the record and the run's page.
-    return {
-        **registration.to_json(),
-        "stages": how,
-        "stage_keys": keys,
-        "record": record,
-        "mlflow_run_link": link,
-    }
+        metrics = read_json(Path(dirs["evaluate"]) / "evaluate.json")
+        create_markdown_artifact(
+            markdown=summary_markdown(registration, link, how, keys, record, parameters, metrics),
+            key="qin-train-summary",
+            description=f"{registration.model_name} version {registration.version}: metrics and MLflow run",
+        )
+        # The run's result: register.json's fields, what the stages did, the record and the run's page.
+        return {
+            **registration.to_json(),
+            "stages": how,
+            "stage_keys": keys,
+            "record": record,
+            "mlflow_run_link": link,
+        }
 
 
 if __name__ == "__main__":

@@ -5,6 +5,10 @@ begin the same graceful stop, which ends the in-flight flow runs with a final st
 before the process exits. A second signal, or a stop still going after DEADLINE_S, kills the flow-run
 processes and exits at once, so that the process is gone within 10 s (docker's grace before SIGKILL) even
 when the API does not answer.
+
+A flow-run process stops by Prefect's own handler, which raises TerminationSignal wherever the run is; the
+engine then ends the run Crashed (Cancelled when serve cancelled it). `signals_unwrapped` keeps it so when
+the signal lands inside an import.
 """
 
 from __future__ import annotations
@@ -13,10 +17,11 @@ import contextlib
 import os
 import signal
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from types import FrameType
 
 import psutil
+from prefect.exceptions import TerminationSignal
 
 DEADLINE_S = 9.0
 
@@ -71,3 +76,31 @@ class GracefulStop:
     def _overrun(self, signum: int) -> None:
         say(f"still stopping {self.deadline_s:.0f} s after the signal: killing what is left and exiting")
         exit_now(128 + signum)
+
+
+def termination_signal(exc: BaseException | None) -> TerminationSignal | None:
+    """The TerminationSignal that `exc` is, or was raised from or during; None if there is none."""
+    seen: set[int] = set()
+    while exc is not None and id(exc) not in seen:
+        if isinstance(exc, TerminationSignal):
+            return exc
+        seen.add(id(exc))
+        exc = exc.__cause__ or exc.__context__
+    return None
+
+
+@contextlib.contextmanager
+def signals_unwrapped() -> Iterator[None]:
+    """Re-raise a termination signal that came back wrapped in another error, as itself.
+
+    Python 3.11 wraps an error raised while a class is created (in `__set_name__`, which
+    functools.cached_property has) in RuntimeError("Error calling __set_name__ ..."). A signal that lands
+    during an import (mlflow, torch, great_expectations: the first seconds of every run) would otherwise end
+    the run Failed by an error nobody made, and a stage task would retry it."""
+    try:
+        yield
+    except Exception as exc:
+        signal_raised = termination_signal(exc)
+        if signal_raised is None:
+            raise
+        raise signal_raised from None

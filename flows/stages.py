@@ -17,6 +17,7 @@ from prefect.cache_policies import NO_CACHE
 from prefect.states import Completed, State
 
 import flows  # noqa: F401  (offline settings, before anything else of Prefect's runs)
+from flows.shutdown import termination_signal
 from qin import pipeline, runs, store
 from qin.register import PromotionRefused
 from qin.validate import ValidationError
@@ -25,8 +26,11 @@ P = ParamSpec("P")
 
 
 def retry_on_io_only(task: Any, task_run: Any, state: State) -> bool:
-    """Retry transient I/O failures, not bad data or bad settings: those fail the same way again."""
+    """Retry transient I/O failures, not bad data or bad settings: those fail the same way again, nor a
+    termination signal that an import wrapped (flows/shutdown.py): the process is stopping."""
     exc = state.result(raise_on_failure=False)
+    if termination_signal(exc) is not None:
+        return False
     return not isinstance(exc, ValidationError | ValueError | KeyError | PromotionRefused)
 
 

@@ -170,3 +170,55 @@ def test_worker_crashes_its_run_and_exits_on_sigterm(project: Path, prefect_harn
 
     assert elapsed < EXIT_WITHIN_S, f"exited {elapsed:.1f} s after the signal"
     assert state.type == StateType.CRASHED, f"{state.type}: {state.message}\n{_log(project)}"
+
+
+# Python 3.11 wraps an error raised in `__set_name__` (functools.cached_property has one) in RuntimeError: a
+# SIGTERM that lands while a class is created, in an import, comes back so. Here, at the flow's first import.
+SIGNAL_IN_AN_IMPORT = """
+import importlib.abc, sys
+from prefect.exceptions import TerminationSignal
+
+class SignalDuringImport(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path, target=None):
+        if name == "flows.tracking":
+            try:
+                raise TerminationSignal(15)
+            except TerminationSignal as exc:
+                raise RuntimeError("Error calling __set_name__ on 'cached_property' instance") from exc
+
+sys.meta_path.insert(0, SignalDuringImport())
+from flows.qin_train import qin_train
+qin_train.with_options(flow_run_name=sys.argv[1])()
+"""
+
+
+def test_a_signal_during_an_import_crashes_the_run_not_fails_it(project: Path, prefect_harness: None) -> None:
+    from prefect import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterName
+    from prefect.client.schemas.objects import StateType
+
+    name = f"signal-in-an-import-{os.getpid()}"
+    done = subprocess.run(
+        [sys.executable, "-c", SIGNAL_IN_AN_IMPORT, name], cwd=project, env=_env(project), capture_output=True
+    )
+    named = FlowRunFilter(name=FlowRunFilterName(any_=[name]))
+    with get_client(sync_client=True) as client:
+        (flow_run,) = client.read_flow_runs(flow_run_filter=named)
+    output = (done.stdout + done.stderr).decode(errors="replace")[-4000:]
+    assert flow_run.state.type == StateType.CRASHED, f"{flow_run.state.message}\n{output}"
+    assert "termination signal" in flow_run.state.message
+
+
+def test_a_stage_task_does_not_retry_a_wrapped_signal() -> None:
+    from prefect.exceptions import TerminationSignal
+    from prefect.states import Failed
+
+    from flows.stages import retry_on_io_only
+
+    try:
+        raise TerminationSignal(15)
+    except TerminationSignal as signal_raised:
+        wrapped = RuntimeError("Error calling __set_name__")
+        wrapped.__cause__ = signal_raised
+    assert retry_on_io_only(None, None, Failed(data=wrapped)) is False
+    assert retry_on_io_only(None, None, Failed(data=OSError("disk busy"))) is True
