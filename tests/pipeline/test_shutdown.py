@@ -45,13 +45,24 @@ def _env(project: Path) -> dict[str, str]:
     }
 
 
+def _as_from_a_terminal() -> None:
+    """SIGINT handled by default, as a process a terminal or a supervisor starts has it. A test run started
+    in the background (`cmd &`) ignores SIGINT, and the processes keep an ignored SIGINT ignored by design."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 @contextmanager
 def _started(module: str, *args: str, project: Path) -> Iterator[subprocess.Popen[bytes]]:
     """`python -m module args` in `project`, its output in project/<module>.log; killed (with everything it
     started) on the way out, whatever the test did."""
     log = (project / f"{module}.log").open("wb")
     proc = subprocess.Popen(
-        [sys.executable, "-m", module, *args], cwd=project, env=_env(project), stdout=log, stderr=log
+        [sys.executable, "-m", module, *args],
+        cwd=project,
+        env=_env(project),
+        stdout=log,
+        stderr=log,
+        preexec_fn=_as_from_a_terminal,
     )
     started: list[psutil.Process] = []
     try:
