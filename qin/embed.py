@@ -29,7 +29,7 @@ import pyarrow.parquet as pq
 
 from qin.config import EmbedConfig
 from qin.data import schema
-from qin.data.similarity import concat_unit, neighbour_agreement, read_item_truth
+from qin.data.similarity import concat_unit, neighbour_agreements, read_item_truth
 from qin.featurize import fixed_list
 from qin.io import atomic_dir, write_json
 from qin.validate import require_passed
@@ -144,10 +144,11 @@ def _agreement(
     if modalities is not None:
         text, image = modalities
         candidates |= {"text": text, "image": image, "text+image": concat_unit(text, image)}
+    levels = {level: truth[level] for level in ("subtopic", "topic")}
+    scores = {name: neighbour_agreements(e, levels) for name, e in candidates.items()}
     return {
         "neighbour_agreement": {
-            level: {name: round(neighbour_agreement(e, truth[level]), 4) for name, e in candidates.items()}
-            for level in ("subtopic", "topic")
+            level: {name: round(scores[name][level], 4) for name in candidates} for level in levels
         }
     }
 

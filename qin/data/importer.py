@@ -28,7 +28,8 @@ def import_files(src: str | Path, out: str | Path) -> dict:
     missing = [name for name in expected if not (src / name).is_file()]
     if missing:
         raise FileNotFoundError(
-            f"{src}: missing {', '.join(missing)} (expected all of {', '.join(expected)}); nothing was imported"
+            f"{src}: missing {', '.join(missing)} (expected all of {', '.join(expected)}); "
+            "nothing was imported"
         )
     optional = [f"{name}.parquet" for name in schema.OPTIONAL_FILES if (src / f"{name}.parquet").is_file()]
     for name in optional:

@@ -41,8 +41,8 @@ FEATURE_FILE = "item_feature"
 OPTIONAL_FILES = (FEATURE_FILE,)  # validated (and imported) when present; real data without them is whole
 
 NUM_LEVELS = 11  # likes_level / views_level take values 0..10
-# The model's inputs, declared once: the row columns featurize keeps, a scoring request carries (qin/request.py),
-# inference hands the model and `qin.models.Batch` holds (besides the label).
+# The model's inputs, declared once: the row columns featurize keeps, a scoring request carries
+# (qin/request.py), inference hands the model and `qin.models.Batch` holds (besides the label).
 USER, LABEL = "user_id", "label"
 LEVELS = ("likes_level", "views_level")  # 0..NUM_LEVELS-1
 TARGET = "item_id"

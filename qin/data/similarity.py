@@ -1,9 +1,10 @@
 """How well an item embedding recovers the planted item similarity (synthetic data: item_truth.parquet).
 
 `neighbour_agreement(emb, groups)`: the share of each item's k nearest neighbours (cosine) that share
-its group (its sub-topic, say), averaged over items. Chance is about the share of items in one's own
-group; an embedding that puts every item amid its own group scores 1. Fuse modalities with `concat_unit`
-(each one scaled to unit length first, so that neither dominates by its norm).
+its group (its sub-topic, say), averaged over items; `neighbour_agreements` scores several groupings from
+one neighbour search. Chance is about the share of items in one's own group; an embedding that puts every
+item amid its own group scores 1. Fuse modalities with `concat_unit` (each one scaled to unit length
+first, so that neither dominates by its norm).
 """
 
 from __future__ import annotations
@@ -51,23 +52,39 @@ def neighbour_agreement(
     slice item_info's embedding [1:] to drop its padding row). With more than `max_queries` items, a fixed
     random sample of that many (by `seed`) is scored, against all N items.
     """
-    emb, groups = np.asarray(emb), np.asarray(groups)
-    if emb.ndim != 2 or groups.shape != (len(emb),):
-        raise ValueError(
-            f"neighbour_agreement: expected emb (N, D) and groups (N,), found {emb.shape} and {groups.shape}"
-        )
+    return neighbour_agreements(emb, {"groups": groups}, k, max_queries, seed)["groups"]
+
+
+def neighbour_agreements(
+    emb: np.ndarray,
+    levels: dict[str, np.ndarray],
+    k: int = 10,
+    max_queries: int | None = 2_000,
+    seed: int = 0,
+) -> dict[str, float]:
+    """`neighbour_agreement` for several groupings of the same items at once (e.g. sub-topic and topic),
+    from one search for the nearest neighbours: {level: agreement}."""
+    emb = np.asarray(emb)
     n = len(emb)
+    for level, groups in levels.items():
+        if emb.ndim != 2 or np.shape(groups) != (n,):
+            raise ValueError(
+                f"neighbour_agreement: expected emb (N, D) and {level} (N,), found {emb.shape} and "
+                f"{np.shape(groups)}"
+            )
     if not 1 <= k < n:
         raise ValueError(f"neighbour_agreement: expected 1 <= k < N = {n}, found k = {k}")
     unit = _unit(emb)
     queries = np.arange(n)
     if max_queries is not None and n > max_queries:
         queries = np.sort(np.random.default_rng(seed).choice(n, max_queries, replace=False))
-    hits = 0
+    hits = dict.fromkeys(levels, 0)
     for start in range(0, len(queries), QUERY_BLOCK):
         q = queries[start : start + QUERY_BLOCK]
         cos = unit[q] @ unit.T  # (B, N)
         cos[np.arange(len(q)), q] = -np.inf
         nearest = np.argpartition(-cos, k - 1, axis=1)[:, :k]  # (B, k)
-        hits += int((groups[nearest] == groups[q][:, None]).sum())
-    return hits / (len(queries) * k)
+        for level, groups in levels.items():
+            groups = np.asarray(groups)
+            hits[level] += int((groups[nearest] == groups[q][:, None]).sum())
+    return {level: count / (len(queries) * k) for level, count in hits.items()}

@@ -329,7 +329,8 @@ def _list_array(matrix: np.ndarray, value_type: pa.DataType) -> pa.ListArray:
 def _write_split(
     world: World, p: Preset, cfg: DataConfig, split_no: int, n_rows: int, path: Path, labelled: bool
 ) -> tuple[np.ndarray, np.ndarray | None, dict[str, np.ndarray] | None]:
-    """Write one split chunk by chunk; return the true probabilities, the labels and (small splits) the rows."""
+    """Write one split chunk by chunk; return the true probabilities, the labels and (small splits) the
+    rows."""
     sch = schema.ROW_SCHEMA if labelled else schema.TEST_SCHEMA
     chunk_rows = max(1, CHUNK_CELLS // p.seq_len)
     truth, labels, kept = [], [], []

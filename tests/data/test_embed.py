@@ -27,7 +27,7 @@ def test_pca_recovers_a_low_rank_input_exactly() -> None:
     np.testing.assert_allclose(scores @ pca.components.T, z, atol=1e-8)  # reconstructed exactly
     np.testing.assert_allclose(pca.components.T @ pca.components, np.eye(6), atol=1e-10)
     assert np.sqrt(np.mean(pca.transform(x) ** 2)) == pytest.approx(1.0, rel=1e-5)
-    with pytest.raises(ValueError, match="expected .* D, N >= dim = 41"):
+    with pytest.raises(ValueError, match=r"expected .* D, N >= dim = 41"):
         fit_pca(x, 41)
 
 
@@ -59,10 +59,18 @@ def test_given_keeps_the_shipped_table_and_pca_replaces_only_its_embedding(
     assert emb.shape == (shipped.num_rows, schema.ITEM_EMB_DIM) and not emb[0].any()  # row 0: padding
     assert not np.array_equal(emb, _emb(tmp_path / "given")) and np.isfinite(emb).all()
     assert 0 < report["explained_variance"] <= 1
-    assert set(report["neighbour_agreement"]["subtopic"]) == {"shipped", "text", "image", "text+image", "result"}
+    assert set(report["neighbour_agreement"]["subtopic"]) == {
+        "shipped",
+        "text",
+        "image",
+        "text+image",
+        "result",
+    }
     again = embed(data, validation, tmp_path / "again", EmbedConfig(method="pca"))
     assert np.array_equal(_emb(tmp_path / "again"), emb)  # deterministic
-    assert (tmp_path / "pca" / REPORT).exists() and again["explained_variance"] == report["explained_variance"]
+    assert (tmp_path / "pca" / REPORT).exists() and again["explained_variance"] == report[
+        "explained_variance"
+    ]
 
 
 def test_pca_without_the_items_features_is_refused_by_name(tiny_data: Path, tmp_path: Path) -> None:
@@ -70,7 +78,9 @@ def test_pca_without_the_items_features_is_refused_by_name(tiny_data: Path, tmp_
     shutil.copytree(tiny_data, data)
     (data / f"{schema.FEATURE_FILE}.parquet").unlink()
     validate(data, tmp_path / "validation", ValidateConfig())
-    with pytest.raises(FileNotFoundError, match=r"item_feature.parquet: not found; params key 'embed.method'"):
+    with pytest.raises(
+        FileNotFoundError, match=r"item_feature.parquet: not found; params key 'embed.method'"
+    ):
         embed(data, tmp_path / "validation", tmp_path / "out", EmbedConfig(method="pca"))
     assert not (tmp_path / "out").exists()
     embed(data, tmp_path / "validation", tmp_path / "out", EmbedConfig(method="given"))  # given still works
@@ -88,17 +98,22 @@ def test_learned_reads_no_label_and_only_the_training_histories(
     reads: list[tuple[str, list[str] | None]] = []
     read_table = pyarrow.parquet.read_table
 
-    def recording(source, *args, columns=None, **kwargs):  # noqa: ANN001, ANN202
+    def recording(source, *args, columns=None, **kwargs):
         reads.append((Path(source).name, columns))
         return read_table(source, *args, columns=columns, **kwargs)
 
     monkeypatch.setattr(pyarrow.parquet, "read_table", recording)
     monkeypatch.setattr(pyarrow.parquet, "ParquetFile", None)  # no other way into a file
-    cfg = EmbedConfig(method="learned", learned=FusionConfig(epochs=1, pairs_per_epoch=2048, history_rows=500))
+    cfg = EmbedConfig(
+        method="learned", learned=FusionConfig(epochs=1, pairs_per_epoch=2048, history_rows=500)
+    )
     report = embed(data, validation, tmp_path / "learned", cfg)
     assert ("train.parquet", [schema.HISTORY]) in reads
     assert {name for name, _ in reads} <= {
-        "train.parquet", f"{schema.ITEM_FILE}.parquet", f"{schema.FEATURE_FILE}.parquet", schema.ITEM_TRUTH_FILE
+        "train.parquet",
+        f"{schema.ITEM_FILE}.parquet",
+        f"{schema.FEATURE_FILE}.parquet",
+        schema.ITEM_TRUTH_FILE,
     }
     assert all(columns == [schema.HISTORY] for name, columns in reads if name == "train.parquet")
     assert report["learned"]["pairs"] > 0 and _emb(tmp_path / "learned").shape[1] == schema.ITEM_EMB_DIM

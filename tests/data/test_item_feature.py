@@ -9,7 +9,7 @@ import pytest
 
 from qin.config import DataConfig
 from qin.data import schema
-from qin.data.similarity import concat_unit, neighbour_agreement, read_item_truth
+from qin.data.similarity import concat_unit, neighbour_agreement, neighbour_agreements, read_item_truth
 from qin.data.synth import PRESETS, synthesize
 from qin.io import file_hash
 
@@ -97,3 +97,13 @@ def test_neighbour_agreement_on_a_hand_worked_case() -> None:
         neighbour_agreement(emb, groups[:4])
     with pytest.raises(ValueError, match="expected 1 <= k < N = 5, found k = 5"):
         neighbour_agreement(emb, groups, k=5)
+    # Several groupings from one neighbour search: the same as scoring each alone.
+    coarse = np.array([0, 0, 0, 0, 1])
+    both = neighbour_agreements(emb, {"fine": groups, "coarse": coarse}, k=1)
+    assert both == {
+        "fine": pytest.approx(4 / 5),
+        "coarse": pytest.approx(neighbour_agreement(emb, coarse, k=1)),
+    }
+    assert both["coarse"] == pytest.approx(4 / 5)  # item 4 (alone in its group) misses; the rest hit
+    with pytest.raises(ValueError, match=r"and coarse \(N,\), found \(5, 2\) and \(3,\)"):
+        neighbour_agreements(emb, {"fine": groups, "coarse": coarse[:3]})
