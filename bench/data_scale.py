@@ -1,6 +1,6 @@
 """Benchmark (prints, asserts nothing): wall time and peak RSS of `qin data synth`, `validate`, `embed` (by
-each method that makes item_emb_d128 from the items' text and image: pca, learned) and `featurize` at a
-given preset, each in its own process, measured with /usr/bin/time -v.
+each method: given, and pca and learned, which make item_emb_d128 from the items' text and image) and
+`featurize` at a given preset, each in its own process, measured with /usr/bin/time -v.
 
     python bench/data_scale.py --preset full --workdir /tmp/qin-bench
     taskset -c 0,1 python bench/data_scale.py ...     # as on the 2-core machine the targets are set for
@@ -17,7 +17,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-EMBED_METHODS = ("pca", "learned")
+EMBED_METHODS = ("given", "pca", "learned")  # featurize reads the given one
 
 
 def timed(cmd: list[str]) -> tuple[float, float]:
@@ -67,6 +67,8 @@ def main() -> None:
             str(work / "data"),
             "--validation",
             str(work / "validate"),
+            "--embedding",
+            str(work / "embed-given"),
             "--out",
             str(work / "features"),
         ],

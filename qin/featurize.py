@@ -75,6 +75,12 @@ def featurize(
     `embed_dir` (its item_emb_d128); without one, the data's own."""
     data_dir, out_dir = Path(data_dir), Path(out_dir)
     require_passed(validation_dir, data_dir)
+    item_path = Path(embed_dir or data_dir) / f"{schema.ITEM_FILE}.parquet"
+    if embed_dir is not None and not item_path.exists():
+        raise FileNotFoundError(
+            f"{item_path}: not found; expected the item table the embed stage writes (run embed first, "
+            "into that folder)"
+        )
     manifest: dict = {"max_len": cfg.max_len, "sources": {}, "arrays": {}}
     with atomic_dir(out_dir) as tmp:
 
@@ -82,7 +88,6 @@ def featurize(
             np.save(tmp / f"{name}.npy", arr)
             manifest["arrays"][name] = {"shape": list(arr.shape), "dtype": str(arr.dtype)}
 
-        item_path = Path(embed_dir or data_dir) / f"{schema.ITEM_FILE}.parquet"
         items = pq.read_table(item_path)
         manifest["sources"][schema.ITEM_FILE] = file_hash(item_path)
         tags = fixed_list(items, schema.TAGS).astype(np.int32)

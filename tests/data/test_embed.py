@@ -10,10 +10,10 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-from qin.config import EmbedConfig, ValidateConfig
+from qin.config import EmbedConfig, FeaturizeConfig, ValidateConfig
 from qin.data import schema
 from qin.embed import ITEMS, REPORT, embed, fit_pca
-from qin.featurize import fixed_list
+from qin.featurize import featurize, fixed_list
 from qin.validate import validate
 
 
@@ -68,9 +68,8 @@ def test_given_keeps_the_shipped_table_and_pca_replaces_only_its_embedding(
     }
     again = embed(data, validation, tmp_path / "again", EmbedConfig(method="pca"))
     assert np.array_equal(_emb(tmp_path / "again"), emb)  # deterministic
-    assert (tmp_path / "pca" / REPORT).exists() and again["explained_variance"] == report[
-        "explained_variance"
-    ]
+    assert (tmp_path / "pca" / REPORT).exists()
+    assert again["explained_variance"] == report["explained_variance"]
 
 
 def test_pca_without_the_items_features_is_refused_by_name(tiny_data: Path, tmp_path: Path) -> None:
@@ -117,3 +116,11 @@ def test_learned_reads_no_label_and_only_the_training_histories(
     }
     assert all(columns == [schema.HISTORY] for name, columns in reads if name == "train.parquet")
     assert report["learned"]["pairs"] > 0 and _emb(tmp_path / "learned").shape[1] == schema.ITEM_EMB_DIM
+
+
+def test_featurize_refuses_an_embed_folder_without_its_item_table(tiny_data: Path, tmp_path: Path) -> None:
+    validate(tiny_data, tmp_path / "validation", ValidateConfig())
+    (tmp_path / "embed").mkdir()
+    with pytest.raises(FileNotFoundError, match=r"embed/item_info.parquet: not found; expected the item"):
+        featurize(tiny_data, tmp_path / "validation", tmp_path / "out", FeaturizeConfig(), tmp_path / "embed")
+    assert not (tmp_path / "out").exists()
