@@ -35,6 +35,7 @@ from qin.io import atomic_dir, write_json
 from qin.validate import require_passed
 
 ITEMS, REPORT = f"{schema.ITEM_FILE}.parquet", "report.json"
+PCA_BLOCK = 8_192  # rows standardised at once (float64) while the covariance is summed
 
 
 @dataclass(frozen=True)
@@ -55,22 +56,27 @@ class Pca:
 
 
 def fit_pca(x: np.ndarray, dim: int) -> Pca:
-    """PCA of `x` (N, D) after standardising each column, from the eigenvectors of the covariance (float64):
-    exact whatever N, at D x D cost. Each component's sign is fixed (its largest entry positive)."""
+    """PCA of `x` (N, D) after standardising each column, from the eigenvectors of the covariance (float64,
+    summed over row blocks): exact whatever N, at D x D memory besides x. Each component's sign is fixed
+    (its largest entry positive)."""
     if x.ndim != 2 or not 1 <= dim <= min(x.shape):
         raise ValueError(f"pca: expected (N, D) features with D, N >= dim = {dim}, found shape {x.shape}")
+    blocks = [x[s : s + PCA_BLOCK] for s in range(0, len(x), PCA_BLOCK)]  # views: no float64 copy of x
     mean = x.mean(axis=0, dtype=np.float64)
-    std = x.std(axis=0, dtype=np.float64)
+    std = np.sqrt(sum(((b - mean) ** 2).sum(axis=0) for b in blocks) / len(x))
     std[std == 0] = 1.0
-    z = (x - mean) / std
-    cov = z.T @ z / max(len(z) - 1, 1)
+    cov = np.zeros((x.shape[1], x.shape[1]))
+    for b in blocks:
+        z = (b - mean) / std
+        cov += z.T @ z
+    cov /= max(len(x) - 1, 1)
     values, vectors = np.linalg.eigh(cov)
     order = np.argsort(values)[::-1][:dim]
     values, vectors = np.clip(values[order], 0, None), vectors[:, order]
     signs = np.sign(vectors[np.abs(vectors).argmax(axis=0), np.arange(dim)])
     vectors = vectors * np.where(signs == 0, 1, signs)
     total = float(np.trace(cov)) or 1.0
-    rms = float(np.sqrt(values.sum() / dim * (len(z) - 1) / len(z))) or 1.0  # the scores' root mean square
+    rms = float(np.sqrt(values.sum() / dim * (len(x) - 1) / len(x))) or 1.0  # the scores' root mean square
     return Pca(mean, std, vectors, values / total, 1.0 / rms)
 
 
