@@ -210,7 +210,11 @@ def test_a_signal_during_an_import_crashes_the_run_not_fails_it(project: Path, p
 
     name = f"signal-in-an-import-{os.getpid()}"
     done = subprocess.run(
-        [sys.executable, "-c", SIGNAL_IN_AN_IMPORT, name], cwd=project, env=_env(project), capture_output=True
+        [sys.executable, "-c", SIGNAL_IN_AN_IMPORT, name],
+        cwd=project,
+        env=_env(project),
+        capture_output=True,
+        timeout=START_WITHIN_S,
     )
     named = FlowRunFilter(name=FlowRunFilterName(any_=[name]))
     with get_client(sync_client=True) as client:
