@@ -35,7 +35,7 @@ from qin.io import atomic_dir, write_json
 from qin.validate import require_passed
 
 ITEMS, REPORT = f"{schema.ITEM_FILE}.parquet", "report.json"
-PCA_BLOCK = 8_192  # rows standardised at once (float64) while the covariance is summed
+PCA_BLOCK = 8_192  # rows centred at once (float64) while the covariance is summed
 
 
 @dataclass(frozen=True)
@@ -61,15 +61,14 @@ def fit_pca(x: np.ndarray, dim: int) -> Pca:
     (its largest entry positive)."""
     if x.ndim != 2 or not 1 <= dim <= min(x.shape):
         raise ValueError(f"pca: expected (N, D) features with D, N >= dim = {dim}, found shape {x.shape}")
-    blocks = [x[s : s + PCA_BLOCK] for s in range(0, len(x), PCA_BLOCK)]  # views: no float64 copy of x
     mean = x.mean(axis=0, dtype=np.float64)
-    std = np.sqrt(sum(((b - mean) ** 2).sum(axis=0) for b in blocks) / len(x))
+    scatter = np.zeros((x.shape[1], x.shape[1]))  # of the centred columns, one pass over row blocks
+    for start in range(0, len(x), PCA_BLOCK):
+        centred = x[start : start + PCA_BLOCK] - mean
+        scatter += centred.T @ centred
+    std = np.sqrt(np.diag(scatter) / len(x))
     std[std == 0] = 1.0
-    cov = np.zeros((x.shape[1], x.shape[1]))
-    for b in blocks:
-        z = (b - mean) / std
-        cov += z.T @ z
-    cov /= max(len(x) - 1, 1)
+    cov = scatter / np.outer(std, std) / max(len(x) - 1, 1)  # the standardised columns' covariance
     values, vectors = np.linalg.eigh(cov)
     order = np.argsort(values)[::-1][:dim]
     values, vectors = np.clip(values[order], 0, None), vectors[:, order]
