@@ -41,6 +41,9 @@ class DataConfig:
     txt_noise: float = 1.5  # txt_emb_BERT (768 dims)
     img_noise: float = 2.0  # img_emb_CLIPRN50 (1024 dims)
     history_noise: float = 0.15  # share of history items drawn by popularity rather than interests
+    # Share of in-interest history items drawn from the interest's niche (one sub-topic of the topic, per
+    # user and interest) rather than from the whole topic: what makes co-occurrence carry sub-topics.
+    history_niche: float = 0.5
     target_from_interest: float = 0.5  # share of targets drawn from the user's interests
     relevance_tau: float = 0.85  # cosine above which a history item is relevant to the target
     w_relevance: float = 3.0  # logit weights: sparse history relevance,
@@ -53,6 +56,10 @@ class DataConfig:
             value = getattr(self, key)
             if not value >= 0:
                 raise ValueError(f"params key 'data.{key}': expected a number >= 0, found {value}")
+        if not 0 <= self.history_niche <= 1:
+            raise ValueError(
+                f"params key 'data.history_niche': expected a number in [0, 1], found {self.history_niche}"
+            )
 
 
 @dataclass(frozen=True)
@@ -77,6 +84,9 @@ class FusionConfig:
     pairs_per_epoch: int = 262_144  # drawn afresh each epoch
     hidden: int = 0  # width of a residual block after the linear map (0: the linear map alone)
     anchor_weight: float = 30.0  # the pull back to the pca solution (qin/fusion.py `_anchor_penalty`)
+    # After training: this share of each item's embedding is replaced by the mean embedding of the items
+    # it co-occurs with (within `window`), count-weighted (qin/fusion.py `propagate`); 0: none.
+    propagation: float = 0.5
     history_rows: int = 200_000  # train rows whose histories it reads (a fixed sample); 0: all
     seed: int = 20242025
 
@@ -104,6 +114,11 @@ class FusionConfig:
         if self.anchor_weight < 0:
             raise ValueError(
                 f"params key 'embed.learned.anchor_weight': expected 0 or more, found {self.anchor_weight}"
+            )
+        if not 0 <= self.propagation <= 1:
+            raise ValueError(
+                "params key 'embed.learned.propagation': expected a number in [0, 1], "
+                f"found {self.propagation}"
             )
 
 

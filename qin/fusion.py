@@ -23,10 +23,17 @@ Anchor: `anchor_weight` * ||V - I||^2 / ||I||^2 is added to the loss. Histories 
 (in the synthetic data: topics, and a third of the pairs cross topics); left free, the map trades the
 PCA's finer structure (sub-topics) for it. The pull keeps what PCA found and lets co-occurrence re-weight.
 
+Propagation: after training, each item's embedding e_i becomes (1 - a) e_i + a * mean_j e_j over the
+items j it co-occurs with (within `window`, weighted by the count of such pairs in the histories read),
+a = `propagation`; an item in no pair keeps its own. The trained map can only re-weight what the features
+say about an item; this step brings in what the behaviour says about it (in the synthetic data, which
+niche sub-topic it belongs to, from users whose histories dwell on one), averaging away much of the
+item's own feature noise where the histories have seen it.
+
 Scale: the loss only sees directions (cosines); the returned embedding is rescaled as a whole so that
-its root-mean-square entry equals that of `features @ start`, keeping the PCA scale. `epochs = 0`
-returns `features @ start` itself (up to float rounding). No label is read: the inputs are features and
-histories only.
+its root-mean-square entry equals that of `features @ start`, keeping the PCA scale. `epochs = 0` with
+`propagation = 0` returns `features @ start` itself (up to float rounding). No label is read: the inputs
+are features and histories only.
 """
 
 from __future__ import annotations
@@ -37,6 +44,7 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow.parquet as pq
+import scipy.sparse as sp
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -147,6 +155,30 @@ def _check(features: np.ndarray, start: np.ndarray, histories: np.ndarray, setti
         )
 
 
+def cooccurrence(histories: np.ndarray, n_items: int, window: int) -> sp.csr_matrix:
+    """(N, N) float32 symmetric counts: entry (i, j) is how often items i + 1 and j + 1 (distinct, not
+    padding) sit at most `window` positions apart in one history row (0: anywhere in the row)."""
+    length = histories.shape[1]
+    reach = min(window, length - 1) if window else length - 1
+    counts = sp.csr_matrix((n_items, n_items), dtype=np.float32)
+    for off in range(1, reach + 1):
+        a, b = histories[:, :-off].ravel(), histories[:, off:].ravel()
+        keep = (a != 0) & (b != 0) & (a != b)
+        a, b = a[keep] - 1, b[keep] - 1
+        once = sp.csr_matrix((np.ones(len(a), np.float32), (a, b)), shape=(n_items, n_items))
+        counts = counts + once + once.T
+    return counts
+
+
+def propagate(emb: np.ndarray, counts: sp.csr_matrix, weight: float) -> np.ndarray:
+    """(N, E) -> (N, E): (1 - weight) * own + weight * the count-weighted mean of the co-occurring items'
+    rows; rows with no co-occurrence stay as they are."""
+    degree = np.asarray(counts.sum(axis=1)).ravel()  # (N,)
+    mean = np.asarray(counts @ emb) / np.maximum(degree, 1.0)[:, None]
+    share = np.where(degree > 0, weight, 0.0)[:, None]
+    return ((1.0 - share) * emb + share * mean).astype(np.float32)
+
+
 def learn_fusion(
     features: np.ndarray, start: np.ndarray, histories: np.ndarray, settings: FusionConfig
 ) -> tuple[np.ndarray, dict]:
@@ -187,9 +219,14 @@ def learn_fusion(
             pairs += len(a)
         losses.append(total / max(batches, 1))
     emb = _embed(model, y)  # (N, E)
+    reached = 0
+    if settings.propagation:
+        counts = cooccurrence(histories, len(features), settings.window)
+        reached = int((counts.getnnz(axis=1) > 0).sum())
+        emb = torch.from_numpy(propagate(emb.numpy(), counts, settings.propagation))
     # One factor for the whole matrix: the PCA embedding's root-mean-square entry, so the stage sees
-    # the same scale whatever the training did to the norms.
-    if settings.epochs:
+    # the same scale whatever the training and the propagation did to the norms.
+    if settings.epochs or settings.propagation:
         ref = y.pow(2).mean().sqrt()
         emb = emb * (ref / emb.pow(2).mean().sqrt().clamp_min(1e-12))
     out = emb.numpy().astype(np.float32, copy=False)
@@ -200,6 +237,7 @@ def learn_fusion(
         "seconds": seconds,
         "pairs_per_second": pairs / seconds if seconds else 0.0,
         "rows": int(histories.shape[0]),
+        "propagated_items": reached,  # items in at least one co-occurring pair (0 without propagation)
     }
     return out, figures
 

@@ -96,6 +96,9 @@ class World:
     topic_mass: np.ndarray  # (C,) share of all popularity that each topic holds
     global_cdf: np.ndarray  # popularity CDF over items 1..N
     interests: np.ndarray  # (U, 3) interest topic per slot; users with fewer interests repeat one
+    niches: np.ndarray  # (U, 3) global sub-topic id of each slot's niche, within that slot's topic
+    sub_cdf: np.ndarray  # per-sub-topic popularity CDFs, concatenated like topic_cdf
+    sub_items: np.ndarray  # item ids sorted by global sub-topic, aligned with sub_cdf
     tags: np.ndarray  # (N+1, 5)
     emb: np.ndarray  # (N+1, 128) float32
     intercept: float
@@ -144,6 +147,9 @@ def _build_world(p: Preset, cfg: DataConfig) -> World:
 
     order = np.argsort(topic_of[1:], kind="stable") + 1
     topic_cdf = _segment_cdf(topic_of[order], pop[order], c)
+    subtopic_of = topic_of * cfg.subtopics + sub_of
+    sub_order = np.argsort(subtopic_of[1:], kind="stable") + 1
+    sub_cdf = _segment_cdf(subtopic_of[sub_order], pop[sub_order], c * cfg.subtopics)
     topic_mass = np.bincount(topic_of[1:], weights=pop[1:], minlength=c) / pop[1:].sum()
     global_cdf = np.cumsum(pop[1:]) / pop[1:].sum()
 
@@ -170,7 +176,10 @@ def _build_world(p: Preset, cfg: DataConfig) -> World:
     urng = _rng(cfg.seed, 1)
     n_int = urng.integers(1, 4, p.n_users)
     topics = urng.integers(0, c, (p.n_users, 3))
-    interests = np.where(np.arange(3)[None, :] < n_int[:, None], topics, topics[:, :1])
+    niche_of = topics * cfg.subtopics + urng.integers(0, cfg.subtopics, (p.n_users, 3))
+    extra = np.arange(3)[None, :] < n_int[:, None]  # slots beyond a user's interests repeat the first
+    interests = np.where(extra, topics, topics[:, :1])
+    niches = np.where(extra, niche_of, niche_of[:, :1])
 
     world = World(
         unit=unit,
@@ -183,10 +192,13 @@ def _build_world(p: Preset, cfg: DataConfig) -> World:
         topic_mass=topic_mass,
         global_cdf=global_cdf,
         interests=interests,
+        niches=niches,
+        sub_cdf=sub_cdf,
+        sub_items=sub_order,
         tags=tags,
         emb=emb,
         intercept=0.0,
-        subtopic_of=topic_of * cfg.subtopics + sub_of,
+        subtopic_of=subtopic_of,
         centre=centre,
         offset=offset,
         residual=residual,
@@ -200,10 +212,17 @@ def _build_world(p: Preset, cfg: DataConfig) -> World:
     return replace(world, intercept=(lo + hi) / 2)
 
 
+def _sample_from_groups(
+    cdf: np.ndarray, items: np.ndarray, groups: np.ndarray, rng: np.random.Generator
+) -> np.ndarray:
+    """One item per entry of `groups`, by popularity within the group (cdf, items: see World)."""
+    pos = np.searchsorted(cdf, groups + rng.random(groups.shape))
+    return items[np.minimum(pos, len(items) - 1)]
+
+
 def _sample_from_topics(world: World, topics: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     """One item per entry of `topics`, by popularity within the topic."""
-    pos = np.searchsorted(world.topic_cdf, topics + rng.random(topics.shape))
-    return world.topic_items[np.minimum(pos, len(world.topic_items) - 1)]
+    return _sample_from_groups(world.topic_cdf, world.topic_items, topics, rng)
 
 
 def _sample_popular(world: World, shape: tuple[int, ...], rng: np.random.Generator) -> np.ndarray:
@@ -212,10 +231,16 @@ def _sample_popular(world: World, shape: tuple[int, ...], rng: np.random.Generat
 
 
 def _histories(world: World, p: Preset, cfg: DataConfig, users: np.ndarray, rng: np.random.Generator):
-    """(n, L) left-padded histories drawn from each user's interests (plus popularity noise)."""
+    """(n, L) left-padded histories drawn from each user's interests: an interest slot, then (with
+    probability history_niche) an item of that slot's niche sub-topic, else of its topic; plus popularity
+    noise."""
     n, length = len(users), p.seq_len
     slot = rng.integers(0, 3, (n, length))
     hist = _sample_from_topics(world, np.take_along_axis(world.interests[users], slot, axis=1), rng)
+    if cfg.history_niche:  # no draw at 0: the rows are then those of a generator without niches
+        niche = rng.random((n, length)) < cfg.history_niche
+        groups = np.take_along_axis(world.niches[users], slot, axis=1)[niche]
+        hist[niche] = _sample_from_groups(world.sub_cdf, world.sub_items, groups, rng)
     noise = rng.random((n, length)) < cfg.history_noise
     hist[noise] = _sample_popular(world, (int(noise.sum()),), rng)
     true_len = rng.integers(max(1, length // 10), length + 1, n)
