@@ -5,8 +5,10 @@ The data model (docs/data.md has the long form):
   topic centre + sub-topic offset + noise. `item_emb_d128` is a noisy random projection of it, so the
   multimodal embedding carries the similarity that a rarely seen item id cannot learn. Tags come from the
   item's topic pool. Popularity is heavy-tailed; likes/views levels follow popularity (and quality).
-- Users have 1-3 interest topics; a history is drawn from them (plus noise), with a true length that
-  varies, left-padded with 0 to the file's fixed length.
+- Users have 1-3 interest topics, each with a niche (one of its sub-topics); a history is drawn from
+  them, half of the in-interest items from the niche (`history_niche`), plus noise, with a true length
+  that varies, left-padded with 0 to the file's fixed length. So which items a history holds together
+  says which sub-topic they share, more sharply than the item features do.
 - The click logit combines (a) the sparse relevance of the target to individual history items,
   sum_s relu(cos(target, item_s) - tau): only near-duplicates (same sub-topic) count, which attention can
   find and mean pooling blurs; (b) pairwise (quadratic) interactions between likes, views and the target's

@@ -45,9 +45,10 @@ def test_output_is_one_float32_row_per_item_of_the_chosen_width() -> None:
     assert figures["seconds"] > 0
 
 
-def test_no_epochs_returns_the_pca_embedding() -> None:
+def test_no_epochs_and_no_propagation_return_the_pca_embedding() -> None:
     features, start, histories, _ = _planted()
-    emb, figures = learn_fusion(features, start, histories, dataclasses.replace(FAST, epochs=0))
+    settings = dataclasses.replace(FAST, epochs=0, propagation=0.0)
+    emb, figures = learn_fusion(features, start, histories, settings)
     np.testing.assert_allclose(emb, features @ start, rtol=1e-5, atol=1e-5)
     assert figures["pairs"] == 0
 
@@ -93,6 +94,44 @@ def test_pairs_are_two_distinct_real_items_of_one_row_within_the_window() -> Non
     assert (np.abs((a0 - 1) % length - (p0 - 1) % length) > window).any()  # 0: the whole row
 
 
+def test_co_occurrence_counts_pairs_within_the_window_both_ways_and_skips_padding_and_repeats() -> None:
+    histories = np.array([[0, 1, 2, 3], [0, 0, 2, 2], [3, 1, 0, 0]], dtype=np.int64)  # ids 1..3
+    counts = fusion.cooccurrence(histories, 3, window=1).toarray()
+    # pairs one apart: (1,2), (2,3) in row 0; (2,2) is a repeat; (3,1) in row 2; padding never counts
+    np.testing.assert_array_equal(counts, [[0, 1, 1], [1, 0, 1], [1, 1, 0]])
+    wide = fusion.cooccurrence(histories, 3, window=0).toarray()  # 0: anywhere in the row
+    np.testing.assert_array_equal(wide, [[0, 1, 2], [1, 0, 1], [2, 1, 0]])
+
+
+def test_propagation_mixes_in_the_count_weighted_mean_of_the_co_occurring_items() -> None:
+    emb = np.array([[1.0, 0.0], [0.0, 1.0], [2.0, 2.0], [5.0, 5.0]], dtype=np.float32)
+    histories = np.array([[1, 2, 0], [1, 3, 1]], dtype=np.int64)  # item 4 never co-occurs
+    counts = fusion.cooccurrence(histories, 4, window=1)  # 1-2 once, 1-3 twice
+    out = fusion.propagate(emb, counts, 0.5)
+    np.testing.assert_allclose(out[0], 0.5 * emb[0] + 0.5 * (emb[1] + 2 * emb[2]) / 3, rtol=1e-6)
+    np.testing.assert_allclose(out[1], 0.5 * emb[1] + 0.5 * emb[0], rtol=1e-6)
+    np.testing.assert_array_equal(out[3], emb[3])
+    # in learn_fusion, after the (here: no) training, and rescaled to the pca embedding's scale
+    features, start, planted, _ = _planted()
+    settings = dataclasses.replace(FAST, epochs=0, propagation=0.5)
+    got, figures = learn_fusion(features, start, planted, settings)
+    want = fusion.propagate(features @ start, fusion.cooccurrence(planted, len(features), FAST.window), 0.5)
+    want *= np.sqrt(np.mean((features @ start) ** 2) / np.mean(want**2))
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)
+    assert figures["propagated_items"] == int(
+        (np.bincount(planted.ravel(), minlength=len(features) + 1)[1:] > 0).sum()
+    )
+
+
+def test_propagation_pulls_items_towards_the_group_their_histories_share() -> None:
+    features, start, histories, group = _planted()
+    settings = dataclasses.replace(FAST, epochs=0, propagation=0.5)
+    emb, _ = learn_fusion(features, start, histories, settings)
+    before = neighbour_agreement(features @ start, group, k=10)
+    after = neighbour_agreement(emb, group, k=10)
+    assert after > before + 0.1, (before, after)
+
+
 def test_histories_of_padding_only_give_no_pairs_and_the_start_back() -> None:
     features, start, _, _ = _planted()
     emb, figures = learn_fusion(features, start, np.zeros((10, 6), np.int64), FAST)
@@ -108,6 +147,8 @@ def test_mismatched_inputs_and_bad_settings_are_refused_by_name() -> None:
         learn_fusion(features, start, histories + len(features), FAST)
     with pytest.raises(ValueError, match=r"params key 'embed\.learned\.temperature'"):
         FusionConfig(temperature=0.0)
+    with pytest.raises(ValueError, match=r"params key 'embed\.learned\.propagation'.*found 1\.5"):
+        FusionConfig(propagation=1.5)
 
 
 def test_read_histories_reads_only_the_history_column(
