@@ -20,8 +20,9 @@ item equal to the true positive is masked, not counted as a negative). Pairs are
 epoch with numpy (no table of all pairs is built): a fixed `pairs_per_epoch`, whatever R and L are.
 
 Anchor: `anchor_weight` * ||V - I||^2 / ||I||^2 is added to the loss. Histories carry what users mix
-(in the synthetic data: topics, and a third of the pairs cross topics); left free, the map trades the
-PCA's finer structure (sub-topics) for it. The pull keeps what PCA found and lets co-occurrence re-weight.
+(in the synthetic data: topics, sub-topics only through niches, and a third of the pairs cross topics);
+left free, the map trades the PCA's finer structure (sub-topics) for it. The pull keeps what PCA found
+and lets co-occurrence re-weight.
 
 Propagation: after training, each item's embedding e_i becomes (1 - a) e_i + a * mean_j e_j over the
 items j it co-occurs with (within `window`, weighted by the count of such pairs in the histories read),
