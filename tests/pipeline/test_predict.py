@@ -73,7 +73,9 @@ def test_qin_predict_writes_the_challenges_submission(
     assert list(submission.columns) == ["ID", "Task2"]
     assert submission["ID"].dtype == np.int64 and submission["Task2"].dtype == np.float64
     assert len(submission) == n and (submission["ID"].to_numpy() == np.arange(n)).all()
-    assert ((submission["Task2"] > 0) & (submission["Task2"] < 1)).all()
+    # probabilities; one within float32's rounding of 1 (a logit above about 16.6: a one-epoch model on the
+    # tiny data gives a few) is written as 1
+    assert submission["Task2"].between(0.0, 1.0).all() and submission["Task2"].nunique() > 100
     # Row i of the submission is row i of test.parquet, scored as a request would be.
     expected = load_package(model).predict_frame(_test_rows(tiny_data))
     np.testing.assert_allclose(submission["Task2"].to_numpy(), expected, rtol=1e-6)
