@@ -35,7 +35,11 @@ class DataConfig:
     seed: int = 20242025
     latent_dim: int = 16  # item latent space
     subtopics: int = 4  # per topic; near-duplicates share a sub-topic
-    emb_noise: float = 0.35  # noise added to the projection that makes item_emb_d128
+    # How item_emb_d128 is made: "pca" as the challenge's organisers did (the item_feature text and image
+    # vectors concatenated and reduced by PCA to 128), or "latent", the generator before item_feature: a
+    # projection of the whole latent vector plus emb_noise, a view that no fusion of the modalities can match.
+    item_emb: Literal["pca", "latent"] = "pca"
+    emb_noise: float = 0.35  # item_emb "latent": noise added to the projection
     # item_feature.parquet's modalities: noise added to each projection (per dimension). The text carries the
     # topic, the image the sub-topic; more noise makes each alone (and their fusion) recover less.
     txt_noise: float = 1.5  # txt_emb_BERT (768 dims)

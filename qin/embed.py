@@ -19,7 +19,6 @@ Output folder:
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -32,51 +31,10 @@ from qin.data import schema
 from qin.data.similarity import concat_unit, neighbour_agreements, read_item_truth
 from qin.featurize import fixed_list
 from qin.io import atomic_dir, write_json
+from qin.pca import fit_pca
 from qin.validate import require_passed
 
 ITEMS, REPORT = f"{schema.ITEM_FILE}.parquet", "report.json"
-PCA_BLOCK = 8_192  # rows centred at once (float64) while the covariance is summed
-
-
-@dataclass(frozen=True)
-class Pca:
-    """A fitted PCA of standardised columns: `transform(x)` = ((x - mean) / std) @ components * scale."""
-
-    mean: np.ndarray  # (D,)
-    std: np.ndarray  # (D,), 1 where a column is constant
-    components: np.ndarray  # (D, dim), orthonormal columns by decreasing variance
-    explained: np.ndarray  # (dim,) share of the standardised variance each component holds
-    scale: float  # makes the scores' root mean square 1
-
-    def standardise(self, x: np.ndarray) -> np.ndarray:
-        return ((x - self.mean) / self.std).astype(np.float32)
-
-    def transform(self, x: np.ndarray) -> np.ndarray:
-        return (self.standardise(x) @ self.components * self.scale).astype(np.float32)
-
-
-def fit_pca(x: np.ndarray, dim: int) -> Pca:
-    """PCA of `x` (N, D) after standardising each column, from the eigenvectors of the covariance (float64,
-    summed over row blocks): exact whatever N, at D x D memory besides x. Each component's sign is fixed
-    (its largest entry positive)."""
-    if x.ndim != 2 or not 1 <= dim <= min(x.shape):
-        raise ValueError(f"pca: expected (N, D) features with D, N >= dim = {dim}, found shape {x.shape}")
-    mean = x.mean(axis=0, dtype=np.float64)
-    scatter = np.zeros((x.shape[1], x.shape[1]))  # of the centred columns, one pass over row blocks
-    for start in range(0, len(x), PCA_BLOCK):
-        centred = x[start : start + PCA_BLOCK] - mean
-        scatter += centred.T @ centred
-    std = np.sqrt(np.diag(scatter) / len(x))
-    std[std == 0] = 1.0
-    cov = scatter / np.outer(std, std) / max(len(x) - 1, 1)  # the standardised columns' covariance
-    values, vectors = np.linalg.eigh(cov)
-    order = np.argsort(values)[::-1][:dim]
-    values, vectors = np.clip(values[order], 0, None), vectors[:, order]
-    signs = np.sign(vectors[np.abs(vectors).argmax(axis=0), np.arange(dim)])
-    vectors = vectors * np.where(signs == 0, 1, signs)
-    total = float(np.trace(cov)) or 1.0
-    rms = float(np.sqrt(values.sum() / dim * (len(x) - 1) / len(x))) or 1.0  # the scores' root mean square
-    return Pca(mean, std, vectors, values / total, 1.0 / rms)
 
 
 def embed(data_dir: str | Path, validation_dir: str | Path, out_dir: str | Path, cfg: EmbedConfig) -> dict:

@@ -30,6 +30,7 @@ bytes on every run, and rows are generated in chunks to bound memory.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
@@ -41,6 +42,7 @@ from qin.config import DataConfig
 from qin.data import schema
 from qin.io import atomic_dir, write_json
 from qin.metrics import roc_auc
+from qin.pca import pca_from_scatter
 
 
 @dataclass(frozen=True)
@@ -170,10 +172,10 @@ def _build_world(p: Preset, cfg: DataConfig) -> World:
     tags[np.arange(schema.TAGS_PER_ITEM)[None, :] >= n_tags[:, None]] = 0
     tags[0] = 0
 
-    proj = rng.standard_normal((k, schema.ITEM_EMB_DIM)) / np.sqrt(k)
-    noise = cfg.emb_noise * rng.standard_normal((n + 1, schema.ITEM_EMB_DIM))
-    emb = (latent @ proj + noise).astype(np.float32)
-    emb[0] = 0.0
+    emb = np.zeros((n + 1, schema.ITEM_EMB_DIM), dtype=np.float32)  # "pca": filled in below
+    if cfg.item_emb == "latent":  # the last draws from this stream: "pca" leaves every other file unchanged
+        proj = rng.standard_normal((k, schema.ITEM_EMB_DIM)) / np.sqrt(k)
+        emb[1:] = latent[1:] @ proj + cfg.emb_noise * rng.standard_normal((n + 1, schema.ITEM_EMB_DIM))[1:]
 
     urng = _rng(cfg.seed, 1)
     n_int = urng.integers(1, 4, p.n_users)
@@ -205,6 +207,8 @@ def _build_world(p: Preset, cfg: DataConfig) -> World:
         offset=offset,
         residual=residual,
     )
+    if cfg.item_emb == "pca":
+        emb[1:] = _organisers_emb(world, cfg)
     # Calibrate the intercept on a probe sample so that the positive rate is about cfg.positive_rate.
     logit = _logit_parts(world, cfg, _rows(world, p, cfg, _rng(cfg.seed, 2), 20_000))
     lo, hi = -20.0, 20.0
@@ -404,36 +408,69 @@ def _titles(world: World, rng: np.random.Generator) -> list[str]:
     return [" ".join(words[row[:m]]) for row, m in zip(token, length.tolist(), strict=True)]
 
 
-def _write_item_feature(world: World, cfg: DataConfig, path: Path) -> None:
-    """item_feature.parquet: items 1..N with a title, tags, levels and two modality vectors.
+def _feature_projections(cfg: DataConfig, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """The text's and the image's random projections of the latent space: the first draws of (seed, 20)."""
+    k = cfg.latent_dim
+    return (
+        rng.standard_normal((k, schema.TXT_EMB_DIM)) / np.sqrt(k),
+        rng.standard_normal((k, schema.IMG_EMB_DIM)) / np.sqrt(k),
+    )
+
+
+def _modalities(world: World, cfg: DataConfig) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """(ids, text (n, 768), image (n, 1024)) of items 1..N, FEATURE_CHUNK_ITEMS at a time.
 
     Each modality is a random projection of part of the latent vector plus noise: the text of the topic
     centre (+ TEXT_OFFSET_SHARE of the sub-topic offset), the image of the offset + the residual, so the
     text tells topics apart, the image sub-topics within them (noisily), and both together do best. Drawn
-    from their own streams (seed, 20) and (seed, 21, chunk): the other files do not depend on them.
+    from their own streams (seed, 20) and (seed, 21, chunk), the same on every call.
     """
-    rng = _rng(cfg.seed, 20)
-    k = cfg.latent_dim
-    txt_proj = rng.standard_normal((k, schema.TXT_EMB_DIM)) / np.sqrt(k)
-    img_proj = rng.standard_normal((k, schema.IMG_EMB_DIM)) / np.sqrt(k)
-    titles = _titles(world, rng)
+    txt_proj, img_proj = _feature_projections(cfg, _rng(cfg.seed, 20))
     n = len(world.topic_of) - 1
+    for chunk, start in enumerate(range(1, n + 1, FEATURE_CHUNK_ITEMS)):
+        ids = np.arange(start, min(n + 1, start + FEATURE_CHUNK_ITEMS))
+        noise = _rng(cfg.seed, 21, chunk)
+        txt = (world.centre[ids] + TEXT_OFFSET_SHARE * world.offset[ids]) @ txt_proj
+        txt += cfg.txt_noise * noise.standard_normal(txt.shape)
+        img = (world.offset[ids] + world.residual[ids]) @ img_proj
+        img += cfg.img_noise * noise.standard_normal(img.shape)
+        yield ids, txt.astype(np.float32), img.astype(np.float32)
+
+
+def _organisers_emb(world: World, cfg: DataConfig) -> np.ndarray:
+    """item_emb_d128 of items 1..N as the challenge's organisers made it: the text and image vectors
+    concatenated and reduced by PCA to 128 (centred, not standardised; scores scaled to a root mean square
+    of 1). Two passes over the modalities' chunks, so memory stays at one chunk and a D x D matrix."""
+    n, dim = len(world.topic_of) - 1, schema.TXT_EMB_DIM + schema.IMG_EMB_DIM
+    total, gram = np.zeros(dim), np.zeros((dim, dim))
+    for _, txt, img in _modalities(world, cfg):
+        x = np.concatenate([txt, img], axis=1).astype(np.float64)
+        total += x.sum(axis=0)
+        gram += x.T @ x
+    mean = total / n
+    pca = pca_from_scatter(mean, gram - n * np.outer(mean, mean), n, schema.ITEM_EMB_DIM, standardise=False)
+    return np.concatenate(
+        [pca.transform(np.concatenate([t, i], axis=1)) for _, t, i in _modalities(world, cfg)]
+    )
+
+
+def _write_item_feature(world: World, cfg: DataConfig, path: Path) -> None:
+    """item_feature.parquet: items 1..N with a title, tags, levels and the two modality vectors
+    (`_modalities`)."""
+    rng = _rng(cfg.seed, 20)
+    _feature_projections(cfg, rng)  # drawn first on this stream; the titles come after them
+    titles = _titles(world, rng)
     with pq.ParquetWriter(path, schema.FEATURE_SCHEMA) as writer:
-        for chunk, start in enumerate(range(1, n + 1, FEATURE_CHUNK_ITEMS)):
-            ids = np.arange(start, min(n + 1, start + FEATURE_CHUNK_ITEMS))
-            noise = _rng(cfg.seed, 21, chunk)
-            txt = (world.centre[ids] + TEXT_OFFSET_SHARE * world.offset[ids]) @ txt_proj
-            txt += cfg.txt_noise * noise.standard_normal(txt.shape)
-            img = (world.offset[ids] + world.residual[ids]) @ img_proj
-            img += cfg.img_noise * noise.standard_normal(img.shape)
+        for ids, txt, img in _modalities(world, cfg):
+            start = int(ids[0])
             cols = {
                 schema.TARGET: pa.array(ids),
                 schema.TITLE: pa.array(titles[start - 1 : ids[-1]], pa.string()),
                 schema.TAGS: _list_array(world.tags[ids], pa.int64()),
                 schema.LEVELS[0]: pa.array(world.likes[ids]),
                 schema.LEVELS[1]: pa.array(world.views[ids]),
-                schema.TXT_EMB: _list_array(txt.astype(np.float32), pa.float32()),
-                schema.IMG_EMB: _list_array(img.astype(np.float32), pa.float32()),
+                schema.TXT_EMB: _list_array(txt, pa.float32()),
+                schema.IMG_EMB: _list_array(img, pa.float32()),
             }
             writer.write_table(pa.table(cols).select(schema.FEATURE_SCHEMA.names).cast(schema.FEATURE_SCHEMA))
 

@@ -1,9 +1,11 @@
 """item_feature.parquet from the generator: the challenge's schema, two modality vectors that each carry part
-of the planted item structure (their fusion recovers it best), drawn so that the other files do not change."""
+of the planted item structure (their fusion recovers it best), drawn so that the rows do not change; the
+shipped item_emb_d128 is their PCA, as the organisers made it."""
 
 from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
@@ -11,6 +13,7 @@ from qin.config import DataConfig
 from qin.data import schema
 from qin.data.similarity import concat_unit, neighbour_agreement, neighbour_agreements, read_item_truth
 from qin.data.synth import PRESETS, synthesize
+from qin.featurize import fixed_list
 from qin.io import file_hash
 
 
@@ -48,16 +51,22 @@ def test_item_truth_names_each_items_topic_and_subtopic(tiny_data: Path) -> None
     np.testing.assert_allclose(np.linalg.norm(truth["latent"], axis=1), 1.0, rtol=1e-5)
 
 
-def test_the_modality_settings_change_item_feature_and_nothing_else(tmp_path: Path, tiny_data: Path) -> None:
+def _without_emb(data: Path) -> pa.Table:
+    return pq.read_table(data / "item_info.parquet").drop([schema.ITEM_EMB])
+
+
+def test_the_modality_settings_change_item_feature_and_the_shipped_embedding_only(
+    tmp_path: Path, tiny_data: Path
+) -> None:
     out = tmp_path / "noisier"
     synthesize(out, DataConfig(preset="tiny", seed=7, txt_noise=3.0, img_noise=0.5))
     for name in [
-        *(f"{n}.parquet" for n in schema.FILES),
+        *(f"{n}.parquet" for n in schema.SPLITS),
         schema.truth_file("valid"),
         schema.truth_file("test"),
+        schema.ITEM_TRUTH_FILE,
     ]:
         assert file_hash(out / name) == file_hash(tiny_data / name), name
-    assert file_hash(out / schema.ITEM_TRUTH_FILE) == file_hash(tiny_data / schema.ITEM_TRUTH_FILE)
     assert file_hash(out / "item_feature.parquet") != file_hash(tiny_data / "item_feature.parquet")
     ours, theirs = (
         pq.read_table(out / "item_feature.parquet"),
@@ -65,6 +74,40 @@ def test_the_modality_settings_change_item_feature_and_nothing_else(tmp_path: Pa
     )
     assert ours.select(["item_id", "item_title", "item_tags", *schema.LEVELS]).equals(
         theirs.select(["item_id", "item_title", "item_tags", *schema.LEVELS])
+    )
+    # item_emb_d128 is made from the modalities, so it changes with them; the rest of item_info does not.
+    assert _without_emb(out).equals(_without_emb(tiny_data))
+    assert not np.array_equal(_shipped(out), _shipped(tiny_data))
+
+
+def _shipped(data: Path) -> np.ndarray:
+    return fixed_list(pq.read_table(data / "item_info.parquet"), schema.ITEM_EMB)
+
+
+def test_the_shipped_embedding_is_the_organisers_pca_of_text_and_image(tiny_data: Path) -> None:
+    both = np.concatenate([_vectors(tiny_data, schema.TXT_EMB), _vectors(tiny_data, schema.IMG_EMB)], axis=1)
+    # An independent PCA (SVD of the centred concatenation, not standardised), signs aligned per component.
+    centred = both.astype(np.float64) - both.mean(axis=0)
+    u, s, _ = np.linalg.svd(centred, full_matrices=False)
+    scores = u[:, : schema.ITEM_EMB_DIM] * s[: schema.ITEM_EMB_DIM]
+    scores /= np.sqrt((scores**2).mean())
+    shipped = _shipped(tiny_data)
+    assert not shipped[0].any()  # the padding row
+    signs = np.sign((scores * shipped[1:]).sum(axis=0))
+    np.testing.assert_allclose(shipped[1:], scores * signs, atol=2e-4)
+
+
+def test_latent_item_emb_is_a_view_the_modalities_do_not_make(tmp_path: Path) -> None:
+    """item_emb "latent" (the generator before item_feature): a projection of the latent vector, so the
+    modality settings leave item_info as it is, and it tells sub-topics apart better than the fusion."""
+    a, b = tmp_path / "a", tmp_path / "b"
+    synthesize(a, DataConfig(preset="tiny", seed=7, item_emb="latent"))
+    synthesize(b, DataConfig(preset="tiny", seed=7, item_emb="latent", txt_noise=3.0, img_noise=0.5))
+    assert file_hash(a / "item_info.parquet") == file_hash(b / "item_info.parquet")
+    truth = read_item_truth(a)
+    fused = concat_unit(_vectors(a, schema.TXT_EMB), _vectors(a, schema.IMG_EMB))
+    assert neighbour_agreement(_shipped(a)[1:], truth["subtopic"]) > neighbour_agreement(
+        fused, truth["subtopic"]
     )
 
 
