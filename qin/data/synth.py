@@ -2,8 +2,10 @@
 
 The data model (docs/data.md has the long form):
 - Items live in a latent space: topics, each split into sub-topics; an item's latent vector is its
-  topic centre + sub-topic offset + noise. `item_emb_d128` is a noisy random projection of it, so the
-  multimodal embedding carries the similarity that a rarely seen item id cannot learn. Tags come from the
+  topic centre + sub-topic offset + noise. `item_emb_d128` is the PCA of item_feature's text and image
+  vectors (below), as the challenge's organisers made it, so the multimodal embedding carries the
+  similarity that a rarely seen item id cannot learn (`item_emb: latent`: a noisy random projection of the
+  latent vector instead, the generator before item_feature). Tags come from the
   item's topic pool. Popularity is heavy-tailed; likes/views levels follow popularity (and quality).
 - Users have 1-3 interest topics, each with a niche (one of its sub-topics); a history is drawn from
   them, half of the in-interest items from the niche (`history_niche`), plus noise, with a true length

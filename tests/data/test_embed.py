@@ -12,8 +12,9 @@ import pytest
 
 from qin.config import EmbedConfig, FeaturizeConfig, ValidateConfig
 from qin.data import schema
-from qin.embed import ITEMS, REPORT, embed, fit_pca
+from qin.embed import ITEMS, REPORT, embed
 from qin.featurize import featurize, fixed_list
+from qin.pca import fit_pca
 from qin.validate import validate
 
 
