@@ -23,6 +23,7 @@ def test_repo_params_load_and_match_the_dataclasses(tmp_path: Path) -> None:
         ("train: {precision: fp16}", "'train.precision': expected one of ['auto', 'fp32', 'bf16']"),
         ("train: {model: {batch_norm: 1}}", "'train.model.batch_norm': expected true or false"),
         ("training: {}", "'training' is not a setting"),
+        ("data: {item_emb: given}", "'data.item_emb': expected one of ['pca', 'latent'], found 'given'"),
         ("deploy: {limit: 2}", "'deploy.limit' is not a setting; allowed keys under 'deploy'"),
         (
             "deploy: {collision_strategy: enqueue}",
