@@ -523,7 +523,8 @@ def synthesize(out: str | Path, cfg: DataConfig) -> dict:
                 summary["valid_oracle_auc"] = roc_auc(labels, prob)
                 bound = no_history_scores(world, p, cfg, rows, _rng(cfg.seed, 3))
                 summary["valid_no_history_auc"] = roc_auc(labels, bound)
-        # Last, from streams of its own: the files above are the same bytes with or without it.
+        # Last, from streams of its own, so the rows above are the same bytes with or without it (item_info
+        # holds their PCA, made from the same draws in _build_world).
         _write_item_feature(world, cfg, tmp / f"{schema.FEATURE_FILE}.parquet")
         pq.write_table(_item_truth(world), tmp / schema.ITEM_TRUTH_FILE)
         write_json(tmp / "synth.json", summary)
