@@ -20,7 +20,8 @@ export PATH := $(CURDIR)/$(BIN):$(PATH)
 
 PREFECT_POOL ?= qin-pool
 
-.PHONY: install run test lint data repro serve worker promote predict ui clean stack postgres integration-test
+.PHONY: install run test lint data repro serve worker promote predict ui clean stack postgres integration-test \
+	gpu-wheels gpu-rehearsal
 
 install: $(STAMP)
 
@@ -138,6 +139,23 @@ postgres: $(STAMP)
 
 clean:
 	rm -rf artifacts metrics
+
+# ---- The GPU check (bench/gpu_check.sh; README "The GPU check") ------------------------------------------
+# The wheels the GPU image lacks (bench/gpu-wheels.txt), for its Python 3.12 on manylinux x86-64, into
+# .gpu-wheels/ (git-ignored; carried with the tree to the GPU machine, 64 MiB at most).
+GPU_PLATFORMS := $(foreach n,manylinux_2_28 manylinux_2_27 manylinux_2_17 manylinux2014 manylinux1,--platform $(n)_x86_64)
+gpu-wheels: $(STAMP)
+	@mkdir -p .gpu-wheels
+	@reqs=$$(grep -v '^\s*#' bench/gpu-wheels.txt | grep -v '^\s*$$' || true); \
+	if [ -n "$$reqs" ]; then $(BIN)/pip download --quiet --disable-pip-version-check --no-deps \
+		--only-binary=:all: --python-version 3.12 --implementation cp $(GPU_PLATFORMS) -d .gpu-wheels $$reqs; \
+	else echo "bench/gpu-wheels.txt names no wheel: the GPU image has every package the check imports"; fi
+	@du -sh .gpu-wheels
+
+# The GPU check rehearsed on the CPU at tiny sizes, and every module its phases import checked against the
+# GPU image's packages (README) and .gpu-wheels/.
+gpu-rehearsal: $(STAMP)
+	PYTHON=$(BIN)/python bench/gpu_check.sh --device cpu --check-imports --out .gpu-check/cpu
 
 # ---- The team stack in containers: docker/compose.yaml, one image (docker/Dockerfile) ------------------
 # `make up` writes docker/.env with generated passwords when it is missing (plain $(PYTHON): flows/stack.py's

@@ -5,16 +5,22 @@ item, a 128-wide multimodal vector; histories of random length, left-padded):
     paper  embedding 128, 4 QNN layers x 4 rows, attention 768, history 64, batch 8192 (31.2M parameters)
     small  embedding 32, 2 layers x 2 rows, history 32, batch 1024 (the `cpu` preset's model)
 Each measurement runs in its own process (clean peak memory): a training step is the trainer's own
-(qin.train.gather + Trainer.step: batch gathered by index, autocast, loss + L2, backward, clipping, Adam);
-scoring is the model package's Scorer.predict. Reported: samples/s as the median of --reps timed
-repetitions with min-max, peak memory (RSS on CPU, torch.cuda.max_memory_allocated on GPU), and the
-fraction of the compute limit: analytic matmul FLOPs per sample (training = 3x the forward) x samples/s
-over the FLOP/s this device reaches on the QNN's matmul in the same dtype.
+(the batch gathered by index as qin.train does it, then Trainer.step: autocast, loss + L2, backward,
+clipping, Adam); scoring is the production path, `qin predict`'s and serving's: a frozen model package's
+Scorer.predict from host arrays, in qin.inference.SCORING_PRECISION. Reported: samples/s as the median of
+--reps timed repetitions with min-max, peak memory (RSS on CPU, torch.cuda.max_memory_allocated on GPU), and
+the fraction of the compute limit: analytic matmul FLOPs per sample (training = 3x the forward) x samples/s
+over the FLOP/s this device reaches on the QNN's matmul in the same dtype (%mm), and over its measured bf16
+matmul rate on large square matrices (%bf16).
+
+On CUDA the rows are either resident on the GPU (--placements device, what `data_placement: auto` does
+when they fit) or gathered on the host into pinned memory one batch ahead (host, `data_placement: host`).
 
     python bench/throughput.py                                  # both configs, CPU (+ CUDA when present)
     python bench/throughput.py --configs small --precision fp32 --threads 1
     python bench/throughput.py --attention-order reference --no-distinct   # the textbook order
     python bench/throughput.py --compile
+    python bench/throughput.py --devices cuda --placements device host
 
 Targets (issue 5, CPU, 2 cores): paper >= 1,300 samples/s training, small >= 11,000 (FuxiCTR: 326, 2,800).
 """
@@ -55,6 +61,14 @@ def forward_flops(cfg, history: int, distinct_per_row: float) -> dict[str, float
         "QNN": cfg.num_layers * 2 * d * cfg.num_row * d,
         "head": 2 * d,
     }
+
+
+def bf16_peak(device) -> float:
+    """The bf16 matmul FLOP/s this device reaches on large square matrices (8192 on CUDA, 2048 on CPU)."""
+    import torch
+
+    n = 8192 if device.type == "cuda" else 2048
+    return matmul_flops(device, torch.bfloat16, n, n, n, reps=10 if device.type == "cuda" else 2)
 
 
 def matmul_flops(device, dtype, rows: int, width: int, out: int, reps: int = 5) -> float:
@@ -106,7 +120,7 @@ def measure(args: argparse.Namespace) -> dict:
     from qin.models import build_model
     from qin.models.blocks import FeatureSpec, ItemEncoder
     from qin.models.qin import QINConfig
-    from qin.train import Trainer, gather
+    from qin.train import Trainer, host_rows, on_device, prefetch
 
     runtime.set_threads(args.threads)
     device = torch.device(args.device)
@@ -130,8 +144,10 @@ def measure(args: argparse.Namespace) -> dict:
     model = build_model(model_cfg, spec, tags, emb).to(device)
     trainer = Trainer(model, cfg, device)
     pool = 4 * batch
-    cols = {k: v.to(device) for k, v in random_rows(pool, history, seed=2).items()}
-    perm = torch.randperm(pool, generator=g).to(device)
+    resident = args.placement == "device" or device.type != "cuda"
+    held = device if resident else torch.device("cpu")
+    cols = {k: v.to(held) for k, v in random_rows(pool, history, seed=2).items()}
+    perm = torch.randperm(pool, generator=g).to(held)
 
     with torch.no_grad():  # distinct items per batch, for the FLOP count
         ids = torch.cat([cols["item_id"][:batch, None], cols["item_seq"][:batch]], 1)
@@ -139,9 +155,11 @@ def measure(args: argparse.Namespace) -> dict:
     flops = forward_flops(model_cfg, history, distinct / batch)
 
     def train_steps(k: int) -> None:
-        for s in range(k):
-            rows = perm[(s % 4) * batch : (s % 4 + 1) * batch]
-            trainer.step(gather(cols, rows, device))
+        def load(s: int) -> dict:  # as qin.train's epoch loop: pinned and one batch ahead when host-held
+            return host_rows(cols, perm[(s % 4) * batch : (s % 4 + 1) * batch], pin=not resident)
+
+        for rows in prefetch(range(k), load, ahead=not resident):
+            trainer.step(on_device(rows, device))
         sync(device)
 
     if device.type == "cuda":
@@ -163,24 +181,28 @@ def measure(args: argparse.Namespace) -> dict:
         train_times.append(time.perf_counter() - t)
     train_peak = peak_memory(device)
 
+    # Scoring as `qin predict` and serving do it: a frozen scorer (the item table encoded once) fed from host
+    # arrays, in the one scoring precision.
     eval_rows = {k: v.cpu().numpy() for k, v in cols.items() if k != "label"}
-    scorer = Scorer(model, history, N_ITEMS, device)
+    scorer = Scorer(model, history, N_ITEMS, device, frozen=True)
+    scorer.predict(eval_rows, args.eval_batch)
     eval_times = []
-    with runtime.autocast(device, trainer.dtype):
-        scorer.predict(eval_rows, args.eval_batch)
-        for _ in range(args.reps):
-            t = time.perf_counter()
-            for _ in range(args.eval_passes):
-                scorer.predict(eval_rows, args.eval_batch)
-            eval_times.append(time.perf_counter() - t)
+    for _ in range(args.reps):
+        t = time.perf_counter()
+        for _ in range(args.eval_passes):
+            scorer.predict(eval_rows, args.eval_batch)
+        sync(device)
+        eval_times.append(time.perf_counter() - t)
     dtype = trainer.dtype or torch.float32
     d = 2 * model_cfg.embedding_dim + 6 * model_cfg.embedding_dim
     return {
         "config": args.config,
         "device": device.type,
         "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else cpu_name(),
+        "placement": "device" if resident else "host",
         "threads": torch.get_num_threads(),
         "precision": runtime.precision_name(trainer.dtype),
+        "score_precision": runtime.precision_name(scorer.dtype),
         "attention_order": args.attention_order,
         "distinct": not args.no_distinct,
         "compile": args.compile,
@@ -191,6 +213,7 @@ def measure(args: argparse.Namespace) -> dict:
         "peak_gb": train_peak,
         "forward_flops": flops,
         "matmul_flops": matmul_flops(device, dtype, batch, d, model_cfg.num_row * d),
+        "bf16_peak_flops": bf16_peak(device),
     }
 
 
@@ -216,6 +239,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--configs", nargs="+", default=list(CONFIGS), choices=list(CONFIGS))
     parser.add_argument("--devices", nargs="+", default=None, help="default: cpu, and cuda when present")
+    where = "CUDA: rows resident on the GPU (device) or pinned on the host, one batch ahead"
+    parser.add_argument("--placements", nargs="+", default=["device"], choices=["device", "host"], help=where)
     parser.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16"])
     parser.add_argument("--attention-order", default="fused", choices=["fused", "reference"])
     parser.add_argument("--no-distinct", action="store_true", help="encode every history position")
@@ -232,6 +257,7 @@ def main() -> None:
     parser.add_argument("--one", action="store_true", help=argparse.SUPPRESS)  # a single measurement
     parser.add_argument("--config", help=argparse.SUPPRESS)
     parser.add_argument("--device", help=argparse.SUPPRESS)
+    parser.add_argument("--placement", default="device", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.one:
         from qin import runtime
@@ -246,50 +272,61 @@ def main() -> None:
 
     devices = args.devices or ["cpu", *(["cuda"] if torch.cuda.is_available() else [])]
     results = []
-    for config in args.configs:
-        for device in devices:
-            cmd = [sys.executable, __file__, "--one", "--config", config, "--device", device,
-                   "--precision", args.precision, "--attention-order", args.attention_order,
-                   "--threads", str(args.threads), "--reps", str(args.reps), "--warmup", str(args.warmup),
-                   "--eval-batch", str(args.eval_batch)]  # fmt: skip
-            cmd += ["--steps", str(args.steps)] if args.steps else []
-            cmd += ["--eval-passes", str(args.eval_passes)] if args.eval_passes else []
-            cmd += ["--compile"] if args.compile else []
-            cmd += ["--no-distinct"] if args.no_distinct else []
-            cmd += ["--no-reuse-memory"] if args.no_reuse_memory else []
-            cmd += ["--profile"] if args.profile else []
-            out = subprocess.run(cmd, capture_output=True, text=True)
-            if out.returncode != 0:
-                sys.exit(f"{config} on {device} failed:\n{out.stderr[-4000:]}")
-            if args.profile:
-                print(out.stderr, file=sys.stderr)
-            results.append(json.loads(out.stdout.strip().splitlines()[-1]))
-            print(f"measured {config} on {device}", file=sys.stderr, flush=True)
+    runs = [
+        (c, d, p)
+        for c in args.configs
+        for d in devices
+        for p in (args.placements if d == "cuda" else ["device"])
+    ]
+    for config, device, placement in runs:
+        cmd = [sys.executable, __file__, "--one", "--config", config, "--device", device,
+               "--placement", placement, "--precision", args.precision,
+               "--attention-order", args.attention_order, "--threads", str(args.threads),
+               "--reps", str(args.reps), "--warmup", str(args.warmup),
+               "--eval-batch", str(args.eval_batch)]  # fmt: skip
+        cmd += ["--steps", str(args.steps)] if args.steps else []
+        cmd += ["--eval-passes", str(args.eval_passes)] if args.eval_passes else []
+        cmd += ["--compile"] if args.compile else []
+        cmd += ["--no-distinct"] if args.no_distinct else []
+        cmd += ["--no-reuse-memory"] if args.no_reuse_memory else []
+        cmd += ["--profile"] if args.profile else []
+        out = subprocess.run(cmd, capture_output=True, text=True)
+        if out.returncode != 0:
+            sys.exit(f"{config} on {device} ({placement}) failed:\n{out.stderr[-4000:]}")
+        if args.profile:
+            print(out.stderr, file=sys.stderr)
+        results.append(json.loads(out.stdout.strip().splitlines()[-1]))
+        print(f"measured {config} on {device} ({placement})", file=sys.stderr, flush=True)
+        if args.json:  # after each measurement: a run cut short still reports what it measured
+            args.json.write_text(json.dumps(results, indent=2) + "\n")
     print_table(results)
-    if args.json:
-        args.json.write_text(json.dumps(results, indent=2) + "\n")
 
 
 def print_table(results: list[dict]) -> None:
-    print(f"{'config':<6} {'device':<6} {'thr':>3} {'prec':<4} {'attn':<5} {'train samples/s (min-max)':>26} "
-          f"{'eval samples/s (min-max)':>27} {'peak GB':>7} {'MFLOP/row':>9} {'matmul TFLOP/s':>14} "
-          f"{'train %peak':>11} {'eval %peak':>10}")  # fmt: skip
+    print(f"{'config':<6} {'device':<6} {'rows on':<7} {'thr':>3} {'prec':<4} {'attn':<5} "
+          f"{'train samples/s (min-max)':>26} {'score rows/s (min-max)':>25} {'peak GB':>7} "
+          f"{'MFLOP/row':>9} {'mm TFLOP/s':>10} {'bf16 TFLOP/s':>12} {'train %mm':>9} {'%bf16':>6} "
+          f"{'score %bf16':>11}")  # fmt: skip
     for r in results:
         fwd = sum(r["forward_flops"].values())
         tr, ev = statistics.median(r["train"]), statistics.median(r["eval"])
         train_s = f"{tr:,.0f} ({min(r['train']):,.0f}-{max(r['train']):,.0f})"
         eval_s = f"{ev:,.0f} ({min(r['eval']):,.0f}-{max(r['eval']):,.0f})"
-        train_pct = 100 * 3 * fwd * tr / r["matmul_flops"]
-        eval_pct = 100 * fwd * ev / r["matmul_flops"]
-        print(f"{r['config']:<6} {r['device']:<6} {r['threads']:>3} {r['precision']:<4} "
-              f"{r['attention_order'][:5]:<5} {train_s:>26} {eval_s:>27} {r['peak_gb']:7.2f} "
-              f"{fwd / 1e6:9.1f} {r['matmul_flops'] / 1e12:14.3f} {train_pct:10.1f}% "
-              f"{eval_pct:9.1f}%")  # fmt: skip
+        train_mm = 100 * 3 * fwd * tr / r["matmul_flops"]
+        train_bf16 = 100 * 3 * fwd * tr / r["bf16_peak_flops"]
+        eval_bf16 = 100 * fwd * ev / r["bf16_peak_flops"]
+        print(f"{r['config']:<6} {r['device']:<6} {r['placement']:<7} {r['threads']:>3} {r['precision']:<4} "
+              f"{r['attention_order'][:5]:<5} {train_s:>26} {eval_s:>25} {r['peak_gb']:7.2f} "
+              f"{fwd / 1e6:9.1f} {r['matmul_flops'] / 1e12:10.3f} {r['bf16_peak_flops'] / 1e12:12.3f} "
+              f"{train_mm:8.1f}% {train_bf16:5.1f}% {eval_bf16:10.2f}%")  # fmt: skip
     for r in results:
         blocks = ", ".join(f"{k} {v / 1e6:.2f}" for k, v in r["forward_flops"].items())
         on = {True: "on", False: "off"}
         switches = f"distinct-item encoding {on[r['distinct']]}, compile {on[r['compile']]}"
-        print(f"{r['config']} on {r['device_name']}: {switches}; forward MFLOP per row: {blocks}")
+        print(
+            f"{r['config']} on {r['device_name']}: {switches}; scoring {r['score_precision']}, frozen item "
+            f"table, from host arrays; forward MFLOP per row: {blocks}"
+        )
 
 
 if __name__ == "__main__":

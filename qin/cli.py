@@ -27,7 +27,7 @@ def _synth(args: argparse.Namespace, params: Params) -> None:
         preset=args.preset or params.data.preset,
         seed=params.data.seed if args.seed is None else args.seed,
     )
-    s = synthesize(args.out, cfg)
+    s = synthesize(args.out, cfg, workers=args.workers)
     print(
         f"wrote {args.out}/: preset {cfg.preset}, seed {cfg.seed}; train positive rate "
         f"{s['train_positive_rate']:.3f}; valid AUC bounds: oracle {s['valid_oracle_auc']:.4f}, "
@@ -168,6 +168,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, default=layout.DATA)
     p.add_argument("--preset", choices=["tiny", "small", "full"], help="default: params data.preset")
     p.add_argument("--seed", type=int, help="default: params data.seed")
+    p.add_argument("--workers", type=int, default=1, help="processes generating the rows (the same bytes)")
     p.add_argument("--no-dvc", action="store_true", help="do not run `dvc add` on the output")
     p.set_defaults(fn=_synth)
     p = data_sub.add_parser("import", help="copy the real challenge files (four parquet files) into data/")

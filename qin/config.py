@@ -187,8 +187,11 @@ class TrainConfig:
     patience: int
     seed: int
     device: Literal["auto", "cpu", "cuda"]
-    # Save a resumable checkpoint every this many steps (and at every epoch end).
+    # A resumable checkpoint at every epoch end, and within an epoch when `checkpoint_seconds` have passed
+    # since the last one, looked at every `checkpoint_every` steps (0: never within an epoch). Under torchrun
+    # process 0 looks at the clock and tells the others, so no process waits on the others at every step.
     checkpoint_every: int
+    checkpoint_seconds: float
     # Matmuls in bfloat16 under autocast (weights, optimizer and losses stay float32). auto: bf16 on a CUDA
     # GPU that supports it and on a CPU with native bf16 dot products (AVX512-BF16 or AMX), where training
     # measured 2.7x (paper) and 1.4x (cpu preset) faster than fp32 (bench/throughput.py); fp32 elsewhere.
@@ -200,6 +203,13 @@ class TrainConfig:
     # CPU (glibc): keep the memory a step frees for the next step instead of returning it to the system and
     # faulting it in again: faster at large batches, but the heap's fragmentation raises the peak RSS.
     reuse_memory: bool
+    # CUDA: where the training rows live. auto: on the GPU when they fit in a quarter of its free memory, else
+    # on the host; host: always on the host, each batch gathered into pinned memory one batch ahead (on a
+    # worker thread, while the GPU works on the one before) and copied asynchronously.
+    data_placement: Literal["auto", "host"]
+    # CUDA: torch.cuda.set_sync_debug_mode inside each training step: "error" raises at any operation that
+    # makes the host wait for the GPU (a check, as bench/gpu_check.sh runs it), "warn" warns, "off".
+    sync_debug: Literal["off", "warn", "error"]
 
 
 def preset_names() -> list[str]:
@@ -248,7 +258,17 @@ def preset(name: str, model: str | None = None) -> TrainConfig:
 # reductions differently, bf16 rounds the matmuls' inputs), so a model trained on 1 thread is not bitwise
 # the one trained on 2; a run reuses whichever its key found first.
 SPEED_SETTINGS: dict[str, tuple[str, ...]] = {
-    "train": ("device", "compile", "threads", "precision", "reuse_memory"),
+    "train": (
+        "device",
+        "compile",
+        "threads",
+        "precision",
+        "reuse_memory",
+        "data_placement",
+        "sync_debug",
+        "checkpoint_every",
+        "checkpoint_seconds",
+    ),
     "predict": ("device",),
 }
 # Settings a stage key holds in another form, so they are left out of it too: `predict.model` names the

@@ -30,6 +30,10 @@ from qin.models.blocks import Batch, FeatureSpec, ItemEncoder
 from qin.request import request_arrays
 
 WEIGHTS, CONFIG = "weights.pt", "model.json"
+# The one precision every score is computed in: evaluate, predict, serving, the valid scores that drive early
+# stopping, and bench/throughput.py's scoring figures. bf16 would be taken only if the valid AUC it gives
+# stayed within 1e-4 of fp32's; bench/scoring_precision.py measures that on the small data (README, Speed).
+SCORING_PRECISION = "fp32"
 
 
 def resolve_device(name: str = "auto") -> torch.device:
@@ -69,14 +73,22 @@ def save_package(
 
 class Scorer:
     def __init__(
-        self, model: nn.Module, max_len: int, n_items: int, device: torch.device, frozen: bool = False
+        self,
+        model: nn.Module,
+        max_len: int,
+        n_items: int,
+        device: torch.device,
+        frozen: bool = False,
+        precision: str = SCORING_PRECISION,
     ) -> None:
         """`frozen`: the weights never change (a loaded package, not a model in training): its item table
-        is encoded once (ItemEncoder.freeze)."""
+        is encoded once (ItemEncoder.freeze). `precision`: SCORING_PRECISION, but for a comparison of
+        precisions (bench/scoring_precision.py)."""
         self.model = model.to(device)
         self.max_len = max_len
         self.n_items = n_items  # valid item ids: 0 (padding) .. n_items - 1
         self.device = device
+        self.dtype = runtime.resolve_precision(precision, device)
         if frozen:
             self.model.eval()
             for module in self.model.modules():
@@ -94,7 +106,8 @@ class Scorer:
         n = len(cols[TARGET])
         out = np.empty(n, dtype=np.float32)
         cpu = self.device.type == "cpu"
-        with runtime.reuse_freed_memory() if cpu and n > batch_size else contextlib.nullcontext():
+        reuse = runtime.reuse_freed_memory() if cpu and n > batch_size else contextlib.nullcontext()
+        with reuse, runtime.autocast(self.device, self.dtype):
             for start in range(0, n, batch_size):
                 sl = slice(start, start + batch_size)
                 rows = {c: torch.from_numpy(np.array(cols[c][sl])) for c in MODEL_INPUTS}

@@ -72,7 +72,7 @@ def predict(
         seconds["validate"] = time.perf_counter() - t
 
         t = time.perf_counter()
-        probs = _score(test, scorer, cfg.batch_size)
+        probs = score_file(test, scorer, cfg.batch_size)
         seconds["score"] = time.perf_counter() - t
 
         t = time.perf_counter()
@@ -100,8 +100,9 @@ def predict(
     return manifest
 
 
-def _score(test: Path, scorer: Any, batch_size: int) -> np.ndarray:
-    """test.parquet's rows scored in order, read a few hundred thousand rows at a time."""
+def score_file(test: Path, scorer: Any, batch_size: int) -> np.ndarray:
+    """test.parquet's rows scored in order, read a few hundred thousand rows at a time (what `predict` does
+    after the gate; bench/gpu_check.py times it on its own)."""
     pf = pq.ParquetFile(test)
     out = np.empty(pf.metadata.num_rows, dtype=np.float32)
     row = 0

@@ -85,8 +85,10 @@ def resolve_precision(precision: str, device: torch.device) -> torch.dtype | Non
         return None
     if precision == "bf16":
         return torch.bfloat16
-    if device.type == "cuda":
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else None
+    if (
+        device.type == "cuda"
+    ):  # native bf16 only (Ampere and later): a V100 or T4 emulates it, slower than fp32
+        return torch.bfloat16 if torch.cuda.is_bf16_supported(including_emulation=False) else None
     return torch.bfloat16 if device.type == "cpu" and cpu_has_native_bf16() else None
 
 
@@ -131,6 +133,38 @@ class ResourceMeter:
 def set_threads(threads: int) -> None:
     if threads > 0 and torch.get_num_threads() != threads:
         torch.set_num_threads(threads)
+
+
+class SyncDebug:
+    """torch.cuda.set_sync_debug_mode(`mode`) inside the block, on CUDA (elsewhere nothing happens): "error"
+    raises at any operation that makes the host wait for the GPU (`.item()`, `nonzero`, a blocking copy),
+    "warn" warns, "off" does nothing. `lifted()` restores the mode found on entry for a while: a checkpoint
+    reads values on purpose."""
+
+    def __init__(self, mode: str, device: torch.device) -> None:
+        self.mode = mode if device.type == "cuda" and mode != "off" else None
+        self.found: int = 0
+
+    def __enter__(self) -> SyncDebug:
+        if self.mode:
+            self.found = torch.cuda.get_sync_debug_mode()
+            torch.cuda.set_sync_debug_mode(self.mode)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.mode:
+            torch.cuda.set_sync_debug_mode(self.found)
+
+    @contextlib.contextmanager
+    def lifted(self) -> Iterator[None]:
+        if not self.mode:
+            yield
+            return
+        torch.cuda.set_sync_debug_mode(self.found)
+        try:
+            yield
+        finally:
+            torch.cuda.set_sync_debug_mode(self.mode)
 
 
 class CompileError(RuntimeError):

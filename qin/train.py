@@ -3,9 +3,11 @@
 Data path: the featurized arrays stay memory-mapped (nothing is copied into RAM: the full-size history,
 3.6M x 64 int32, lives in the page cache only) and each batch is gathered from them by index
 (`index_select`): no per-batch pandas and no Python loop over rows. On CUDA the arrays are copied to the GPU
-once when they fit in a quarter of its free memory; otherwise each batch is gathered on the CPU into pinned
-memory and copied asynchronously. The item table lives inside the model as buffers, so each distinct item of
-a batch (target or history) is encoded once and gathered in one indexing operation (qin/models/blocks.py).
+once when they fit in a quarter of its free memory (`data_placement: auto`); otherwise each batch is gathered
+on the CPU into pinned memory, one batch ahead on a worker thread, and copied asynchronously. No operation
+of a step waits for the GPU (tests/models/test_host_sync.py), so the host runs ahead of it. The item table
+lives inside the model as buffers, so each distinct item of a batch (target or history) is encoded once and
+gathered in one indexing operation (qin/models/blocks.py).
 
 Speed settings (TrainConfig; qin/runtime.py): bf16 autocast (`precision`), a foreach (CPU) or fused (CUDA)
 Adam, optional `torch.compile` (`compile`), CPU `threads`, and on CPU keeping the memory a step frees for the
@@ -23,12 +25,12 @@ Recipe (the authors'): Adam; L2 on the embedding tables, separate from the netwo
 clipping; the learning rate halves when valid AUC stalls (lr_patience epochs) and training stops after
 `patience` epochs without a gain; the best epoch's weights are kept.
 
-Resumable: every `checkpoint_every` steps and at each epoch end the full state (`TrainState`: weights,
-optimizer, scheduler, RNG states of every process, the epoch's shuffling and position, history, best
-weights) is saved beside the output, under the stage key (qin/pipeline.py) of the run that wrote it. A rerun
-with the same key (the same settings but the speed-only ones, the same features) continues from there,
-mid-epoch included, and reaches the same result as an uninterrupted run. The checkpoint is removed once the
-package is written.
+Resumable: at each epoch end, and within an epoch every `checkpoint_seconds` (looked at every
+`checkpoint_every` steps), the full state (`TrainState`: weights, optimizer, scheduler, RNG states of every
+process, the epoch's shuffling and position, history, best weights) is saved beside the output, under the
+stage key (qin/pipeline.py) of the run that wrote it. A rerun with the same key (the same settings but the
+speed-only ones, the same features) continues from there, mid-epoch included, and reaches the same result
+as an uninterrupted run. The checkpoint is removed once the package is written.
 
 A run reads as its phases: `_setup` → `_resume` → per epoch `_train_epoch`, `_score`, `_decide` (and a
 checkpoint) → `_finish`.
@@ -42,9 +44,11 @@ import logging
 import os
 import sys
 import time
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 import torch
@@ -62,6 +66,8 @@ from qin.models import build_model
 from qin.models.blocks import Batch, FeatureSpec, embedding_tables, network_weights
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
+U = TypeVar("U")
 
 
 def checkpoint_path(out_dir: str | Path) -> Path:
@@ -69,14 +75,17 @@ def checkpoint_path(out_dir: str | Path) -> Path:
     return out_dir.parent / f"{out_dir.name}.checkpoint.pt"
 
 
-def load_columns(feats: Features, split: str, device: torch.device) -> dict[str, Tensor]:
+def load_columns(
+    feats: Features, split: str, device: torch.device, placement: str = "auto"
+) -> dict[str, Tensor]:
     """A split's columns as tensors over the memory-mapped arrays (nothing is read yet).
 
-    On CUDA they are copied to the GPU when they fit in a quarter of its free memory; otherwise they stay
-    memory-mapped and `gather` stages each batch through pinned memory.
+    On CUDA they are copied to the GPU when they fit in a quarter of its free memory (placement "auto");
+    otherwise (or with placement "host") they stay memory-mapped and each batch goes through pinned memory
+    (`host_rows`, one batch ahead: `prefetch`).
     """
     cols = {k: torch.from_numpy(v) for k, v in feats.split(split, copy_on_write=True).items()}
-    if device.type == "cuda":
+    if device.type == "cuda" and placement == "auto":
         need = sum(t.numel() * t.element_size() for t in cols.values())
         if need < torch.cuda.mem_get_info(device)[0] / 4:
             return {k: v.to(device).contiguous() for k, v in cols.items()}
@@ -84,13 +93,41 @@ def load_columns(feats: Features, split: str, device: torch.device) -> dict[str,
     return cols
 
 
+def host_rows(cols: dict[str, Tensor], idx: Tensor, pin: bool) -> dict[str, Tensor]:
+    """The rows `idx` of every column where the columns are (one index_select each); in pinned memory with
+    `pin`, so that the copy to the GPU is asynchronous."""
+    rows = {k: v.index_select(0, idx.to(v.device)) for k, v in cols.items()}
+    return {k: v.pin_memory() for k, v in rows.items()} if pin else rows
+
+
+def on_device(rows: dict[str, Tensor], device: torch.device) -> Batch:
+    """The rows as a Batch on `device` (a no-op where they are; asynchronous from pinned memory)."""
+    return Batch(**{k: v.to(device, non_blocking=True) for k, v in rows.items()})
+
+
 def gather(cols: dict[str, Tensor], idx: Tensor, device: torch.device) -> Batch:
-    """The rows `idx` of every column (one index_select each), on `device`."""
+    """The rows `idx` of every column, on `device`."""
     held = cols["item_id"].device
-    rows = {k: v.index_select(0, idx.to(held)) for k, v in cols.items()}
-    if held != device:
-        rows = {k: v.pin_memory().to(device, non_blocking=True) for k, v in rows.items()}
-    return Batch(**rows)
+    return on_device(host_rows(cols, idx, pin=held != device and device.type == "cuda"), device)
+
+
+def prefetch(plan: Iterable[T], load: Callable[[T], U], ahead: bool) -> Iterator[U]:
+    """`load` of each item of `plan`, in order. With `ahead`, each is loaded on a worker thread while the
+    caller works on the one before (torch's operators release the GIL): a GPU step overlaps the gathering
+    of the next batch from memory-mapped arrays into pinned memory. A caller that stops early waits for the
+    one load in flight."""
+    if not ahead:
+        yield from map(load, plan)
+        return
+    with ThreadPoolExecutor(1, thread_name_prefix="qin-prefetch") as pool:
+        pending: Future[U] | None = None
+        for item in plan:
+            upcoming = pool.submit(load, item)
+            if pending is not None:
+                yield pending.result()
+            pending = upcoming
+        if pending is not None:
+            yield pending.result()
 
 
 def l2_penalty(params: list[Tensor], weight: float) -> Tensor | float:
@@ -311,6 +348,8 @@ class _Run:
     state: TrainState
     checkpoint: Path  # where the state is saved, under stage key `key`
     key: str | None
+    saved_at: float = field(default_factory=time.monotonic)  # when the state was last saved (or the start)
+    save_seconds: list[float] = field(default_factory=list)  # each checkpoint's time to save, this run
 
     @property
     def rows(self) -> int:
@@ -385,7 +424,7 @@ def _setup(
     if procs.rank:  # the same initial weights everywhere; each process its own dropout masks
         torch.manual_seed(cfg.seed + procs.rank)
     max_len = feats.history_len  # featurize.max_len's cut: the one history length
-    train_cols = load_columns(feats, "train", device)
+    train_cols = load_columns(feats, "train", device, cfg.data_placement)
     valid = {k: np.asarray(v) for k, v in feats.split("valid").items()}
     trainer = Trainer(model, cfg, device, procs)
     scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
@@ -420,10 +459,13 @@ def _announce(run: _Run) -> None:
 
 
 def _train_epoch(run: _Run) -> runtime.ResourceMeter:
-    """The epoch's steps from `state.step` on, saving the state every `checkpoint_every` steps; its loss,
-    steps and seconds add up in `state.partial`. Returns the meter of the epoch's resource use (running)."""
+    """The epoch's steps from `state.step` on, with a checkpoint when one is due (`_checkpoint_due`); its
+    loss, steps and seconds add up in `state.partial`. Returns the meter of the epoch's resource use
+    (running). Host-held rows are gathered one batch ahead (`prefetch`); with `sync_debug` the steps run
+    under torch.cuda.set_sync_debug_mode, lifted while a checkpoint is written."""
     cfg, state, procs, last = run.cfg, run.state, run.procs, run.steps_per_epoch
-    perm = state.epoch_order(run.rows).to(run.train_cols["item_id"].device)  # where the rows are
+    held = run.train_cols["item_id"].device
+    perm = state.epoch_order(run.rows).to(held)  # where the rows are
     meter = runtime.ResourceMeter(run.device)
     run.trainer.model.train()
     # A progress bar in a terminal (the per-epoch log lines are what a flow run or a log file shows).
@@ -431,23 +473,46 @@ def _train_epoch(run: _Run) -> runtime.ResourceMeter:
     bar = tqdm(total=last, initial=state.step, desc=f"epoch {state.epoch}/{cfg.epochs}", unit="step",
                leave=False, disable=not in_terminal, file=sys.stderr)  # fmt: skip
     loss_sum = torch.zeros((), device=run.device)  # the steps' losses since the last flush, on the device
-    t0 = time.perf_counter()
-    for step in range(state.step, last):
-        bar.update(1)
+    pin = held != run.device and run.device.type == "cuda"
+
+    def load(step: int) -> tuple[int, dict[str, Tensor] | None, float]:
         rows = perm[step * cfg.batch_size : (step + 1) * cfg.batch_size]
         # BatchNorm needs 2 rows per process: a last global batch smaller than that is left out.
-        if len(rows) >= 2 * procs.world:
-            mine = rows[procs.rank :: procs.world]
-            share = len(mine) * procs.world / len(rows)
-            loss_sum += run.trainer.step(gather(run.train_cols, mine, run.device), share)
-            state.partial["steps"] += 1
-        state.step = step + 1
-        if cfg.checkpoint_every and state.step % cfg.checkpoint_every == 0 and state.step < last:
-            t0 = _flush(run, loss_sum, t0)
-            _checkpoint(run)
+        if len(rows) < 2 * procs.world:
+            return step, None, 0.0
+        mine = rows[procs.rank :: procs.world]
+        return step, host_rows(run.train_cols, mine, pin), len(mine) * procs.world / len(rows)
+
+    t0 = time.perf_counter()
+    sync_check = runtime.SyncDebug(cfg.sync_debug, run.device)
+    with sync_check:
+        for step, rows, share in prefetch(range(state.step, last), load, ahead=held != run.device):
+            bar.update(1)
+            if rows is not None:
+                loss_sum += run.trainer.step(on_device(rows, run.device), share)
+                state.partial["steps"] += 1
+            state.step = step + 1
+            if cfg.checkpoint_every and state.step % cfg.checkpoint_every == 0 and state.step < last:
+                with sync_check.lifted():
+                    if _checkpoint_due(run):
+                        t0 = _flush(run, loss_sum, t0)
+                        _checkpoint(run)
     _flush(run, loss_sum, t0)
     bar.close()
     return meter
+
+
+def _checkpoint_due(run: _Run) -> bool:
+    """Whether `checkpoint_seconds` have passed since the last checkpoint: process 0 looks at its clock and
+    tells the others (one broadcast each `checkpoint_every` steps), so that every process saves together."""
+    due = time.monotonic() - run.saved_at >= run.cfg.checkpoint_seconds
+    if run.procs.world > 1:
+        import torch.distributed as dist
+
+        flag = torch.tensor(int(due), device=run.device)
+        dist.broadcast(flag, 0)
+        due = bool(flag)
+    return due
 
 
 def _flush(run: _Run, loss_sum: Tensor, t0: float) -> float:
@@ -501,12 +566,14 @@ def _decide(run: _Run, row: dict[str, Any]) -> None:
 
 def _checkpoint(run: _Run) -> None:
     """Save the state under the run's key; process 0 writes it, atomically (a temporary file, renamed)."""
+    t = time.perf_counter()
     state = run.state.state_dict()  # every process takes part
-    if not run.procs.main:
-        return
-    tmp = run.checkpoint.with_name(run.checkpoint.name + ".tmp")
-    torch.save({"key": run.key, "state": state}, tmp)
-    os.replace(tmp, run.checkpoint)
+    if run.procs.main:
+        tmp = run.checkpoint.with_name(run.checkpoint.name + ".tmp")
+        torch.save({"key": run.key, "state": state}, tmp)
+        os.replace(tmp, run.checkpoint)
+    run.saved_at = time.monotonic()
+    run.save_seconds.append(time.perf_counter() - t)
 
 
 def _finish(run: _Run, out_dir: str | Path, metrics_path: str | Path) -> dict:
@@ -522,6 +589,7 @@ def _finish(run: _Run, out_dir: str | Path, metrics_path: str | Path) -> dict:
         "best_epoch": state.best["epoch"],
         "best_valid_auc": state.best["auc"],
         "history": state.history,
+        "checkpoints": {"count": len(run.save_seconds), "seconds": round(sum(run.save_seconds), 3)},
     }
     if run.procs.main:
         meta = {"best_epoch": state.best["epoch"], "valid_auc": state.best["auc"],

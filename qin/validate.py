@@ -476,6 +476,8 @@ def require_passed(validation_dir: str | Path, data_dir: str | Path) -> None:
         raise ValidationError(
             f"{validation_dir}/{SUMMARY}: the data failed validation; fix it and rerun validate"
         )
+    if summary.get("gate_skipped"):
+        log.warning("%s: the data was not validated (%s)", validation_dir, summary["gate_skipped"])
     for name, info in summary["files"].items():
         path = Path(data_dir) / f"{name}.parquet"
         if not path.exists() or file_hash(path) != info.get("md5"):
@@ -483,3 +485,23 @@ def require_passed(validation_dir: str | Path, data_dir: str | Path) -> None:
                 f"{path}: changed since it was validated (md5 {info.get('md5')} in "
                 f"{validation_dir}/{SUMMARY}); rerun validate"
             )
+
+
+def skip_gate(data_dir: str | Path, out_dir: str | Path, why: str) -> dict:
+    """A summary that lets featurize read `data_dir` without the gate: for a machine without
+    great-expectations (bench/gpu_check.py on a GPU image, tests/models/test_cuda.py), never for a
+    pipeline run (no stage calls it). It names the files by md5, as `validate` does, and says why the gate
+    was left out; `require_passed` warns when it reads one."""
+    data_dir = Path(data_dir)
+    names = [*schema.FILES, *(n for n in schema.OPTIONAL_FILES if (data_dir / f"{n}.parquet").exists())]
+    paths = {n: data_dir / f"{n}.parquet" for n in names}
+    summary = {
+        "passed": True,
+        "gate_skipped": why,
+        "data_dir": str(data_dir),
+        "files": {n: {"path": str(p), "md5": file_hash(p)} for n, p in paths.items()},
+    }
+    with atomic_dir(Path(out_dir)) as tmp:
+        write_json(tmp / SUMMARY, summary)
+        (tmp / REPORT).write_text(f"# Data validation: SKIPPED\n\n{why}\n")
+    return summary

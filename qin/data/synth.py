@@ -32,8 +32,12 @@ bytes on every run, and rows are generated in chunks to bound memory.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import contextlib
+import multiprocessing
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass, replace
+from multiprocessing.pool import AsyncResult
 from pathlib import Path
 
 import numpy as np
@@ -359,34 +363,77 @@ def _list_array(matrix: np.ndarray, value_type: pa.DataType) -> pa.ListArray:
     return pa.ListArray.from_arrays(offsets, pa.array(matrix.ravel(), type=value_type))
 
 
+# What a forked worker generates rows from (`_chunk_pool`): the world and the settings, inherited, not sent.
+_FORKED: tuple[World, Preset, DataConfig] | None = None
+ChunkJob = tuple[int, int, int, bool]  # split number, chunk number, rows, labelled
+ChunkResult = tuple[pa.Table, np.ndarray, np.ndarray | None, dict[str, np.ndarray]]
+ChunkMap = Callable[[Iterable[ChunkJob]], Iterator[ChunkResult]]
+
+
+def _chunk(job: ChunkJob, shared: tuple[World, Preset, DataConfig] | None = None) -> ChunkResult:
+    """One chunk of a split from its own stream (seed, 10 + split, chunk): the table as written, the true
+    probabilities, the labels (labelled splits) and the rows."""
+    world, p, cfg = shared or _FORKED  # type: ignore[misc]
+    split_no, chunk, n, labelled = job
+    sch = schema.ROW_SCHEMA if labelled else schema.TEST_SCHEMA
+    rng = _rng(cfg.seed, 10 + split_no, chunk)
+    rows = _rows(world, p, cfg, rng, n)
+    prob = _probability(world, cfg, rows)
+    cols = {name: pa.array(v) for name, v in rows.items() if name != "item_seq"}
+    cols["item_seq"] = _list_array(rows["item_seq"], pa.int64())
+    labels = (rng.random(n) < prob).astype(np.float64) if labelled else None
+    if labels is not None:
+        cols["label"] = pa.array(labels)
+    return pa.table(cols).select(sch.names).cast(sch), prob, labels, rows
+
+
+@contextlib.contextmanager
+def _chunk_pool(world: World, p: Preset, cfg: DataConfig, workers: int) -> Iterator[ChunkMap]:
+    """A map of `_chunk` over jobs that yields results in job order: in this process, or on `workers` forked
+    processes (which inherit the world), at most two chunks per worker ahead of the one written. Either
+    way the chunks are the same bytes: each comes from its own stream."""
+    if workers <= 1:
+        yield lambda jobs: (_chunk(job, (world, p, cfg)) for job in jobs)
+        return
+    global _FORKED
+    _FORKED = (world, p, cfg)
+    try:
+        with multiprocessing.get_context("fork").Pool(workers) as pool:
+
+            def ordered(jobs: Iterable[ChunkJob]) -> Iterator[ChunkResult]:
+                pending: deque[AsyncResult[ChunkResult]] = deque()
+                for job in jobs:
+                    pending.append(pool.apply_async(_chunk, (job,)))
+                    if len(pending) >= 2 * workers:
+                        yield pending.popleft().get()
+                while pending:
+                    yield pending.popleft().get()
+
+            yield ordered
+    finally:
+        _FORKED = None
+
+
 def _write_split(
-    world: World, p: Preset, cfg: DataConfig, split_no: int, n_rows: int, path: Path, labelled: bool
+    chunks: ChunkMap, p: Preset, split_no: int, n_rows: int, path: Path, labelled: bool
 ) -> tuple[np.ndarray, np.ndarray | None, dict[str, np.ndarray] | None]:
     """Write one split chunk by chunk; return the true probabilities, the labels and (small splits) the
     rows."""
     sch = schema.ROW_SCHEMA if labelled else schema.TEST_SCHEMA
     chunk_rows = max(1, CHUNK_CELLS // p.seq_len)
-    truth, labels, kept = [], [], []
+    jobs = [
+        (split_no, chunk, min(chunk_rows, n_rows - start), labelled)
+        for chunk, start in enumerate(range(0, n_rows, chunk_rows))
+    ]
+    truth, labels, kept = [], [], None
     with pq.ParquetWriter(path, sch) as writer:
-        for chunk, start in enumerate(range(0, n_rows, chunk_rows)):
-            n = min(chunk_rows, n_rows - start)
-            rng = _rng(cfg.seed, 10 + split_no, chunk)
-            rows = _rows(world, p, cfg, rng, n)
-            prob = _probability(world, cfg, rows)
-            cols = {name: pa.array(v) for name, v in rows.items() if name != "item_seq"}
-            cols["item_seq"] = _list_array(rows["item_seq"], pa.int64())
-            if labelled:
-                labels.append((rng.random(n) < prob).astype(np.float64))
-                cols["label"] = pa.array(labels[-1])
-            writer.write_table(pa.table(cols).select(sch.names).cast(sch))
+        for table, prob, label, rows in chunks(jobs):
+            writer.write_table(table)
             truth.append(prob)
-            if n_rows <= chunk_rows:
-                kept.append(rows)
-    return (
-        np.concatenate(truth),
-        np.concatenate(labels) if labels else None,
-        kept[0] if len(kept) == 1 else None,
-    )
+            if label is not None:
+                labels.append(label)
+            kept = rows if len(jobs) == 1 else None
+    return np.concatenate(truth), np.concatenate(labels) if labels else None, kept
 
 
 def _title_words(n_words: int) -> np.ndarray:
@@ -489,15 +536,17 @@ def _item_truth(world: World) -> pa.Table:
     )
 
 
-def synthesize(out: str | Path, cfg: DataConfig) -> dict:
+def synthesize(out: str | Path, cfg: DataConfig, workers: int = 1, item_feature: bool = True) -> dict:
     """Write train/valid/test/item_info/item_feature parquet, truth files and synth.json into `out`,
-    atomically."""
+    atomically. `workers`: processes that generate the splits' chunks (the same bytes for any number);
+    `item_feature=False` leaves item_feature.parquet (0.7 GB on `full`, optional in the contract) out."""
     if cfg.preset not in PRESETS:
         raise ValueError(f"unknown preset '{cfg.preset}': expected one of {sorted(PRESETS)}")
     p = PRESETS[cfg.preset]
     world = _build_world(p, cfg)
     out = Path(out)
-    with atomic_dir(out) as tmp:
+    # The pool forks before this process writes any parquet (no writer threads of its own yet).
+    with _chunk_pool(world, p, cfg, workers) as chunks, atomic_dir(out) as tmp:
         items = pa.table(
             {
                 "item_id": pa.array(np.arange(p.n_items + 1, dtype=np.int64)),
@@ -511,9 +560,7 @@ def synthesize(out: str | Path, cfg: DataConfig) -> dict:
         for split_no, split in enumerate(schema.SPLITS):
             n_rows = getattr(p, f"n_{split}")
             labelled = split in schema.LABELLED_SPLITS
-            prob, labels, rows = _write_split(
-                world, p, cfg, split_no, n_rows, tmp / f"{split}.parquet", labelled
-            )
+            prob, labels, rows = _write_split(chunks, p, split_no, n_rows, tmp / f"{split}.parquet", labelled)
             if split != "train":
                 pq.write_table(pa.table({"p_click": prob}), tmp / schema.truth_file(split))
             if labels is not None:
@@ -525,7 +572,8 @@ def synthesize(out: str | Path, cfg: DataConfig) -> dict:
                 summary["valid_no_history_auc"] = roc_auc(labels, bound)
         # Last, from streams of its own, so the rows above are the same bytes with or without it (item_info
         # holds their PCA, made from the same draws in _build_world).
-        _write_item_feature(world, cfg, tmp / f"{schema.FEATURE_FILE}.parquet")
+        if item_feature:
+            _write_item_feature(world, cfg, tmp / f"{schema.FEATURE_FILE}.parquet")
         pq.write_table(_item_truth(world), tmp / schema.ITEM_TRUTH_FILE)
         write_json(tmp / "synth.json", summary)
     return summary

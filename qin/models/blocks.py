@@ -48,7 +48,8 @@ class ItemEncoder(nn.Module):
 
     The item table (tags, item_emb_d128) is a frozen input, held as non-persistent buffers. Each distinct id
     of a call is encoded once (a batch's histories repeat items: the paper configuration's 8192 x 65 ids hold
-    at most 91,718 distinct ones), then one `index_select` gathers the vectors of every position; the result
+    at most 91,718 distinct ones), in a table of min(positions, items) slots whose size the shapes alone
+    decide (no host sync on CUDA), then one `index_select` gathers the vectors of every position; the result
     is the same function as encoding every position, in fewer operations.
     """
 
@@ -93,13 +94,19 @@ class ItemEncoder(nn.Module):
         flat = ids.reshape(-1).long()
         if not self.distinct:
             return self.encode(flat), torch.arange(flat.numel(), device=ids.device).view(ids.shape)
+        # Every shape below follows from the shapes of `ids` and of the item table, never from their values,
+        # so the step needs no host sync on CUDA (a data-dependent size, as `nonzero` or `unique` give, makes
+        # the host wait for the device): the distinct ids fill the first U of `capacity` slots, the rest
+        # hold the padding item 0, encoded and never read.
         n = self.item_tags.shape[0]
+        capacity = min(flat.numel(), n)
         seen = torch.zeros(n, dtype=torch.bool, device=ids.device)
-        seen[flat] = True  # an id outside the vocabulary raises here, as an embedding lookup would
-        distinct = seen.nonzero().squeeze(1)  # sorted; no sort needed
-        row = torch.zeros(n, dtype=torch.long, device=ids.device)
-        row[distinct] = torch.arange(distinct.numel(), device=ids.device)
-        return self.encode(distinct), row[flat].view(ids.shape)
+        seen.index_fill_(0, flat, True)  # an id outside the vocabulary raises here, as a lookup would
+        row = seen.cumsum(0) - 1  # (n,) the slot of each seen id: ids in increasing order
+        slot = torch.where(seen, row, capacity)  # unseen ids all go to one spare slot, dropped below
+        distinct = torch.zeros(capacity + 1, dtype=torch.long, device=ids.device)
+        distinct.scatter_(0, slot, torch.arange(n, device=ids.device))
+        return self.encode(distinct[:capacity]), row[flat].view(ids.shape)
 
     def forward(self, ids: Tensor) -> Tensor:
         vectors, rows = self.table(ids)

@@ -25,6 +25,23 @@ def test_same_seed_gives_the_same_bytes_and_another_seed_does_not(tmp_path: Path
         assert file_hash(other / name) != file_hash(tiny_data / name), name
 
 
+def test_any_number_of_worker_processes_writes_the_same_bytes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from qin.data import synth
+
+    monkeypatch.setattr(synth, "CHUNK_CELLS", 12_000)  # tiny's train rows in 5 chunks (valid still in one)
+    one, three = tmp_path / "one", tmp_path / "three"
+    synthesize(one, DataConfig(preset="tiny", seed=7), workers=1)
+    synthesize(three, DataConfig(preset="tiny", seed=7), workers=3, item_feature=False)
+    assert pq.ParquetFile(one / "train.parquet").metadata.num_row_groups == 5
+    for f in sorted(one.iterdir()):
+        if f.name == f"{schema.FEATURE_FILE}.parquet":
+            assert not (three / f.name).exists()  # left out when asked
+        else:
+            assert file_hash(three / f.name) == file_hash(f), f.name
+
+
 def test_files_follow_the_contract(tiny_data: Path) -> None:
     p = PRESETS["tiny"]
     for name in schema.FILES:

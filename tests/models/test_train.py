@@ -8,8 +8,10 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -22,7 +24,7 @@ from qin.evaluate import evaluate
 from qin.featurize import Features, featurize
 from qin.metrics import expected_calibration_error, grouped_auc
 from qin.models.blocks import ItemEncoder
-from qin.train import TrainState, checkpoint_path, load_columns, train
+from qin.train import TrainState, checkpoint_path, prefetch, train
 from qin.validate import validate
 
 RESUME_PARAMS = """
@@ -35,6 +37,7 @@ train:
   seed: 3
   device: cpu
   checkpoint_every: 4
+  checkpoint_seconds: 0
 """
 
 
@@ -226,7 +229,9 @@ def test_two_processes_under_torchrun_train_the_model_one_process_trains(
 ) -> None:
     # Without BatchNorm and dropout, the only difference is the order of float sums: two processes
     # averaging the gradients of their halves of each global batch make the same updates as one process.
-    (tmp_path / "params.yaml").write_text(EXACT_PARAMS)
+    # A checkpoint every 2 steps: process 0 decides each time and the other saves with it.
+    checkpoints = "checkpoint_every: 2\n  checkpoint_seconds: 0"
+    (tmp_path / "params.yaml").write_text(EXACT_PARAMS.replace("checkpoint_every: 0", checkpoints))
     one = _qin_train(tmp_path, features, "one")
     assert one.returncode == 0, one.stderr
     two = _qin_train(tmp_path, features, "two", processes=2)
@@ -267,25 +272,90 @@ def test_fast_and_reference_paths_train_to_the_same_metrics(
     assert mixed[-1]["valid_auc"] == pytest.approx(reference[-1]["valid_auc"], abs=0.01)
 
 
-@pytest.mark.gpu
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
-def test_on_cuda_the_data_moves_to_the_gpu_and_training_runs_in_bf16(features: Path, tmp_path: Path) -> None:
-    (tmp_path / "params.yaml").write_text(RESUME_PARAMS.replace("device: cpu", "device: cuda"))
-    cfg = load_params(tmp_path / "params.yaml").train
-    cols = load_columns(Features(features), "train", torch.device("cuda"))
-    assert all(c.is_cuda for c in cols.values())
-    s = train(features, tmp_path / "m", tmp_path / "m.json", cfg)
-    assert s["device"].startswith("cuda")
-    assert s["precision"] == ("bf16" if torch.cuda.is_bf16_supported() else "fp32")
-    assert s["best_valid_auc"] > 0.5
-
-
 def test_precision_auto_means_bf16_where_the_device_has_native_bf16_matmuls() -> None:
     cpu = torch.device("cpu")
     assert runtime.resolve_precision("fp32", cpu) is None
     assert runtime.resolve_precision("bf16", cpu) is torch.bfloat16
     native = runtime.cpu_has_native_bf16()
     assert runtime.resolve_precision("auto", cpu) is (torch.bfloat16 if native else None)
+
+
+def test_precision_auto_on_cuda_never_picks_emulated_bf16(monkeypatch: pytest.MonkeyPatch) -> None:
+    cuda = torch.device("cuda")
+
+    def emulated_only(including_emulation: bool = True) -> bool:  # a V100 or T4: bf16 by emulation only
+        return including_emulation
+
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", emulated_only)
+    assert runtime.resolve_precision("auto", cuda) is None
+    assert runtime.resolve_precision("bf16", cuda) is torch.bfloat16  # asked for by name
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda including_emulation=True: True)
+    assert runtime.resolve_precision("auto", cuda) is torch.bfloat16
+
+
+def test_prefetch_loads_each_item_in_order_one_ahead_on_a_worker_thread() -> None:
+    started = [threading.Event() for _ in range(6)]
+    threads: list[str] = []
+
+    def load(i: int) -> int:
+        threads.append(threading.current_thread().name)
+        started[i].set()
+        return i * i
+
+    got = []
+    for k, value in enumerate(prefetch(range(6), load, ahead=True)):
+        got.append(value)
+        if k < 5:  # while the caller works on item k, item k + 1 is being loaded
+            assert started[k + 1].wait(timeout=10)
+        assert not any(e.is_set() for e in started[k + 2 :])  # and no further
+    assert got == [i * i for i in range(6)]
+    assert all(name.startswith("qin-prefetch") for name in threads)
+
+    threads.clear()
+    assert list(prefetch(range(3), load, ahead=False)) == [0, 1, 4]
+    assert threads == [threading.current_thread().name] * 3
+
+
+def _checkpoints(features: Path, root: Path, every: int, seconds: float, monkeypatch) -> list[tuple]:
+    """(epoch, step) at each checkpoint of a 2-epoch run (step 0: an epoch end)."""
+    from qin import train as train_module
+
+    saved: list[tuple] = []
+    real = train_module._checkpoint
+
+    def spy(run) -> None:
+        saved.append((run.state.epoch, run.state.step))
+        real(run)
+
+    monkeypatch.setattr(train_module, "_checkpoint", spy)
+    text = RESUME_PARAMS.replace("epochs: 3", "epochs: 2").replace(
+        "checkpoint_every: 4", f"checkpoint_every: {every}"
+    )
+    (root / "params.yaml").write_text(text.replace("checkpoint_seconds: 0", f"checkpoint_seconds: {seconds}"))
+    train(features, root / "m", root / "m.json", load_params(root / "params.yaml").train, key="k")
+    return saved
+
+
+def test_checkpoints_come_at_epoch_ends_and_when_their_interval_has_passed(
+    features: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    steps = -(-len(np.load(features / "train_item_id.npy")) // 32)  # batch_size 32
+    ends = [(2, 0), (3, 0)]  # after epoch 1 and epoch 2
+    every_4 = [(e, s) for e in (1, 2) for s in range(4, steps, 4)]
+    assert sorted(_checkpoints(features, tmp_path, 4, 0, monkeypatch)) == sorted(every_4 + ends)
+    assert _checkpoints(features, tmp_path, 4, 3600, monkeypatch) == ends  # the interval never passes
+    assert _checkpoints(features, tmp_path, 0, 0, monkeypatch) == ends  # never looked at within an epoch
+
+
+def test_a_checkpoint_is_due_once_its_interval_has_passed_since_the_last() -> None:
+    from qin.train import _checkpoint_due
+
+    now = time.monotonic()
+    run = SimpleNamespace(cfg=SimpleNamespace(checkpoint_seconds=10.0), procs=runtime.Processes(),
+                          device=torch.device("cpu"), saved_at=now - 11)  # fmt: skip
+    assert _checkpoint_due(run)
+    run.saved_at = now - 5
+    assert not _checkpoint_due(run)
 
 
 def _compile_params(root: Path) -> None:

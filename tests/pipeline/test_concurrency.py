@@ -111,7 +111,12 @@ def test_switching_models_back_and_forth_reuses_both_trained_models(project: Pat
 
 def test_a_killed_training_resumes_from_its_keys_checkpoint(project: Path, prefect_harness) -> None:
     # Long enough that the run cannot finish between its first checkpoint and the kill on a quiet machine.
-    overrides = {"train.epochs": 60, "train.patience": 60, "train.checkpoint_every": 3}
+    overrides = {
+        "train.epochs": 60,
+        "train.patience": 60,
+        "train.checkpoint_every": 3,
+        "train.checkpoint_seconds": 0,
+    }
     proc = _start(project, "qin", overrides, "killed.log")
     train = project / "artifacts" / "stages" / "train"
     deadline = time.monotonic() + 300

@@ -1,0 +1,136 @@
+"""No host sync in a training step: every operator the forward and backward pass dispatch is recorded (on the
+CPU, where the same operators run as on CUDA) and none may have a data-dependent output size or read a
+tensor's value into Python. On CUDA each of those makes the host wait for the device at every step;
+bench/gpu_check.sh runs its training phase under torch.cuda.set_sync_debug_mode("error") as well."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch.utils._python_dispatch import TorchDispatchMode
+
+from qin.config import ModelConfig, preset
+from qin.losses import model_loss
+from qin.models import build_model
+from qin.models.blocks import Batch, FeatureSpec
+from qin.models.dcnv3 import DCNv3Config
+from qin.models.din import DINConfig
+from qin.models.qin import QINConfig
+from qin.train import TrainingLoss
+
+# Operators whose output size depends on the values (their size must reach the host) or that copy a value
+# to the host: nonzero, unique, masked_select, .item() / int(t) / bool(t) (_local_scalar_dense), ...
+SYNCING = {
+    "nonzero",
+    "nonzero_numpy",
+    "argwhere",
+    "unique",
+    "_unique",
+    "_unique2",
+    "unique_dim",
+    "unique_consecutive",
+    "unique_dim_consecutive",
+    "masked_select",
+    "masked_scatter",
+    "_local_scalar_dense",
+    "item",
+    "is_nonzero",
+    "equal",
+    "repeat_interleave",
+    "bincount",
+    "histc",
+}
+INDEXING = {"index", "index_put", "index_put_", "_index_put_impl_"}  # syncing only with a boolean mask
+
+SPEC = FeatureSpec(n_items=300, n_tags=40)
+MODELS: dict[str, ModelConfig] = {
+    "qin": QINConfig(embedding_dim=8, num_layers=2, num_row=2, net_dropout=0.1),
+    "din": DINConfig(embedding_dim=8, attention_units=(16, 8), dnn_units=(32, 16)),
+    "dcnv3": DCNv3Config(embedding_dim=8),
+    "sdcnv3": DCNv3Config(name="sdcnv3", embedding_dim=8),
+}
+
+
+class Recorder(TorchDispatchMode):
+    """Every operator dispatched inside the block (the backward pass's too), with whether one of its
+    arguments is a boolean index."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.calls: list[tuple[str, bool]] = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        name = func._schema.name.split("::")[-1]
+        indices = args[1] if len(args) > 1 and isinstance(args[1], list | tuple) else ()
+        bool_index = any(isinstance(i, torch.Tensor) and i.dtype == torch.bool for i in indices)
+        self.calls.append((name, bool_index))
+        return func(*args, **(kwargs or {}))
+
+    def syncing(self) -> list[str]:
+        return sorted(
+            {name for name, bool_index in self.calls if name in SYNCING or (name in INDEXING and bool_index)}
+        )
+
+
+def _batch(b: int = 48, length: int = 20) -> Batch:
+    g = torch.Generator().manual_seed(0)
+    seq = torch.randint(1, SPEC.n_items, (b, length), generator=g, dtype=torch.int32)
+    lengths = torch.randint(0, length + 1, (b, 1), generator=g)
+    seq[torch.arange(length).expand(b, -1) < length - lengths] = 0  # left padding, some rows all padding
+    return Batch(
+        item_seq=seq,
+        likes_level=torch.randint(0, 11, (b,), generator=g, dtype=torch.int32),
+        views_level=torch.randint(0, 11, (b,), generator=g, dtype=torch.int32),
+        item_id=torch.randint(1, SPEC.n_items, (b,), generator=g, dtype=torch.int32),
+        label=(torch.rand(b, generator=g) < 0.3).float(),
+    )
+
+
+def _training_loss(cfg: ModelConfig) -> TrainingLoss:
+    torch.manual_seed(0)
+    tags = torch.randint(0, SPEC.n_tags, (SPEC.n_items, 5))
+    tags[0] = 0
+    emb = torch.randn(SPEC.n_items, 128)
+    emb[0] = 0
+    model = build_model(cfg, SPEC, tags, emb).train()
+    return TrainingLoss(model, model_loss(cfg.name), embedding_l2=1e-4, net_l2=1e-5)
+
+
+def _ops_of_one_step(loss_module: TrainingLoss, batch: Batch) -> Recorder:
+    recorder = Recorder()
+    with recorder:
+        data, penalty = loss_module(batch)
+        (data + penalty).backward()
+    return recorder
+
+
+@pytest.mark.parametrize("name", list(MODELS))
+def test_a_training_step_has_no_operator_that_waits_for_the_device(name: str) -> None:
+    loss_module = _training_loss(MODELS[name])
+    recorder = _ops_of_one_step(loss_module, _batch())
+    assert len(recorder.calls) > 50  # the recorder saw the step, backward included
+    assert {"embedding_dense_backward", "mm"} <= {n for n, _ in recorder.calls}
+    assert all(p.grad is not None for p in loss_module.model.parameters())
+    assert recorder.syncing() == [], f"{name}: host syncs in the training step: {recorder.syncing()}"
+
+
+def test_the_paper_preset_and_under_bf16_autocast_too() -> None:
+    loss_module, batch = _training_loss(preset("paper").model), _batch(b=8, length=12)
+    recorder = Recorder()
+    with recorder, torch.autocast("cpu", dtype=torch.bfloat16):
+        data, penalty = loss_module(batch)
+    with recorder:
+        (data + penalty).backward()
+    assert recorder.syncing() == []
+
+
+def test_the_recorder_finds_a_host_sync() -> None:
+    """The check can fail: the operators of a data-dependent step are caught, backward included."""
+    x = torch.randn(6, requires_grad=True)
+    with Recorder() as recorder:
+        kept = x[x > 0]  # a boolean mask: the size of the result depends on the values
+        (kept.sum() * float(x.detach().sum())).backward()
+    assert {"index", "_local_scalar_dense"} <= set(recorder.syncing())
+    with Recorder() as recorder:
+        torch.unique(x.detach()), x.detach().nonzero()
+    assert {"_unique2", "nonzero"} <= set(recorder.syncing())
