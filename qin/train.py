@@ -105,10 +105,15 @@ def on_device(rows: dict[str, Tensor], device: torch.device) -> Batch:
     return Batch(**{k: v.to(device, non_blocking=True) for k, v in rows.items()})
 
 
+def through_pinned_memory(held: torch.device, device: torch.device) -> bool:
+    """Whether rows held on `held` reach `device` through pinned memory: host rows for a GPU. By type, not
+    by device: rows copied to torch.device("cuda") are held on "cuda:0", which is not equal to it."""
+    return held.type == "cpu" and device.type == "cuda"
+
+
 def gather(cols: dict[str, Tensor], idx: Tensor, device: torch.device) -> Batch:
     """The rows `idx` of every column, on `device`."""
-    held = cols["item_id"].device
-    return on_device(host_rows(cols, idx, pin=held != device and device.type == "cuda"), device)
+    return on_device(host_rows(cols, idx, pin=through_pinned_memory(cols["item_id"].device, device)), device)
 
 
 def prefetch(plan: Iterable[T], load: Callable[[T], U], ahead: bool) -> Iterator[U]:
@@ -473,7 +478,7 @@ def _train_epoch(run: _Run) -> runtime.ResourceMeter:
     bar = tqdm(total=last, initial=state.step, desc=f"epoch {state.epoch}/{cfg.epochs}", unit="step",
                leave=False, disable=not in_terminal, file=sys.stderr)  # fmt: skip
     loss_sum = torch.zeros((), device=run.device)  # the steps' losses since the last flush, on the device
-    pin = held != run.device and run.device.type == "cuda"
+    pin = through_pinned_memory(held, run.device)
 
     def load(step: int) -> tuple[int, dict[str, Tensor] | None, float]:
         rows = perm[step * cfg.batch_size : (step + 1) * cfg.batch_size]
@@ -486,7 +491,7 @@ def _train_epoch(run: _Run) -> runtime.ResourceMeter:
     t0 = time.perf_counter()
     sync_check = runtime.SyncDebug(cfg.sync_debug, run.device)
     with sync_check:
-        for step, rows, share in prefetch(range(state.step, last), load, ahead=held != run.device):
+        for step, rows, share in prefetch(range(state.step, last), load, ahead=pin):
             bar.update(1)
             if rows is not None:
                 loss_sum += run.trainer.step(on_device(rows, run.device), share)

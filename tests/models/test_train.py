@@ -24,7 +24,7 @@ from qin.evaluate import evaluate
 from qin.featurize import Features, featurize
 from qin.metrics import expected_calibration_error, grouped_auc
 from qin.models.blocks import ItemEncoder
-from qin.train import TrainState, checkpoint_path, prefetch, train
+from qin.train import TrainState, checkpoint_path, prefetch, through_pinned_memory, train
 from qin.validate import validate
 
 RESUME_PARAMS = """
@@ -291,6 +291,13 @@ def test_precision_auto_on_cuda_never_picks_emulated_bf16(monkeypatch: pytest.Mo
     assert runtime.resolve_precision("bf16", cuda) is torch.bfloat16  # asked for by name
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda including_emulation=True: True)
     assert runtime.resolve_precision("auto", cuda) is torch.bfloat16
+
+
+def test_only_host_rows_for_a_gpu_go_through_pinned_memory() -> None:
+    cpu, cuda, first_gpu = torch.device("cpu"), torch.device("cuda"), torch.device("cuda:0")
+    assert through_pinned_memory(cpu, cuda) and through_pinned_memory(cpu, first_gpu)
+    assert not through_pinned_memory(first_gpu, cuda)  # resident rows, on the GPU "cuda" means
+    assert not through_pinned_memory(cpu, cpu)
 
 
 def test_prefetch_loads_each_item_in_order_one_ahead_on_a_worker_thread() -> None:
