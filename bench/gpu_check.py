@@ -128,7 +128,7 @@ def phase_throughput(args: argparse.Namespace, out: Figures) -> None:
     if args.device == "cpu":  # the rehearsal: the small config, few steps
         cmd += ["--configs", "small", "--reps", "1", "--steps", "2", "--warmup", "1", "--eval-passes", "1"]
     else:
-        cmd += ["--reps", "3", "--warmup", "3"]
+        cmd += ["--reps", "3", "--warmup", "3", "--score-precisions", "fp32", "bf16"]
     try:
         run = subprocess.run(cmd, cwd=ROOT)
     finally:  # what it measured, also when stopped part-way
@@ -148,6 +148,10 @@ def _throughput_row(r: dict) -> dict:
         "train_samples_s": round(train),
         "score_rows_s": round(score),
         "score_precision": r["score_precision"],
+        **{
+            f"score_{p}_rows_s": round(statistics.median(v))
+            for p, v in r.get("eval_by_precision", {}).items()
+        },
         "peak_gb": round(r["peak_gb"], 2),
         "train_pct_bf16": round(100 * 3 * fwd * train / r["bf16_peak_flops"], 2),
         "score_pct_bf16": round(100 * fwd * score / r["bf16_peak_flops"], 2),

@@ -185,14 +185,25 @@ def measure(args: argparse.Namespace) -> dict:
     # arrays, in the one scoring precision.
     eval_rows = {k: v.cpu().numpy() for k, v in cols.items() if k != "label"}
     scorer = Scorer(model, history, N_ITEMS, device, frozen=True)
-    scorer.predict(eval_rows, args.eval_batch)
-    eval_times = []
-    for _ in range(args.reps):
-        t = time.perf_counter()
-        for _ in range(args.eval_passes):
-            scorer.predict(eval_rows, args.eval_batch)
-        sync(device)
-        eval_times.append(time.perf_counter() - t)
+
+    def score_rates() -> list[float]:
+        scorer.predict(eval_rows, args.eval_batch)
+        times = []
+        for _ in range(args.reps):
+            t = time.perf_counter()
+            for _ in range(args.eval_passes):
+                scorer.predict(eval_rows, args.eval_batch)
+            sync(device)
+            times.append(time.perf_counter() - t)
+        return [pool * args.eval_passes / t for t in times]
+
+    production = scorer.dtype
+    eval_rates = score_rates()
+    other = {}  # the other precisions asked for (--score-precisions), for the choice of SCORING_PRECISION
+    for name in args.score_precisions:
+        scorer.dtype = runtime.resolve_precision(name, device)
+        other[name] = score_rates() if scorer.dtype != production else eval_rates
+    scorer.dtype = production
     dtype = trainer.dtype or torch.float32
     d = 2 * model_cfg.embedding_dim + 6 * model_cfg.embedding_dim
     return {
@@ -209,7 +220,8 @@ def measure(args: argparse.Namespace) -> dict:
         "batch": batch,
         "parameters": sum(p.numel() for p in model.parameters()),
         "train": [batch * args.steps / t for t in train_times],
-        "eval": [pool * args.eval_passes / t for t in eval_times],
+        "eval": eval_rates,
+        "eval_by_precision": other,
         "peak_gb": train_peak,
         "forward_flops": flops,
         "matmul_flops": matmul_flops(device, dtype, batch, d, model_cfg.num_row * d),
@@ -242,6 +254,8 @@ def main() -> None:
     where = "CUDA: rows resident on the GPU (device) or pinned on the host, one batch ahead"
     parser.add_argument("--placements", nargs="+", default=["device"], choices=["device", "host"], help=where)
     parser.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16"])
+    also = "also time scoring in these (bf16: under autocast, the item table encoded per call)"
+    parser.add_argument("--score-precisions", nargs="*", default=[], choices=["fp32", "bf16"], help=also)
     parser.add_argument("--attention-order", default="fused", choices=["fused", "reference"])
     parser.add_argument("--no-distinct", action="store_true", help="encode every history position")
     parser.add_argument("--compile", action="store_true", help="torch.compile the training step")
@@ -284,6 +298,7 @@ def main() -> None:
                "--attention-order", args.attention_order, "--threads", str(args.threads),
                "--reps", str(args.reps), "--warmup", str(args.warmup),
                "--eval-batch", str(args.eval_batch)]  # fmt: skip
+        cmd += ["--score-precisions", *args.score_precisions] if args.score_precisions else []
         cmd += ["--steps", str(args.steps)] if args.steps else []
         cmd += ["--eval-passes", str(args.eval_passes)] if args.eval_passes else []
         cmd += ["--compile"] if args.compile else []
@@ -319,6 +334,11 @@ def print_table(results: list[dict]) -> None:
               f"{r['attention_order'][:5]:<5} {train_s:>26} {eval_s:>25} {r['peak_gb']:7.2f} "
               f"{fwd / 1e6:9.1f} {r['matmul_flops'] / 1e12:10.3f} {r['bf16_peak_flops'] / 1e12:12.3f} "
               f"{train_mm:8.1f}% {train_bf16:5.1f}% {eval_bf16:10.2f}%")  # fmt: skip
+    for r in results:
+        for name, rates in r.get("eval_by_precision", {}).items():
+            low, high = min(rates), max(rates)
+            print(f"{r['config']} on {r['device']} ({r['placement']}): scoring in {name} "
+                  f"{statistics.median(rates):,.0f} rows/s ({low:,.0f}-{high:,.0f})")  # fmt: skip
     for r in results:
         blocks = ", ".join(f"{k} {v / 1e6:.2f}" for k, v in r["forward_flops"].items())
         on = {True: "on", False: "off"}

@@ -48,9 +48,10 @@ class ItemEncoder(nn.Module):
 
     The item table (tags, item_emb_d128) is a frozen input, held as non-persistent buffers. Each distinct id
     of a call is encoded once (a batch's histories repeat items: the paper configuration's 8192 x 65 ids hold
-    at most 91,718 distinct ones), in a table of min(positions, items) slots whose size the shapes alone
-    decide (no host sync on CUDA), then one `index_select` gathers the vectors of every position; the result
-    is the same function as encoding every position, in fewer operations.
+    at most 91,718 distinct ones), then one `index_select` gathers the vectors of every position; the result
+    is the same function as encoding every position, in fewer operations. On the CPU the distinct ids are
+    exactly those of the call; on a GPU they fill a table of min(positions, items) slots, a size that the
+    shapes alone decide, so that no step waits for the GPU (tests/models/test_host_sync.py).
     """
 
     item_tags: Tensor
@@ -87,22 +88,24 @@ class ItemEncoder(nn.Module):
     def table(self, ids: Tensor) -> tuple[Tensor, Tensor]:
         """The vectors of the distinct ids in `ids`, (U, I), and the row of each position in them (frozen:
         the whole encoded table, and the ids themselves)."""
-        if self.frozen is not None and not torch.is_grad_enabled() and not _autocast(ids):
+        if self.frozen is not None and not torch.is_grad_enabled() and _autocast_dtype(ids.device) is None:
             if ids.numel() and int(ids.max()) >= self.frozen.shape[0]:
                 raise IndexError(f"item id {int(ids.max())} is out of range for {self.frozen.shape[0]} items")
             return self.frozen, ids.long()
         flat = ids.reshape(-1).long()
         if not self.distinct:
             return self.encode(flat), torch.arange(flat.numel(), device=ids.device).view(ids.shape)
-        # Every shape below follows from the shapes of `ids` and of the item table, never from their values,
-        # so the step needs no host sync on CUDA (a data-dependent size, as `nonzero` or `unique` give, makes
-        # the host wait for the device): the distinct ids fill the first U of `capacity` slots, the rest
-        # hold the padding item 0, encoded and never read.
         n = self.item_tags.shape[0]
-        capacity = min(flat.numel(), n)
         seen = torch.zeros(n, dtype=torch.bool, device=ids.device)
         seen.index_fill_(0, flat, True)  # an id outside the vocabulary raises here, as a lookup would
-        row = seen.cumsum(0) - 1  # (n,) the slot of each seen id: ids in increasing order
+        row = seen.cumsum(0) - 1  # (n,) the row of each seen id among the distinct ones, in increasing order
+        if ids.device.type == "cpu":  # the distinct ids, exactly: a size the values decide costs nothing here
+            return self.encode(seen.nonzero().squeeze(1)), row[flat].view(ids.shape)
+        # On an accelerator every shape follows from the shapes of `ids` and of the item table, never from
+        # their values, so the step needs no host sync (a data-dependent size, as `nonzero` or `unique` give,
+        # makes the host wait for the device): the distinct ids fill the first of `capacity` slots, the rest
+        # hold the padding item 0, encoded and never read.
+        capacity = min(flat.numel(), n)
         slot = torch.where(seen, row, capacity)  # unseen ids all go to one spare slot, dropped below
         distinct = torch.zeros(capacity + 1, dtype=torch.long, device=ids.device)
         distinct.scatter_(0, slot, torch.arange(n, device=ids.device))
@@ -113,8 +116,12 @@ class ItemEncoder(nn.Module):
         return vectors.index_select(0, rows.reshape(-1)).view(*ids.shape, -1)
 
 
-def _autocast(t: Tensor) -> bool:
-    return torch.is_autocast_enabled(t.device.type)
+def _autocast_dtype(device: torch.device) -> torch.dtype | None:
+    """The dtype autocast runs `device`'s matmuls in, or None: autocast off, or a device without autocast
+    ("meta": what tests/models/test_host_sync.py traces a GPU's step on)."""
+    if device.type == "meta" or not torch.is_autocast_enabled(device.type):
+        return None
+    return torch.get_autocast_dtype(device.type)
 
 
 class FeatureEncoder(nn.Module):
@@ -140,13 +147,15 @@ class FeatureEncoder(nn.Module):
         vectors, rows = self.items.table(ids)
         target = vectors.index_select(0, rows[:, 0])
         history_rows = rows[:, 1:].reshape(-1)
-        device = vectors.device.type
-        if not torch.is_autocast_enabled(device):
+        dtype = _autocast_dtype(vectors.device)
+        if dtype is None:
             history = vectors.index_select(0, history_rows)
-        elif device == "cpu":  # gather in the autocast dtype: CPU's index_select backward sums in float32
-            history = vectors.to(torch.get_autocast_dtype(device)).index_select(0, history_rows)
+        elif (
+            vectors.device.type == "cpu"
+        ):  # gather in the autocast dtype: CPU's index_select backward sums in float32
+            history = vectors.to(dtype).index_select(0, history_rows)
         else:  # gather in float32 (CUDA would sum bf16 gradients in bf16), then cast once for the matmuls
-            history = vectors.index_select(0, history_rows).to(torch.get_autocast_dtype(device))
+            history = vectors.index_select(0, history_rows).to(dtype)
         history = history.view(*seq.shape, -1)
         return (
             self.likes(batch.likes_level.long()),
