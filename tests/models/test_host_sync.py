@@ -2,11 +2,12 @@
 may have a data-dependent output size or read a tensor's value into Python. On a GPU each of those makes the
 host wait for the device at every step.
 
-The step is traced on the "meta" device, on this CPU-only machine: the models take the same branches there
-as on CUDA in float32 (they test a device only for "cpu", and for "meta", which has no autocast: checked
-below), and the same operators are dispatched, backward included. On the CPU itself the distinct items of a batch are found with `nonzero`, which costs nothing
-there (no device runs ahead of the host). bench/gpu_check.sh runs a full-size epoch on a GPU under
-torch.cuda.set_sync_debug_mode("error") as well, which also sees inside the kernels."""
+The step is traced on the "meta" device, on a CPU-only machine: the models take the same branches there as
+on CUDA in float32 (they test a device only for "cpu", and for "meta", which has no autocast: checked
+below), and the same operators are dispatched, backward included. On the CPU itself the distinct items of
+a batch are found with `nonzero`, which costs nothing there (no device runs ahead of the host).
+bench/gpu_check.sh runs a full-size epoch on a GPU under torch.cuda.set_sync_debug_mode("error") as well,
+which also sees inside the kernels."""
 
 from __future__ import annotations
 
