@@ -44,6 +44,7 @@ import traceback
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
+from xml.etree import ElementTree
 
 ROOT = Path(__file__).resolve().parents[1]
 REPORT = "gpu_check.json"
@@ -112,10 +113,10 @@ def phase_tests(args: argparse.Namespace, out: Figures) -> None:
     run = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
     print(run.stdout[-6000:], run.stderr[-3000:], sep="\n")
     if junit.exists():
-        head = re.search(r"<testsuite [^>]*>", junit.read_text())
-        attrs = dict(re.findall(r'(\w+)="([^"]*)"', head.group(0))) if head else {}
+        suite = ElementTree.parse(junit).getroot()
+        suite = suite if suite.tag == "testsuite" else suite.find("testsuite")
         for key in ("tests", "failures", "errors", "skipped"):
-            out[key] = int(attrs.get(key, 0))
+            out[key] = int(suite.get(key, 0)) if suite is not None else 0
     out["exit_code"] = run.returncode
     if run.returncode not in (0, 5):  # 5: nothing collected
         raise RuntimeError(f"pytest -m gpu exited {run.returncode}")
@@ -185,7 +186,6 @@ def phase_full(args: argparse.Namespace, out: Figures) -> None:
 
     import numpy as np
 
-    from qin import runtime
     from qin.evaluate import evaluate
     from qin.featurize import Features
     from qin.inference import load_package
@@ -220,8 +220,7 @@ def phase_full(args: argparse.Namespace, out: Figures) -> None:
     valid = {k: np.asarray(v) for k, v in Features(feats).split("valid").items()}
     labels = valid.pop("label")
     for precision in ("fp32", "bf16"):  # the same package scored in each
-        scorer = load_package(model, device=args.device)
-        scorer.dtype = runtime.resolve_precision(precision, scorer.device)
+        scorer = load_package(model, device=args.device, precision=precision)
         out[f"valid_auc_{precision}"] = round(roc_auc(labels, scorer.predict(valid, 8192)), 6)
 
 

@@ -35,7 +35,6 @@ def main() -> None:
             synthesize(args.data, DataConfig(), workers=2)
     _, cfg, work = prepare(args, "scoring-precision")
 
-    from qin import runtime
     from qin.featurize import Features
     from qin.inference import SCORING_PRECISION, load_package
     from qin.metrics import log_loss, roc_auc
@@ -53,8 +52,7 @@ def main() -> None:
     labels = valid.pop("label")
     scores = {}
     for precision in ("fp32", "bf16"):
-        scorer = load_package(model, device=args.device)
-        scorer.dtype = runtime.resolve_precision(precision, scorer.device)
+        scorer = load_package(model, device=args.device, precision=precision)
         scorer.predict(valid)  # warm-up
         t = time.perf_counter()
         scores[precision] = probs = scorer.predict(valid)

@@ -193,7 +193,7 @@ class TrainConfig:
     checkpoint_every: int
     checkpoint_seconds: float
     # Matmuls in bfloat16 under autocast (weights, optimizer and losses stay float32). auto: bf16 on a CUDA
-    # GPU that supports it and on a CPU with native bf16 dot products (AVX512-BF16 or AMX), where training
+    # GPU with native bf16 and on a CPU with native bf16 dot products (AVX512-BF16 or AMX), where training
     # measured 2.7x (paper) and 1.4x (cpu preset) faster than fp32 (bench/throughput.py); fp32 elsewhere.
     precision: Literal["auto", "fp32", "bf16"]
     # torch.compile the training step (CPU needs a C++ compiler; fails with a message when it cannot).

@@ -123,7 +123,9 @@ class Scorer:
         return self.predict(request_arrays(frame, self.n_items, self.max_len), batch_size)
 
 
-def load_package(path: str | Path, device: str = "cpu") -> Scorer:
+def load_package(path: str | Path, device: str = "cpu", precision: str = SCORING_PRECISION) -> Scorer:
+    """The package's scorer (its item table frozen); `precision`: SCORING_PRECISION, but for a comparison
+    of precisions (bench/scoring_precision.py, bench/gpu_check.py)."""
     path = Path(path)
     if not (path / CONFIG).exists():
         raise FileNotFoundError(f"{path}: not a model package (no {CONFIG})")
@@ -134,4 +136,4 @@ def load_package(path: str | Path, device: str = "cpu") -> Scorer:
     emb = torch.from_numpy(np.load(path / "item_emb.npy"))
     model = build_model(model_cfg, spec, tags, emb)
     model.load_state_dict(torch.load(path / WEIGHTS, map_location="cpu", weights_only=True))
-    return Scorer(model, int(cfg["max_len"]), spec.n_items, resolve_device(device), frozen=True)
+    return Scorer(model, int(cfg["max_len"]), spec.n_items, resolve_device(device), True, precision)

@@ -85,9 +85,8 @@ def resolve_precision(precision: str, device: torch.device) -> torch.dtype | Non
         return None
     if precision == "bf16":
         return torch.bfloat16
-    if (
-        device.type == "cuda"
-    ):  # native bf16 only (Ampere and later): a V100 or T4 emulates it, slower than fp32
+    if device.type == "cuda":
+        # native bf16 only (Ampere and later): a V100 or T4 emulates it, slower than fp32
         return torch.bfloat16 if torch.cuda.is_bf16_supported(including_emulation=False) else None
     return torch.bfloat16 if device.type == "cpu" and cpu_has_native_bf16() else None
 

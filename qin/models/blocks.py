@@ -150,9 +150,8 @@ class FeatureEncoder(nn.Module):
         dtype = _autocast_dtype(vectors.device)
         if dtype is None:
             history = vectors.index_select(0, history_rows)
-        elif (
-            vectors.device.type == "cpu"
-        ):  # gather in the autocast dtype: CPU's index_select backward sums in float32
+        elif vectors.device.type == "cpu":
+            # gather in the autocast dtype: CPU's index_select backward sums in float32
             history = vectors.to(dtype).index_select(0, history_rows)
         else:  # gather in float32 (CUDA would sum bf16 gradients in bf16), then cast once for the matmuls
             history = vectors.index_select(0, history_rows).to(dtype)
