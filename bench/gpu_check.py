@@ -324,6 +324,8 @@ def write_report(path: Path, report: dict) -> None:
 def drive(args: argparse.Namespace) -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     args.work.mkdir(parents=True, exist_ok=True)
+    for phase in PHASES:  # an earlier run's figures must not pass for this run's
+        (args.work / f"{phase}.json").unlink(missing_ok=True)
     if args.check_imports:
         record = args.work / "imports.txt"
         record.write_text("")
