@@ -365,16 +365,17 @@ def _list_array(matrix: np.ndarray, value_type: pa.DataType) -> pa.ListArray:
 
 # What a forked worker generates rows from (`_chunk_pool`): the world and the settings, inherited, not sent.
 _FORKED: tuple[World, Preset, DataConfig] | None = None
-ChunkJob = tuple[int, int, int, bool]  # split number, chunk number, rows, labelled
-ChunkResult = tuple[pa.Table, np.ndarray, np.ndarray | None, dict[str, np.ndarray]]
+ChunkJob = tuple[int, int, int, bool, bool]  # split number, chunk number, rows, labelled, keep the rows
+ChunkResult = tuple[pa.Table, np.ndarray, np.ndarray | None, dict[str, np.ndarray] | None]
 ChunkMap = Callable[[Iterable[ChunkJob]], Iterator[ChunkResult]]
 
 
 def _chunk(job: ChunkJob, shared: tuple[World, Preset, DataConfig] | None = None) -> ChunkResult:
     """One chunk of a split from its own stream (seed, 10 + split, chunk): the table as written, the true
-    probabilities, the labels (labelled splits) and the rows."""
+    probabilities, the labels (labelled splits) and, when the job says to keep them, the rows (a worker
+    sends back nothing it need not)."""
     world, p, cfg = shared or _FORKED  # type: ignore[misc]
-    split_no, chunk, n, labelled = job
+    split_no, chunk, n, labelled, keep = job
     sch = schema.ROW_SCHEMA if labelled else schema.TEST_SCHEMA
     rng = _rng(cfg.seed, 10 + split_no, chunk)
     rows = _rows(world, p, cfg, rng, n)
@@ -384,7 +385,7 @@ def _chunk(job: ChunkJob, shared: tuple[World, Preset, DataConfig] | None = None
     labels = (rng.random(n) < prob).astype(np.float64) if labelled else None
     if labels is not None:
         cols["label"] = pa.array(labels)
-    return pa.table(cols).select(sch.names).cast(sch), prob, labels, rows
+    return pa.table(cols).select(sch.names).cast(sch), prob, labels, rows if keep else None
 
 
 @contextlib.contextmanager
@@ -421,9 +422,11 @@ def _write_split(
     rows."""
     sch = schema.ROW_SCHEMA if labelled else schema.TEST_SCHEMA
     chunk_rows = max(1, CHUNK_CELLS // p.seq_len)
+    starts = range(0, n_rows, chunk_rows)
+    keep = len(starts) == 1  # a split in one chunk: its rows are returned too
     jobs = [
-        (split_no, chunk, min(chunk_rows, n_rows - start), labelled)
-        for chunk, start in enumerate(range(0, n_rows, chunk_rows))
+        (split_no, chunk, min(chunk_rows, n_rows - start), labelled, keep)
+        for chunk, start in enumerate(starts)
     ]
     truth, labels, kept = [], [], None
     with pq.ParquetWriter(path, sch) as writer:
@@ -432,7 +435,7 @@ def _write_split(
             truth.append(prob)
             if label is not None:
                 labels.append(label)
-            kept = rows if len(jobs) == 1 else None
+            kept = rows
     return np.concatenate(truth), np.concatenate(labels) if labels else None, kept
 
 
