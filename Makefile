@@ -39,8 +39,11 @@ data: $(STAMP)
 run: data
 	$(BIN)/python -m flows.qin_train
 
+# The tests run in TEST_WORKERS processes (pytest-xdist): most of their time is process starts, imports and
+# servers' start-up, which overlap; each worker has its own temporary folders and Prefect test server.
+TEST_WORKERS ?= 2
 test: $(STAMP) lint
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest -n $(TEST_WORKERS)
 
 # The team stack's integration test: PostgreSQL, MLflow and Prefect servers as local processes (tests/integration).
 integration-test: $(STAMP) postgres

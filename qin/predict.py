@@ -1,7 +1,8 @@
 """The `predict` stage: test.parquet scored into the challenge's submission.
 
-The challenge scores a zip holding one file, `prediction.csv`, with columns `ID` (0..N-1, the row's
-position in test.parquet) and `Task2` (the predicted click probability). `predict` writes, into its output
+The challenge scores a zip holding one file, `prediction.csv`, with columns `ID` (test.parquet's own `ID`
+column, as the challenge ships it; 0..N-1, the row's position, for a test file without one) and `Task2`
+(the predicted click probability). `predict` writes, into its output
 folder:
     prediction.csv    ID,Task2 for every row of test.parquet, in its order
     submission.zip    prediction.csv alone (what is uploaded)
@@ -31,6 +32,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from qin.config import Params
+from qin.data import schema
 from qin.featurize import fixed_list
 from qin.io import atomic_dir, read_json, tree_hash, write_json
 from qin.request import HISTORY, SCALAR_COLUMNS
@@ -42,7 +44,7 @@ SUBMISSION = "submission.zip"
 MANIFEST = "manifest.json"
 VALIDATION = "validation"
 SPLIT = "test"
-COLUMNS = ("ID", "Task2")
+COLUMNS = (schema.SUBMISSION_ID, "Task2")
 READ_ROWS = 262_144  # parquet rows read at a time
 
 
@@ -76,7 +78,8 @@ def predict(
         seconds["score"] = time.perf_counter() - t
 
         t = time.perf_counter()
-        write_submission(probs, tmp / PREDICTION, tmp / SUBMISSION)
+        ids = submission_ids(test)
+        write_submission(probs, tmp / PREDICTION, tmp / SUBMISSION, ids)
         seconds["write"] = time.perf_counter() - t
 
         seconds["total"] = time.perf_counter() - started
@@ -89,6 +92,7 @@ def predict(
             },
             "data": {"file": str(test), "md5": gate["files"][SPLIT]["md5"], "rows": len(probs)},
             "rows": len(probs),
+            "ids": "the test file's ID column" if ids is not None else "row positions 0..N-1",
             "settings": {"batch_size": cfg.batch_size, "device": str(scorer.device)},
             "seconds": {k: round(v, 3) for k, v in seconds.items()},
             "rows_per_s": round(len(probs) / seconds["score"], 1) if seconds["score"] > 0 else None,
@@ -115,12 +119,28 @@ def score_file(test: Path, scorer: Any, batch_size: int) -> np.ndarray:
     return out
 
 
-def write_submission(probs: np.ndarray, csv_path: Path, zip_path: Path) -> None:
-    """prediction.csv (ID = row position, Task2 = probability to float32's 7 digits) and the zip holding
-    only it."""
+def submission_ids(test: Path) -> np.ndarray | None:
+    """test.parquet's `ID` column (the gate checked it: integers, unique, no nulls) in row order, as int64;
+    None when the file has none."""
+    pf = pq.ParquetFile(test)
+    if schema.SUBMISSION_ID not in pf.schema_arrow.names:
+        return None
+    ids = pf.read(columns=[schema.SUBMISSION_ID])[schema.SUBMISSION_ID]
+    return ids.to_numpy().astype(np.int64)
+
+
+def write_submission(
+    probs: np.ndarray, csv_path: Path, zip_path: Path, ids: np.ndarray | None = None
+) -> None:
+    """prediction.csv (ID = `ids`, by default the row position; Task2 = probability to float32's 7 digits)
+    and the zip holding only it."""
     import pandas as pd
 
-    frame = pd.DataFrame({COLUMNS[0]: np.arange(len(probs)), COLUMNS[1]: probs})
+    if ids is None:
+        ids = np.arange(len(probs))
+    if len(ids) != len(probs):
+        raise ValueError(f"{len(ids)} submission IDs for {len(probs)} scored rows")
+    frame = pd.DataFrame({COLUMNS[0]: ids, COLUMNS[1]: probs})
     frame.to_csv(csv_path, index=False, float_format="%.7g", lineterminator="\n")
     with zipfile.ZipFile(zip_path, "w", compression=zipfile.ZIP_DEFLATED, compresslevel=6) as z:
         z.write(csv_path, arcname=PREDICTION)

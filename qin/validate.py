@@ -58,9 +58,12 @@ ALLOWED_TYPES: dict[str, tuple[str, ...]] = {
     schema.TITLE: ("string", "large_string"),
     schema.TXT_EMB: tuple(f"list<{t}>" for t in FLOAT_TYPES),
     schema.IMG_EMB: tuple(f"list<{t}>" for t in FLOAT_TYPES),
+    schema.SUBMISSION_ID: INT_TYPES,
 }
-# Columns a file may carry beyond its contract (test.parquet sometimes ships an unusable label column).
-OPTIONAL_COLUMNS = {"test": (schema.LABEL,)}
+# Columns a file may carry beyond its contract: the challenge's test.parquet has the submission's key `ID`,
+# and may have a (dummy) label column, which nothing reads.
+OPTIONAL_COLUMNS = {"test": (schema.LABEL, schema.SUBMISSION_ID)}
+IGNORED_COLUMNS = {"test": (schema.LABEL,)}
 
 
 class ValidationError(RuntimeError):
@@ -236,7 +239,8 @@ def _schema_expectations(name: str) -> list:
     ]
 
 
-def _value_expectations(name: str, n_items: int, cfg: ValidateConfig) -> list:
+def _value_expectations(name: str, n_items: int, cfg: ValidateConfig, columns: list[str]) -> list:
+    """The value pass's expectations for file `name`, whose derived frame has `columns`."""
     import great_expectations.expectations as E
     from great_expectations.expectations.metadata_types import FailureSeverity
 
@@ -281,6 +285,11 @@ def _value_expectations(name: str, n_items: int, cfg: ValidateConfig) -> list:
         E.ExpectColumnValuesToBeBetween(column=f"{schema.HISTORY}.min", min_value=0),
         E.ExpectColumnValuesToBeBetween(column=f"{schema.HISTORY}.max", max_value=n_items),
     ]
+    if name == "test" and schema.SUBMISSION_ID in columns:
+        exps += [
+            E.ExpectColumnValuesToNotBeNull(column=schema.SUBMISSION_ID),
+            E.ExpectColumnValuesToBeUnique(column=schema.SUBMISSION_ID),
+        ]
     if name in schema.LABELLED_SPLITS:
         exps += [
             E.ExpectColumnValuesToNotBeNull(column=schema.LABEL),
@@ -353,7 +362,12 @@ def _check_file(gx: _Gx, data_dir: Path, name: str, n_items: int | None, cfg: Va
     findings = []
     for f in _findings(str(path), result):  # one finding per offending (column, type) pair
         for col, typ in f.examples:
-            want = f"type {_contract_type(name, col)}" if col in expected else "no such column"
+            if col in expected:
+                want = f"type {_contract_type(name, col)}"
+            elif col in OPTIONAL_COLUMNS.get(name, ()):
+                want = f"one of the types {', '.join(ALLOWED_TYPES[col])}, or no such column"
+            else:
+                want = "no such column"
             findings.append(
                 Finding(str(path), col, f"{f.expectation} (expected {want})", f.severity, None, observed=typ)
             )
@@ -368,7 +382,11 @@ def _check_file(gx: _Gx, data_dir: Path, name: str, n_items: int | None, cfg: Va
         if name == schema.FEATURE_FILE:  # no padding row: row r holds item r + 1
             frame["row_id"] = np.arange(1, len(frame) + 1)
         assert n_items is not None
-        findings = _findings(str(path), gx.run(name, frame, _value_expectations(name, n_items, cfg)))
+        expectations = _value_expectations(name, n_items, cfg, list(frame.columns))
+        findings = _findings(str(path), gx.run(name, frame, expectations))
+    ignored = [c for c in IGNORED_COLUMNS.get(name, ()) if c in found]
+    if ignored:
+        info["notes"] = [f"{path}: column '{c}' is present and ignored (nothing reads it)" for c in ignored]
     info["findings"] = findings
     return info
 
@@ -461,8 +479,8 @@ def _markdown(summary: dict) -> str:
     for info in summary["files"].values():
         status = "skipped" if info.get("skipped") else ("ok" if not info["failures"] else "FAILED")
         lines.append(f"| {info['path']} | {info.get('rows', '-')} | {info.get('md5', '-')} | {status} |")
-    for kind in ("failures", "warnings"):
-        items = [x for info in summary["files"].values() for x in info[kind]]
+    for kind in ("failures", "warnings", "notes"):
+        items = [x for info in summary["files"].values() for x in info.get(kind, ())]
         if items:
             lines += ["", f"## {kind.capitalize()}", ""] + [f"- {x}" for x in items]
     lines += ["", f"GX Data Docs (HTML): `{DATA_DOCS}/index.html`"]

@@ -7,7 +7,9 @@ train/valid/test.parquet, one row per impression:
     likes_level  int64 0..10
     views_level  int64 0..10
     item_id      int64 1..N          the target item
-    label        float64 0/1         click (absent from test.parquet)
+    label        float64 0/1         click (test.parquet: absent, or present and ignored)
+    ID           int64               test.parquet only, optional: the submission's key, unique (the
+                                     challenge's file has it; without it the key is the row position)
 
 item_info.parquet, one row per item id 0..N in id order (row 0 is padding):
     item_id        int64
@@ -44,6 +46,7 @@ NUM_LEVELS = 11  # likes_level / views_level take values 0..10
 # The model's inputs, declared once: the row columns featurize keeps, a scoring request carries
 # (qin/request.py), inference hands the model and `qin.models.Batch` holds (besides the label).
 USER, LABEL = "user_id", "label"
+SUBMISSION_ID = "ID"  # test.parquet's optional key column, written into prediction.csv
 LEVELS = ("likes_level", "views_level")  # 0..NUM_LEVELS-1
 TARGET = "item_id"
 HISTORY = "item_seq"

@@ -326,10 +326,10 @@ def test_featurize_writes_compact_memory_mapped_arrays(tiny_data: Path, tmp_path
 
 def test_the_gate_knows_a_stored_type_for_every_contract_column_and_no_other() -> None:
     from qin.data import schema
-    from qin.validate import ALLOWED_TYPES
+    from qin.validate import ALLOWED_TYPES, OPTIONAL_COLUMNS
 
     columns = {f.name for name in (*schema.FILES, *schema.OPTIONAL_FILES) for f in schema.schema_for(name)}
-    assert set(ALLOWED_TYPES) == columns
+    assert set(ALLOWED_TYPES) == columns | {c for cs in OPTIONAL_COLUMNS.values() for c in cs}
     assert {schema.TXT_EMB, schema.IMG_EMB, schema.TITLE} <= columns - {
         f.name for name in schema.FILES for f in schema.schema_for(name)
     }
