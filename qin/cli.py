@@ -109,9 +109,11 @@ def _run_stage(args: argparse.Namespace, params: Params) -> None:
 
 
 def _promote(args: argparse.Namespace, params: Params) -> None:
-    from qin.register import promote
+    from qin.register import judge_on, load_registry, promote
 
-    r = promote(params.register, args.to, args.version, force=args.force)
+    registry = load_registry(params.register)
+    judge = judge_on(args.data, params, registry)
+    r = promote(params.register, args.to, args.version, force=args.force, registry=registry, judge=judge)
     if r["moved"]:
         previous = f"from version {r['previous']}" if r["previous"] else "(no previous holder)"
         print(
@@ -196,11 +198,19 @@ def build_parser() -> argparse.ArgumentParser:
     p = stage(
         "promote",
         _promote,
-        "give a registered version the staging alias (if it beats the holder by register.min_delta on the "
-        "same data) or, explicitly, production (alias register.production_alias)",
+        "give a registered version the staging alias (if it beats the holder by register.min_delta on its "
+        "data: both re-scored there when the holder's data version differs) or, explicitly, production "
+        "(alias register.production_alias)",
     )
     p.add_argument("--to", required=True, choices=["staging", "production"])
     p.add_argument("--version", help="the model version (default: the newest)")
+    p.add_argument(
+        "--data",
+        type=Path,
+        default=layout.DATA,
+        help="the candidate's data version, where both are scored when the holder's data differs "
+        "(default: %(default)s)",
+    )
     p.add_argument(
         "--force",
         action="store_true",

@@ -15,3 +15,5 @@ RUNS = Path("artifacts/runs")
 LOCKS = Path("artifacts/locks")  # one lock file per shared thing (a model hash, an alias)
 # Registered model packages `predict` downloaded, one folder per content hash (qin/predict.py).
 MODELS = Path("artifacts/models")
+# Models' AUCs on another data version's valid split, by package hash and data version (qin/judge.py).
+JUDGED = Path("artifacts/judged")

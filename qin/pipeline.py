@@ -185,6 +185,8 @@ STAGES: tuple[Stage, ...] = (
             _VALIDATION_IN,
             Input("plots_dir", "--plots", "evaluate", "plots"),
             _EMBED_IN,
+            # The candidate's data: where a holder trained on other data is re-scored (qin/judge.py).
+            _DATA_IN,
         ),
         outputs=(Output("out_path", "--out", "register.json", "artifacts/register.json", dvc="uncached"),),
         help="log the run and register the model; move the alias if it is better",

@@ -14,10 +14,12 @@ Promotion (`promote`, one code path for the register stage's automatic gate and 
   staging` offers one by hand.
 - `production` (params `register.production_alias`, `champion`): only `qin promote --to production`.
 A version takes an alias when no version holds it, or when its valid AUC beats the holder's by at least
-`register.min_delta` on the same data version (`data_hash` tag). A version whose run or model artifacts are
-missing is always refused. Every move is recorded on the version as a tag `alias_history.<n>` (JSON: when,
-alias, from which version, metrics, reason, by whom), read back with `alias_history`. A move is a
-compare-and-set against the holder the decision was made on (see `promote`).
+`register.min_delta`: the two `valid_auc` tags on the same data version (`data_hash` tag); on a new data
+version, both models re-scored on the candidate's valid split (a `Judge`, `judge_on`, qin/judge.py). A
+version whose run or model artifacts are missing is always refused. Every move is recorded on the version as
+a tag `alias_history.<n>` (JSON: when, alias, from which version, metrics, what was compared on new data,
+reason, by whom), read back with `alias_history`. A move is a compare-and-set against the holder the
+decision was made on (see `promote`).
 
 The stage's result is a `Registration` (with the gate's `GateDecision`): `write_registration` and
 `read_registration` are the only code that writes and reads register.json, and `registration_lines` the only
@@ -32,6 +34,7 @@ import json
 import os
 import re
 import subprocess
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from importlib.metadata import entry_points
@@ -42,6 +45,7 @@ import qin
 from qin import layout
 from qin.config import Params, RegisterConfig, flatten, section_hash, to_yaml
 from qin.io import file_lock, read_json, tree_hash, write_json
+from qin.judge import Comparison, digest
 from qin.store import lineage
 from qin.validate import DATA_DOCS, REPORT, SUMMARY
 
@@ -284,36 +288,59 @@ def code_hash() -> str:
 def data_hash(validation_dir: str | Path) -> str:
     """Hash of the validated data files (their md5s, as recorded by `validate`)."""
     summary = read_json(Path(validation_dir) / SUMMARY)
-    md5s = sorted(f"{name}:{info.get('md5')}" for name, info in summary["files"].items())
-    return hashlib.sha256("\n".join(md5s).encode()).hexdigest()[:16]
+    return digest({name: info.get("md5") for name, info in summary["files"].items()})
+
+
+# A comparison of the two on the candidate's data (qin/judge.py), or why there is none.
+Judge = Callable[[VersionInfo, VersionInfo], "Comparison | str"]
 
 
 def decide(
-    candidate: VersionInfo, holder: VersionInfo | None, alias: str, min_delta: float
+    candidate: VersionInfo,
+    holder: VersionInfo | None,
+    alias: str,
+    min_delta: float,
+    judged: Comparison | str | None = None,
 ) -> tuple[Literal["move", "holds", "refused"], str]:
-    """The promotion rule: may `candidate` take `alias` from `holder`? Returns (what happens, why)."""
+    """The promotion rule: may `candidate` take `alias` from `holder`? Returns (what happens, why).
+    `judged`: when their data versions differ, both models' AUCs on the candidate's valid split (or why
+    they could not be measured)."""
     if holder is None:
         return "move", f"no version holds '{alias}' yet"
     c, h = candidate.version, holder.version
     if h == c:
         return "holds", f"version {c} already holds '{alias}'"
     if candidate.data_hash is None or candidate.data_hash != holder.data_hash:
-        return "refused", (
+        different = (
             f"version {c} was evaluated on data version {candidate.data_hash}, version {h} (holding "
-            f"'{alias}') on {holder.data_hash}: valid AUCs on different data do not compare"
+            f"'{alias}') on {holder.data_hash}"
         )
+        if not isinstance(judged, Comparison):
+            why = f", and they were not compared on the candidate's data: {judged}" if judged else ""
+            return "refused", f"{different}: valid AUCs on different data do not compare{why}"
+        on = (
+            f"on data version {judged.data_hash}'s valid rows that both can score ({judged.rows:,}, "
+            f"{judged.share:.1%}), "
+        )
+        return _by_auc(judged.candidate_auc, judged.holder_auc, h, min_delta, on, " (re-scored)")
     if candidate.valid_auc is None:
         return "refused", f"version {c} has no valid_auc tag to compare"
     if holder.valid_auc is None:
         return "move", f"version {h} (holding '{alias}') has no valid_auc to compare with"
-    gain = candidate.valid_auc - holder.valid_auc
+    return _by_auc(candidate.valid_auc, holder.valid_auc, h, min_delta)
+
+
+def _by_auc(
+    auc: float, holder_auc: float, h: str, min_delta: float, on: str = "", rescored: str = ""
+) -> tuple[Literal["move", "refused"], str]:
+    gain = auc - holder_auc
     if gain > 0 and gain >= min_delta - 1e-12:
         return "move", (
-            f"valid_auc {candidate.valid_auc:.5f} beats version {h}'s {holder.valid_auc:.5f} "
+            f"{on}valid_auc {auc:.5f} beats version {h}'s {holder_auc:.5f}{rescored} "
             f"by {gain:.5f} (min_delta {min_delta:g})"
         )
     return "refused", (
-        f"valid_auc {candidate.valid_auc:.5f} does not beat version {h}'s {holder.valid_auc:.5f} "
+        f"{on}valid_auc {auc:.5f} does not beat version {h}'s {holder_auc:.5f}{rescored} "
         f"by min_delta {min_delta:g} (difference {gain:+.5f})"
     )
 
@@ -349,11 +376,14 @@ def promote(
     strict: bool = True,
     by: str = "qin promote",
     registry: Registry | None = None,
+    judge: Judge | None = None,
 ) -> dict[str, Any]:
     """Offer `version` (default: the newest) the alias for `to`, under the rules in the module docstring.
 
     `force` overrides the AUC and data-version rules (recorded in the history), never missing artifacts.
     A refusal raises `PromotionRefused` when `strict`, else it is reported in the result (`refused`).
+    `judge` compares the two on the candidate's data when their data versions differ (`judge_on`);
+    without one such an offer is refused.
 
     Concurrency: the decision is made against the holder read, and the move is `set_alias_if(expected=
     that holder)`; if another run moved the alias in between, the offer is decided again against the new
@@ -378,13 +408,16 @@ def promote(
     with file_lock(lock_path("alias", name, alias)):
         for _ in range(ALIAS_TRIES):
             holder = registry.alias_holder(name, alias)
-            status, reason = _offer(cfg, alias, candidate, holder, missing, force)
+            judged = _judged(judge, candidate, holder, missing)
+            status, reason = _offer(cfg, alias, candidate, holder, missing, force, judged)
             result = _promotion(cfg, to, alias, candidate, holder, status, reason)
+            if isinstance(judged, Comparison):
+                result["compared"] = judged.to_json()
             if status != "move":
                 break
             if registry.set_alias_if(name, alias, candidate.version, expected=result["previous"]):
                 result["history_tag"] = _record_move(
-                    registry, cfg, candidate, holder, alias, reason, force, by
+                    registry, cfg, candidate, holder, alias, reason, force, by, judged
                 )
                 break
         else:
@@ -397,6 +430,17 @@ def promote(
     return result
 
 
+def _judged(
+    judge: Judge | None, candidate: VersionInfo, holder: VersionInfo | None, missing: str | None
+) -> Comparison | str | None:
+    """The judge's comparison when one is needed: a holder on another data version, artifacts present."""
+    if judge is None or holder is None or missing is not None or holder.version == candidate.version:
+        return None
+    if candidate.data_hash is not None and candidate.data_hash == holder.data_hash:
+        return None
+    return judge(candidate, holder)
+
+
 def _offer(
     cfg: RegisterConfig,
     alias: str,
@@ -404,11 +448,12 @@ def _offer(
     holder: VersionInfo | None,
     missing: str | None,
     force: bool,
+    judged: Comparison | str | None = None,
 ) -> tuple[Literal["move", "holds", "refused"], str]:
     """`decide`, with missing artifacts always refused and `force` overriding the other refusals."""
     if missing is not None:
         return "refused", f"its artifacts are missing: {missing}"
-    status, reason = decide(candidate, holder, alias, cfg.min_delta)
+    status, reason = decide(candidate, holder, alias, cfg.min_delta, judged)
     if status == "refused" and force:
         return "move", f"forced ({reason})"
     return status, reason
@@ -447,8 +492,10 @@ def _record_move(
     reason: str,
     force: bool,
     by: str,
+    judged: Comparison | str | None = None,
 ) -> str:
-    """Write the `alias_history.<n>` tag of a move; returns its key."""
+    """Write the `alias_history.<n>` tag of a move; returns its key. A move decided on the candidate's
+    data records both AUCs there, the rows compared and that data version (`compared`)."""
     entry = {
         "when": datetime.now(UTC).isoformat(timespec="seconds"),
         "alias": alias,
@@ -464,6 +511,8 @@ def _record_move(
         "by": by,
         "reason": reason,
     }
+    if isinstance(judged, Comparison):
+        entry["compared"] = judged.to_json()
     # Moves of other aliases (other alias locks) write history on the same version: count its entries
     # afresh, under a lock of the version's own, so two moves never take the same <n>.
     with file_lock(lock_path("history", cfg.model_name, candidate.version)):
@@ -473,12 +522,54 @@ def _record_move(
     return key
 
 
-def gate(registration: str | Path, params: Params, registry: Registry | None = None) -> Registration:
+def judge_on(
+    data_dir: str | Path,
+    params: Params,
+    registry: Registry,
+    local: dict[str, tuple[Path, str]] | None = None,
+) -> Judge:
+    """A `Judge` that compares two versions on `data_dir`'s valid split (qin/judge.py), provided it holds
+    the candidate's data version. Their packages: `local` (version -> (package, content hash)), else
+    downloaded as `qin predict` downloads a registered version."""
+    from qin.judge import compare, data_hash_of
+    from qin.resolve import resolve_model
+
+    def package(version: VersionInfo) -> tuple[Path, str]:
+        if local and version.version in local:
+            return local[version.version]
+        ref = resolve_model(version.version, params.register, registry=registry)
+        return ref.path, ref.model_hash
+
+    def judge(candidate: VersionInfo, holder: VersionInfo) -> Comparison | str:
+        try:
+            here = data_hash_of(data_dir)
+        except FileNotFoundError as exc:
+            return f"the candidate's data is needed to compare them on it: {exc}"
+        if candidate.data_hash != here:
+            return (
+                f"{data_dir} holds data version {here}, not the candidate's, so they cannot be compared on "
+                f"it (give the folder holding data version {candidate.data_hash})"
+            )
+        return compare(data_dir, here, package(candidate), package(holder), params.evaluate.batch_size)
+
+    return judge
+
+
+def gate(
+    registration: str | Path,
+    params: Params,
+    registry: Registry | None = None,
+    data_dir: str | Path | None = None,
+    local: dict[str, tuple[Path, str]] | None = None,
+) -> Registration:
     """The register stage's automatic step: offer the version named in `registration` (register.json) the
-    staging alias through `promote`, and write the file again with the decision; returns that record."""
+    staging alias through `promote`, and write the file again with the decision; returns that record.
+    `data_dir`: the candidate's data, where it is judged against a holder of another data version."""
     reg = read_registration(registration)
+    registry = registry or load_registry(params.register)
+    judge = judge_on(data_dir, params, registry, local) if data_dir is not None else None
     decision = promote(
-        params.register, "staging", reg.version, strict=False, by="register", registry=registry
+        params.register, "staging", reg.version, strict=False, by="register", registry=registry, judge=judge
     )
     result = dataclasses.replace(
         reg,
@@ -629,6 +720,7 @@ def register(
     registry: Registry | None = None,
     gate_staging: bool = True,
     embed_dir: str | Path | None = None,
+    data_dir: str | Path | None = None,
 ) -> Registration:
     """Register the package (once per content hash), write `out_path` (register.json) and, unless
     `gate_staging` is False (the flow runs `gate` as its own step), offer the version `staging`. Returns
@@ -675,5 +767,6 @@ def register(
     )
     write_registration(out_path, result)
     if gate_staging:
-        result = gate(out_path, params, registry)
+        local = {result.version: (model_dir, model_hash)}
+        result = gate(out_path, params, registry, data_dir, local)
     return result

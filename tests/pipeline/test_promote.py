@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from qin.config import RegisterConfig
+from qin.judge import Comparison
 from qin.register import (
     ALIAS_TRIES,
     AliasContended,
@@ -61,6 +62,68 @@ def test_decide(candidate: VersionInfo, holder: VersionInfo | None, expected: st
     status, reason = decide(candidate, holder, "staging", 0.001)
     assert status == expected
     assert says in reason
+
+
+@pytest.mark.parametrize(
+    ("judged", "expected", "says"),
+    [
+        (
+            Comparison("d2", 450, 0.75, candidate_auc=0.712, holder_auc=0.71),
+            "move",
+            "on data version d2's valid rows that both can score (450, 75.0%), valid_auc 0.71200 beats "
+            "version 1's 0.71000 (re-scored) by 0.00200",
+        ),
+        (
+            Comparison("d2", 450, 0.75, candidate_auc=0.7105, holder_auc=0.71),
+            "refused",
+            "does not beat version 1's 0.71000 (re-scored) by min_delta 0.001",
+        ),
+        (
+            "data/ holds data version d9",
+            "refused",
+            "do not compare, and they were not compared on the candidate's data: data/ holds data version d9",
+        ),
+    ],
+    ids=["better there", "not better by min_delta there", "not comparable"],
+)
+def test_decide_on_new_data_compares_both_on_the_candidates_data(
+    judged: Comparison | str, expected: str, says: str
+) -> None:
+    # The tags' own valid AUCs (0.60 against 0.90, on different data) play no part.
+    status, reason = decide(v("2", 0.60, data="d2"), v("1", 0.90), "staging", 0.001, judged)
+    assert status == expected
+    assert says in reason
+    # Same data: the judge's figures are not used.
+    assert decide(v("2", 0.60), v("1", 0.90), "staging", 0.001, judged)[0] == "refused"
+
+
+def test_promote_asks_the_judge_only_across_data_versions_and_records_its_figures() -> None:
+    reg = FakeRegistry([v("1", 0.90), v("2", 0.95), v("3", 0.60, data="d2"), v("4", 0.50, data="d2")])
+    asked: list[tuple[str, str]] = []
+
+    def judge(candidate: VersionInfo, holder: VersionInfo) -> Comparison:
+        asked.append((candidate.version, holder.version))
+        auc = {"3": 0.80, "4": 0.70}[candidate.version]
+        return Comparison("d2", 300, 0.5, candidate_auc=auc, holder_auc=0.75)
+
+    promote(CFG, "staging", "1", registry=reg, judge=judge)
+    assert promote(CFG, "staging", "2", registry=reg, judge=judge)["moved"]
+    assert asked == []  # same data version: the tags' AUCs decide
+    moved = promote(CFG, "staging", "3", registry=reg, judge=judge)
+    assert moved["moved"] and moved["compared"]["rows"] == 300 and asked == [("3", "2")]
+    entry = alias_history(reg.by_number["3"])[-1]
+    assert entry["compared"] == {
+        "data_hash": "d2",
+        "rows": 300,
+        "share": 0.5,
+        "valid_auc": 0.80,
+        "from_valid_auc": 0.75,
+    }
+    assert not entry["forced"] and "re-scored" in entry["reason"]
+    # Version 4 (d2) against the holder version 3 (d2): the same data again, the tags decide (0.50 < 0.60).
+    with pytest.raises(PromotionRefused, match=r"valid_auc 0\.50000 does not beat version 3's 0\.60000"):
+        promote(CFG, "staging", "4", registry=reg, judge=judge)
+    assert asked == [("3", "2")]
 
 
 @pytest.fixture(autouse=True)

@@ -1,0 +1,149 @@
+"""Two registered models judged on one data version's valid split: how `promote` compares a candidate
+trained on new data with the alias holder trained on older data.
+
+Valid AUCs measured on different data do not compare. So when the candidate's data version (`data_hash`
+tag) is not the holder's, both packages score the candidate's valid split, on the rows both can score: the
+target item and every history item within both item tables (a model cannot score an item it has never had
+an id for; keys mapped by `qin data from-log` keep their ids across versions, so the old items' rows are
+all there). The share of rows compared is recorded with the decision.
+
+A model's AUC on those rows is cached in `layout.JUDGED`, by the package's content hash, the data version,
+the history length and the largest item id scored, so re-offering the same pair scores nothing. The
+holder's package is found as `qin predict` finds a registered version (qin/resolve.py: downloaded once per
+content hash, checked against its tag).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from qin import layout
+from qin.data import schema
+from qin.io import file_hash, file_lock, read_json, write_json
+
+READ_ROWS = 262_144
+SPLIT = "valid"
+
+
+@dataclass(frozen=True)
+class Comparison:
+    """Both models' AUC on the rows of one valid split that both can score."""
+
+    data_hash: str
+    rows: int  # rows compared
+    share: float  # of the split's rows
+    candidate_auc: float
+    holder_auc: float
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "data_hash": self.data_hash,
+            "rows": self.rows,
+            "share": round(self.share, 6),
+            "valid_auc": self.candidate_auc,
+            "from_valid_auc": self.holder_auc,
+        }
+
+
+def data_hash_of(data_dir: str | Path) -> str:
+    """The data version of the files now in `data_dir`: the digest `register` tags a version with
+    (qin.register.data_hash, from the md5s `validate` recorded), computed from the files themselves."""
+    data_dir = Path(data_dir)
+    names = [*schema.FILES, *(n for n in schema.OPTIONAL_FILES if (data_dir / f"{n}.parquet").exists())]
+    missing = [n for n in names if not (data_dir / f"{n}.parquet").is_file()]
+    if missing:
+        raise FileNotFoundError(f"{data_dir}: missing {', '.join(f'{n}.parquet' for n in missing)}")
+    return digest({n: file_hash(data_dir / f"{n}.parquet") for n in names})
+
+
+def digest(md5s: dict[str, str | None]) -> str:
+    """One data version's digest from its files' md5s by name."""
+    lines = sorted(f"{name}:{md5}" for name, md5 in md5s.items())
+    return hashlib.sha256("\n".join(lines).encode()).hexdigest()[:16]
+
+
+def compare(
+    data_dir: str | Path,
+    data_hash: str,
+    candidate: tuple[Path, str],
+    holder: tuple[Path, str],
+    batch_size: int,
+    cache: Path = layout.JUDGED,
+) -> Comparison | str:
+    """The candidate's and the holder's AUC on `data_dir`'s valid rows that both can score; or, when no
+    AUC can be measured on them, why (a sentence)."""
+    from qin.inference import CONFIG
+
+    n_items = min(int(read_json(p / CONFIG)["features"]["n_items"]) for p in (candidate[0], holder[0]))
+    path = Path(data_dir) / f"{SPLIT}.parquet"
+    total = pq.ParquetFile(path).metadata.num_rows
+    results = [
+        _scored(path, package, model_hash, data_hash, n_items - 1, batch_size, cache)
+        for package, model_hash in (candidate, holder)
+    ]
+    rows = results[0]["rows"]
+    if any(r.get("auc") is None for r in results):
+        return (
+            f"an AUC cannot be measured on the {rows} of {total} rows of {path} whose items both models know "
+            f"(ids up to {n_items - 1}): {results[0].get('why') or results[1].get('why')}"
+        )
+    return Comparison(data_hash, rows, rows / total, results[0]["auc"], results[1]["auc"])
+
+
+def _scored(
+    path: Path,
+    package: Path,
+    model_hash: str,
+    data_hash: str,
+    max_item: int,
+    batch_size: int,
+    cache: Path,
+) -> dict[str, Any]:
+    """{rows, auc (None when it cannot be measured), why} of one package on the rows of `path` whose
+    items are all <= `max_item`: cached by the package's hash, the data version and `max_item`."""
+    from qin.inference import load_package
+    from qin.metrics import roc_auc
+
+    entry = cache / f"{model_hash[:24]}-{data_hash}-{max_item}.json"
+    with file_lock(cache / f"{entry.stem}.lock"):
+        if entry.exists():
+            return dict(read_json(entry))
+        scorer = load_package(package, device="auto")
+        probs, labels = score_known_rows(path, scorer, max_item, batch_size)
+        result: dict[str, Any] = {"rows": len(labels), "auc": None, "why": None, "model_hash": model_hash}
+        if len(np.unique(labels)) < 2:
+            result["why"] = f"they hold {'no rows' if not len(labels) else 'one class only'}"
+        else:
+            result["auc"] = roc_auc(labels, probs)
+        write_json(entry, result)
+    return result
+
+
+def score_known_rows(
+    path: Path, scorer: Any, max_item: int, batch_size: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """(probabilities, labels) of the rows of a labelled split whose target and history items are all
+    <= `max_item`, in file order."""
+    from qin.featurize import fixed_list
+    from qin.request import HISTORY, SCALAR_COLUMNS
+
+    probs, labels = [], []
+    pf = pq.ParquetFile(path)
+    for batch in pf.iter_batches(batch_size=READ_ROWS, columns=[*SCALAR_COLUMNS, HISTORY, schema.LABEL]):
+        table = pa.Table.from_batches([batch])
+        cols = {c: table[c].to_numpy().astype(np.int64) for c in SCALAR_COLUMNS}
+        cols[HISTORY] = fixed_list(table, HISTORY).astype(np.int64)
+        keep = (cols[schema.TARGET] <= max_item) & (cols[HISTORY].max(axis=1, initial=0) <= max_item)
+        if keep.any():
+            probs.append(scorer.predict({c: v[keep] for c, v in cols.items()}, batch_size))
+            labels.append(table[schema.LABEL].to_numpy()[keep].astype(np.float64))
+    if not probs:
+        return np.empty(0, np.float32), np.empty(0)
+    return np.concatenate(probs), np.concatenate(labels)
