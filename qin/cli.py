@@ -46,6 +46,51 @@ def _import(args: argparse.Namespace, params: Params) -> None:
         track_with_dvc(args.out)
 
 
+def _from_log(args: argparse.Namespace, params: Params) -> None:
+    from qin.data.from_log import FromLogConfig, from_log
+
+    shares = tuple(float(x) for x in args.split.split(","))
+    if len(shares) != 3 or abs(sum(shares) - 1) > 1e-9 or min(shares) <= 0:
+        raise ValueError(f"--split: expected three positive shares adding up to 1, found {args.split!r}")
+    cfg = FromLogConfig(
+        user=args.user,
+        item=args.item,
+        time=args.time,
+        label=None if args.rating or args.negatives else args.label,
+        rating=args.rating,
+        threshold=args.threshold,
+        negatives=args.negatives,
+        item_key=args.item_key,
+        tags=args.tags,
+        tags_sep=args.tags_sep,
+        title=args.title,
+        vectors=tuple(c for c in (args.vectors or "").split(",") if c),
+        history=args.history,
+        split=(shares[0], shares[1], shares[2]),
+        tag_vocab=params.validate.tag_vocab,
+        previous_maps=args.previous_maps,
+        seed=args.seed,
+        sep=args.sep,
+    )
+    r = from_log(args.log, args.out, cfg, args.items)
+    rows, rates = r["rows"], r["positive_rate"]
+    print(
+        f"wrote {args.out}/ from {args.log}: "
+        + ", ".join(f"{s} {rows[s]:,} rows ({rates[s]:.1%} positive)" for s in rows)
+        + f"; {r['n_users']:,} users, {r['n_items']:,} items, {r['n_tags']:,} tags; item_emb_d128: "
+        f"{r['item_emb']}; {r['seconds']:.1f} s"
+    )
+    if not args.no_dvc:
+        track_with_dvc(args.out)
+
+
+def _join_keys(args: argparse.Namespace, params: Params) -> None:
+    from qin.data.from_log import join_keys
+
+    n = join_keys(args.prediction, args.data, args.out)
+    print(f"wrote {args.out}: {n:,} rows with their original user and item keys")
+
+
 def track_with_dvc(path: Path) -> None:
     """`dvc add` the data folder when this project uses DVC, so data.dvc names the new version."""
     if not Path(".dvc").is_dir():
@@ -144,6 +189,53 @@ def _show_params(args: argparse.Namespace, params: Params) -> None:
     print(to_yaml(params), end="")
 
 
+def _from_log_parser(data_sub: Any) -> None:
+    """`qin data from-log` and `qin data join-keys` (qin/data/from_log.py names the rules)."""
+    p = data_sub.add_parser(
+        "from-log", help="convert an interaction log (and an item table) into data/ in the challenge's schema"
+    )
+    p.add_argument("log", type=Path, help="the interactions: a parquet or CSV file")
+    p.add_argument("--items", type=Path, help="the item table: a parquet or CSV file")
+    p.add_argument("--sep", default=",", help="the separator of text (CSV) files (default: %(default)s)")
+    p.add_argument("--out", type=Path, default=layout.DATA)
+    for option, default, what in (
+        ("--user", "user_id", "the log's user key column"),
+        ("--item", "item_id", "the log's item key column"),
+        ("--time", "timestamp", "the log's time column (numbers, or dates and times)"),
+        ("--label", "label", "the log's 0/1 label column"),
+    ):
+        p.add_argument(option, default=default, help=f"{what} (default: %(default)s)")
+    p.add_argument("--rating", help="a rating column instead of a label: positive when >= --threshold")
+    p.add_argument("--threshold", type=float, help="the rating that counts as positive")
+    p.add_argument(
+        "--negatives", type=int, default=0, help="a positives-only log: K sampled negatives per positive"
+    )
+    p.add_argument("--item-key", help="the item table's key column (default: the --item name)")
+    p.add_argument("--tags", help="the item table's categories: a list column, or text split on --tags-sep")
+    p.add_argument("--tags-sep", default="|", help="(default: %(default)s)")
+    p.add_argument("--title", help="the item table's title column")
+    p.add_argument("--vectors", help="the item table's vector columns, comma-separated")
+    p.add_argument("--history", type=int, default=100, help="history length (default: %(default)s)")
+    p.add_argument(
+        "--split", default="0.8,0.1,0.1", help="train,valid,test shares in time (default: %(default)s)"
+    )
+    p.add_argument(
+        "--previous-maps", type=Path, help="the previous version's maps/ folder: its keys keep their ids"
+    )
+    p.add_argument(
+        "--seed", type=int, default=0, help="for sampled negatives and the SVD (default: %(default)s)"
+    )
+    p.add_argument("--no-dvc", action="store_true", help="do not run `dvc add` on the output")
+    p.set_defaults(fn=_from_log)
+    p = data_sub.add_parser(
+        "join-keys", help="a prediction.csv with the original user and item keys (from-log data)"
+    )
+    p.add_argument("prediction", type=Path, help="prediction.csv or submission.zip")
+    p.add_argument("--data", type=Path, default=layout.DATA, help="the from-log data folder it scored")
+    p.add_argument("--out", type=Path, required=True, help="the CSV to write")
+    p.set_defaults(fn=_join_keys)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="qin",
@@ -178,6 +270,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, default=layout.DATA)
     p.add_argument("--no-dvc", action="store_true", help="do not run `dvc add` on the output")
     p.set_defaults(fn=_import)
+    _from_log_parser(data_sub)
 
     for s in pipeline.STAGES:
         p = stage(s.name, _run_stage, s.help)
