@@ -151,9 +151,10 @@ def table_markdown(rows: list[dict[str, Any]], no_history_auc: float | None = No
         "|---|---|---|---|---|---|---|",
     ]
     for r in rows:
+        oracle = r["valid_oracle_auc"]  # NaN for data without the true click probability (real data)
         lines.append(
             f"| {r['model']} | {r['valid_auc']:.4f} | {r['valid_logloss']:.4f} | {r['valid_gauc']:.4f} "
-            f"| {r['valid_oracle_auc']:.4f} | {r['parameters']:,} | {r['seconds']:.0f} |"
+            f"| {f'{oracle:.4f}' if oracle == oracle else 'n/a'} | {r['parameters']:,} | {r['seconds']:.0f} |"
         )
     if no_history_auc is not None:
         lines += ["", f"No-history bound (best AUC without the history): {no_history_auc:.4f}"]

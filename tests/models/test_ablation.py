@@ -53,6 +53,8 @@ def test_table_markdown_has_a_row_per_model() -> None:
     text = table_markdown([row, {**row, "model": "DIN"}], no_history_auc=0.75)
     assert "| QIN | 0.8123 | 0.4000 | 0.7000 | 0.8500 | 1,234,567 | 12 |" in text
     assert "| DIN |" in text and "No-history bound" in text and "0.7500" in text
+    real = table_markdown([{**row, "valid_oracle_auc": float("nan")}])  # no true click probability
+    assert "| QIN | 0.8123 | 0.4000 | 0.7000 | n/a | 1,234,567 | 12 |" in real
 
 
 @pytest.mark.slow
