@@ -57,6 +57,25 @@ def atomic_file(target: str | Path) -> Iterator[Path]:
     os.replace(tmp, target)
 
 
+def write_tables(path: str | Path, tables: Iterable[Any]) -> int:
+    """Write a stream of pyarrow tables of one schema into one parquet file (opened at the first table,
+    closed when the stream ends or fails); returns the rows written. An empty stream writes no file."""
+    import pyarrow.parquet as pq
+
+    writer = None
+    rows = 0
+    try:
+        for table in tables:
+            if writer is None:
+                writer = pq.ParquetWriter(path, table.schema)
+            writer.write_table(table)
+            rows += table.num_rows
+    finally:
+        if writer is not None:
+            writer.close()
+    return rows
+
+
 def write_json(path: str | Path, obj: Any) -> Path:
     with atomic_file(path) as tmp:
         tmp.write_text(json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n")

@@ -33,6 +33,7 @@ written to a temporary folder and renamed into place only when complete.
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -43,7 +44,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from qin.data import schema
-from qin.io import atomic_dir, write_json
+from qin.io import atomic_dir, write_json, write_tables
 
 MAPS = "maps"
 RECORD = "from_log.json"
@@ -477,36 +478,28 @@ def _write_split(
 ) -> None:
     """One split's rows (`idx`, in time order), WRITE_ROWS at a time, each history gathered from the
     positives array."""
-    writer = None
     offsets = np.arange(-length, 0)
-    try:
+
+    def tables() -> Iterator[pa.Table]:
         for start in range(0, max(len(idx), 1), WRITE_ROWS):
             at = idx[start : start + WRITE_ROWS]
             b, e = begin[at], end[at]
             where = e[:, None] + offsets[None, :]
-            seq = np.where(
-                where >= b[:, None], pos_items[np.clip(where, 0, None)] if len(pos_items) else 0, 0
-            )
+            gathered = pos_items[np.clip(where, 0, None)] if len(pos_items) else 0
+            seq = np.where(where >= b[:, None], gathered, 0)
             item = rows["item_id"].to_numpy()[at]
             cols: dict[str, Any] = {}
             if name == "test":
                 cols[schema.SUBMISSION_ID] = pa.array(rows["row"].to_numpy()[at])
             cols[schema.USER] = pa.array(rows["user_id"].to_numpy()[at])
-            cols[schema.HISTORY] = pa.ListArray.from_arrays(
-                pa.array(np.arange(0, len(at) * length + 1, length, dtype=np.int32)),
-                pa.array(seq.reshape(-1).astype(np.int64)),
-            )
+            cols[schema.HISTORY] = _list(seq.astype(np.int64).reshape(len(at), length))
             cols[schema.LEVELS[0]] = pa.array(like_lv[item])
             cols[schema.LEVELS[1]] = pa.array(view_lv[item])
             cols[schema.TARGET] = pa.array(item)
             cols[schema.LABEL] = pa.array(rows["label"].to_numpy()[at].astype(np.float64))
-            table = pa.table(cols)
-            if writer is None:
-                writer = pq.ParquetWriter(path, table.schema)
-            writer.write_table(table)
-    finally:
-        if writer is not None:
-            writer.close()
+            yield pa.table(cols)
+
+    write_tables(path, tables())
 
 
 def _write_items(

@@ -10,6 +10,7 @@ not written: real data has none. The pipeline's readers must take either storage
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -18,7 +19,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from qin.data import schema
-from qin.io import atomic_dir
+from qin.io import atomic_dir, write_tables
 
 # How each column is stored in the rewritten files (a list column becomes a fixed-size list of this type).
 NARROW: dict[str, pa.DataType] = {
@@ -50,22 +51,19 @@ def reshape_as_shipped(src: str | Path, out: str | Path, *, test_label: bool = F
 
 
 def _rewrite(pf: pq.ParquetFile, path: Path, ids: np.ndarray | None, label: bool) -> None:
-    writer = None
+    write_tables(path, _reshaped(pf, ids, label))
+
+
+def _reshaped(pf: pq.ParquetFile, ids: np.ndarray | None, label: bool) -> Iterator[pa.Table]:
     row = 0
-    try:
-        for group in range(pf.metadata.num_row_groups):
-            table = _narrow(pf.read_row_group(group))
-            if ids is not None:
-                table = table.add_column(0, schema.SUBMISSION_ID, pa.array(ids[row : row + table.num_rows]))
-                if label:
-                    table = table.append_column(schema.LABEL, pa.array(np.zeros(table.num_rows, np.int8)))
-            row += table.num_rows
-            if writer is None:
-                writer = pq.ParquetWriter(path, table.schema)
-            writer.write_table(table)
-    finally:
-        if writer is not None:
-            writer.close()
+    for group in range(pf.metadata.num_row_groups):
+        table = _narrow(pf.read_row_group(group))
+        if ids is not None:
+            table = table.add_column(0, schema.SUBMISSION_ID, pa.array(ids[row : row + table.num_rows]))
+            if label:
+                table = table.append_column(schema.LABEL, pa.array(np.zeros(table.num_rows, np.int8)))
+        row += table.num_rows
+        yield table
 
 
 def _narrow(table: pa.Table) -> pa.Table:
