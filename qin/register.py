@@ -550,7 +550,11 @@ def judge_on(
                 f"{data_dir} holds data version {here}, not the candidate's, so they cannot be compared on "
                 f"it (give the folder holding data version {candidate.data_hash})"
             )
-        return compare(data_dir, here, package(candidate), package(holder), params.evaluate.batch_size)
+        try:
+            packages = package(candidate), package(holder)
+        except (OSError, ValueError, KeyError, RuntimeError) as exc:  # e.g. the holder's files are gone
+            return f"a package could not be had to score: {type(exc).__name__}: {exc}"
+        return compare(data_dir, here, *packages, params.evaluate.batch_size)
 
     return judge
 

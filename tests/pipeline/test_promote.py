@@ -379,3 +379,33 @@ def test_qin_promote_against_mlflow(project: Path, capsys: pytest.CaptureFixture
     code, said = promote_cli("--to", "production", "--version", "3", "--force")
     assert code == 1 and "have no MLmodel file" in said
     assert str(client.get_model_version_by_alias("qin-ctr", "champion").version) == "1"
+
+
+def test_a_judge_whose_packages_cannot_be_had_says_why_and_the_offer_is_refused(
+    tiny_data: Path, tmp_path: Path
+) -> None:
+    from qin.config import load_params
+    from qin.judge import data_hash_of
+    from qin.register import judge_on
+    from tests.conftest import TINY_PARAMS
+
+    (tmp_path / "params.yaml").write_text(TINY_PARAMS)
+    params = load_params(tmp_path / "params.yaml")
+    here = data_hash_of(tiny_data)
+
+    class Gone(FakeRegistry):
+        def download_package(self, model_name: str, version: str, dest: Path) -> None:
+            raise FileNotFoundError(f"version {version}'s run was deleted")
+
+    versions = [v("1", 0.9, data="d0"), v("2", 0.5, data=here)]
+    for x in versions:
+        x.tags["model_hash"] = f"{x.version}" * 64
+    reg = Gone(versions)
+    judge = judge_on(tiny_data, params, reg)
+    why = judge(reg.by_number["2"], reg.by_number["1"])
+    assert why == "a package could not be had to score: FileNotFoundError: version 2's run was deleted"
+    no_data = judge_on(tmp_path, params, reg)(reg.by_number["2"], reg.by_number["1"])
+    assert "data is needed to compare them on it" in str(no_data) and "missing train.parquet" in str(no_data)
+    promote(CFG, "staging", "1", registry=reg)
+    with pytest.raises(PromotionRefused, match="not compared on the candidate's data: a package could not"):
+        promote(CFG, "staging", "2", registry=reg, judge=judge)
