@@ -345,18 +345,22 @@ def item_embedding(
 
 
 def _vectors(path: Path, items: pd.DataFrame, columns: tuple[str, ...]) -> list[np.ndarray]:
-    """Each vector column as (rows, D) float32, refusing ragged, null or non-finite values by name."""
+    """Each vector column as (rows, D) float32, refusing ragged or non-finite values by name. A row
+    without a vector (an item of the previous maps that the item table no longer lists) gets zeros."""
     out = []
     for col in columns:
         cells = items[col].to_numpy()
-        lengths = np.array([len(c) if c is not None else -1 for c in cells])
-        if (lengths != lengths[0]).any() or lengths[0] < 1:
-            bad = np.flatnonzero(lengths != np.bincount(lengths[lengths >= 0]).argmax())
+        present = np.array([isinstance(c, list | tuple | np.ndarray) for c in cells], dtype=bool)
+        lengths = np.array([len(c) if p else -1 for c, p in zip(cells, present, strict=True)])
+        common = int(np.bincount(lengths[present]).argmax()) if present.any() else 0
+        bad = present & (lengths != common)
+        if common < 1 or bad.any():
             raise LogError(
                 f"{path}: column '{col}': expected vectors of one length, found lengths "
                 f"{_examples(lengths[bad])} for keys {_examples(items['key'].to_numpy()[bad])}"
             )
-        x = np.stack(cells).astype(np.float32)
+        x = np.zeros((len(cells), common), dtype=np.float32)
+        x[present] = np.stack(cells[present]).astype(np.float32)
         bad_rows = ~np.isfinite(x).all(axis=1)
         if bad_rows.any():
             raise LogError(

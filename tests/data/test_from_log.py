@@ -173,9 +173,12 @@ def test_ids_map_back_and_a_new_version_keeps_the_old_ids(converted: dict, tmp_p
     # Version 2: more interactions, with new users and items; the old keys keep their ids.
     newer = pd.concat([log, _log(seed=5, users=80, items=70).assign(ts=lambda f: f["ts"] + 10_000)])
     newer.to_csv(tmp_path / "log2.csv", index=False)
-    items2 = _items(items=70)
+    # The new item table drops item m0 (which only the previous maps still name) and adds m50..m69.
+    items2 = _items(items=70).iloc[1:]
     items2.to_parquet(tmp_path / "items2.parquet")
-    cfg = dataclasses.replace(CFG, previous_maps=data / "maps")
+    newer = newer[newer["movie"] != "m0"]
+    newer.to_csv(tmp_path / "log2.csv", index=False)
+    cfg = dataclasses.replace(CFG, previous_maps=data / "maps", vectors=("vec",))
     from_log(tmp_path / "log2.csv", tmp_path / "data2", cfg, tmp_path / "items2.parquet")
     for name in ("users", "items"):
         old, new = _keys(data, name), _keys(tmp_path / "data2", name)
