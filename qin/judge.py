@@ -7,8 +7,8 @@ target item and every history item within both item tables (a model cannot score
 an id for; keys mapped by `qin data from-log` keep their ids across versions, so the old items' rows are
 all there). The share of rows compared is recorded with the decision.
 
-A model's AUC on those rows is cached in `layout.JUDGED`, by the package's content hash, the data version,
-the history length and the largest item id scored, so re-offering the same pair scores nothing. The
+A model's AUC on those rows is cached in `layout.JUDGED`, by the package's content hash, the data version
+and the largest item id scored, so re-offering the same pair scores nothing. The
 holder's package is found as `qin predict` finds a registered version (qin/resolve.py: downloaded once per
 content hash, checked against its tag).
 """
@@ -131,15 +131,14 @@ def score_known_rows(
 ) -> tuple[np.ndarray, np.ndarray]:
     """(probabilities, labels) of the rows of a labelled split whose target and history items are all
     <= `max_item`, in file order."""
-    from qin.featurize import fixed_list
+    from qin.predict import model_columns
     from qin.request import HISTORY, SCALAR_COLUMNS
 
     probs, labels = [], []
     pf = pq.ParquetFile(path)
     for batch in pf.iter_batches(batch_size=READ_ROWS, columns=[*SCALAR_COLUMNS, HISTORY, schema.LABEL]):
         table = pa.Table.from_batches([batch])
-        cols = {c: table[c].to_numpy().astype(np.int64) for c in SCALAR_COLUMNS}
-        cols[HISTORY] = fixed_list(table, HISTORY).astype(np.int64)
+        cols = model_columns(table)
         keep = (cols[schema.TARGET] <= max_item) & (cols[HISTORY].max(axis=1, initial=0) <= max_item)
         if keep.any():
             probs.append(scorer.predict({c: v[keep] for c, v in cols.items()}, batch_size))

@@ -112,8 +112,7 @@ def score_file(test: Path, scorer: Any, batch_size: int) -> np.ndarray:
     row = 0
     for batch in pf.iter_batches(batch_size=READ_ROWS, columns=[*SCALAR_COLUMNS, HISTORY]):
         table = pa.Table.from_batches([batch])
-        cols = {c: table[c].to_numpy().astype(np.int64) for c in SCALAR_COLUMNS}
-        cols[HISTORY] = fixed_list(table, HISTORY).astype(np.int64)  # Scorer keeps the last max_len
+        cols = model_columns(table)
         out[row : row + len(table)] = scorer.predict(cols, batch_size)
         row += len(table)
     return out
@@ -127,6 +126,14 @@ def submission_ids(test: Path) -> np.ndarray | None:
         return None
     ids = pf.read(columns=[schema.SUBMISSION_ID])[schema.SUBMISSION_ID]
     return ids.to_numpy().astype(np.int64)
+
+
+def model_columns(table: pa.Table) -> dict[str, np.ndarray]:
+    """A batch of rows' model inputs as the Scorer takes them (int64; the whole history: the Scorer keeps
+    the last max_len)."""
+    cols = {c: table[c].to_numpy().astype(np.int64) for c in SCALAR_COLUMNS}
+    cols[HISTORY] = fixed_list(table, HISTORY).astype(np.int64)
+    return cols
 
 
 def write_submission(
