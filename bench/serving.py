@@ -178,7 +178,7 @@ def in_process(model: str, frame: pd.DataFrame, threads: int, n: int) -> list[tu
     scorer = mlflow.pyfunc.load_model(model).unwrap_python_model().scorer
     default_threads = torch.get_num_threads()
     out = []
-    arrays = request_arrays(frame, scorer.n_items, scorer.max_len)
+    arrays = request_arrays(frame, scorer.spec, scorer.max_len)
     scorer.predict(arrays)
     times = []
     for _ in range(3):

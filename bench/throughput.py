@@ -116,9 +116,10 @@ def measure(args: argparse.Namespace) -> dict:
 
     from qin import runtime
     from qin.config import TrainConfig, preset
+    from qin.data.features import default_spec
     from qin.inference import Scorer
     from qin.models import build_model
-    from qin.models.blocks import FeatureSpec, ItemEncoder
+    from qin.models.blocks import ItemEncoder
     from qin.models.qin import QINConfig
     from qin.train import Trainer, host_rows, on_device, prefetch
 
@@ -134,14 +135,14 @@ def measure(args: argparse.Namespace) -> dict:
     )  # fmt: skip
     ItemEncoder.distinct = not args.no_distinct
     torch.manual_seed(0)
-    spec = FeatureSpec(n_items=N_ITEMS, n_tags=N_TAGS)
+    spec = default_spec(N_ITEMS, N_TAGS)
     g = torch.Generator().manual_seed(1)
     tags = torch.randint(0, N_TAGS, (N_ITEMS, 5), generator=g)
     tags[:, 3:] *= torch.rand(N_ITEMS, 2, generator=g) < 0.5  # 3 to 5 tags per item
     tags[0] = 0
     emb = torch.randn(N_ITEMS, 128, generator=g)
     emb[0] = 0
-    model = build_model(model_cfg, spec, tags, emb).to(device)
+    model = build_model(model_cfg, spec, {"item_tags": tags, "item_emb_d128": emb}).to(device)
     trainer = Trainer(model, cfg, device)
     pool = 4 * batch
     resident = args.placement == "device" or device.type != "cuda"
@@ -184,7 +185,7 @@ def measure(args: argparse.Namespace) -> dict:
     # Scoring as `qin predict` and serving do it: a frozen scorer (the item table encoded once) fed from host
     # arrays, in the one scoring precision.
     eval_rows = {k: v.cpu().numpy() for k, v in cols.items() if k != "label"}
-    scorer = Scorer(model, history, N_ITEMS, device, frozen=True)
+    scorer = Scorer(model, history, spec, device, frozen=True)
 
     def score_rates() -> list[float]:
         scorer.predict(eval_rows, args.eval_batch)

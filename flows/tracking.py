@@ -29,8 +29,6 @@ from pathlib import Path
 from typing import Any, Concatenate, ParamSpec, TypeVar
 
 import mlflow
-import numpy as np
-import pandas as pd
 import requests
 from mlflow import MlflowClient
 from mlflow.environment_variables import MLFLOW_HTTP_REQUEST_MAX_RETRIES
@@ -42,6 +40,7 @@ from qin.config import RegisterConfig, flatten, load_params
 from qin.inference import load_package
 from qin.io import file_lock, read_json
 from qin.register import Candidate, Registered, VersionInfo, model_card
+from qin.request import example_request
 from qin.resolve import package_in_mlflow_model
 from qin.store import lineage
 
@@ -82,25 +81,13 @@ def configure(cfg: RegisterConfig) -> MlflowClient:
     return MlflowClient(tracking_uri=uri, registry_uri=uri)
 
 
-def example_frame(model_dir: Path, rows: int = 3) -> pd.DataFrame:
-    """A few raw challenge rows with ids valid for this model (the logged input example)."""
-    n_items = len(np.load(model_dir / "item_tags.npy", mmap_mode="r"))
-    ids = [1 + i % (n_items - 1) for i in range(rows + 4)]
-    return pd.DataFrame(
-        {
-            "likes_level": np.array([3, 5, 8][:rows], dtype=np.int64),
-            "views_level": np.array([2, 6, 9][:rows], dtype=np.int64),
-            "item_id": np.array(ids[:rows], dtype=np.int64),
-            "item_seq": [ids[i : i + 4] for i in range(rows)],
-        }
-    )
-
-
 def pyfunc_args(model_dir: Path) -> dict[str, Any]:
     """How the package in `model_dir` is logged or saved as an MLflow pyfunc: model from code
-    (flows/pyfunc_model.py), the package as its artifact, `qin` bundled, a column signature and an example."""
-    example = example_frame(model_dir)
-    preds = load_package(model_dir).predict_frame(example)
+    (flows/pyfunc_model.py), the package as its artifact, `qin` bundled, a column signature and an example
+    (the row columns its feature table declares)."""
+    scorer = load_package(model_dir)
+    example = example_request(scorer.spec)
+    preds = scorer.predict_frame(example)
     return {
         "python_model": str(PYFUNC_CODE),
         "artifacts": {"package": str(model_dir)},

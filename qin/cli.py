@@ -17,6 +17,7 @@ from typing import Any
 
 from qin import layout, pipeline
 from qin.config import Params, load_params
+from qin.data import schema
 
 
 def _synth(args: argparse.Namespace, params: Params) -> None:
@@ -199,10 +200,10 @@ def _from_log_parser(data_sub: Any) -> None:
     p.add_argument("--sep", default=",", help="the separator of text (CSV) files (default: %(default)s)")
     p.add_argument("--out", type=Path, default=layout.DATA)
     for option, default, what in (
-        ("--user", "user_id", "the log's user key column"),
-        ("--item", "item_id", "the log's item key column"),
+        ("--user", schema.USER, "the log's user key column"),
+        ("--item", schema.TARGET, "the log's item key column"),
         ("--time", "timestamp", "the log's time column (numbers, or dates and times)"),
-        ("--label", "label", "the log's 0/1 label column"),
+        ("--label", schema.LABEL, "the log's 0/1 label column"),
     ):
         p.add_argument(option, default=default, help=f"{what} (default: %(default)s)")
     p.add_argument("--rating", help="a rating column instead of a label: positive when >= --threshold")

@@ -21,6 +21,8 @@ from typing import Any, Literal, TypeVar, get_args, get_origin
 
 import yaml
 
+from qin.data import features as F
+
 PresetName = Literal["tiny", "small", "full"]
 
 
@@ -359,6 +361,8 @@ class Params:
     register: RegisterConfig = field(default_factory=RegisterConfig)
     predict: PredictConfig = field(default_factory=PredictConfig)
     deploy: DeployConfig = field(default_factory=DeployConfig)
+    # The model inputs: a list, or the file holding one (qin/data/features.py; docs/features.md).
+    features: F.FeatureTable = field(default_factory=F.default)
 
 
 T = TypeVar("T")
@@ -371,6 +375,8 @@ def _coerce(value: Any, tp: Any, key: str, base: Any = None) -> Any:
     """Check `value` against type `tp`; `base` (the current value) is what a nested mapping overrides."""
     origin = get_origin(tp)
     arms = get_args(tp) if origin in (typing.Union, types.UnionType) else ()
+    if tp is F.FeatureTable:
+        return F.load(value)
     if dataclasses.is_dataclass(tp):
         if not isinstance(value, dict):
             raise ValueError(f"params key '{key}': expected a mapping, found {value!r}")
@@ -471,14 +477,23 @@ def load_params(path: str | Path = "params.yaml") -> Params:
         raise ValueError(f"{path}: {exc}") from None
 
 
+def section_dict(section: Any) -> Any:
+    """One settings section as plain values (the feature table: its list of features)."""
+    if isinstance(section, F.FeatureTable):
+        return section.plain()
+    return dataclasses.asdict(section)
+
+
 def section_hash(section: Any) -> str:
     """Stable hash of one settings section (used in cache keys and MLflow tags)."""
-    blob = json.dumps(dataclasses.asdict(section), sort_keys=True)
+    blob = json.dumps(section_dict(section), sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
 def flatten(section: Any, prefix: str = "") -> dict[str, Any]:
     """`{"train.model.embedding_dim": 32, ...}` for logging the resolved config as flat params."""
+    if isinstance(section, F.FeatureTable):
+        return {f"{prefix}{f['name']}": json.dumps(f, sort_keys=True) for f in section.plain()}
     return dict(_flatten_dict(dataclasses.asdict(section), prefix))
 
 
@@ -516,7 +531,7 @@ def to_yaml(params: Params) -> str:
     """The resolved settings (presets applied, defaults filled in) as YAML, in params.yaml's layout: the
     sections `params` holds (`declared` hides the others)."""
     sections = {
-        f.name: dataclasses.asdict(getattr(params, f.name))
+        f.name: section_dict(getattr(params, f.name))
         for f in dataclasses.fields(params)
         if not isinstance(getattr(params, f.name), Undeclared)
     }

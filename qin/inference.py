@@ -2,8 +2,11 @@
 
 A package directory holds:
     weights.pt      the model's state_dict
-    model.json      model config, feature vocabularies, history length, provenance
-    item_tags.npy, item_emb.npy   the item table the model looks items up in
+    model.json      model config, feature spec (the feature table and its vocabularies), history length,
+                    provenance
+    items.<name>.npy   the item table the model looks items up in: one array per item feature
+Packages written before the feature table (item_tags.npy, item_emb.npy and fixed inputs) load as the default
+table (`_legacy`).
 `load_package` rebuilds the model from these alone; `Scorer` turns raw challenge columns into
 probabilities. Evaluation, MLflow's pyfunc wrapper and (later) batch and online serving all score
 through this one path.
@@ -23,10 +26,12 @@ from torch import nn
 
 from qin import runtime
 from qin.config import ModelConfig, model_config
-from qin.data.schema import HISTORY, MODEL_INPUTS, TARGET, most_recent
+from qin.data import schema
+from qin.data.features import LEGACY_ITEM_FILES, FeatureSpec
+from qin.data.schema import most_recent
 from qin.io import atomic_dir, read_json, tree_hash, write_json
 from qin.models import build_model
-from qin.models.blocks import Batch, FeatureSpec, ItemEncoder
+from qin.models.blocks import Batch, ItemEncoder
 from qin.request import request_arrays
 
 WEIGHTS, CONFIG = "weights.pt", "model.json"
@@ -50,20 +55,20 @@ def save_package(
     model_cfg: ModelConfig,
     spec: FeatureSpec,
     max_len: int,
-    item_tags: np.ndarray,
-    item_emb: np.ndarray,
+    items: dict[str, np.ndarray],
     meta: dict[str, Any],
 ) -> str:
-    """Write the package atomically; return its content hash."""
+    """Write the package atomically; return its content hash. `items`: each item feature's values per
+    item id (featurize's `items.<name>` arrays)."""
     with atomic_dir(out_dir) as tmp:
         torch.save({k: v.detach().cpu() for k, v in model.state_dict().items()}, tmp / WEIGHTS)
-        np.save(tmp / "item_tags.npy", np.asarray(item_tags))
-        np.save(tmp / "item_emb.npy", np.asarray(item_emb))
+        for name, values in items.items():
+            np.save(tmp / f"items.{name}.npy", np.asarray(values))
         write_json(
             tmp / CONFIG,
             {
                 "model": dataclasses.asdict(model_cfg),
-                "features": dataclasses.asdict(spec),
+                "features": spec.plain(),
                 "max_len": max_len,
                 "meta": meta,
             },
@@ -76,7 +81,7 @@ class Scorer:
         self,
         model: nn.Module,
         max_len: int,
-        n_items: int,
+        spec: FeatureSpec,
         device: torch.device,
         frozen: bool = False,
         precision: str = SCORING_PRECISION,
@@ -86,7 +91,8 @@ class Scorer:
         precisions (bench/scoring_precision.py)."""
         self.model = model.to(device)
         self.max_len = max_len
-        self.n_items = n_items  # valid item ids: 0 (padding) .. n_items - 1
+        self.spec = spec  # the inputs a row carries (its table) and their vocabularies
+        self.n_items = spec.n_items  # valid item ids: 0 (padding) .. n_items - 1
         self.device = device
         self.dtype = runtime.resolve_precision(precision, device)
         if frozen:
@@ -97,20 +103,22 @@ class Scorer:
 
     @torch.inference_mode()
     def predict(self, cols: dict[str, np.ndarray], batch_size: int = 8192) -> np.ndarray:
-        """Click probabilities for arrays item_seq (N, L) and likes_level, views_level, item_id (N,).
+        """Click probabilities for the arrays of the spec's row columns: the history (N, L), the target
+        item (N,) and the row features (N,) or (N, dim).
 
         Only the last max_len history items are used, as in training.
         """
         self.model.eval()
-        cols = {**cols, HISTORY: most_recent(cols[HISTORY], self.max_len)}
-        n = len(cols[TARGET])
+        history, columns = self.spec.history, self.spec.table.columns
+        cols = {**cols, history: most_recent(cols[history], self.max_len)}
+        n = len(cols[self.spec.target])
         out = np.empty(n, dtype=np.float32)
         cpu = self.device.type == "cpu"
         reuse = runtime.reuse_freed_memory() if cpu and n > batch_size else contextlib.nullcontext()
         with reuse, runtime.autocast(self.device, self.dtype):
             for start in range(0, n, batch_size):
                 sl = slice(start, start + batch_size)
-                rows = {c: torch.from_numpy(np.array(cols[c][sl])) for c in MODEL_INPUTS}
+                rows = {c: torch.from_numpy(np.array(cols[c][sl])) for c in columns}
                 if not cpu:  # pinned, so that the copy to the GPU is asynchronous
                     rows = {c: t.pin_memory() for c, t in rows.items()}
                 batch = Batch(**rows).to(self.device, non_blocking=not cpu)
@@ -118,9 +126,10 @@ class Scorer:
         return out
 
     def predict_frame(self, frame: pd.DataFrame, batch_size: int = 8192) -> np.ndarray:
-        """Score raw challenge rows: `item_seq` as a list per row (any length: the most recent max_len
-        items are used), the rest as integers. A bad row raises qin.request.BadRequest naming it."""
-        return self.predict(request_arrays(frame, self.n_items, self.max_len), batch_size)
+        """Score raw rows: the history as a list per row (any length: the most recent max_len items are
+        used), the rest as the feature table declares them. A bad row raises qin.request.BadRequest naming
+        it."""
+        return self.predict(request_arrays(frame, self.spec, self.max_len), batch_size)
 
 
 def load_package(path: str | Path, device: str = "cpu", precision: str = SCORING_PRECISION) -> Scorer:
@@ -131,9 +140,40 @@ def load_package(path: str | Path, device: str = "cpu", precision: str = SCORING
         raise FileNotFoundError(f"{path}: not a model package (no {CONFIG})")
     cfg = read_json(path / CONFIG)
     model_cfg = model_config(cfg["model"])
-    spec = FeatureSpec(**cfg["features"])
-    tags = torch.from_numpy(np.load(path / "item_tags.npy"))
-    emb = torch.from_numpy(np.load(path / "item_emb.npy"))
-    model = build_model(model_cfg, spec, tags, emb)
-    model.load_state_dict(torch.load(path / WEIGHTS, map_location="cpu", weights_only=True))
-    return Scorer(model, int(cfg["max_len"]), spec.n_items, resolve_device(device), True, precision)
+    spec = FeatureSpec.read(cfg["features"])
+    weights = torch.load(path / WEIGHTS, map_location="cpu", weights_only=True)
+    if "table" in cfg["features"]:
+        items = {
+            f.name: torch.from_numpy(np.load(path / f"items.{f.name}.npy"))
+            for f in spec.table.item
+            if not f.is_key
+        }
+    else:
+        items, weights = _legacy(path, spec, weights)
+    model = build_model(model_cfg, spec, items)
+    model.load_state_dict(weights)
+    return Scorer(model, int(cfg["max_len"]), spec, resolve_device(device), True, precision)
+
+
+# Packages written before the feature table: the default table's layers under their names of then (the same
+# tensors, in the same order); its item arrays are qin.data.features.LEGACY_ITEM_FILES.
+_LEGACY_LAYERS = {
+    "features.items.id_emb.": f"features.items.embed.{schema.TARGET}.",
+    "features.items.tag_emb.": f"features.items.embed.{schema.TAGS}.",
+    "features.items.mm_proj.": f"features.items.embed.{schema.ITEM_EMB}.",
+    "features.likes.": f"features.rows.{schema.LEVELS[0]}.",
+    "features.views.": f"features.rows.{schema.LEVELS[1]}.",
+}
+
+
+def _legacy(path: Path, spec: FeatureSpec, weights: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The item table and the weights of a package written before the feature table, under the default
+    table's names."""
+    items = {name: torch.from_numpy(np.load(path / file)) for name, file in LEGACY_ITEM_FILES.items()}
+    return items, {legacy_name(key): value for key, value in weights.items()}
+
+
+def legacy_name(key: str) -> str:
+    """A weight's name in a package written before the feature table, as the default table names it."""
+    old = next((o for o in _LEGACY_LAYERS if key.startswith(o)), None)
+    return key if old is None else _LEGACY_LAYERS[old] + key.removeprefix(old)

@@ -132,14 +132,15 @@ def score_known_rows(
     """(probabilities, labels) of the rows of a labelled split whose target and history items are all
     <= `max_item`, in file order."""
     from qin.predict import model_columns
-    from qin.request import HISTORY, SCALAR_COLUMNS
 
+    spec = scorer.spec
     probs, labels = [], []
     pf = pq.ParquetFile(path)
-    for batch in pf.iter_batches(batch_size=READ_ROWS, columns=[*SCALAR_COLUMNS, HISTORY, schema.LABEL]):
+    for batch in pf.iter_batches(batch_size=READ_ROWS, columns=[*spec.table.columns, schema.LABEL]):
         table = pa.Table.from_batches([batch])
-        cols = model_columns(table)
-        keep = (cols[schema.TARGET] <= max_item) & (cols[HISTORY].max(axis=1, initial=0) <= max_item)
+        cols = model_columns(table, spec)
+        history = cols[spec.history]
+        keep = (cols[spec.target] <= max_item) & (history.max(axis=1, initial=0) <= max_item)
         if keep.any():
             probs.append(scorer.predict({c: v[keep] for c, v in cols.items()}, batch_size))
             labels.append(table[schema.LABEL].to_numpy()[keep].astype(np.float64))

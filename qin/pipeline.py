@@ -21,7 +21,6 @@ on a model package (`MODEL`: a registered version, downloaded, or a package path
 from __future__ import annotations
 
 import ast
-import dataclasses
 import hashlib
 import importlib
 import json
@@ -32,7 +31,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from qin import layout
-from qin.config import KEY_EXCLUDED, Params, declared, preset_files
+from qin.config import KEY_EXCLUDED, Params, declared, preset_files, section_dict
 from qin.io import file_hash, tree_hash
 from qin.models import module_files
 
@@ -43,6 +42,10 @@ MODEL = "model"
 TRAIN_FLOW, SCORE_FLOW = "qin-train", "qin-score"
 ROOT = Path(__file__).resolve().parents[1]  # the project root: code paths are relative to it
 MODELS_DIR = "qin/models"  # the networks (qin/models/__init__.py registers them)
+# The feature table's section (qin/data/features.py): a stage that reads it beside its own section gets it
+# as `features` (`call`); its shipped files are among the stage's params files.
+FEATURES = "features"
+FEATURE_TABLES = ROOT / "params" / "features"
 
 
 @dataclass(frozen=True)
@@ -109,10 +112,11 @@ class Stage:
         return tuple(sorted({MODELS_DIR if f.startswith(f"{MODELS_DIR}/") else f for f in self.code()}))
 
     def params_files(self) -> tuple[str, ...]:
-        """The files besides params.yaml whose settings it reads: the train presets, when it reads train."""
-        if "train" not in self.sections:
-            return ()
-        return tuple(p.relative_to(ROOT).as_posix() for p in preset_files())
+        """The files besides params.yaml whose settings it reads: the train presets, when it reads train,
+        and the shipped feature tables (params/features/), when it reads the feature table."""
+        files = [*(preset_files() if "train" in self.sections else ())]
+        files += sorted(FEATURE_TABLES.glob("*.yaml")) if FEATURES in self.sections else []
+        return tuple(p.relative_to(ROOT).as_posix() for p in files)
 
 
 _DATA_IN = Input("data_dir", "--data", DATA, DATA)
@@ -126,7 +130,7 @@ STAGES: tuple[Stage, ...] = (
     Stage(
         "validate",
         "qin.validate:validate",
-        ("validate",),
+        ("validate", FEATURES),
         inputs=(_DATA_IN,),
         outputs=(Output("out_dir", "--out", "validation", "artifacts/validate"),),
         help="check the raw data against the contract (great-expectations)",
@@ -142,7 +146,7 @@ STAGES: tuple[Stage, ...] = (
     Stage(
         "featurize",
         "qin.featurize:featurize",
-        ("featurize",),
+        ("featurize", FEATURES),
         inputs=(_DATA_IN, _VALIDATION_IN, _EMBED_IN),
         outputs=(Output("out_dir", "--out", "features", "artifacts/features"),),
         help="validated parquet -> arrays for training",
@@ -177,7 +181,7 @@ STAGES: tuple[Stage, ...] = (
         "register",
         "qin.register:register",
         # It logs every pipeline setting with the model (the MLflow run's params and config/params.yaml).
-        ("validate", "embed", "featurize", "train", "evaluate", "register"),
+        ("validate", "embed", "featurize", "train", "evaluate", "register", FEATURES),
         inputs=(
             _MODEL_IN,
             _TRAIN_METRICS_IN,
@@ -240,8 +244,10 @@ def settings(s: Stage, params: Params) -> dict[str, Any]:
     """What makes the stage's result what it is: the sections it reads, without the speed-only keys."""
     out = {}
     for section in s.sections:
-        values = dataclasses.asdict(getattr(params, section))
-        out[section] = {k: v for k, v in values.items() if k not in KEY_EXCLUDED.get(section, ())}
+        values = section_dict(getattr(params, section))
+        if isinstance(values, dict):
+            values = {k: v for k, v in values.items() if k not in KEY_EXCLUDED.get(section, ())}
+        out[section] = values
     return out
 
 
@@ -282,16 +288,20 @@ def call(
 ) -> Any:
     """Run the stage function on `paths` (its parameter name to path, for every input and output).
 
-    A stage that reads one section gets it as `cfg`; one that reads several gets `params` with only those
-    sections readable (reading another raises, naming it);
+    A stage that reads one section gets it as `cfg` (and the feature table as `features` when it reads
+    that too); one that reads several gets `params` with only those sections readable (reading another
+    raises, naming it);
     a resumable one also gets its `key`; `extra` are more keyword arguments (what the key already holds
     in another form: the registered name and version of the model package `predict` scores).
     """
     module, name = s.function.split(":")
     fn: Callable[..., Any] = getattr(importlib.import_module(module), name)
     kwargs: dict[str, Any] = {port: Path(paths[port]) for port in s.args()}
-    if len(s.sections) == 1:
-        kwargs["cfg"] = getattr(params, s.sections[0])
+    own = tuple(x for x in s.sections if x != FEATURES)
+    if len(own) == 1:
+        kwargs["cfg"] = getattr(params, own[0])
+        if FEATURES in s.sections:
+            kwargs[FEATURES] = params.features
     else:
         kwargs["params"] = declared(params, s.sections, s.name)
     if s.resumable:

@@ -33,9 +33,9 @@ import pyarrow.parquet as pq
 
 from qin.config import Params
 from qin.data import schema
+from qin.data.features import FeatureSpec
 from qin.featurize import fixed_list
 from qin.io import atomic_dir, read_json, tree_hash, write_json
-from qin.request import HISTORY, SCALAR_COLUMNS
 
 log = logging.getLogger(__name__)
 
@@ -70,7 +70,9 @@ def predict(
     test = Path(data_dir) / f"{SPLIT}.parquet"
     with atomic_dir(out_dir) as tmp:
         t = time.perf_counter()
-        gate = validate_split(data_dir, SPLIT, scorer.n_items - 1, tmp / VALIDATION, params.validate)
+        gate = validate_split(
+            data_dir, SPLIT, scorer.n_items - 1, tmp / VALIDATION, params.validate, scorer.spec.table
+        )
         seconds["validate"] = time.perf_counter() - t
 
         t = time.perf_counter()
@@ -110,9 +112,9 @@ def score_file(test: Path, scorer: Any, batch_size: int) -> np.ndarray:
     pf = pq.ParquetFile(test)
     out = np.empty(pf.metadata.num_rows, dtype=np.float32)
     row = 0
-    for batch in pf.iter_batches(batch_size=READ_ROWS, columns=[*SCALAR_COLUMNS, HISTORY]):
+    for batch in pf.iter_batches(batch_size=READ_ROWS, columns=list(scorer.spec.table.columns)):
         table = pa.Table.from_batches([batch])
-        cols = model_columns(table)
+        cols = model_columns(table, scorer.spec)
         out[row : row + len(table)] = scorer.predict(cols, batch_size)
         row += len(table)
     return out
@@ -128,11 +130,17 @@ def submission_ids(test: Path) -> np.ndarray | None:
     return ids.to_numpy().astype(np.int64)
 
 
-def model_columns(table: pa.Table) -> dict[str, np.ndarray]:
-    """A batch of rows' model inputs as the Scorer takes them (int64; the whole history: the Scorer keeps
-    the last max_len)."""
-    cols = {c: table[c].to_numpy().astype(np.int64) for c in SCALAR_COLUMNS}
-    cols[HISTORY] = fixed_list(table, HISTORY).astype(np.int64)
+def model_columns(table: pa.Table, spec: FeatureSpec) -> dict[str, np.ndarray]:
+    """A batch of rows' model inputs, the columns `spec`'s table declares, as the Scorer takes them (ids
+    int64, dense vectors float32; the whole history: the Scorer keeps the last max_len)."""
+    cols = {}
+    for f in spec.table.inputs:
+        if f.kind == "dense":
+            cols[f.col] = fixed_list(table, f.col).astype(np.float32)
+        elif f.kind == "history":
+            cols[f.col] = fixed_list(table, f.col).astype(np.int64)
+        else:
+            cols[f.col] = table[f.col].to_numpy().astype(np.int64)
     return cols
 
 

@@ -667,6 +667,7 @@ def build_candidate(
             **flatten(params.train, "train."),
             **flatten(params.evaluate, "evaluate."),
             **flatten(params.register, "register."),
+            **flatten(params.features, "features."),
         },
         tags={
             "model_hash": model_hash,

@@ -1,10 +1,14 @@
 """Scoring requests checked at the door: a bad row is refused with a message that names the row, the column,
 what was expected and what was found, before anything is scored.
 
-A request is a frame of raw challenge rows: `likes_level`, `views_level` (integers 0..10), `item_id` (an item
-id, 1..n_items-1) and `item_seq` (a list of item ids, 0..n_items-1, 0 being the padding id; any length, an
-empty one included). A non-integer number is refused, not rounded (3.5 is not item 3); an integral float
-(3.0, as JSON or a nullable column may give it) is taken as the integer.
+A request is a frame of raw rows holding the row columns the model's feature table declares
+(qin/data/features.py; missing ones are refused by name, extra ones ignored): the target item (an item id,
+1..n_items-1), the history (a list of item ids, 0..n_items-1, 0 being the padding id; any length, an empty
+one included), each categorical row feature (an integer: within its vocabulary, or any integer when it is
+hashed or names an oov id, which an unseen value then takes) and each dense row feature (a list of its
+`dim` finite numbers). With the default table: `likes_level`, `views_level` (integers 0..10), `item_id` and
+`item_seq`. A non-integer number is refused, not rounded (3.5 is not item 3); an integral float (3.0, as
+JSON or a nullable column may give it) is taken as the integer.
 """
 
 from __future__ import annotations
@@ -17,10 +21,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from qin.data.schema import HISTORY, MODEL_INPUTS, NUM_LEVELS
+from qin.data.features import Feature, FeatureSpec
 
-COLUMNS = MODEL_INPUTS  # a request's columns: the model's inputs
-SCALAR_COLUMNS = tuple(c for c in COLUMNS if c != HISTORY)
 MAX_REPORTED = 5  # problems named in one message; the rest are counted
 # The types of a history's values taken without a closer look (not bool, a subclass of int).
 _INT_TYPES = {int, np.int8, np.int16, np.int32, np.int64, np.uint8, np.uint16, np.uint32, np.uint64}
@@ -56,68 +58,113 @@ def _integer(value: Any) -> int | None:
     return None
 
 
-def _bounds(column: str, n_items: int) -> tuple[int, int, str]:
-    if column == "item_id":
-        return 1, n_items - 1, f"an item id in 1..{n_items - 1}"
-    if column == HISTORY:
-        return 0, n_items - 1, f"item ids in 0..{n_items - 1}"
-    return 0, NUM_LEVELS - 1, f"an integer level in 0..{NUM_LEVELS - 1}"
+INT64 = (-(2**63), 2**63 - 1)
 
 
-def _scalar_problems(frame: pd.DataFrame, column: str, n_items: int) -> Iterable[tuple[int, str]]:
-    low, high, expected = _bounds(column, n_items)
-    values = frame[column].to_numpy()
+def _bounds(f: Feature, spec: FeatureSpec) -> tuple[int, int, str]:
+    """The integer range a value of categorical, target or history feature `f` must lie in, and its words."""
+    top = spec.n_items - 1
+    if f.kind == "target":
+        return 1, top, f"an item id in 1..{top}"
+    if f.kind == "history":
+        return 0, top, f"item ids in 0..{top}"
+    if f.hash is not None or f.oov is not None:
+        return *INT64, "an integer"
+    return 0, spec.size(f) - 1, f"an integer in 0..{spec.size(f) - 1}"
+
+
+def _scalar_problems(frame: pd.DataFrame, f: Feature, spec: FeatureSpec) -> Iterable[tuple[int, str]]:
+    low, high, expected = _bounds(f, spec)
+    values = frame[f.col].to_numpy()
     if values.dtype.kind in "iu":  # the common case, checked without a Python loop
         for row in np.flatnonzero((values < low) | (values > high)).tolist():
-            yield row, f"row {row}, column '{column}': expected {expected}, found {values[row]}"
+            yield row, f"row {row}, column '{f.col}': expected {expected}, found {values[row]}"
         return
     for i, value in enumerate(values):
         number = _integer(value)
         if number is None or not low <= number <= high:
-            yield i, f"row {i}, column '{column}': expected {expected}, found {_found(value)}"
+            yield i, f"row {i}, column '{f.col}': expected {expected}, found {_found(value)}"
 
 
-def _history_problems(frame: pd.DataFrame, n_items: int) -> Iterable[tuple[int, str]]:
-    low, high, expected = _bounds(HISTORY, n_items)
-    for i, items in enumerate(frame[HISTORY].to_numpy()):
+def _flat(items: Any) -> np.ndarray | None:
+    """A cell's list as a flat array, or None when it is not a flat list."""
+    try:
+        array = np.asarray(items)
+    except ValueError:  # ragged: lists inside the list
+        return None
+    return array if array.ndim == 1 else None
+
+
+def _history_problems(frame: pd.DataFrame, f: Feature, spec: FeatureSpec) -> Iterable[tuple[int, str]]:
+    column = f.col
+    low, high, expected = _bounds(f, spec)
+    for i, items in enumerate(frame[column].to_numpy()):
         if not isinstance(items, list | tuple | np.ndarray):
-            yield i, f"row {i}, column '{HISTORY}': expected a list of item ids, found {_found(items)}"
+            yield i, f"row {i}, column '{column}': expected a list of item ids, found {_found(items)}"
             continue
-        try:
-            array = np.asarray(items)
-        except ValueError:  # ragged: lists inside the list
-            array = np.empty((0, 0))
-        if array.ndim != 1:
-            yield (
-                i,
-                f"row {i}, column '{HISTORY}': expected a flat list of item ids, found nested lists",
-            )
+        array = _flat(items)
+        if array is None:
+            yield i, f"row {i}, column '{column}': expected a flat list of item ids, found nested lists"
             continue
         # (np.asarray takes [2, True] for integers: a list's values are judged one by one unless all ints)
         plain = isinstance(items, np.ndarray) or set(map(type, items)) <= _INT_TYPES
         if array.dtype.kind in "iu" and plain:
             out = array[(array < low) | (array > high)]
             if out.size:
-                yield i, f"row {i}, column '{HISTORY}': expected {expected}, found {out[0]}"
+                yield i, f"row {i}, column '{column}': expected {expected}, found {out[0]}"
             continue
         for value in items if not isinstance(items, np.ndarray) else array.tolist():
             number = _integer(value)
             if number is None or not low <= number <= high:
-                yield i, f"row {i}, column '{HISTORY}': expected {expected}, found {_found(value)}"
+                yield i, f"row {i}, column '{column}': expected {expected}, found {_found(value)}"
                 break
 
 
-def check_request(frame: pd.DataFrame, n_items: int) -> None:
+def _dense_problems(frame: pd.DataFrame, f: Feature, spec: FeatureSpec) -> Iterable[tuple[int, str]]:
+    dim, column = spec.size(f), f.col
+    expected = f"a list of {dim} finite numbers"
+    for i, items in enumerate(frame[column].to_numpy()):
+        array = _flat(items) if isinstance(items, list | tuple | np.ndarray) else None
+        numeric = (
+            array is not None
+            and (array.dtype.kind in "iuf")
+            and not any(isinstance(v, bool | np.bool_) for v in array.tolist())
+        )
+        if (
+            array is None
+            or not numeric
+            or len(array) != dim
+            or not np.isfinite(array.astype(np.float64)).all()
+        ):
+            found = (
+                f"{len(array)} values"
+                if array is not None and numeric and len(array) != dim
+                else _found(items)
+                if array is None
+                else "non-finite or non-numeric values"
+            )
+            yield i, f"row {i}, column '{column}': expected {expected}, found {found}"
+
+
+def _problems(frame: pd.DataFrame, f: Feature, spec: FeatureSpec) -> Iterable[tuple[int, str]]:
+    if f.kind == "history":
+        return _history_problems(frame, f, spec)
+    if f.kind == "dense":
+        return _dense_problems(frame, f, spec)
+    return _scalar_problems(frame, f, spec)
+
+
+def check_request(frame: pd.DataFrame, spec: FeatureSpec) -> None:
     """Raise BadRequest naming each bad row and column of `frame`; None when every row can be scored."""
-    missing = [c for c in COLUMNS if c not in frame.columns]
+    columns = list(spec.table.columns)
+    missing = [c for c in columns if c not in frame.columns]
     if missing:
         raise BadRequest(
-            [f"missing column{'s' if len(missing) > 1 else ''} {missing}: expected columns {list(COLUMNS)}"]
+            [f"missing column{'s' if len(missing) > 1 else ''} {missing}: expected columns {columns}"]
         )
     problems: list[tuple[int, str]] = []
-    for column in SCALAR_COLUMNS:
-        problems.extend(_scalar_problems(frame, column, n_items))
-    problems.extend(_history_problems(frame, n_items))
+    for f in spec.table.inputs:
+        problems.extend(_problems(frame, f, spec))
     if problems:
         problems.sort(key=lambda p: p[0])  # row order, then the columns' order
         raise BadRequest([message for _, message in problems], total=len(problems))
@@ -145,40 +192,56 @@ def _left_padded(values: np.ndarray, lengths: np.ndarray, rows: int, max_len: in
     return seq
 
 
-def request_arrays(frame: pd.DataFrame, n_items: int, max_len: int) -> dict[str, np.ndarray]:
-    """The model's input arrays for a request (int64; the history as `history_matrix` makes it), after the
-    check: a bad row raises BadRequest as `check_request` names it.
+def request_arrays(frame: pd.DataFrame, spec: FeatureSpec, max_len: int) -> dict[str, np.ndarray]:
+    """The model's input arrays for a request (ids int64, the history as `history_matrix` makes it, dense
+    vectors float32), after the check: a bad row raises BadRequest as `check_request` names it.
 
     A request as JSON brings it (integer columns, histories as lists of ints) is checked and converted in a
     few vectorised passes; anything else (floats, nulls, strings, arrays in cells) takes the row-by-row
     check, which names each problem."""
-    arrays = _plain_arrays(frame, n_items, max_len)
+    arrays = _plain_arrays(frame, spec, max_len)
     if arrays is not None:
         return arrays
-    check_request(frame, n_items)
-    scalars = {c: frame[c].to_numpy(dtype=np.int64) for c in SCALAR_COLUMNS}
-    return {**scalars, HISTORY: history_matrix(frame[HISTORY], len(frame), max_len)}
+    check_request(frame, spec)
+    out: dict[str, np.ndarray] = {}
+    for f in spec.table.inputs:
+        if f.kind == "history":
+            out[f.col] = history_matrix(frame[f.col], len(frame), max_len)
+        elif f.kind == "dense":
+            out[f.col] = _dense_matrix(frame[f.col], len(frame), spec.size(f))
+        else:
+            out[f.col] = frame[f.col].to_numpy(dtype=np.int64)
+    return out
 
 
-def _plain_arrays(frame: pd.DataFrame, n_items: int, max_len: int) -> dict[str, np.ndarray] | None:
+def _dense_matrix(cells: Iterable[Any], rows: int, dim: int) -> np.ndarray:
+    return np.asarray([np.asarray(c, dtype=np.float32) for c in cells], dtype=np.float32).reshape(rows, dim)
+
+
+def _plain_arrays(frame: pd.DataFrame, spec: FeatureSpec, max_len: int) -> dict[str, np.ndarray] | None:
     """The arrays of a request of plain integers within bounds, or None when it is anything else (which
     `check_request` then judges)."""
-    if any(c not in frame.columns for c in COLUMNS):
+    if any(c not in frame.columns for c in spec.table.columns):
         return None
     out: dict[str, np.ndarray] = {}
-    for column in SCALAR_COLUMNS:
-        values = frame[column].to_numpy()
-        low, high, _ = _bounds(column, n_items)
+    for f in spec.table.inputs:
+        if f.kind == "dense":
+            return None  # dense row features: the detailed check
+        if f.kind == "history":
+            continue
+        values = frame[f.col].to_numpy()
+        low, high, _ = _bounds(f, spec)
         if values.dtype.kind not in "iu" or (values.size and (values.min() < low or values.max() > high)):
             return None
-        out[column] = values.astype(np.int64, copy=False)
-    histories = frame[HISTORY].tolist()
+        out[f.col] = values.astype(np.int64, copy=False)
+    history = spec.table.history
+    histories = frame[history.col].tolist()
     if not all(type(items) is list for items in histories):
         return None
     flat = list(chain.from_iterable(histories))
     if not set(map(type, flat)) <= _INT_TYPES:  # bools, floats, nested lists, nulls: the detailed check
         return None
-    low, high, _ = _bounds(HISTORY, n_items)
+    low, high, _ = _bounds(history, spec)
     try:
         values = np.array(flat, dtype=np.int64)
     except OverflowError:
@@ -186,5 +249,25 @@ def _plain_arrays(frame: pd.DataFrame, n_items: int, max_len: int) -> dict[str, 
     if values.size and (values.min() < low or values.max() > high):
         return None
     lengths = np.fromiter(map(len, histories), dtype=np.int64, count=len(histories))
-    out[HISTORY] = _left_padded(values, lengths, len(frame), max_len)
+    out[history.col] = _left_padded(values, lengths, len(frame), max_len)
     return out
+
+
+def example_request(spec: FeatureSpec, rows: int = 3) -> pd.DataFrame:
+    """A few valid rows for a model of `spec`: its row columns, ids within their vocabularies (the input
+    example and signature an MLflow model is logged with)."""
+    ids = [1 + i % (spec.n_items - 1) for i in range(rows + 4)]
+    out: dict[str, Any] = {}
+    for j, f in enumerate(spec.table.inputs):
+        if f.kind == "target":
+            out[f.col] = np.array(ids[:rows], dtype=np.int64)
+        elif f.kind == "history":
+            out[f.col] = [ids[i : i + 4] for i in range(rows)]
+        elif f.kind == "dense":
+            out[f.col] = [
+                np.full(spec.size(f), 0.1 * (i + 1), dtype=np.float32).tolist() for i in range(rows)
+            ]
+        else:
+            top = spec.size(f) if f.hash is None and f.oov is None else 1_000
+            out[f.col] = np.array([(3 + 3 * i + j) % top for i in range(rows)], dtype=np.int64)
+    return pd.DataFrame(out)

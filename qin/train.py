@@ -57,13 +57,14 @@ from tqdm import tqdm
 
 from qin import runtime
 from qin.config import TrainConfig
+from qin.data.features import FeatureSpec
 from qin.featurize import Features
 from qin.inference import Scorer, resolve_device, save_package
 from qin.io import write_json
 from qin.losses import Loss, model_loss
 from qin.metrics import log_loss, roc_auc
 from qin.models import build_model
-from qin.models.blocks import Batch, FeatureSpec, embedding_tables, network_weights
+from qin.models.blocks import Batch, embedding_tables, network_weights
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -113,7 +114,12 @@ def through_pinned_memory(held: torch.device, device: torch.device) -> bool:
 
 def gather(cols: dict[str, Tensor], idx: Tensor, device: torch.device) -> Batch:
     """The rows `idx` of every column, on `device`."""
-    return on_device(host_rows(cols, idx, pin=through_pinned_memory(cols["item_id"].device, device)), device)
+    return on_device(host_rows(cols, idx, pin=through_pinned_memory(_held(cols), device)), device)
+
+
+def _held(cols: dict[str, Tensor]) -> torch.device:
+    """Where the columns are (all in one place)."""
+    return next(iter(cols.values())).device
 
 
 def prefetch(plan: Iterable[T], load: Callable[[T], U], ahead: bool) -> Iterator[U]:
@@ -220,7 +226,7 @@ class Trainer:
             return scorer.predict(cols)
         import torch.distributed as dist
 
-        n = len(cols["item_id"])
+        n = len(next(iter(cols.values())))
         per = -(-n // self.procs.world)
         mine = slice(min(n, self.procs.rank * per), min(n, (self.procs.rank + 1) * per))
         local = torch.from_numpy(scorer.predict({k: v[mine] for k, v in cols.items()}))
@@ -343,8 +349,7 @@ class _Run:
     device: torch.device
     feats: Features
     spec: FeatureSpec
-    item_tags: np.ndarray
-    item_emb: np.ndarray
+    items: dict[str, np.ndarray]  # the item table (Features.items)
     max_len: int
     train_cols: dict[str, Tensor]
     valid: dict[str, np.ndarray]
@@ -358,7 +363,7 @@ class _Run:
 
     @property
     def rows(self) -> int:
-        return len(self.train_cols["item_id"])
+        return len(next(iter(self.train_cols.values())))
 
     @property
     def steps_per_epoch(self) -> int:
@@ -422,10 +427,9 @@ def _setup(
     runtime.set_threads(cfg.threads)
     torch.manual_seed(cfg.seed)
     feats = Features(features_dir)
-    spec = FeatureSpec(n_items=feats.manifest["n_items"], n_tags=feats.manifest["n_tags"])
-    item_tags = np.array(feats.array("item_tags"))
-    item_emb = np.array(feats.array("item_emb"))
-    model = build_model(cfg.model, spec, torch.from_numpy(item_tags), torch.from_numpy(item_emb)).to(device)
+    spec = feats.spec
+    items = feats.items()
+    model = build_model(cfg.model, spec, {k: torch.from_numpy(v) for k, v in items.items()}).to(device)
     if procs.rank:  # the same initial weights everywhere; each process its own dropout masks
         torch.manual_seed(cfg.seed + procs.rank)
     max_len = feats.history_len  # featurize.max_len's cut: the one history length
@@ -435,9 +439,9 @@ def _setup(
     scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
         trainer.optimizer, mode="max", factor=0.5, patience=cfg.lr_patience - 1
     )
-    scorer = Scorer(model, max_len, spec.n_items, device)
+    scorer = Scorer(model, max_len, spec, device)
     state = TrainState.start(model, trainer.optimizer, scheduler, cfg.seed, procs, device)
-    return _Run(cfg, procs, device, feats, spec, item_tags, item_emb, max_len, train_cols, valid, trainer,
+    return _Run(cfg, procs, device, feats, spec, items, max_len, train_cols, valid, trainer,
                 scorer, state, checkpoint, key)  # fmt: skip
 
 
@@ -469,7 +473,7 @@ def _train_epoch(run: _Run) -> runtime.ResourceMeter:
     (running). Host-held rows are gathered one batch ahead (`prefetch`); with `sync_debug` the steps run
     under torch.cuda.set_sync_debug_mode, lifted while a checkpoint is written."""
     cfg, state, procs, last = run.cfg, run.state, run.procs, run.steps_per_epoch
-    held = run.train_cols["item_id"].device
+    held = _held(run.train_cols)
     perm = state.epoch_order(run.rows).to(held)  # where the rows are
     meter = runtime.ResourceMeter(run.device)
     run.trainer.model.train()
@@ -600,7 +604,7 @@ def _finish(run: _Run, out_dir: str | Path, metrics_path: str | Path) -> dict:
         meta = {"best_epoch": state.best["epoch"], "valid_auc": state.best["auc"],
                 "sources": run.feats.manifest["sources"]}  # fmt: skip
         summary["model_hash"] = save_package(
-            out_dir, model, cfg.model, run.spec, run.max_len, run.item_tags, run.item_emb, meta
+            out_dir, model, cfg.model, run.spec, run.max_len, run.items, meta
         )
         write_json(metrics_path, summary)
         run.checkpoint.unlink(missing_ok=True)

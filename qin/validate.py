@@ -32,6 +32,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from qin.config import ValidateConfig
+from qin.data import features as F
 from qin.data import schema
 from qin.io import atomic_dir, file_hash, read_json, write_json
 
@@ -86,13 +87,44 @@ class Finding:
         return f"{self.file}: column '{self.column}': {self.expectation} failed: {what}{ex}"
 
 
+# The types a declared feature's column may be stored as, by kind (qin/data/features.py), for the columns
+# that are not the contract's own.
+KIND_TYPES: dict[str, tuple[str, ...]] = {
+    "categorical": INT_TYPES,
+    "target": INT_TYPES,
+    "history": tuple(f"list<{t}>" for t in INT_TYPES),
+    "sequence": tuple(f"list<{t}>" for t in INT_TYPES),
+    "dense": tuple(f"list<{t}>" for t in FLOAT_TYPES),
+}
+KIND_CONTRACT = {
+    "categorical": "int64",
+    "target": "int64",
+    "history": "list<int64>",
+    "sequence": "list<int64>",
+    "dense": "list<float>",
+}
+
+
+def declared(name: str, table: F.FeatureTable) -> dict[str, F.Feature]:
+    """The feature table's columns in file `name` that its contract does not hold, by column."""
+    contract = set(schema.schema_for(name).names)
+    if name == schema.ITEM_FILE or name == schema.FEATURE_FILE:
+        features = table.from_file(name)
+    else:
+        features = table.inputs
+    return {f.col: f for f in features if f.col not in contract and not f.is_key}
+
+
 def _type_name(t: pa.DataType) -> str:
     if pa.types.is_list(t) or pa.types.is_large_list(t) or pa.types.is_fixed_size_list(t):
         return f"list<{_type_name(t.value_type)}>"
     return str(t)
 
 
-def _contract_type(name: str, column: str) -> str:
+def _contract_type(name: str, column: str, table: F.FeatureTable) -> str:
+    extra = declared(name, table)
+    if column in extra:
+        return KIND_CONTRACT[extra[column].kind]
     return _type_name(schema.schema_for(name).field(column).type)
 
 
@@ -226,17 +258,40 @@ def _bounds(kw: dict) -> str:
     return f" ({', '.join(parts)})" if parts else ""
 
 
-def _schema_expectations(name: str) -> list:
+def _schema_expectations(name: str, table: F.FeatureTable) -> list:
     import great_expectations.expectations as gxe
 
     allowed = [*schema.schema_for(name).names, *OPTIONAL_COLUMNS.get(name, ())]
-    return [
-        gxe.ExpectColumnPairValuesToBeInSet(
-            column_A="column",
-            column_B="type",
-            value_pairs_set=[(c, t) for c in allowed for t in ALLOWED_TYPES[c]],
-        )
-    ]
+    pairs = [(c, t) for c in allowed for t in ALLOWED_TYPES[c]]
+    pairs += [(c, t) for c, f in declared(name, table).items() for t in KIND_TYPES[f.kind]]
+    return [gxe.ExpectColumnPairValuesToBeInSet(column_A="column", column_B="type", value_pairs_set=pairs)]
+
+
+def _declared_expectations(name: str, table: F.FeatureTable) -> list:
+    """The value pass's expectations on the feature table's own columns of file `name`, by kind: no nulls;
+    a categorical within its vocabulary (unless it is hashed, or names an oov id: then any integer), ids of
+    a sequence >= 0 and of its length, a dense vector of its dim and finite."""
+    import great_expectations.expectations as E
+
+    exps: list = []
+    for column, f in declared(name, table).items():
+        if f.kind == "categorical":
+            exps.append(E.ExpectColumnValuesToNotBeNull(column=column))
+            if f.hash is None and f.oov is None:
+                top = {"max_value": f.vocab - 1} if isinstance(f.vocab, int) else {}
+                exps.append(E.ExpectColumnValuesToBeBetween(column=column, min_value=0, **top))
+            continue
+        size = f.dim if f.kind == "dense" else f.length
+        exps += [
+            E.ExpectColumnValuesToNotBeNull(column=f"{column}.len"),
+            E.ExpectColumnValuesToBeBetween(column=f"{column}.len", min_value=size, max_value=size),
+            E.ExpectColumnValuesToBeBetween(column=f"{column}.nonfinite", min_value=0, max_value=0),
+        ]
+        if f.kind == "sequence":
+            exps.append(E.ExpectColumnValuesToBeBetween(column=f"{column}.min", min_value=0))
+            if isinstance(f.vocab, int) and f.oov is None:
+                exps.append(E.ExpectColumnValuesToBeBetween(column=f"{column}.max", max_value=f.vocab - 1))
+    return exps
 
 
 def _value_expectations(name: str, n_items: int, cfg: ValidateConfig, columns: list[str]) -> list:
@@ -333,7 +388,9 @@ def _feature_expectations(n_items: int, cfg: ValidateConfig) -> list:
     return exps
 
 
-def _check_file(gx: _Gx, data_dir: Path, name: str, n_items: int | None, cfg: ValidateConfig) -> dict:
+def _check_file(
+    gx: _Gx, data_dir: Path, name: str, n_items: int | None, cfg: ValidateConfig, table: F.FeatureTable
+) -> dict:
     path = data_dir / f"{name}.parquet"
     info: dict[str, Any] = {"path": str(path), "findings": []}
 
@@ -349,7 +406,7 @@ def _check_file(gx: _Gx, data_dir: Path, name: str, n_items: int | None, cfg: Va
         return refuse("expect a readable parquet file", f"{type(exc).__name__}: {exc}")
     info["md5"] = file_hash(path)
     info["rows"] = pf.metadata.num_rows
-    expected = schema.schema_for(name).names
+    expected = [*schema.schema_for(name).names, *declared(name, table)]
     found = {f.name: _type_name(f.type) for f in pf.schema_arrow}
     extra = [c for c in found if c not in expected]
     schema_frame = pd.DataFrame(
@@ -358,12 +415,12 @@ def _check_file(gx: _Gx, data_dir: Path, name: str, n_items: int | None, cfg: Va
             "type": [found.get(c, "missing") for c in expected] + [found[c] for c in extra],
         }
     )
-    result = gx.run(f"{name}-schema", schema_frame, _schema_expectations(name))
+    result = gx.run(f"{name}-schema", schema_frame, _schema_expectations(name, table))
     findings = []
     for f in _findings(str(path), result):  # one finding per offending (column, type) pair
         for col, typ in f.examples:
             if col in expected:
-                want = f"type {_contract_type(name, col)}"
+                want = f"type {_contract_type(name, col, table)}"
             elif col in OPTIONAL_COLUMNS.get(name, ()):
                 want = f"one of the types {', '.join(ALLOWED_TYPES[col])}, or no such column"
             else:
@@ -383,6 +440,7 @@ def _check_file(gx: _Gx, data_dir: Path, name: str, n_items: int | None, cfg: Va
             frame["row_id"] = np.arange(1, len(frame) + 1)
         assert n_items is not None
         expectations = _value_expectations(name, n_items, cfg, list(frame.columns))
+        expectations += _declared_expectations(name, table)
         findings = _findings(str(path), gx.run(name, frame, expectations))
     ignored = [c for c in IGNORED_COLUMNS.get(name, ()) if c in found]
     if ignored:
@@ -391,44 +449,57 @@ def _check_file(gx: _Gx, data_dir: Path, name: str, n_items: int | None, cfg: Va
     return info
 
 
-def validate(data_dir: str | Path, out_dir: str | Path, cfg: ValidateConfig) -> dict:
-    """Validate the four files in `data_dir` (and item_feature.parquet when it is there); write summary.json,
-    report.md and data_docs/ to `out_dir`.
+def validate(
+    data_dir: str | Path, out_dir: str | Path, cfg: ValidateConfig, features: F.FeatureTable | None = None
+) -> dict:
+    """Validate the four files in `data_dir` (and item_feature.parquet when it is there, or the feature
+    table reads from it); write summary.json, report.md and data_docs/ to `out_dir`. `features`: the feature
+    table, whose columns the files must hold (default: params/features/default.yaml).
 
     Raises `ValidationError` (after writing the reports) when any critical expectation fails.
     """
     data_dir = Path(data_dir)
+    table = features or F.default()
+    needed = {f.file for f in table.item} - set(schema.FILES)
 
     def check(gx: _Gx) -> dict[str, dict]:
         files: dict[str, dict] = {}
-        item = files[schema.ITEM_FILE] = _check_file(gx, data_dir, schema.ITEM_FILE, None, cfg)
+        item = files[schema.ITEM_FILE] = _check_file(gx, data_dir, schema.ITEM_FILE, None, cfg, table)
         n_items = item["rows"] - 1 if "rows" in item and not item["findings"] else None
         for split in schema.SPLITS:
             if n_items is None:  # the id range comes from item_info; without it the rows cannot be judged
                 files[split] = {"path": str(data_dir / f"{split}.parquet"), "findings": [], "skipped": True}
                 continue
-            files[split] = _check_file(gx, data_dir, split, n_items, cfg)
+            files[split] = _check_file(gx, data_dir, split, n_items, cfg, table)
         for name in schema.OPTIONAL_FILES:
-            if not (data_dir / f"{name}.parquet").exists():
+            if not (data_dir / f"{name}.parquet").exists() and name not in needed:
                 continue
             if n_items is None:
                 files[name] = {"path": str(data_dir / f"{name}.parquet"), "findings": [], "skipped": True}
                 continue
-            files[name] = _check_file(gx, data_dir, name, n_items, cfg)
+            files[name] = _check_file(gx, data_dir, name, n_items, cfg, table)
         return files
 
     return _gate(data_dir, Path(out_dir), check)
 
 
 def validate_split(
-    data_dir: str | Path, split: str, max_item_id: int, out_dir: str | Path, cfg: ValidateConfig
+    data_dir: str | Path,
+    split: str,
+    max_item_id: int,
+    out_dir: str | Path,
+    cfg: ValidateConfig,
+    features: F.FeatureTable | None = None,
 ) -> dict:
-    """The same gate for one split on its own, with item ids up to `max_item_id` (e.g. `predict` checks
-    test.parquet against the item table of the model that scores it); reports in `out_dir` as `validate`
-    writes them. Raises `ValidationError` when a critical expectation fails."""
-    data_dir = Path(data_dir)
+    """The same gate for one split on its own, with item ids up to `max_item_id` and the columns of
+    `features` (e.g. `predict` checks test.parquet against the item table and the feature table of the
+    model that scores it); reports in `out_dir` as `validate` writes them. Raises `ValidationError` when a
+    critical expectation fails."""
+    data_dir, table = Path(data_dir), features or F.default()
     return _gate(
-        data_dir, Path(out_dir), lambda gx: {split: _check_file(gx, data_dir, split, max_item_id, cfg)}
+        data_dir,
+        Path(out_dir),
+        lambda gx: {split: _check_file(gx, data_dir, split, max_item_id, cfg, table)},
     )
 
 
@@ -438,7 +509,7 @@ def file_failures(data_dir: str | Path, name: str, n_items: int, cfg: ValidateCo
     import tempfile
 
     with tempfile.TemporaryDirectory() as docs:
-        info = _check_file(_Gx(Path(docs)), Path(data_dir), name, n_items, cfg)
+        info = _check_file(_Gx(Path(docs)), Path(data_dir), name, n_items, cfg, F.default())
     return [f.line() for f in info["findings"] if f.severity == "critical"]
 
 

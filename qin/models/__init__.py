@@ -13,6 +13,7 @@ count every registered model's file as their code.
 from __future__ import annotations
 
 import importlib
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -20,14 +21,14 @@ if TYPE_CHECKING:
     from torch import Tensor, nn
 
     from qin.config import ModelConfig
-    from qin.models.blocks import FeatureSpec
+    from qin.data.features import FeatureSpec
 
 
 @dataclass(frozen=True)
 class Model:
     module: str  # the model's file, as a module name
     config: str  # its settings class there (a qin.config.ModelConfig)
-    network: str  # its nn.Module there: Network(cfg, spec, item_tags, item_emb)
+    network: str  # its nn.Module there: Network(cfg, spec, items)
     loss: str = "bce"  # its training loss: a name in qin.losses.LOSSES
 
 
@@ -53,11 +54,12 @@ def config_class(name: object, what: str = "params key 'train.model.name'") -> t
     return cls
 
 
-def build_model(cfg: ModelConfig, spec: FeatureSpec, item_tags: Tensor, item_emb: Tensor) -> nn.Module:
-    """The network `cfg.name` names, built from its settings and the data's feature spec."""
+def build_model(cfg: ModelConfig, spec: FeatureSpec, items: Mapping[str, Tensor]) -> nn.Module:
+    """The network `cfg.name` names, built from its settings, the data's feature spec and the item table
+    (`items`: each item feature's values per item id, featurize's `item_<name>` arrays)."""
     entry = model(cfg.name)
     network: Any = getattr(importlib.import_module(entry.module), entry.network)
-    built: nn.Module = network(cfg, spec, item_tags, item_emb)
+    built: nn.Module = network(cfg, spec, items)
     return built
 
 

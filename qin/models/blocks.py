@@ -1,80 +1,112 @@
 """The feature pipeline every model shares, and small blocks.
 
-Shape legend: B batch, L history length, E embedding_dim, I = 3E item vector width.
+Shape legend: B batch, L history length, E embedding_dim, I item vector width (the item features' widths
+summed: 3E for the default table's id, tags and item_emb_d128), R the row features' widths summed (2E for
+the default table's two levels).
+
+The inputs are those the feature table declares (qin/data/features.py): `FeatureEncoder` builds one
+embedding (categorical, sequence) or linear projection (dense) per declared feature, in table order.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Mapping
 
 import torch
 from torch import Tensor, nn
 
-from qin.data.schema import NUM_LEVELS
+from qin.data.features import Feature, FeatureSpec
 
 
-@dataclass(frozen=True)
-class FeatureSpec:
-    """Vocabularies of the featurized data (from the featurize manifest)."""
-
-    n_items: int  # item id vocabulary, including 0 = padding
-    n_tags: int  # tag vocabulary, including 0 = padding
-    tags_per_item: int = 5
-    item_emb_dim: int = 128
-    num_levels: int = NUM_LEVELS
-
-
-@dataclass
 class Batch:
-    item_seq: Tensor  # (B, L) int, 0 = padding, most recent last
-    likes_level: Tensor  # (B,) int
-    views_level: Tensor  # (B,) int
-    item_id: Tensor  # (B,) int
-    label: Tensor | None = None  # (B,) float
+    """A batch of model inputs: one tensor per row column the feature table declares (`FeatureSpec`'s
+    table: the row features, the target item (B,) and the history (B, L), 0 = padding, most recent last),
+    and the label (B,) float when known. Columns are read as `batch[name]` (or `batch.name`)."""
+
+    def __init__(self, label: Tensor | None = None, **columns: Tensor) -> None:
+        self.columns = columns
+        self.label = label
+
+    def __getitem__(self, name: str) -> Tensor:
+        return self.columns[name]
+
+    def __getattr__(self, name: str) -> Tensor:
+        columns = self.__dict__.get("columns", {})
+        if name in columns:
+            return columns[name]  # type: ignore[no-any-return]
+        raise AttributeError(name)
 
     def to(self, device: torch.device | str, non_blocking: bool = False) -> Batch:
         label = None if self.label is None else self.label.to(device, non_blocking=non_blocking)
-        return Batch(
-            item_seq=self.item_seq.to(device, non_blocking=non_blocking),
-            likes_level=self.likes_level.to(device, non_blocking=non_blocking),
-            views_level=self.views_level.to(device, non_blocking=non_blocking),
-            item_id=self.item_id.to(device, non_blocking=non_blocking),
-            label=label,
-        )
+        return Batch(label, **{k: v.to(device, non_blocking=non_blocking) for k, v in self.columns.items()})
+
+
+def feature_layer(feature: Feature, spec: FeatureSpec, dim: int) -> nn.Module:
+    """The layer that makes `feature`'s vector (width `feature.embedding` or `dim`): an embedding of its ids
+    (id 0 held at 0 where it is padding), or a linear map of its dense vector."""
+    width = feature.embedding or dim
+    if feature.kind == "dense":
+        return nn.Linear(spec.size(feature), width, bias=False)
+    return nn.Embedding(spec.size(feature), width, padding_idx=0 if feature.padding else None)
+
+
+def _width(layer: nn.Module) -> int:
+    return int(layer.embedding_dim if isinstance(layer, nn.Embedding) else layer.out_features)  # type: ignore[union-attr]
 
 
 class ItemEncoder(nn.Module):
-    """Item id -> (…, I): id embedding, mean of the non-padding tag embeddings, projected multimodal vector.
+    """Item id -> (…, I): the item features' vectors concatenated in table order (the default table: the
+    id's embedding, the mean of the non-padding tag embeddings, the projected item_emb_d128).
 
-    The item table (tags, item_emb_d128) is a frozen input, held as non-persistent buffers. Each distinct id
-    of a call is encoded once (a batch's histories repeat items: the paper configuration's 8192 x 65 ids hold
-    at most 91,718 distinct ones), then one `index_select` gathers the vectors of every position; the result
-    is the same function as encoding every position, in fewer operations. On the CPU the distinct ids are
-    exactly those of the call; on a GPU they fill a table of min(positions, items) slots, a size that the
-    shapes alone decide, so that no step waits for the GPU (tests/models/test_host_sync.py).
+    The item table (each item feature's values per item id) is a frozen input, held as non-persistent
+    buffers. Each distinct id of a call is encoded once (a batch's histories repeat items: the paper
+    configuration's 8192 x 65 ids hold at most 91,718 distinct ones), then one `index_select` gathers the
+    vectors of every position; the result is the same function as encoding every position, in fewer
+    operations. On the CPU the distinct ids are exactly those of the call; on a GPU they fill a table of
+    min(positions, items) slots, a size that the shapes alone decide, so that no step waits for the GPU
+    (tests/models/test_host_sync.py).
     """
 
-    item_tags: Tensor
-    item_emb: Tensor
     # False: encode every position (the textbook order), for comparisons; set on the class or an instance.
     distinct: bool = True
     # The whole item table encoded once, for scoring with fixed weights (`freeze`); None while training.
     frozen: Tensor | None = None
 
-    def __init__(self, spec: FeatureSpec, dim: int, item_tags: Tensor, item_emb: Tensor) -> None:
+    def __init__(self, spec: FeatureSpec, dim: int, items: Mapping[str, Tensor]) -> None:
         super().__init__()
-        self.id_emb = nn.Embedding(spec.n_items, dim, padding_idx=0)
-        self.tag_emb = nn.Embedding(spec.n_tags, dim, padding_idx=0)
-        self.mm_proj = nn.Linear(spec.item_emb_dim, dim, bias=False)
-        self.register_buffer("item_tags", item_tags.long(), persistent=False)  # (n_items, 5)
-        self.register_buffer("item_emb", item_emb.float(), persistent=False)  # (n_items, 128)
+        self.features = tuple(spec.table.item)
+        self.n_items = spec.n_items
+        self.embed = nn.ModuleDict({f.name: feature_layer(f, spec, dim) for f in self.features})
+        self.width = sum(_width(layer) for layer in self.embed.values())
+        for f in self.features:
+            if f.is_key:
+                continue
+            values = items[f.name]
+            if len(values) != spec.n_items:
+                raise ValueError(
+                    f"item feature '{f.name}': {len(values)} rows, expected {spec.n_items} items"
+                )
+            values = values.float() if f.kind == "dense" else map_ids(f, values, spec.size(f))
+            self.register_buffer(f"values_{f.name}", values, persistent=False)
+
+    def values(self, feature: Feature) -> Tensor:
+        """The item table's column of `feature` (n_items, …)."""
+        return getattr(self, f"values_{feature.name}")  # type: ignore[no-any-return]
 
     def encode(self, ids: Tensor) -> Tensor:
         """(…) int64 -> (…, I), position by position."""
-        tags = self.item_tags[ids]  # (…, 5)
-        tag_mask = (tags != 0).unsqueeze(-1).to(self.tag_emb.weight.dtype)
-        tag_vec = (self.tag_emb(tags) * tag_mask).sum(-2) / tag_mask.sum(-2).clamp(min=1.0)  # (…, E)
-        return torch.cat([self.id_emb(ids), tag_vec, self.mm_proj(self.item_emb[ids])], dim=-1)
+        parts = []
+        for f in self.features:
+            layer = self.embed[f.name]
+            if f.is_key:
+                parts.append(layer(ids))
+            elif f.kind == "sequence":
+                seq = self.values(f)[ids]  # (…, length)
+                mask = (seq != 0).unsqueeze(-1).to(layer.weight.dtype)
+                parts.append((layer(seq) * mask).sum(-2) / mask.sum(-2).clamp(min=1.0))  # (…, width)
+            else:
+                parts.append(layer(self.values(f)[ids]))
+        return torch.cat(parts, dim=-1)
 
     def freeze(self) -> None:
         """Scoring with fixed weights: encode every item once, so that a call only gathers rows of the
@@ -82,8 +114,9 @@ class ItemEncoder(nn.Module):
         the rest of the model). The same vectors as encoding the call's items (tests/models/test_models.py
         checks the scores to the bit on CPU); the weights must not change afterwards (the trainer never
         freezes). Used outside autocast and autograd only."""
+        device = next(self.parameters()).device
         with torch.inference_mode():
-            self.frozen = self.encode(torch.arange(self.item_tags.shape[0], device=self.item_tags.device))
+            self.frozen = self.encode(torch.arange(self.n_items, device=device))
 
     def table(self, ids: Tensor) -> tuple[Tensor, Tensor]:
         """The vectors of the distinct ids in `ids`, (U, I), and the row of each position in them (frozen:
@@ -95,7 +128,7 @@ class ItemEncoder(nn.Module):
         flat = ids.reshape(-1).long()
         if not self.distinct:
             return self.encode(flat), torch.arange(flat.numel(), device=ids.device).view(ids.shape)
-        n = self.item_tags.shape[0]
+        n = self.n_items
         seen = torch.zeros(n, dtype=torch.bool, device=ids.device)
         seen.index_fill_(0, flat, True)  # an id outside the vocabulary raises here, as a lookup would
         row = seen.cumsum(0) - 1  # (n,) the row of each seen id among the distinct ones, in increasing order
@@ -125,25 +158,39 @@ def _autocast_dtype(device: torch.device) -> torch.dtype | None:
 
 
 class FeatureEncoder(nn.Module):
-    """Batch -> (likes (B, E), views (B, E), target (B, I), history (B, L, I), mask (B, L)).
+    """Batch -> (row (B, R), target (B, I), history (B, L, I), mask (B, L)).
 
-    The target and history ids share one item table (each distinct item encoded once), gathered with
-    `index_select`. Under autocast the history is made once in the autocast dtype (every matmul that reads
-    it would cast it), with the gradients of repeated items still summed in float32.
+    `row` is the row features' vectors concatenated in table order. The target and history ids share one
+    item table (each distinct item encoded once), gathered with `index_select`. Under autocast the history
+    is made once in the autocast dtype (every matmul that reads it would cast it), with the gradients of
+    repeated items still summed in float32.
     """
 
-    def __init__(self, spec: FeatureSpec, dim: int, item_tags: Tensor, item_emb: Tensor) -> None:
+    def __init__(self, spec: FeatureSpec, dim: int, items: Mapping[str, Tensor]) -> None:
         super().__init__()
-        self.items = ItemEncoder(spec, dim, item_tags, item_emb)
-        self.likes = nn.Embedding(spec.num_levels, dim)
-        self.views = nn.Embedding(spec.num_levels, dim)
-        self.item_dim = 3 * dim
-        # The width of concat(likes, views, target, pooled history): what a model's interaction part reads.
-        self.width = 2 * dim + 2 * self.item_dim
+        self.spec = spec
+        self.items = ItemEncoder(spec, dim, items)
+        self.rows = nn.ModuleDict({f.name: feature_layer(f, spec, dim) for f in spec.table.row})
+        self.item_dim = self.items.width
+        self.row_dim = sum(_width(layer) for layer in self.rows.values())
+        # The width of concat(row, target, pooled history): what a model's interaction part reads.
+        self.width = self.row_dim + 2 * self.item_dim
 
-    def forward(self, batch: Batch) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
-        seq = batch.item_seq
-        ids = torch.cat([batch.item_id.reshape(-1, 1).to(seq.dtype), seq], dim=1)  # (B, 1 + L)
+    def row(self, batch: Batch) -> Tensor:
+        parts = []
+        for f in self.spec.table.row:
+            values = batch[f.col]
+            ids = values.float() if f.kind == "dense" else map_ids(f, values, self.spec.size(f))
+            parts.append(self.rows[f.name](ids))
+        if not parts:
+            return batch[self.spec.target].new_zeros(
+                (batch[self.spec.target].shape[0], 0), dtype=torch.float32
+            )
+        return torch.cat(parts, dim=-1)
+
+    def forward(self, batch: Batch) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        seq = batch[self.spec.history]
+        ids = torch.cat([batch[self.spec.target].reshape(-1, 1).to(seq.dtype), seq], dim=1)  # (B, 1 + L)
         vectors, rows = self.items.table(ids)
         target = vectors.index_select(0, rows[:, 0])
         history_rows = rows[:, 1:].reshape(-1)
@@ -156,13 +203,7 @@ class FeatureEncoder(nn.Module):
         else:  # gather in float32 (CUDA would sum bf16 gradients in bf16), then cast once for the matmuls
             history = vectors.index_select(0, history_rows).to(dtype)
         history = history.view(*seq.shape, -1)
-        return (
-            self.likes(batch.likes_level.long()),
-            self.views(batch.views_level.long()),
-            target,
-            history,
-            seq != 0,
-        )
+        return self.row(batch), target, history, seq != 0
 
 
 def masked_mean(history: Tensor, mask: Tensor) -> Tensor:
@@ -221,3 +262,14 @@ def embedding_tables(model: nn.Module) -> list[Tensor]:
 def network_weights(model: nn.Module) -> list[Tensor]:
     """The network's weight matrices (linear layers, not biases or norms): the net L2 penalty's."""
     return [m.weight for m in model.modules() if isinstance(m, nn.Linear)]
+
+
+def map_ids(feature: Feature, values: Tensor, size: int) -> Tensor:
+    """The embedding ids (int64) of a categorical or sequence feature's raw values: hashed (value mod N),
+    or as they are with a value outside 0..size-1 taking the feature's oov id (qin/data/features.py)."""
+    values = values.long()
+    if feature.hash is not None:
+        return torch.remainder(values, feature.hash)
+    if feature.oov is not None:
+        return torch.where((values < 0) | (values >= size), feature.oov, values)
+    return values

@@ -1,8 +1,8 @@
 """DCNv3 and SDCNv3 (later renamed FCN): explicit feature crossing without a DNN.
 
-Shape legend: B batch, E embedding_dim, I = 3E item vector width, D = 2E + 2I input width.
+Shape legend: B batch, E embedding_dim, I item vector width, R row features' width, D = R + 2I input width.
 
-Input: concat(likes, views, target item, mean of the history items): the same feature pipeline as QIN, with
+Input: concat(row features, target item, mean of the history items): the same feature pipeline as QIN, with
 the history mean-pooled (these models have no sequence module).
 - A cross layer computes c = W x + b (W: D -> D/2), H = [c, c ⊙ ReLU(LayerNorm(c))] (the self-mask), so
   H has width D again.
@@ -14,6 +14,7 @@ DCNv3 is the ECN alone. SDCNv3 runs both and averages their logits; it is traine
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Literal
 
@@ -21,7 +22,8 @@ import torch
 from torch import Tensor, nn
 
 from qin.config import ModelConfig
-from qin.models.blocks import Batch, FeatureEncoder, FeatureSpec, init_weights, masked_mean
+from qin.data.features import FeatureSpec
+from qin.models.blocks import Batch, FeatureEncoder, init_weights, masked_mean
 
 
 @dataclass(frozen=True)
@@ -69,9 +71,9 @@ class CrossNetwork(nn.Module):
 
 
 class DCNv3(nn.Module):
-    def __init__(self, cfg: DCNv3Config, spec: FeatureSpec, item_tags: Tensor, item_emb: Tensor) -> None:
+    def __init__(self, cfg: DCNv3Config, spec: FeatureSpec, items: Mapping[str, Tensor]) -> None:
         super().__init__()
-        self.features = FeatureEncoder(spec, cfg.embedding_dim, item_tags, item_emb)
+        self.features = FeatureEncoder(spec, cfg.embedding_dim, items)
         width = self.features.width
         self.deep = CrossNetwork(
             width, cfg.num_deep_layers, cfg.deep_dropout, cfg.layer_norm, exponential=True
@@ -86,8 +88,8 @@ class DCNv3(nn.Module):
         init_weights(self)
 
     def _inputs(self, batch: Batch) -> Tensor:
-        likes, views, target, history, mask = self.features(batch)
-        return torch.cat([likes, views, target, masked_mean(history, mask)], dim=-1)  # (B, D)
+        row, target, history, mask = self.features(batch)
+        return torch.cat([row, target, masked_mean(history, mask)], dim=-1)  # (B, D)
 
     def side_logits(self, batch: Batch) -> tuple[Tensor, Tensor, Tensor]:
         """(fused, deep, shallow) logits, for the Tri-BCE loss (SDCNv3 only)."""

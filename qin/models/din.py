@@ -1,6 +1,6 @@
 """DIN: Deep Interest Network, as the MM-CTR challenge baseline ran it.
 
-Shape legend: B batch, L history length, E embedding_dim, I = 3E item vector width.
+Shape legend: B batch, L history length, E embedding_dim, I item vector width, R row features' width.
 
 An attention MLP scores each history item from [target, item, target - item, target * item]; the scores
 weight the items without softmax (attention dropout 0.1); the pooled interest joins the other features in a
@@ -9,6 +9,7 @@ ReLU MLP with batch norm.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Literal
 
@@ -16,7 +17,8 @@ import torch
 from torch import Tensor, nn
 
 from qin.config import ModelConfig
-from qin.models.blocks import MLP, Batch, FeatureEncoder, FeatureSpec, init_weights
+from qin.data.features import FeatureSpec
+from qin.models.blocks import MLP, Batch, FeatureEncoder, init_weights
 
 
 @dataclass(frozen=True)
@@ -50,16 +52,16 @@ class ActivationUnit(nn.Module):
 
 
 class DIN(nn.Module):
-    def __init__(self, cfg: DINConfig, spec: FeatureSpec, item_tags: Tensor, item_emb: Tensor) -> None:
+    def __init__(self, cfg: DINConfig, spec: FeatureSpec, items: Mapping[str, Tensor]) -> None:
         super().__init__()
-        self.features = FeatureEncoder(spec, cfg.embedding_dim, item_tags, item_emb)
+        self.features = FeatureEncoder(spec, cfg.embedding_dim, items)
         self.attention = ActivationUnit(self.features.item_dim, cfg.attention_units, cfg.attention_dropout)
         self.dnn = MLP(self.features.width, cfg.dnn_units, cfg.net_dropout, cfg.batch_norm)
         self.head = nn.Linear(self.dnn.out_dim, 1)
         init_weights(self)
 
     def forward(self, batch: Batch) -> Tensor:
-        likes, views, target, history, mask = self.features(batch)
+        row, target, history, mask = self.features(batch)
         interest = self.attention(target, history, mask)  # (B, I)
-        x = torch.cat([likes, views, target, interest], dim=-1)  # (B, 2E + 2I)
+        x = torch.cat([row, target, interest], dim=-1)  # (B, R + 2I)
         return self.head(self.dnn(x)).squeeze(-1)  # (B,) logits

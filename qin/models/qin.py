@@ -4,9 +4,11 @@ Shape legend:
     B  batch size
     L  history length (most recent last, 0 = padding)
     E  embedding_dim
-    I  item vector width = 3E: concat(item id emb, mean tag emb, projected item_emb_d128)
+    I  item vector width: the item features' vectors (qin/data/features.py); the default table's
+       concat(item id emb, mean tag emb, projected item_emb_d128) = 3E
+    R  the row features' vectors (the default table's likes and views embeddings: 2E)
     A  attention dim (the authors: 2I)
-    D  QNN width = 2E + 2I: concat(likes emb, views emb, target item, attention output)
+    D  QNN width = R + 2I: concat(row features, target item, attention output)
     M  num_row, the rows of each QNN layer
 
 forward reads in four stages: encode features -> attend over the history -> quadratic layers -> logit.
@@ -18,6 +20,7 @@ attention_dropout), each replacing the one module it names.
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Literal
 
@@ -25,7 +28,8 @@ import torch
 from torch import Tensor, nn
 
 from qin.config import ModelConfig
-from qin.models.blocks import MLP, Batch, FeatureEncoder, FeatureSpec, MeanPooling, init_weights
+from qin.data.features import FeatureSpec
+from qin.models.blocks import MLP, Batch, FeatureEncoder, MeanPooling, init_weights
 
 
 @dataclass(frozen=True)
@@ -127,10 +131,10 @@ class QuadraticLayer(nn.Module):
 
 
 class QIN(nn.Module):
-    def __init__(self, cfg: QINConfig, spec: FeatureSpec, item_tags: Tensor, item_emb: Tensor) -> None:
+    def __init__(self, cfg: QINConfig, spec: FeatureSpec, items: Mapping[str, Tensor]) -> None:
         super().__init__()
         e = cfg.embedding_dim
-        self.features = FeatureEncoder(spec, e, item_tags, item_emb)
+        self.features = FeatureEncoder(spec, e, items)
         item_dim, width = self.features.item_dim, self.features.width
         self.attention: nn.Module = (
             TargetAttention(
@@ -165,7 +169,7 @@ class QIN(nn.Module):
         init_weights(self)
 
     def forward(self, batch: Batch) -> Tensor:
-        likes, views, target, history, mask = self.features(batch)
+        row, target, history, mask = self.features(batch)
         interest = self.attention(target, history, mask)  # (B, I)
-        x = torch.cat([likes, views, target, interest], dim=-1)  # (B, D)
+        x = torch.cat([row, target, interest], dim=-1)  # (B, D)
         return self.head(self.interaction(x)).squeeze(-1)  # (B,) logits

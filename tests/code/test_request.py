@@ -9,9 +9,11 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from qin.data.features import default_spec
 from qin.request import BadRequest, check_request, history_matrix, request_arrays
 
 N_ITEMS = 100  # ids 0 (padding) .. 99
+SPEC = default_spec(N_ITEMS, n_tags=20)
 
 
 def _rows(**change: Any) -> pd.DataFrame:
@@ -26,9 +28,9 @@ def _rows(**change: Any) -> pd.DataFrame:
 
 
 def test_good_rows_pass() -> None:
-    check_request(_rows(), N_ITEMS)
-    check_request(_rows(item_id=[1.0, 50.0, 99.0]), N_ITEMS)  # integral floats, as JSON may carry them
-    check_request(_rows(item_seq=[np.array([1, 2]), (3,), []]), N_ITEMS)
+    check_request(_rows(), SPEC)
+    check_request(_rows(item_id=[1.0, 50.0, 99.0]), SPEC)  # integral floats, as JSON may carry them
+    check_request(_rows(item_seq=[np.array([1, 2]), (3,), []]), SPEC)
 
 
 @pytest.mark.parametrize(
@@ -58,15 +60,15 @@ def test_good_rows_pass() -> None:
         ),
         (
             {"likes_level": [0, 99, 1]},
-            "row 1, column 'likes_level': expected an integer level in 0..10, found 99",
+            "row 1, column 'likes_level': expected an integer in 0..10, found 99",
         ),
         (
             {"views_level": [0, 1, 1.5]},
-            "row 2, column 'views_level': expected an integer level in 0..10, found 1.5",
+            "row 2, column 'views_level': expected an integer in 0..10, found 1.5",
         ),
         (
             {"views_level": [0, None, 1]},
-            "row 1, column 'views_level': expected an integer level in 0..10, found null",
+            "row 1, column 'views_level': expected an integer in 0..10, found null",
         ),
         ({"item_id": [1, "3", 2]}, "row 1, column 'item_id': expected an item id in 1..99, found '3'"),
         ({"item_id": [0, 1, 2]}, "row 0, column 'item_id': expected an item id in 1..99, found 0"),
@@ -74,32 +76,32 @@ def test_good_rows_pass() -> None:
 )
 def test_each_kind_of_bad_row_is_refused_naming_it(change: dict[str, list[Any]], message: str) -> None:
     with pytest.raises(BadRequest) as refused:
-        check_request(_rows(**change), N_ITEMS)
+        check_request(_rows(**change), SPEC)
     assert str(refused.value) == message
     with pytest.raises(BadRequest) as refused:  # what scoring calls: the same refusal
-        request_arrays(_rows(**change), N_ITEMS, max_len=4)
+        request_arrays(_rows(**change), SPEC, max_len=4)
     assert str(refused.value) == message
 
 
 def test_a_missing_column_is_named() -> None:
     with pytest.raises(BadRequest, match=r"missing column \['item_seq'\]: expected columns \['likes_level'"):
-        check_request(_rows().drop(columns=["item_seq"]), N_ITEMS)
+        check_request(_rows().drop(columns=["item_seq"]), SPEC)
 
 
 def test_every_problem_is_named_in_row_order_up_to_a_count() -> None:
     frame = _rows(likes_level=[11, 0, 12], item_id=[1, 200, 2])
     with pytest.raises(BadRequest) as refused:
-        check_request(frame, N_ITEMS)
+        check_request(frame, SPEC)
     assert str(refused.value) == (
-        "row 0, column 'likes_level': expected an integer level in 0..10, found 11; "
+        "row 0, column 'likes_level': expected an integer in 0..10, found 11; "
         "row 1, column 'item_id': expected an item id in 1..99, found 200; "
-        "row 2, column 'likes_level': expected an integer level in 0..10, found 12"
+        "row 2, column 'likes_level': expected an integer in 0..10, found 12"
     )
     many = pd.concat([_rows(item_id=[1, 200, 2])] * 8, ignore_index=True)  # 8 bad rows, 5 named
     with pytest.raises(
         BadRequest, match=r"row 13, column .item_id.: expected an item id in 1..99, found 200; and 3 more$"
     ):
-        check_request(many, N_ITEMS)
+        check_request(many, SPEC)
 
 
 def test_histories_keep_their_most_recent_items_left_padded() -> None:
@@ -119,8 +121,8 @@ def test_request_arrays_are_the_checked_columns_and_the_history_matrix(histories
     frame = pd.DataFrame(
         {"likes_level": [0, 5, 10], "views_level": [3, 3, 3], "item_id": [1, 50, 99], "item_seq": histories}
     )
-    arrays = request_arrays(frame, N_ITEMS, max_len=3)
+    arrays = request_arrays(frame, SPEC, max_len=3)
     assert arrays["item_seq"].tolist() == [[3, 4, 5], [0, 0, 0], [0, 7, 8]]
     assert arrays["item_id"].tolist() == [1, 50, 99] and arrays["likes_level"].tolist() == [0, 5, 10]
     assert all(a.dtype == np.int64 for a in arrays.values())
-    assert request_arrays(frame.head(0), N_ITEMS, max_len=3)["item_seq"].shape == (0, 3)
+    assert request_arrays(frame.head(0), SPEC, max_len=3)["item_seq"].shape == (0, 3)

@@ -284,8 +284,8 @@ def test_a_deployment_run_through_the_pool_registers_in_the_server(
 ) -> None:
     import mlflow
 
-    from flows.tracking import example_frame
     from qin.inference import load_package
+    from qin.request import example_request
 
     run_id = team.finished(
         team.deployment_run("--param", f"overrides={json.dumps({**FAST, 'train.seed': 11})}")
@@ -314,7 +314,7 @@ def test_a_deployment_run_through_the_pool_registers_in_the_server(
         / json.loads(_version(team.stack, staging["model_version"]["version"])["tags"]["stage_keys"])["train"]
         / "model"
     )
-    rows = example_frame(package, rows=3)
+    rows = example_request(load_package(package).spec, rows=3)
     served = mlflow.pyfunc.load_model(f"models:/{MODEL}@staging").predict(rows)
     expected = load_package(package).predict_frame(rows)
     assert list(served) == pytest.approx(list(expected), abs=1e-6)

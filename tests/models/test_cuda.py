@@ -19,7 +19,6 @@ from qin.config import FeaturizeConfig, ModelConfig, TrainConfig, load_params, p
 from qin.featurize import Features, featurize
 from qin.inference import load_package
 from qin.models import build_model
-from qin.models.blocks import FeatureSpec
 from qin.models.dcnv3 import DCNv3Config
 from qin.models.din import DINConfig
 from qin.models.qin import QINConfig
@@ -81,9 +80,8 @@ def test_on_cuda_the_rows_move_to_the_gpu_and_training_runs_in_native_bf16(
 @pytest.mark.parametrize("name", list(MODELS))
 def test_a_training_step_never_waits_for_the_gpu(name: str, precision: str, features: Path) -> None:
     feats = Features(features)
-    spec = FeatureSpec(n_items=feats.manifest["n_items"], n_tags=feats.manifest["n_tags"])
-    tags, emb = (torch.from_numpy(np.array(feats.array(a))) for a in ("item_tags", "item_emb"))
-    model = build_model(MODELS[name], spec, tags, emb).to(CUDA)
+    items = {k: torch.from_numpy(v) for k, v in feats.items().items()}
+    model = build_model(MODELS[name], feats.spec, items).to(CUDA)
     cfg = dataclasses.replace(preset("cpu"), model=MODELS[name], precision=precision, device="cuda")
     trainer = Trainer(model, cfg, CUDA)
     cols = load_columns(feats, "train", CUDA)

@@ -19,9 +19,10 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from qin.config import ModelConfig, preset
+from qin.data.features import default_spec
 from qin.losses import model_loss
 from qin.models import build_model
-from qin.models.blocks import Batch, FeatureSpec
+from qin.models.blocks import Batch
 from qin.models.dcnv3 import DCNv3Config
 from qin.models.din import DINConfig
 from qin.models.qin import QINConfig
@@ -51,7 +52,8 @@ SYNCING = {
 }
 INDEXING = {"index", "index_put", "index_put_", "_index_put_impl_"}  # syncing only with a boolean mask
 
-SPEC = FeatureSpec(n_items=300, n_tags=40)
+SPEC = default_spec(n_items=300, n_tags=40)
+N_TAGS = 40
 MODELS: dict[str, ModelConfig] = {
     "qin": QINConfig(embedding_dim=8, num_layers=2, num_row=2, net_dropout=0.1),
     "din": DINConfig(embedding_dim=8, attention_units=(16, 8), dnn_units=(32, 16)),
@@ -97,11 +99,11 @@ def _batch(b: int = 48, length: int = 20) -> Batch:
 
 def _training_loss(cfg: ModelConfig, device: str = "meta") -> TrainingLoss:
     torch.manual_seed(0)
-    tags = torch.randint(0, SPEC.n_tags, (SPEC.n_items, 5))
+    tags = torch.randint(0, N_TAGS, (SPEC.n_items, 5))
     tags[0] = 0
     emb = torch.randn(SPEC.n_items, 128)
     emb[0] = 0
-    model = build_model(cfg, SPEC, tags, emb).train().to(device)
+    model = build_model(cfg, SPEC, {"item_tags": tags, "item_emb_d128": emb}).train().to(device)
     return TrainingLoss(model, model_loss(cfg.name), embedding_l2=1e-4, net_l2=1e-5)
 
 
@@ -116,7 +118,7 @@ def _ops_of_one_step(loss_module: TrainingLoss, batch: Batch) -> Recorder:
 
 
 def _on(batch: Batch, device: str) -> Batch:
-    return Batch(**{k: v.to(device) for k, v in batch.__dict__.items()})
+    return batch.to(device)
 
 
 @pytest.mark.parametrize("name", list(MODELS))

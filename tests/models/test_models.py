@@ -8,14 +8,16 @@ import torch
 from torch import nn
 
 from qin.config import ModelConfig, preset
+from qin.data.features import default_spec
 from qin.losses import bce, model_loss, tri_bce
 from qin.models import build_model
-from qin.models.blocks import MLP, Batch, FeatureSpec, MeanPooling, embedding_tables
+from qin.models.blocks import MLP, Batch, MeanPooling, embedding_tables
 from qin.models.dcnv3 import DCNv3Config
 from qin.models.din import DINConfig
 from qin.models.qin import QINConfig, QuadraticLayer, TargetAttention
 
-SPEC = FeatureSpec(n_items=60, n_tags=25)
+SPEC = default_spec(n_items=60, n_tags=25)
+N_TAGS = 25
 
 CONFIGS: dict[str, ModelConfig] = {
     "qin": QINConfig(embedding_dim=8, num_layers=2, num_row=3),
@@ -33,11 +35,11 @@ CONFIGS: dict[str, ModelConfig] = {
 
 def _model(cfg: ModelConfig, seed: int = 0) -> nn.Module:
     torch.manual_seed(seed)
-    tags = torch.randint(0, SPEC.n_tags, (SPEC.n_items, 5))
+    tags = torch.randint(0, N_TAGS, (SPEC.n_items, 5))
     tags[0] = 0
     emb = torch.randn(SPEC.n_items, 128)
     emb[0] = 0
-    model = build_model(cfg, SPEC, tags, emb)
+    model = build_model(cfg, SPEC, {"item_tags": tags, "item_emb_d128": emb})
     # Default init puts embeddings at N(0, 1e-4): make them large enough that a wrong mask would show.
     with torch.no_grad():
         for table in embedding_tables(model):
@@ -59,7 +61,7 @@ def _batch(b: int = 6, length: int = 12, pad: int = 4, seed: int = 1) -> Batch:
 
 
 def _with_seq(batch: Batch, seq: torch.Tensor) -> Batch:
-    return Batch(**{**batch.__dict__, "item_seq": seq})
+    return Batch(batch.label, **{**batch.columns, "item_seq": seq})
 
 
 @pytest.mark.parametrize("name", list(CONFIGS))
@@ -78,7 +80,7 @@ def test_padding_positions_do_not_change_the_output(name: str) -> None:
     torch.testing.assert_close(model(_with_seq(batch, nn.functional.pad(batch.item_seq, (7, 0)))), base)
     # ...and neither does whatever the padding row of the id table holds.
     with torch.no_grad():
-        model.features.items.id_emb.weight[0].normal_(std=3.0)
+        model.features.items.embed.item_id.weight[0].normal_(std=3.0)
     torch.testing.assert_close(model(batch), base)
     # The check can fail: changing a real history item does change the output.
     changed = batch.item_seq.clone()
@@ -129,7 +131,7 @@ def test_under_bf16_autocast_the_gradients_of_a_repeated_item_still_sum_in_float
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
             loss = model_loss("qin")(model, batch)
         loss.backward()
-        return model.features.items.id_emb.weight.grad[7].clone()
+        return model.features.items.embed.item_id.weight.grad[7].clone()
 
     exact, mixed = grad_of_item_7(False), grad_of_item_7(True)
     assert torch.linalg.vector_norm(mixed - exact) <= 0.05 * torch.linalg.vector_norm(exact)
@@ -143,9 +145,9 @@ def test_a_frozen_item_table_scores_to_the_bit_what_encoding_each_call_scores(na
     batch = _batch(b=40, length=12, pad=3)
     cols = {k: getattr(batch, k).numpy() for k in ("item_seq", "likes_level", "views_level", "item_id")}
     one = {k: v[:1] for k, v in cols.items()}  # a row alone (a request), besides a batch
-    live = Scorer(model, 12, SPEC.n_items, torch.device("cpu"))
+    live = Scorer(model, 12, SPEC, torch.device("cpu"))
     expected = live.predict(cols), live.predict(one)
-    frozen = Scorer(model, 12, SPEC.n_items, torch.device("cpu"), frozen=True)
+    frozen = Scorer(model, 12, SPEC, torch.device("cpu"), frozen=True)
     assert model.features.items.frozen is not None
     assert (frozen.predict(cols) == expected[0]).all() and (frozen.predict(one) == expected[1]).all()
 
@@ -241,8 +243,12 @@ def test_ablation_attention_dropout_drops_attention_weights_in_training_only() -
 
 def test_paper_preset_has_the_authors_parameter_count() -> None:
     cfg = preset("paper").model
-    spec = FeatureSpec(n_items=91_718, n_tags=11_740)
-    model = build_model(cfg, spec, torch.zeros(91_718, 5, dtype=torch.long), torch.zeros(91_718, 128))
+    spec = default_spec(n_items=91_718, n_tags=11_740)
+    model = build_model(
+        cfg,
+        spec,
+        {"item_tags": torch.zeros(91_718, 5, dtype=torch.long), "item_emb_d128": torch.zeros(91_718, 128)},
+    )
     assert sum(p.numel() for p in model.parameters()) == 31_244_293
 
 
@@ -260,18 +266,11 @@ def test_unknown_model_name_is_refused() -> None:
     cfg = replace(QINConfig())
     object.__setattr__(cfg, "name", "dcnv9")
     with pytest.raises(ValueError, match=r"'train\.model\.name': expected one of"):
-        build_model(cfg, SPEC, torch.zeros(60, 5, dtype=torch.long), torch.zeros(60, 128))
-
-
-def test_batch_holds_the_model_inputs_declared_once() -> None:
-    from dataclasses import fields
-
-    from qin.data.schema import MODEL_INPUTS
-    from qin.featurize import ROW_FIELDS
-    from qin.request import COLUMNS
-
-    assert {f.name for f in fields(Batch)} - {"label"} == set(MODEL_INPUTS)
-    assert ROW_FIELDS == COLUMNS == MODEL_INPUTS
+        build_model(
+            cfg,
+            SPEC,
+            {"item_tags": torch.zeros(60, 5, dtype=torch.long), "item_emb_d128": torch.zeros(60, 128)},
+        )
 
 
 def test_each_registered_model_has_its_settings_network_and_loss_in_one_place() -> None:
