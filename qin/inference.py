@@ -22,11 +22,11 @@ import torch
 from torch import nn
 
 from qin import runtime
-from qin.config import ModelConfig, model_config
 from qin.data.schema import HISTORY, MODEL_INPUTS, TARGET, most_recent
 from qin.io import atomic_dir, read_json, tree_hash, write_json
-from qin.models import build_model
+from qin.models import build_model, model_config
 from qin.models.blocks import Batch, FeatureSpec, ItemEncoder
+from qin.models.settings import ModelConfig
 from qin.request import request_arrays
 
 WEIGHTS, CONFIG = "weights.pt", "model.json"
@@ -62,7 +62,7 @@ def save_package(
         write_json(
             tmp / CONFIG,
             {
-                "model": dataclasses.asdict(model_cfg),
+                "model": model_cfg.model_dump(),
                 "features": dataclasses.asdict(spec),
                 "max_len": max_len,
                 "meta": meta,

@@ -21,7 +21,6 @@ on a model package (`MODEL`: a registered version, downloaded, or a package path
 from __future__ import annotations
 
 import ast
-import dataclasses
 import hashlib
 import importlib
 import json
@@ -32,9 +31,10 @@ from pathlib import Path
 from typing import Any, Literal
 
 from qin import layout
-from qin.config import KEY_EXCLUDED, Params, declared, preset_files
+from qin.config import KEY_EXCLUDED
 from qin.io import file_hash, tree_hash
 from qin.models import module_files
+from qin.settings import Params, declared, preset_files
 
 DATA = "data"  # the source of an input that is the raw data folder, not a stage's output
 # The source of an input that is a model package the caller names (qin/predict.py `resolve_model`): in the
@@ -240,7 +240,7 @@ def settings(s: Stage, params: Params) -> dict[str, Any]:
     """What makes the stage's result what it is: the sections it reads, without the speed-only keys."""
     out = {}
     for section in s.sections:
-        values = dataclasses.asdict(getattr(params, section))
+        values = getattr(params, section).model_dump()
         out[section] = {k: v for k, v in values.items() if k not in KEY_EXCLUDED.get(section, ())}
     return out
 

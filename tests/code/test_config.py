@@ -2,8 +2,9 @@ from pathlib import Path
 
 import pytest
 
-from qin.config import DeployConfig, Params, flatten, load_params, preset
+from qin.config import DeployConfig, flatten
 from qin.models.din import DINConfig
+from qin.settings import Params, load_params, preset
 
 
 def test_repo_params_load_and_match_the_dataclasses(tmp_path: Path) -> None:
@@ -82,7 +83,7 @@ def test_a_preset_sets_where_another_model_starts(
 
 
 def test_overrides_and_model_are_applied_into_a_resolved_params_file(tmp_path: Path) -> None:
-    from qin.config import write_resolved_params
+    from qin.settings import write_resolved_params
 
     src = tmp_path / "params.yaml"
     src.write_text("train: {model: {name: qin, embedding_dim: 8, num_layers: 3}, epochs: 2}\nevaluate: {}\n")
@@ -114,7 +115,7 @@ def test_overrides_and_model_are_applied_into_a_resolved_params_file(tmp_path: P
 def test_bad_overrides_are_refused_by_key(
     tmp_path: Path, overrides: dict, model: str | None, message: str
 ) -> None:
-    from qin.config import write_resolved_params
+    from qin.settings import write_resolved_params
 
     src = tmp_path / "params.yaml"
     src.write_text("train: {epochs: 2}\n")

@@ -18,13 +18,14 @@ import pytest
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from qin.config import ModelConfig, preset
 from qin.losses import model_loss
 from qin.models import build_model
 from qin.models.blocks import Batch, FeatureSpec
 from qin.models.dcnv3 import DCNv3Config
 from qin.models.din import DINConfig
 from qin.models.qin import QINConfig
+from qin.models.settings import ModelConfig
+from qin.settings import preset
 from qin.train import TrainingLoss
 
 # Operators whose output size depends on the values (their size must reach the host) or that copy a value
