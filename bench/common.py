@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import logging
 import tempfile
 from pathlib import Path
 
-from qin.config import Params, TrainConfig, load_params
+from qin.config import replace
 from qin.featurize import featurize
+from qin.settings import Params, TrainConfig, load_params
 from qin.validate import validate
 
 
@@ -30,7 +30,7 @@ def prepare(args: argparse.Namespace, name: str) -> tuple[Params, TrainConfig, P
     """
     logging.basicConfig(level=logging.WARNING)
     params = load_params(args.params)
-    cfg = params.train if args.epochs is None else dataclasses.replace(params.train, epochs=args.epochs)
+    cfg = params.train if args.epochs is None else replace(params.train, epochs=args.epochs)
     work = args.workdir or Path(tempfile.mkdtemp(prefix=f"qin-{name}-"))
     if not (work / "features" / "manifest.json").exists():
         validate(args.data, work / "validate", params.validate)

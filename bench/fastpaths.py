@@ -12,10 +12,9 @@ Target (issue 5): fast paths on and off give the same valid AUC within +-0.002.
 
 from __future__ import annotations
 
-import dataclasses
-
 from common import parser, prepare
 
+from qin.config import replace
 from qin.models.blocks import ItemEncoder
 from qin.models.qin import QINConfig
 from qin.train import train
@@ -26,7 +25,7 @@ def main() -> None:
     cli.add_argument("--threads", type=int, default=None, help="default: params train.threads")
     args = cli.parse_args()
     _, cfg, work = prepare(args, "fastpaths")
-    cfg = cfg if args.threads is None else dataclasses.replace(cfg, threads=args.threads)
+    cfg = cfg if args.threads is None else replace(cfg, threads=args.threads)
     assert isinstance(cfg.model, QINConfig), "the fast paths are QIN's"
 
     variants = {
@@ -38,9 +37,7 @@ def main() -> None:
     results = {}
     for name, (distinct, order, precision) in variants.items():
         ItemEncoder.distinct = distinct
-        run_cfg = dataclasses.replace(
-            cfg, precision=precision, model=dataclasses.replace(cfg.model, attention_order=order)
-        )
+        run_cfg = replace(cfg, precision=precision, model=replace(cfg.model, attention_order=order))
         slug = name.replace(" ", "_")
         s = train(work / "features", work / slug, work / f"{slug}.json", run_cfg)
         best = next(h for h in s["history"] if h["epoch"] == s["best_epoch"])

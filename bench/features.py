@@ -11,6 +11,7 @@ the model package on disk, and seconds. Only the `features` setting differs betw
 
 from __future__ import annotations
 
+import argparse
 import logging
 import tempfile
 import time
@@ -19,16 +20,16 @@ from pathlib import Path
 import yaml
 from common import parser
 
-from qin.config import load_params
 from qin.evaluate import evaluate
 from qin.featurize import featurize
+from qin.settings import load_params
 from qin.train import train
 from qin.validate import validate
 
 TABLES = Path(__file__).resolve().parents[1] / "params" / "features"
 
 
-def run_table(table: Path, args, work: Path) -> dict:  # noqa: ANN001
+def run_table(table: Path, args: argparse.Namespace, work: Path) -> dict:
     """Validate, featurize, train and evaluate with `table`; the row of figures."""
     raw = yaml.safe_load(args.params.read_text()) or {}
     raw["features"] = str(table)
@@ -63,14 +64,18 @@ def main() -> None:
     for name in args.tables:
         rows.append(run_table(TABLES / f"{name}.yaml", args, work))
         r = rows[-1]
-        print(f"{name:<12} AUC {r['valid_auc']:.4f}  {r['package_mb']:.1f} MB  {r['seconds']:.0f} s", flush=True)
+        print(
+            f"{name:<12} AUC {r['valid_auc']:.4f}  {r['package_mb']:.1f} MB  {r['seconds']:.0f} s", flush=True
+        )
     print()
     print("| table | valid AUC | logloss | gAUC | oracle AUC | parameters | package MB | seconds |")
     print("|---|---|---|---|---|---|---|---|")
     for r in rows:
         oracle = f"{r['valid_oracle_auc']:.4f}" if "valid_oracle_auc" in r else "n/a"
-        print(f"| {r['table']} | {r['valid_auc']:.4f} | {r['valid_logloss']:.4f} | {r['valid_gauc']:.4f} | "
-              f"{oracle} | {r['parameters'] or '?'} | {r['package_mb']:.1f} | {r['seconds']:.0f} |")  # fmt: skip
+        figures = f"{r['valid_auc']:.4f} | {r['valid_logloss']:.4f} | {r['valid_gauc']:.4f} | {oracle}"
+        print(
+            f"| {r['table']} | {figures} | {r['parameters']} | {r['package_mb']:.1f} | {r['seconds']:.0f} |"
+        )
 
 
 if __name__ == "__main__":

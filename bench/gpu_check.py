@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import dataclasses
 import json
 import os
 import re
@@ -175,8 +174,9 @@ def phase_data(args: argparse.Namespace, out: Figures) -> None:
 
 
 def phase_full(args: argparse.Namespace, out: Figures) -> None:
-    from qin.config import EvaluateConfig, FeaturizeConfig, preset
+    from qin.config import EvaluateConfig, FeaturizeConfig, replace
     from qin.featurize import featurize
+    from qin.settings import preset
 
     data, feats = args.work / "data", args.work / "features"
     out["size"] = args.size
@@ -192,7 +192,7 @@ def phase_full(args: argparse.Namespace, out: Figures) -> None:
     from qin.metrics import roc_auc
     from qin.train import train
 
-    cfg = dataclasses.replace(preset("paper"), epochs=1, device=args.device, sync_debug="error")
+    cfg = replace(preset("paper"), epochs=1, device=args.device, sync_debug="error")
     model, metrics = args.work / "model", args.work / "train.json"
     try:
         with out.timed("train"):
@@ -203,7 +203,7 @@ def phase_full(args: argparse.Namespace, out: Figures) -> None:
         out["sync_error"] = str(exc).splitlines()[0]
         traceback.print_exc()
         with out.timed("train_sync_warn"):
-            summary = train(feats, model, metrics, dataclasses.replace(cfg, sync_debug="warn"))
+            summary = train(feats, model, metrics, replace(cfg, sync_debug="warn"))
     epoch = summary["history"][-1]
     out["parameters"] = summary["parameters"]
     out["train_precision"] = summary["precision"]

@@ -40,7 +40,8 @@ package, features, out = sys.argv[1:4]
 weights = torch.load(f"{package}/weights.pt", map_location="cpu", weights_only=True)
 valid = {k: np.asarray(v) for k, v in Features(features).split("valid").items()}
 probs = load_package(package).predict(valid)
-np.savez(out, probs=probs, names=np.array(list(weights)), **{f"w{i}": v.numpy() for i, v in enumerate(weights.values())})
+arrays = {f"w{i}": v.numpy() for i, v in enumerate(weights.values())}
+np.savez(out, probs=probs, names=np.array(list(weights)), **arrays)
 """
 
 
@@ -58,10 +59,26 @@ def dump(repo: Path, out: Path) -> None:
 
         qin("data", "synth", "--out", str(work / "data"), "--no-dvc")
         qin("validate", "--data", str(work / "data"), "--out", str(work / "validate"))
-        qin("embed", "--data", str(work / "data"), "--validation", str(work / "validate"), "--out", str(work / "embed"))
+        qin(
+            "embed",
+            "--data",
+            str(work / "data"),
+            "--validation",
+            str(work / "validate"),
+            "--out",
+            str(work / "embed"),
+        )
         qin("featurize", "--data", str(work / "data"), "--validation", str(work / "validate"),
             "--embedding", str(work / "embed"), "--out", str(work / "features"))  # fmt: skip
-        qin("train", "--features", str(work / "features"), "--out", str(work / "model"), "--metrics", str(work / "m.json"))
+        qin(
+            "train",
+            "--features",
+            str(work / "features"),
+            "--out",
+            str(work / "model"),
+            "--metrics",
+            str(work / "m.json"),
+        )
         code = [sys.executable, "-c", DUMP, str(work / "model"), str(work / "features"), str(out.resolve())]
         subprocess.run(code, cwd=repo, env=env, check=True)
     print(f"{out}: dumped the weights and valid predictions of {repo}")

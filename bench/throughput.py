@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import dataclasses
 import json
 import resource
 import statistics
@@ -115,12 +114,13 @@ def measure(args: argparse.Namespace) -> dict:
     import torch
 
     from qin import runtime
-    from qin.config import TrainConfig, preset
+    from qin.config import replace
     from qin.data.features import default_spec
     from qin.inference import Scorer
     from qin.models import build_model
     from qin.models.blocks import ItemEncoder
     from qin.models.qin import QINConfig
+    from qin.settings import TrainConfig, preset
     from qin.train import Trainer, host_rows, on_device, prefetch
 
     runtime.set_threads(args.threads)
@@ -129,7 +129,7 @@ def measure(args: argparse.Namespace) -> dict:
     model_cfg = QINConfig(**setup["model"], attention_order=args.attention_order)
     batch, history = int(setup["batch"]), int(setup["history"])
     base = preset("paper" if args.config == "paper" else "cpu")
-    cfg: TrainConfig = dataclasses.replace(
+    cfg: TrainConfig = replace(
         base, model=model_cfg, batch_size=batch, precision=args.precision,
         compile=args.compile, threads=args.threads, device=device.type,
     )  # fmt: skip

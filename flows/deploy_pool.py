@@ -26,7 +26,7 @@ from flows.qin_ablation import qin_ablation
 from flows.qin_embed_eval import qin_embed_eval
 from flows.qin_score import qin_score
 from flows.qin_train import qin_train
-from qin.config import load_params
+from qin.settings import load_params
 
 POOL = "qin-pool"
 DEPLOYMENT = "pool"

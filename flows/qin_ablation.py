@@ -20,7 +20,7 @@ import flows  # noqa: F401  (offline settings, before prefect runs anything)
 from flows.shutdown import signals_unwrapped
 from flows.stages import record_dir, report_failure, run_stage, start_run
 from qin import layout
-from qin.config import load_params
+from qin.settings import load_params
 
 
 @task(name="variant-params", cache_policy=NO_CACHE)

@@ -27,10 +27,10 @@ import flows  # noqa: F401  (offline settings, before prefect runs anything)
 from flows.shutdown import signals_unwrapped
 from flows.stages import record_dir, report_failure, retry_on_io_only, run_stage, start_run
 from qin import layout, pipeline, runs
-from qin.config import load_params
 from qin.io import read_json, write_json
 from qin.predict import MANIFEST
 from qin.resolve import ModelRef, resolve_model
+from qin.settings import load_params
 
 
 @task(

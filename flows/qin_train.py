@@ -33,10 +33,10 @@ import flows  # noqa: F401  (offline settings, before prefect runs anything)
 from flows.shutdown import signals_unwrapped
 from flows.stages import record_dir, report_failure, run_stage, start_run
 from qin import layout, pipeline
-from qin.config import load_params
 from qin.io import read_json
 from qin.models import MODELS
 from qin.register import Registration, registration_lines
+from qin.settings import load_params
 
 # The registered model names (qin/models/__init__.py), so the flow's parameter form offers each of them.
 if TYPE_CHECKING:

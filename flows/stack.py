@@ -641,7 +641,7 @@ def run_serving(s: Settings) -> int:
     from mlflow.exceptions import MlflowException
     from mlflow.tracking import MlflowClient
 
-    from qin.config import load_params
+    from qin.settings import load_params
 
     register = load_params("params.yaml").register
     # `mlflow models serve` runs `uvicorn` from PATH: this environment's, also when it is not activated.

@@ -36,12 +36,13 @@ from mlflow.exceptions import MlflowException
 from mlflow.models import infer_signature
 
 import qin
-from qin.config import RegisterConfig, flatten, load_params
+from qin.config import RegisterConfig, flatten
 from qin.inference import load_package
 from qin.io import file_lock, read_json
 from qin.register import Candidate, Registered, VersionInfo, model_card
 from qin.request import example_request
 from qin.resolve import package_in_mlflow_model
+from qin.settings import load_params
 from qin.store import lineage
 
 PYFUNC_CODE = Path(__file__).with_name("pyfunc_model.py")

@@ -28,7 +28,7 @@ from prefect.workers.process import ProcessWorker
 from flows.deploy_pool import POOL
 from flows.deployment import share_cores
 from flows.shutdown import GracefulStop, say
-from qin.config import load_params
+from qin.settings import load_params
 
 CHILD_GRACE_S = 7.0  # from the signal to SIGKILL of the flow-run processes
 STOP_BY_S = 8.0  # from the signal to stopping the worker (flows/shutdown.py exits at DEADLINE_S, 9 s)

@@ -11,27 +11,19 @@ oracle and the no-history bound.
 from __future__ import annotations
 
 import csv
-import dataclasses
 import time
 from pathlib import Path
 from typing import Any
 
-from qin.config import (
-    EvaluateConfig,
-    ModelConfig,
-    Params,
-    TrainConfig,
-    flatten,
-    load_params,
-    preset,
-    to_yaml,
-)
+from qin.config import EvaluateConfig, flatten, replace
 from qin.evaluate import evaluate
 from qin.io import atomic_dir, atomic_file, read_json, write_json
 from qin.models.dcnv3 import DCNv3Config
 from qin.models.din import DINConfig
 from qin.models.qin import QINConfig
+from qin.models.settings import ModelConfig
 from qin.pipeline import content_key, stage
+from qin.settings import Params, TrainConfig, load_params, preset, to_yaml
 from qin.store import MANIFEST
 from qin.train import train
 
@@ -45,14 +37,14 @@ def variants(qin: ModelConfig, din_challenge: bool = False) -> dict[str, ModelCo
     e = qin.embedding_dim
     # The challenge DIN costs ~30x QIN's FLOPs per sample: unless din_challenge, the cpu preset's DIN
     # (params/presets/cpu.yaml) at QIN's width.
-    din = DINConfig() if din_challenge else dataclasses.replace(_cpu_din(), embedding_dim=e)
+    din = DINConfig() if din_challenge else replace(_cpu_din(), embedding_dim=e)
     return {
         "QIN": qin,
-        "w/o QNN": dataclasses.replace(qin, use_qnn=False),
-        "w/o ASTA": dataclasses.replace(qin, history_pooling="mean"),
-        "ASTA w/ SoftMax": dataclasses.replace(qin, attention_activation="softmax"),
-        "QNN w/o PReLU": dataclasses.replace(qin, qnn_activation="relu"),
-        "ASTA w/ Dropout": dataclasses.replace(qin, attention_dropout=0.1),
+        "w/o QNN": replace(qin, use_qnn=False),
+        "w/o ASTA": replace(qin, history_pooling="mean"),
+        "ASTA w/ SoftMax": replace(qin, attention_activation="softmax"),
+        "QNN w/o PReLU": replace(qin, qnn_activation="relu"),
+        "ASTA w/ Dropout": replace(qin, attention_dropout=0.1),
         "DIN": din,
         "DCNv3": DCNv3Config(embedding_dim=e),
         "SDCNv3": DCNv3Config(name="sdcnv3", embedding_dim=e),
@@ -88,10 +80,10 @@ def write_variant_params(
     in full (presets resolved), so that the train and evaluate stages read them like any params file."""
     params = load_params(src)
     model = variants(params.train.model, din_challenge)[name]
-    train = dataclasses.replace(params.train, model=model)
+    train = replace(params.train, model=model)
     if epochs is not None:
-        train = dataclasses.replace(train, epochs=epochs)
-    resolved = dataclasses.replace(params, train=train)
+        train = replace(train, epochs=epochs)
+    resolved = replace(params, train=train)
     with atomic_file(out) as tmp:
         tmp.write_text(f"# {src} with the ablation variant {name!r} (epochs {epochs})\n{to_yaml(resolved)}")
     if load_params(out) != resolved:
@@ -124,7 +116,7 @@ def run_variant(
     Returns its row of the comparison table. Training resumes from its checkpoint like any `qin train`.
     """
     out = Path(out_dir)
-    cfg = dataclasses.replace(cfg, model=model)
+    cfg = replace(cfg, model=model)
     write_json(out / "config.json", flatten(cfg, "train."))
     t0 = time.perf_counter()
     key = content_key(stage("train"), Params(train=cfg), {"features_dir": features_dir})

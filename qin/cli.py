@@ -7,7 +7,6 @@ subcommand that needs them, so `qin --help` stays fast.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import logging
 import subprocess
 import sys
@@ -16,14 +15,15 @@ from pathlib import Path
 from typing import Any
 
 from qin import layout, pipeline
-from qin.config import Params, load_params
+from qin.config import replace
 from qin.data import schema
+from qin.settings import Params, load_params
 
 
 def _synth(args: argparse.Namespace, params: Params) -> None:
     from qin.data.synth import synthesize
 
-    cfg = dataclasses.replace(
+    cfg = replace(
         params.data,
         preset=args.preset or params.data.preset,
         seed=params.data.seed if args.seed is None else args.seed,
@@ -185,7 +185,7 @@ def _gc(args: argparse.Namespace, params: Params) -> None:
 
 
 def _show_params(args: argparse.Namespace, params: Params) -> None:
-    from qin.config import to_yaml
+    from qin.settings import to_yaml
 
     print(to_yaml(params), end="")
 

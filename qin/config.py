@@ -1,37 +1,198 @@
-"""Settings: `params.yaml` read once into frozen, typed dataclasses.
+"""Settings: the sections of `params.yaml` as frozen, typed pydantic models, and how a bad value is told.
 
 One section per stage (`data`, `validate`, `embed`, `featurize`, `train`, `evaluate`, `register`, `predict`),
-and `deploy` for the Prefect deployments. The train section starts from a preset file (params/presets/), and a
-model's own settings class lives in its file under qin/models/ (the registry there names it). Unknown keys
-and values of the wrong type or outside their allowed set raise `ValueError` naming the key, what was
-expected and what was found, so a typo in params.yaml never silently falls back to a default.
+and `deploy` for the Prefect deployments. This module holds the sections that stand alone, the base class
+of every settings class (`Settings`) and the one translation of pydantic's errors into messages
+(`settings_error`). The train section, which starts from a preset file and holds a model's settings, and
+`Params`, the whole file, are in qin/settings.py; a model's own settings class is in qin/models/settings.py
+(the registry, qin/models/__init__.py, names it). This module imports nothing from qin/models, so the stages
+that read only their own section (validate, embed, featurize) do not run the model registry.
+
+Unknown keys and values of the wrong type or outside their allowed set raise `ValueError` naming the dotted
+key, what was expected and what was found, so a typo in params.yaml never silently falls back to a default.
 """
 
 from __future__ import annotations
 
-import copy
-import dataclasses
+import contextlib
 import hashlib
 import json
 import types
 import typing
-from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any, Literal, TypeVar, get_args, get_origin
+from collections.abc import Mapping
+from typing import Annotated, Any, ClassVar, Literal, Self, TypeVar, get_args, get_origin
 
-import yaml
-
-from qin.data import features as F
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 PresetName = Literal["tiny", "small", "full"]
 
+# Settings that were once elsewhere: a file that still has one is told where it went.
+MOVED = {"train.max_len": "featurize.max_len"}
 
-@dataclass(frozen=True)
-class DataConfig:
+
+class SettingsError(ValueError):
+    """A refused setting, its message naming the dotted params key (what `settings_error` writes)."""
+
+
+class Settings(BaseModel):
+    """A frozen settings section that refuses unknown keys and checks each value's type strictly: a bool is
+    not an integer, an integer not a bool, a string not a number. Two forms YAML gives are taken: a float
+    setting accepts a numeric string (YAML 1.1 reads 2e-3 as one, it wants a dot) and a list stands for a
+    tuple. A bad value raises `SettingsError` (a ValueError) naming the key under `section`, the class's
+    place in params.yaml."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid", strict=True)
+    section: ClassVar[str] = ""
+
+    def __init__(self, /, **data: Any) -> None:
+        try:
+            super().__init__(**data)
+        except ValidationError as exc:
+            raise settings_error(type(self), exc) from None
+
+    # pydantic calls a custom __init__ for every validation, nested ones included; this one only translates
+    # the errors of a direct construction, so validation proper goes on without it (as pydantic-settings').
+    __init__.__pydantic_base_init__ = True  # type: ignore[attr-defined]
+
+    @classmethod
+    def from_mapping(cls, mapping: Any, section: str | None = None) -> Self:
+        """The settings `mapping` gives (defaults for what it leaves out); `section`: where the keys are
+        named from (default: the class's place in params.yaml)."""
+        try:
+            return cls.model_validate(mapping)
+        except ValidationError as exc:
+            raise settings_error(cls, exc, section) from None
+
+    @model_validator(mode="before")
+    @classmethod
+    def yaml_forms(cls, data: Any) -> Any:
+        """A numeric string for a float, a list for a tuple (both as YAML writes them)."""
+        if not isinstance(data, Mapping):
+            return data
+        out = dict(data)
+        for key, value in data.items():
+            field = cls.model_fields.get(key) if isinstance(key, str) else None
+            kind = _unwrap(field.annotation) if field is not None else None
+            if kind is float and isinstance(value, str):
+                with contextlib.suppress(ValueError):  # else refused as "expected a number"
+                    out[key] = float(value)
+            elif get_origin(kind) is tuple and isinstance(value, list):
+                out[key] = tuple(value)
+        return out
+
+
+S = TypeVar("S", bound=Settings)
+
+
+def replace(settings: S, /, **changes: Any) -> S:
+    """A copy of `settings` with `changes`, checked as params.yaml's values are (`model_copy` checks none)."""
+    fields = {name: getattr(settings, name) for name in type(settings).model_fields}
+    try:
+        return type(settings).model_validate({**fields, **changes})
+    except ValidationError as exc:
+        raise settings_error(type(settings), exc) from None
+
+
+def settings_error(cls: type[BaseModel], exc: ValidationError, section: str | None = None) -> SettingsError:
+    """pydantic's refusal of a mapping for `cls` as one message naming the dotted key (the only place its
+    errors are put into words): an unknown key first (the shallowest), else the first other error."""
+    errors = exc.errors()
+    first = min(
+        range(len(errors)),
+        key=lambda i: (len(errors[i]["loc"]), errors[i]["type"] != "extra_forbidden", i),
+    )
+    where = getattr(cls, "section", "") if section is None else section
+    return SettingsError(_message(cls, dict(errors[first]), where))
+
+
+def refuse_unknown(cls: type[BaseModel], mapping: Mapping[str, Any], section: str | None = None) -> None:
+    """Refuse a key of `mapping` that is no setting of `cls`, as pydantic's refusal would word it."""
+    unknown = sorted(set(mapping) - set(cls.model_fields), key=str)
+    if unknown:
+        where = getattr(cls, "section", "") if section is None else section
+        error = {"type": "extra_forbidden", "loc": (unknown[0],), "input": mapping[unknown[0]]}
+        raise SettingsError(_message(cls, error, where))
+
+
+def _message(cls: type[BaseModel], error: dict[str, Any], section: str) -> str:
+    loc: tuple[str | int, ...] = tuple(error["loc"])
+    key = _dotted(section, loc)
+    kind = error["type"]
+    if kind in ("value_error", "assertion_error"):  # a validator's check: its message says what it wanted
+        cause = error["ctx"]["error"]
+        return str(cause) if isinstance(cause, SettingsError) else f"params key '{key}': {cause}"
+    if kind == "extra_forbidden":
+        owner = _annotation_at(cls, loc[:-1])
+        allowed = list(owner.model_fields) if isinstance(owner, type) and issubclass(owner, BaseModel) else []
+        moved = MOVED.get(key)
+        return (
+            f"params key '{key}' is not a setting"
+            + (f" (use '{moved}')" if moved else "")
+            + f"; allowed keys under '{_dotted(section, loc[:-1]) or '<top>'}': {allowed}"
+        )
+    if kind == "missing":
+        return f"params key '{key}': expected a value (the setting has no default), found none"
+    return f"params key '{key}': expected {_expected(_annotation_at(cls, loc))}, found {error['input']!r}"
+
+
+def _dotted(section: str, loc: tuple[str | int, ...]) -> str:
+    key = section
+    for part in loc:
+        key = f"{key}[{part}]" if isinstance(part, int) else f"{key}.{part}" if key else str(part)
+    return key
+
+
+def _unwrap(tp: Any) -> Any:
+    """`tp` without Annotated's metadata and without None (an optional setting's type)."""
+    while get_origin(tp) is Annotated:
+        tp = get_args(tp)[0]
+    if get_origin(tp) in (typing.Union, types.UnionType):
+        arms = [a for a in get_args(tp) if a is not type(None)]
+        if len(arms) == 1:
+            return _unwrap(arms[0])
+    return tp
+
+
+def _annotation_at(cls: type[BaseModel], loc: tuple[str | int, ...]) -> Any:
+    """The type of the setting at `loc` under `cls` (None where pydantic's path leaves the settings)."""
+    tp: Any = cls
+    for part in loc:
+        tp = _unwrap(tp)
+        if isinstance(part, int) and get_origin(tp) is tuple:
+            tp = get_args(tp)[0]
+        elif isinstance(tp, type) and issubclass(tp, BaseModel) and part in tp.model_fields:
+            tp = tp.model_fields[str(part)].annotation
+        else:
+            return None
+    return _unwrap(tp)
+
+
+def _expected(tp: Any) -> str:
+    if get_origin(tp) is Literal:
+        return f"one of {list(get_args(tp))}"
+    if get_origin(tp) is tuple:
+        return "a list"
+    if isinstance(tp, type) and issubclass(tp, BaseModel):
+        return "a mapping"
+    words = {bool: "true or false", int: "an integer", float: "a number", str: "a string"}
+    return words.get(tp, f"a value of type {tp}")
+
+
+class DataConfig(Settings):
     """Settings of the synthetic generator (`qin data synth`); never read by a pipeline stage.
 
     The preset fixes the sizes; the rest shapes the planted structure (docs/data.md).
     """
+
+    section: ClassVar[str] = "data"
 
     preset: PresetName = "small"
     seed: int = 20242025
@@ -57,19 +218,24 @@ class DataConfig:
     w_popularity: float = 0.4  # popularity
     positive_rate: float = 0.25
 
-    def __post_init__(self) -> None:
-        for key in ("txt_noise", "img_noise"):
-            value = getattr(self, key)
-            if not value >= 0:
-                raise ValueError(f"params key 'data.{key}': expected a number >= 0, found {value}")
-        if not 0 <= self.history_niche <= 1:
-            raise ValueError(
-                f"params key 'data.history_niche': expected a number in [0, 1], found {self.history_niche}"
-            )
+    @field_validator("txt_noise", "img_noise")
+    @classmethod
+    def _not_negative(cls, value: float) -> float:
+        if not value >= 0:
+            raise ValueError(f"expected a number >= 0, found {value}")
+        return value
+
+    @field_validator("history_niche")
+    @classmethod
+    def _a_share(cls, value: float) -> float:
+        if not 0 <= value <= 1:
+            raise ValueError(f"expected a number in [0, 1], found {value}")
+        return value
 
 
-@dataclass(frozen=True)
-class ValidateConfig:
+class ValidateConfig(Settings):
+    section: ClassVar[str] = "validate"
+
     # A train/valid positive rate outside this band is reported as a warning, not a failure.
     positive_rate_min: float = 0.02
     positive_rate_max: float = 0.8
@@ -77,10 +243,11 @@ class ValidateConfig:
     tag_vocab: int = 11_740
 
 
-@dataclass(frozen=True)
-class FusionConfig:
+class FusionConfig(Settings):
     """The `learned` embedding (qin/fusion.py): a fusion of the text and image features trained on which
     items the training histories hold together, started from the pca solution."""
+
+    section: ClassVar[str] = "embed.learned"
 
     epochs: int = 8
     batch_size: int = 1024  # co-occurring pairs a step; the batch's other items are the negatives
@@ -96,40 +263,46 @@ class FusionConfig:
     history_rows: int = 200_000  # train rows whose histories it reads (a fixed sample); 0: all
     seed: int = 20242025
 
-    def __post_init__(self) -> None:
-        lowest = {
-            "epochs": 0,
-            "batch_size": 2,
-            "window": 0,
-            "pairs_per_epoch": 1,
-            "hidden": 0,
-            "history_rows": 0,
-        }
-        for name, low in lowest.items():
-            if getattr(self, name) < low:
-                found = getattr(self, name)
-                raise ValueError(
-                    f"params key 'embed.learned.{name}': expected an integer >= {low}, found {found}"
-                )
-        for name in ("learning_rate", "temperature"):
-            if not getattr(self, name) > 0:
-                found = getattr(self, name)
-                raise ValueError(
-                    f"params key 'embed.learned.{name}': expected a positive number, found {found}"
-                )
-        if self.anchor_weight < 0:
-            raise ValueError(
-                f"params key 'embed.learned.anchor_weight': expected 0 or more, found {self.anchor_weight}"
-            )
-        if not 0 <= self.propagation <= 1:
-            raise ValueError(
-                "params key 'embed.learned.propagation': expected a number in [0, 1], "
-                f"found {self.propagation}"
-            )
+    _LOWEST: ClassVar[dict[str, int]] = {
+        "epochs": 0,
+        "batch_size": 2,
+        "window": 0,
+        "pairs_per_epoch": 1,
+        "hidden": 0,
+        "history_rows": 0,
+    }
+
+    @field_validator(*_LOWEST)
+    @classmethod
+    def _at_least(cls, value: int, info: ValidationInfo) -> int:
+        low = cls._LOWEST[str(info.field_name)]
+        if value < low:
+            raise ValueError(f"expected an integer >= {low}, found {value}")
+        return value
+
+    @field_validator("learning_rate", "temperature")
+    @classmethod
+    def _positive(cls, value: float) -> float:
+        if not value > 0:
+            raise ValueError(f"expected a positive number, found {value}")
+        return value
+
+    @field_validator("anchor_weight")
+    @classmethod
+    def _not_negative(cls, value: float) -> float:
+        if value < 0:
+            raise ValueError(f"expected 0 or more, found {value}")
+        return value
+
+    @field_validator("propagation")
+    @classmethod
+    def _a_share(cls, value: float) -> float:
+        if not 0 <= value <= 1:
+            raise ValueError(f"expected a number in [0, 1], found {value}")
+        return value
 
 
-@dataclass(frozen=True)
-class EmbedConfig:
+class EmbedConfig(Settings):
     """The `embed` stage (qin/embed.py): the items' 128-d embedding, `item_emb_d128`.
 
     method: given (as the data ships it), pca (standardise, concatenate text and image, PCA to 128: the
@@ -137,122 +310,25 @@ class EmbedConfig:
     item_feature.parquet.
     """
 
+    section: ClassVar[str] = "embed"
+
     method: Literal["given", "pca", "learned"] = "given"
-    learned: FusionConfig = field(default_factory=FusionConfig)
+    learned: FusionConfig = Field(default_factory=FusionConfig)
 
 
-@dataclass(frozen=True)
-class FeaturizeConfig:
+class FeaturizeConfig(Settings):
+    section: ClassVar[str] = "featurize"
+
     # The history length of every model trained on these features: the most recent `max_len` items (the
     # authors use 64). The one history-length setting: train and scoring take it from the features.
     max_len: int = 64
 
-    def __post_init__(self) -> None:
-        if self.max_len < 1:
-            raise ValueError(
-                f"params key 'featurize.max_len': expected a positive integer, found {self.max_len}"
-            )
-
-
-@dataclass(frozen=True)
-class ModelConfig:
-    """What every model's settings have: its name in the registry (qin/models/__init__.py `MODELS`).
-
-    Each model's own settings class subclasses this one in the model's file (e.g. qin/models/qin.py
-    `QINConfig`): the `train.model` section, told apart by `name`.
-    """
-
-    name: str
-
-
-# The train presets: params/presets/<name>.yaml, beside params.yaml in the project.
-PRESETS = Path(__file__).resolve().parents[1] / "params" / "presets"
-
-
-@dataclass(frozen=True)
-class TrainConfig:
-    """The train section. A preset file (params/presets/<preset>.yaml) supplies every setting; keys given
-    in params.yaml override it, so these fields have no defaults of their own."""
-
-    # "cpu": a small QIN that trains in minutes on 2 cores; "paper": the authors' QIN and recipe.
-    preset: str
-    model: ModelConfig
-    batch_size: int
-    epochs: int
-    learning_rate: float
-    # L2 penalties added to the loss: on the embedding tables, and (separately) on the network's weights.
-    embedding_l2: float
-    net_l2: float
-    grad_clip_norm: float
-    # Halve the learning rate after lr_patience epochs without a valid AUC gain; stop after patience.
-    lr_patience: int
-    patience: int
-    seed: int
-    device: Literal["auto", "cpu", "cuda"]
-    # A resumable checkpoint at every epoch end, and within an epoch when `checkpoint_seconds` have passed
-    # since the last one, looked at every `checkpoint_every` steps (0: never within an epoch). Under torchrun
-    # process 0 looks at the clock and tells the others, so no process waits on the others at every step.
-    checkpoint_every: int
-    checkpoint_seconds: float
-    # Matmuls in bfloat16 under autocast (weights, optimizer and losses stay float32). auto: bf16 on a CUDA
-    # GPU with native bf16 and on a CPU with native bf16 dot products (AVX512-BF16 or AMX), where training
-    # measured 2.7x (paper) and 1.4x (cpu preset) faster than fp32 (bench/throughput.py); fp32 elsewhere.
-    precision: Literal["auto", "fp32", "bf16"]
-    # torch.compile the training step (CPU needs a C++ compiler; fails with a message when it cannot).
-    compile: bool
-    # Intra-op CPU threads per process (0: torch's default, one per core; torchrun sets 1 per process).
-    threads: int
-    # CPU (glibc): keep the memory a step frees for the next step instead of returning it to the system and
-    # faulting it in again: faster at large batches, but the heap's fragmentation raises the peak RSS.
-    reuse_memory: bool
-    # CUDA: where the training rows live. auto: on the GPU when they fit in a quarter of its free memory, else
-    # on the host; host: always on the host, each batch gathered into pinned memory one batch ahead (on a
-    # worker thread, while the GPU works on the one before) and copied asynchronously.
-    data_placement: Literal["auto", "host"]
-    # CUDA: torch.cuda.set_sync_debug_mode inside each training step: "error" raises at any operation that
-    # makes the host wait for the GPU (a check, as bench/gpu_check.sh runs it), "warn" warns, "off".
-    sync_debug: Literal["off", "warn", "error"]
-
-
-def preset_names() -> list[str]:
-    return sorted(p.stem for p in PRESETS.glob("*.yaml"))
-
-
-def preset_files() -> tuple[Path, ...]:
-    """Every preset file: what a stage that reads the train section reads besides params.yaml."""
-    return tuple(PRESETS / f"{name}.yaml" for name in preset_names())
-
-
-def preset(name: str, model: str | None = None) -> TrainConfig:
-    """The train settings of preset `name`, starting `model` (default: the preset's own) from the preset's
-    `models` entry for it when it has one, else from the model's class defaults."""
-    path = PRESETS / f"{name}.yaml"
-    if not path.is_file():
-        raise ValueError(
-            f"params key 'train.preset': expected one of {preset_names()} (the files in params/presets/), "
-            f"found {name!r}"
-        )
-    raw = yaml.safe_load(path.read_text()) or {}
-    if not isinstance(raw, dict) or set(raw) - {"train", "models"} or not isinstance(raw.get("train"), dict):
-        raise ValueError(f"{path}: expected a mapping with a 'train' section (and optionally 'models')")
-    train, models = dict(raw["train"]), raw.get("models") or {}
-    if train.get("preset", name) != name:
-        raise ValueError(f"{path}: key 'train.preset': expected {name!r}, found {train['preset']!r}")
-    own = train.get("model", {}).get("name")
-    if model is not None and model != own:
-        train["model"] = {**models.get(model, {}), "name": model}
-    hints = typing.get_type_hints(TrainConfig)
-    missing = [f.name for f in dataclasses.fields(TrainConfig) if f.name not in (*train, "preset")]
-    if missing:
-        raise ValueError(f"{path}: the preset must set every train setting; missing {missing}")
-    unknown = sorted(set(train) - set(hints))
-    if unknown:
-        raise ValueError(f"{path}: key 'train.{unknown[0]}' is not a setting; allowed: {sorted(hints)}")
-    try:
-        kwargs = {k: _coerce(v, hints[k], f"train.{k}") for k, v in train.items() if k != "preset"}
-    except ValueError as exc:
-        raise ValueError(f"{path}: {exc}") from None
-    return TrainConfig(preset=name, **kwargs)
+    @field_validator("max_len")
+    @classmethod
+    def _positive(cls, value: int) -> int:
+        if value < 1:
+            raise ValueError(f"expected a positive integer, found {value}")
+        return value
 
 
 # Settings that change how fast a stage runs, not the recipe: they are left out of stage keys, and a
@@ -281,14 +357,16 @@ KEY_EXCLUDED: dict[str, tuple[str, ...]] = {
 }
 
 
-@dataclass(frozen=True)
-class EvaluateConfig:
+class EvaluateConfig(Settings):
+    section: ClassVar[str] = "evaluate"
+
     batch_size: int = 8192
 
 
-@dataclass(frozen=True)
-class PredictConfig:
+class PredictConfig(Settings):
     """The `predict` stage: test.parquet scored into the challenge's submission (qin/predict.py)."""
+
+    section: ClassVar[str] = "predict"
 
     # The model: "auto" (the registry's register.production_alias, else register.alias), an alias, a
     # version number, or the path of a model package (or of an MLflow model that holds one).
@@ -296,19 +374,24 @@ class PredictConfig:
     batch_size: int = 16384  # rows per forward pass (2 cores: faster than 65,536, at half the memory)
     device: Literal["auto", "cpu", "cuda"] = "auto"
 
-    def __post_init__(self) -> None:
-        if self.batch_size < 1:
-            raise ValueError(
-                f"params key 'predict.batch_size': expected a positive integer, found {self.batch_size}"
-            )
-        if not self.model.strip():
-            raise ValueError(
-                "params key 'predict.model': expected auto, an alias, a version or a path, found ''"
-            )
+    @field_validator("batch_size")
+    @classmethod
+    def _positive(cls, value: int) -> int:
+        if value < 1:
+            raise ValueError(f"expected a positive integer, found {value}")
+        return value
+
+    @field_validator("model")
+    @classmethod
+    def _named(cls, value: str) -> str:
+        if not value.strip():
+            raise ValueError(f"expected auto, an alias, a version or a path, found {value!r}")
+        return value
 
 
-@dataclass(frozen=True)
-class RegisterConfig:
+class RegisterConfig(Settings):
+    section: ClassVar[str] = "register"
+
     model_name: str = "qin-ctr"
     # The alias the register stage moves automatically, through the gate (qin/register.py `promote`).
     alias: str = "staging"
@@ -329,172 +412,37 @@ class RegisterConfig:
     ui_url: str = "http://127.0.0.1:5000"
 
 
-@dataclass(frozen=True)
-class DeployConfig:
+class DeployConfig(Settings):
     """The concurrency policy of the `qin-train` deployments (`qin-train/local`, `qin-train/pool`).
 
     Enforced by the Prefect server for each deployment, so that a burst of triggers waits in line instead
     of training many models at once on the same cores.
     """
 
+    section: ClassVar[str] = "deploy"
+
     # Runs of one deployment in flight at once (0: no limit).
     concurrency_limit: int = 2
     # A run over the limit: ENQUEUE waits for a slot (AwaitingConcurrencySlot), CANCEL_NEW is cancelled.
     collision_strategy: Literal["ENQUEUE", "CANCEL_NEW"] = "ENQUEUE"
 
-    def __post_init__(self) -> None:
-        if self.concurrency_limit < 0:
-            raise ValueError(
-                "params key 'deploy.concurrency_limit': expected 0 (no limit) or a positive integer, "
-                f"found {self.concurrency_limit}"
-            )
-
-
-@dataclass(frozen=True)
-class Params:
-    data: DataConfig = field(default_factory=DataConfig)
-    validate: ValidateConfig = field(default_factory=ValidateConfig)
-    embed: EmbedConfig = field(default_factory=EmbedConfig)
-    featurize: FeaturizeConfig = field(default_factory=FeaturizeConfig)
-    train: TrainConfig = field(default_factory=lambda: preset("cpu"))
-    evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
-    register: RegisterConfig = field(default_factory=RegisterConfig)
-    predict: PredictConfig = field(default_factory=PredictConfig)
-    deploy: DeployConfig = field(default_factory=DeployConfig)
-    # The model inputs: a list, or the file holding one (qin/data/features.py; docs/features.md).
-    features: F.FeatureTable = field(default_factory=F.default)
-
-
-T = TypeVar("T")
-
-# Settings that were once elsewhere: a file that still has one is told where it went.
-MOVED = {"train.max_len": "featurize.max_len"}
-
-
-def _coerce(value: Any, tp: Any, key: str, base: Any = None) -> Any:
-    """Check `value` against type `tp`; `base` (the current value) is what a nested mapping overrides."""
-    origin = get_origin(tp)
-    arms = get_args(tp) if origin in (typing.Union, types.UnionType) else ()
-    if tp is F.FeatureTable:
-        return F.load(value)
-    if dataclasses.is_dataclass(tp):
-        if not isinstance(value, dict):
-            raise ValueError(f"params key '{key}': expected a mapping, found {value!r}")
-        cls: Any = tp
-        base_name = getattr(base, "name", None)
-        if tp is ModelConfig:  # a model's settings: the class its `name` registers (qin/models)
-            from qin.models import config_class
-
-            cls = config_class(value.get("name", base_name), f"params key '{key}.name'")
-        same = isinstance(base, cls) and value.get("name", base_name) == base_name
-        return from_dict(cls, value, prefix=f"{key}.", base=base if same else None)
-    if origin is Literal:
-        allowed = get_args(tp)
-        if value not in allowed:
-            raise ValueError(f"params key '{key}': expected one of {list(allowed)}, found {value!r}")
+    @field_validator("concurrency_limit")
+    @classmethod
+    def _a_limit(cls, value: int) -> int:
+        if value < 0:
+            raise ValueError(f"expected 0 (no limit) or a positive integer, found {value}")
         return value
-    if arms:
-        errors = []
-        for arm in arms:
-            if arm is type(None):
-                if value is None:
-                    return None
-                continue
-            try:
-                return _coerce(value, arm, key)
-            except ValueError as exc:
-                errors.append(str(exc))
-        raise ValueError(errors[0] if errors else f"params key '{key}': unexpected {value!r}")
-    if origin is tuple:
-        if not isinstance(value, list | tuple):
-            raise ValueError(f"params key '{key}': expected a list, found {value!r}")
-        (item,) = {a for a in get_args(tp) if a is not Ellipsis}
-        return tuple(_coerce(v, item, f"{key}[{i}]") for i, v in enumerate(value))
-    if tp is bool:
-        if not isinstance(value, bool):
-            raise ValueError(f"params key '{key}': expected true or false, found {value!r}")
-        return value
-    if tp is int:
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise ValueError(f"params key '{key}': expected an integer, found {value!r}")
-        return value
-    if tp is float:
-        # YAML reads 2e-3 as a string (YAML 1.1 wants a dot); accept numeric strings for floats.
-        if isinstance(value, bool):
-            raise ValueError(f"params key '{key}': expected a number, found {value!r}")
-        try:
-            return float(value)
-        except (TypeError, ValueError):
-            raise ValueError(f"params key '{key}': expected a number, found {value!r}") from None
-    if tp is str:
-        if not isinstance(value, str):
-            raise ValueError(f"params key '{key}': expected a string, found {value!r}")
-        return value
-    raise TypeError(f"unsupported settings type {tp!r} for '{key}'")
 
 
-def from_dict(cls: type[T], mapping: dict[str, Any], prefix: str = "", base: T | None = None) -> T:
-    """Build dataclass `cls` from `mapping` over `base` (default: the class defaults); unknown keys raise.
-
-    The train section starts from its preset (`train.preset`, a file in params/presets/) instead of class
-    defaults: the preset's own model, or the one `train.model.name` names, as the preset starts it.
-    """
-    hints = typing.get_type_hints(cls)
-    names = [f.name for f in dataclasses.fields(cls)]  # type: ignore[arg-type]
-    unknown = sorted(set(mapping) - set(names))
-    if unknown:
-        moved = MOVED.get(f"{prefix}{unknown[0]}")
-        raise ValueError(
-            f"params key '{prefix}{unknown[0]}' is not a setting"
-            + (f" (use '{moved}')" if moved else "")
-            + f"; allowed keys under '{prefix.rstrip('.') or '<top>'}': {names}"
-        )
-    if cls is TrainConfig:
-        default = base.preset if isinstance(base, TrainConfig) else "cpu"
-        name = _coerce(mapping.get("preset", default), hints["preset"], f"{prefix}preset")
-        model = mapping.get("model")
-        base = preset(name, model.get("name") if isinstance(model, dict) else None)  # type: ignore[assignment]
-    start = base if base is not None else cls()  # type: ignore[call-arg]
-    kwargs = {k: _coerce(v, hints[k], prefix + k, getattr(start, k)) for k, v in mapping.items()}
-    return dataclasses.replace(start, **kwargs)  # type: ignore[type-var]
-
-
-def model_config(mapping: dict[str, Any]) -> ModelConfig:
-    """A model's settings from a plain mapping (as stored in a model package)."""
-    return _coerce(mapping, ModelConfig, "model")  # type: ignore[no-any-return]
-
-
-def load_params(path: str | Path = "params.yaml") -> Params:
-    path = Path(path)
-    if not path.exists():
-        raise FileNotFoundError(f"{path}: params file not found (run from the project root)")
-    raw = yaml.safe_load(path.read_text()) or {}
-    if not isinstance(raw, dict):
-        raise ValueError(f"{path}: expected a mapping of sections, found {type(raw).__name__}")
-    try:
-        return from_dict(Params, raw)
-    except ValueError as exc:
-        raise ValueError(f"{path}: {exc}") from None
-
-
-def section_dict(section: Any) -> Any:
-    """One settings section as plain values (the feature table: its list of features)."""
-    if isinstance(section, F.FeatureTable):
-        return section.plain()
-    return dataclasses.asdict(section)
-
-
-def section_hash(section: Any) -> str:
-    """Stable hash of one settings section (used in cache keys and MLflow tags)."""
-    blob = json.dumps(section_dict(section), sort_keys=True)
+def section_hash(section: BaseModel) -> str:
+    """Stable hash of one settings section's content (used in cache keys and MLflow tags)."""
+    blob = json.dumps(section.model_dump(), sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
-def flatten(section: Any, prefix: str = "") -> dict[str, Any]:
+def flatten(section: BaseModel, prefix: str = "") -> dict[str, Any]:
     """`{"train.model.embedding_dim": 32, ...}` for logging the resolved config as flat params."""
-    if isinstance(section, F.FeatureTable):
-        return {f"{prefix}{f['name']}": json.dumps(f, sort_keys=True) for f in section.plain()}
-    return dict(_flatten_dict(dataclasses.asdict(section), prefix))
+    return dict(_flatten_dict(section.model_dump(), prefix))
 
 
 def _flatten_dict(d: dict[str, Any], prefix: str) -> list[tuple[str, Any]]:
@@ -505,103 +453,3 @@ def _flatten_dict(d: dict[str, Any], prefix: str) -> list[tuple[str, Any]]:
         else:
             items.append((f"{prefix}{k}", v))
     return items
-
-
-class Undeclared:
-    """A params section a stage does not declare (qin/pipeline.py STAGES): reading it raises, naming both."""
-
-    def __init__(self, section: str, stage: str, declared: tuple[str, ...]) -> None:
-        self._what = (section, stage, declared)
-
-    def __getattr__(self, name: str) -> Any:
-        section, stage, declared = self._what
-        raise RuntimeError(
-            f"stage '{stage}' read params key '{section}.{name}', but its sections are {list(declared)}: "
-            f"declare '{section}' in its entry in qin/pipeline.py STAGES (and dvc.yaml's params)"
-        )
-
-
-def declared(params: Params, sections: tuple[str, ...], stage: str) -> Params:
-    """`params` with only `sections` readable: every other section is `Undeclared`."""
-    hidden = {f.name: Undeclared(f.name, stage, sections) for f in dataclasses.fields(Params)}
-    return dataclasses.replace(params, **{k: v for k, v in hidden.items() if k not in sections})  # type: ignore[arg-type]
-
-
-def to_yaml(params: Params) -> str:
-    """The resolved settings (presets applied, defaults filled in) as YAML, in params.yaml's layout: the
-    sections `params` holds (`declared` hides the others)."""
-    sections = {
-        f.name: section_dict(getattr(params, f.name))
-        for f in dataclasses.fields(params)
-        if not isinstance(getattr(params, f.name), Undeclared)
-    }
-    return yaml.safe_dump(_plain(sections), sort_keys=False)
-
-
-def _plain(value: Any) -> Any:
-    if isinstance(value, dict):
-        return {k: _plain(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_plain(v) for v in value]
-    return value
-
-
-def apply_overrides(
-    raw: dict[str, Any], overrides: dict[str, Any] | None = None, model: str | None = None
-) -> dict[str, Any]:
-    """A copy of the params mapping `raw` with `model` (train.model.name) and dotted `overrides` applied.
-
-    Switching the model keeps only the model keys the new model also has (e.g. embedding_dim); overrides
-    are applied after it, so `{"train.model.embedding_dim": 64}` sets the new model's width. Keys are not
-    checked here: `load_params` refuses unknown ones by name.
-    """
-    out = copy.deepcopy(raw)
-    if model is not None:
-        from qin.models import config_class
-
-        cls = config_class(model, "model")
-        train = out.setdefault("train", {})
-        if not isinstance(train, dict):
-            raise ValueError(f"params key 'train': expected a mapping, found {train!r}")
-        current = train.get("model")
-        current = current if isinstance(current, dict) else {}
-        allowed = {f.name for f in dataclasses.fields(cls)}
-        train["model"] = {**{k: v for k, v in current.items() if k in allowed}, "name": model}
-    for key, value in (overrides or {}).items():
-        parts = str(key).split(".")
-        if not all(parts):
-            raise ValueError(
-                f"overrides: key {key!r}: expected dotted params keys like 'train.learning_rate'"
-            )
-        node = out
-        for i, part in enumerate(parts[:-1]):
-            child = node.setdefault(part, {})
-            if not isinstance(child, dict):
-                raise ValueError(
-                    f"overrides: key {key!r}: params key '{'.'.join(parts[: i + 1])}' is a value "
-                    f"({child!r}), not a section"
-                )
-            node = child
-        node[parts[-1]] = value
-    return out
-
-
-def write_resolved_params(
-    src: str | Path, out: str | Path, overrides: dict[str, Any] | None = None, model: str | None = None
-) -> Path:
-    """Write params file `src` with `model` and `overrides` applied to `out` (atomically), after checking
-    it loads; the stages then read `out` exactly as they read params.yaml."""
-    from qin.io import atomic_file
-
-    src = Path(src)
-    load_params(src)  # the file itself must be valid first, so an error names the right culprit
-    raw = yaml.safe_load(src.read_text()) or {}
-    resolved = apply_overrides(raw, overrides, model)
-    text = yaml.safe_dump(resolved, sort_keys=False)
-    try:
-        from_dict(Params, yaml.safe_load(text))
-    except ValueError as exc:
-        raise ValueError(f"{src} with model={model!r} overrides={overrides!r}: {exc}") from None
-    with atomic_file(out) as tmp:
-        tmp.write_text(f"# {src} with model={model!r} and overrides={overrides!r}\n{text}")
-    return Path(out)

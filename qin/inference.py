@@ -15,7 +15,6 @@ through this one path.
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 from pathlib import Path
 from typing import Any
 
@@ -25,13 +24,13 @@ import torch
 from torch import nn
 
 from qin import runtime
-from qin.config import ModelConfig, model_config
 from qin.data import schema
 from qin.data.features import LEGACY_ITEM_FILES, FeatureSpec
 from qin.data.schema import most_recent
 from qin.io import atomic_dir, read_json, tree_hash, write_json
-from qin.models import build_model
+from qin.models import build_model, model_config
 from qin.models.blocks import Batch, ItemEncoder
+from qin.models.settings import ModelConfig
 from qin.request import request_arrays
 
 WEIGHTS, CONFIG = "weights.pt", "model.json"
@@ -67,7 +66,7 @@ def save_package(
         write_json(
             tmp / CONFIG,
             {
-                "model": dataclasses.asdict(model_cfg),
+                "model": model_cfg.model_dump(),
                 "features": spec.plain(),
                 "max_len": max_len,
                 "meta": meta,

@@ -31,9 +31,10 @@ from pathlib import Path
 from typing import Any, Literal
 
 from qin import layout
-from qin.config import KEY_EXCLUDED, Params, declared, preset_files, section_dict
+from qin.config import KEY_EXCLUDED
 from qin.io import file_hash, tree_hash
 from qin.models import module_files
+from qin.settings import Params, declared, preset_files
 
 DATA = "data"  # the source of an input that is the raw data folder, not a stage's output
 # The source of an input that is a model package the caller names (qin/predict.py `resolve_model`): in the
@@ -244,10 +245,8 @@ def settings(s: Stage, params: Params) -> dict[str, Any]:
     """What makes the stage's result what it is: the sections it reads, without the speed-only keys."""
     out = {}
     for section in s.sections:
-        values = section_dict(getattr(params, section))
-        if isinstance(values, dict):
-            values = {k: v for k, v in values.items() if k not in KEY_EXCLUDED.get(section, ())}
-        out[section] = values
+        values = getattr(params, section).model_dump()
+        out[section] = {k: v for k, v in values.items() if k not in KEY_EXCLUDED.get(section, ())}
     return out
 
 

@@ -31,11 +31,11 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from qin.config import Params
 from qin.data import schema
 from qin.data.features import FeatureSpec
 from qin.featurize import fixed_list
 from qin.io import atomic_dir, read_json, tree_hash, write_json
+from qin.settings import Params
 
 log = logging.getLogger(__name__)
 

@@ -43,9 +43,10 @@ from typing import Any, Literal, Protocol, get_type_hints
 
 import qin
 from qin import layout
-from qin.config import Params, RegisterConfig, flatten, section_hash, to_yaml
+from qin.config import RegisterConfig, flatten, section_hash
 from qin.io import file_lock, read_json, tree_hash, write_json
 from qin.judge import Comparison, digest
+from qin.settings import Params, to_yaml
 from qin.store import lineage
 from qin.validate import DATA_DOCS, REPORT, SUMMARY
 
@@ -636,7 +637,7 @@ def check_model_config(model_dir: Path, params: Params) -> None:
     those params, so they must describe the model it holds."""
     found = read_json(model_dir / "model.json").get("model")
     # Through JSON, so tuples and lists compare as model.json stores them.
-    expected = json.loads(json.dumps(dataclasses.asdict(params.train.model)))
+    expected = json.loads(json.dumps(params.train.model.model_dump()))
     if found != expected:
         raise ValueError(
             f"{model_dir / 'model.json'}: expected the model config of params 'train.model' {expected}, "
@@ -667,7 +668,7 @@ def build_candidate(
             **flatten(params.train, "train."),
             **flatten(params.evaluate, "evaluate."),
             **flatten(params.register, "register."),
-            **flatten(params.features, "features."),
+            **params.features.flat("features."),
         },
         tags={
             "model_hash": model_hash,

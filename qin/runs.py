@@ -16,8 +16,8 @@ from pathlib import Path
 from typing import Any
 
 from qin import layout, pipeline
-from qin.config import write_resolved_params
 from qin.io import atomic_file, file_lock, read_json, write_json
+from qin.settings import write_resolved_params
 
 RECORD = "run.json"
 PARAMS = "params.yaml"

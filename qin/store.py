@@ -25,8 +25,8 @@ from pathlib import Path
 from typing import Any
 
 from qin import layout, pipeline, runs
-from qin.config import Params, load_params
 from qin.io import file_lock, is_locked, read_json, tree_hash, write_json
+from qin.settings import Params, load_params
 
 log = logging.getLogger(__name__)
 

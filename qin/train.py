@@ -56,7 +56,6 @@ from torch import Tensor, nn
 from tqdm import tqdm
 
 from qin import runtime
-from qin.config import TrainConfig
 from qin.data.features import FeatureSpec
 from qin.featurize import Features
 from qin.inference import Scorer, resolve_device, save_package
@@ -65,6 +64,7 @@ from qin.losses import Loss, model_loss
 from qin.metrics import log_loss, roc_auc
 from qin.models import build_model
 from qin.models.blocks import Batch, embedding_tables, network_weights
+from qin.settings import TrainConfig
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")

@@ -278,8 +278,8 @@ def _declared_expectations(name: str, table: F.FeatureTable) -> list:
         if f.kind == "categorical":
             exps.append(E.ExpectColumnValuesToNotBeNull(column=column))
             if f.hash is None and f.oov is None:
-                top = {"max_value": f.vocab - 1} if isinstance(f.vocab, int) else {}
-                exps.append(E.ExpectColumnValuesToBeBetween(column=column, min_value=0, **top))
+                top = f.vocab - 1 if isinstance(f.vocab, int) else None
+                exps.append(E.ExpectColumnValuesToBeBetween(column=column, min_value=0, max_value=top))
             continue
         size = f.dim if f.kind == "dense" else f.length
         exps += [

@@ -28,6 +28,7 @@ package scores raw rows as its training data had them.
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Iterable, Mapping
 from pathlib import Path
@@ -188,6 +189,10 @@ class FeatureTable(BaseModel):
         """The table as YAML/JSON writes it (unset fields left out)."""
         return [f.model_dump(exclude_none=True) for f in self.features]
 
+    def flat(self, prefix: str = "") -> dict[str, str]:
+        """`{"features.likes_level": '{"kind": ...}', ...}`: one logged param per feature."""
+        return {f"{prefix}{row['name']}": json.dumps(row, sort_keys=True) for row in self.plain()}
+
 
 def parse(value: Any, where: str = "features") -> FeatureTable:
     """The table from a list of mappings; a bad entry is refused naming `where[i].key`, the expected and
@@ -226,11 +231,13 @@ def _expected(err: Mapping[str, Any]) -> str:
     return kinds.get(err["type"], err["msg"])
 
 
-def load(value: Any, base: str | Path = ".") -> FeatureTable:
-    """The table `features:` gives: a list, or the path of a YAML file holding one (relative to `base`,
-    the project root)."""
+def load(value: Any) -> FeatureTable:
+    """The table `features:` gives: a list, or the path of a YAML file holding one (a relative path from
+    the working directory, the project root, else from this project's root, where params/features/ is)."""
     if isinstance(value, str):
-        path = Path(value) if Path(value).is_absolute() else Path(base) / value
+        path = Path(value)
+        if not path.is_absolute() and not path.is_file():
+            path = TABLES.parents[1] / value
         if not path.is_file():
             raise ValueError(
                 f"params key 'features': expected a feature table file, found {value!r} (no such file)"

@@ -559,7 +559,7 @@ def synthesize(out: str | Path, cfg: DataConfig, workers: int = 1, item_feature:
             schema=schema.ITEM_SCHEMA,
         )
         pq.write_table(items, tmp / f"{schema.ITEM_FILE}.parquet")
-        summary: dict = {"config": asdict(cfg), "sizes": asdict(p)}
+        summary: dict = {"config": cfg.model_dump(), "sizes": asdict(p)}
         for split_no, split in enumerate(schema.SPLITS):
             n_rows = getattr(p, f"n_{split}")
             labelled = split in schema.LABELLED_SPLITS

@@ -51,7 +51,10 @@ def feature_layer(feature: Feature, spec: FeatureSpec, dim: int) -> nn.Module:
 
 
 def _width(layer: nn.Module) -> int:
-    return int(layer.embedding_dim if isinstance(layer, nn.Embedding) else layer.out_features)  # type: ignore[union-attr]
+    if isinstance(layer, nn.Embedding):
+        return layer.embedding_dim
+    assert isinstance(layer, nn.Linear), layer
+    return layer.out_features
 
 
 class ItemEncoder(nn.Module):
@@ -102,6 +105,7 @@ class ItemEncoder(nn.Module):
                 parts.append(layer(ids))
             elif f.kind == "sequence":
                 seq = self.values(f)[ids]  # (…, length)
+                assert isinstance(layer, nn.Embedding)
                 mask = (seq != 0).unsqueeze(-1).to(layer.weight.dtype)
                 parts.append((layer(seq) * mask).sum(-2) / mask.sum(-2).clamp(min=1.0))  # (…, width)
             else:

@@ -15,28 +15,13 @@ DCNv3 is the ECN alone. SDCNv3 runs both and averages their logits; it is traine
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
-from typing import Literal
 
 import torch
 from torch import Tensor, nn
 
-from qin.config import ModelConfig
 from qin.data.features import FeatureSpec
 from qin.models.blocks import Batch, FeatureEncoder, init_weights, masked_mean
-
-
-@dataclass(frozen=True)
-class DCNv3Config(ModelConfig):
-    """DCNv3 (the exponential cross network alone) or SDCNv3 (exponential + linear, Tri-BCE loss)."""
-
-    name: Literal["dcnv3", "sdcnv3"] = "dcnv3"
-    embedding_dim: int = 32
-    num_deep_layers: int = 4
-    num_shallow_layers: int = 4
-    deep_dropout: float = 0.1
-    shallow_dropout: float = 0.3
-    layer_norm: bool = True
+from qin.models.settings import DCNv3Config  # its settings (torch-free), also importable from here
 
 
 class CrossLayer(nn.Module):

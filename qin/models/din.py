@@ -10,28 +10,13 @@ ReLU MLP with batch norm.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
-from typing import Literal
 
 import torch
 from torch import Tensor, nn
 
-from qin.config import ModelConfig
 from qin.data.features import FeatureSpec
 from qin.models.blocks import MLP, Batch, FeatureEncoder, init_weights
-
-
-@dataclass(frozen=True)
-class DINConfig(ModelConfig):
-    """DIN (qin/models/din.py), as the challenge baseline ran it."""
-
-    name: Literal["din"] = "din"
-    embedding_dim: int = 64
-    attention_units: tuple[int, ...] = (512, 256)
-    attention_dropout: float = 0.1
-    dnn_units: tuple[int, ...] = (1024, 512, 256)
-    net_dropout: float = 0.1
-    batch_norm: bool = True
+from qin.models.settings import DINConfig  # its settings (torch-free), also importable from here
 
 
 class ActivationUnit(nn.Module):

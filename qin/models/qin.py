@@ -21,40 +21,13 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from dataclasses import dataclass
-from typing import Literal
 
 import torch
 from torch import Tensor, nn
 
-from qin.config import ModelConfig
 from qin.data.features import FeatureSpec
 from qin.models.blocks import MLP, Batch, FeatureEncoder, MeanPooling, init_weights
-
-
-@dataclass(frozen=True)
-class QINConfig(ModelConfig):
-    """QIN (qin/models/qin.py). Defaults: a small CPU-friendly QIN; the `paper` preset has the authors'."""
-
-    name: Literal["qin"] = "qin"
-    embedding_dim: int = 32
-    # 0 means "twice the item vector width", the authors' choice (768 for 3 x 128).
-    attention_dim: int = 0
-    # "fused" computes the same attention in a cheaper order; "reference" is the textbook order.
-    attention_order: Literal["fused", "reference"] = "fused"
-    num_layers: int = 2
-    num_row: int = 2
-    # Dropout on each QNN layer's linear map, and after its activation.
-    linear_dropout: float = 0.0
-    net_dropout: float = 0.1
-    batch_norm: bool = True
-    # The paper's ablations (its Table 2), one switch each:
-    use_qnn: bool = True  # false: "w/o QNN", an MLP of mlp_units instead
-    mlp_units: tuple[int, ...] = (1024, 512, 256)
-    history_pooling: Literal["attention", "mean"] = "attention"  # mean: "w/o ASTA"
-    attention_activation: Literal["relu", "softmax"] = "relu"  # softmax: "ASTA w/ SoftMax"
-    qnn_activation: Literal["prelu", "relu"] = "prelu"  # relu: "QNN w/o PReLU"
-    attention_dropout: float = 0.0  # 0.1: "ASTA w/ Dropout"
+from qin.models.settings import QINConfig  # its settings (torch-free), also importable from here
 
 
 class TargetAttention(nn.Module):

@@ -1,9 +1,11 @@
+import json
 from pathlib import Path
 
 import pytest
 
-from qin.config import DeployConfig, Params, flatten, load_params, preset
+from qin.config import DeployConfig, flatten
 from qin.models.din import DINConfig
+from qin.settings import Params, load_params, preset
 
 
 def test_repo_params_load_and_match_the_dataclasses(tmp_path: Path) -> None:
@@ -33,6 +35,21 @@ def test_repo_params_load_and_match_the_dataclasses(tmp_path: Path) -> None:
             "deploy: {concurrency_limit: -1}",
             "'deploy.concurrency_limit': expected 0 (no limit) or a positive",
         ),
+        ("train: {model: {mlp_units: [8, x]}}", "'train.model.mlp_units[1]': expected an integer, found 'x'"),
+        ("train: {model: {mlp_units: 8}}", "'train.model.mlp_units': expected a list, found 8"),
+        ("data: {seed: true}", "'data.seed': expected an integer, found True"),
+        ("data: {latent_dim: '16'}", "'data.latent_dim': expected an integer, found '16'"),
+        ("train: {learning_rate: fast}", "'train.learning_rate': expected a number, found 'fast'"),
+        ("train: {learning_rate: true}", "'train.learning_rate': expected a number, found True"),
+        ("register: {alias: 3}", "'register.alias': expected a string, found 3"),
+        ("embed: {learned: 3}", "'embed.learned': expected a mapping, found 3"),
+        ("embed: {learned: {temperature: 0}}", "'embed.learned.temperature': expected a positive number"),
+        ("embed: {learned: {epochz: 1}}", "'embed.learned.epochz' is not a setting; allowed keys under"),
+        (
+            "train: {model: {name: xgb}}",
+            "'train.model.name': expected one of ['dcnv3', 'din', 'qin', 'sdcnv3']",
+        ),
+        ("train: {max_len: 8}", "'train.max_len' is not a setting (use 'featurize.max_len')"),
     ],
 )
 def test_bad_params_are_refused_by_key(tmp_path: Path, text: str, message: str) -> None:
@@ -82,7 +99,7 @@ def test_a_preset_sets_where_another_model_starts(
 
 
 def test_overrides_and_model_are_applied_into_a_resolved_params_file(tmp_path: Path) -> None:
-    from qin.config import write_resolved_params
+    from qin.settings import write_resolved_params
 
     src = tmp_path / "params.yaml"
     src.write_text("train: {model: {name: qin, embedding_dim: 8, num_layers: 3}, epochs: 2}\nevaluate: {}\n")
@@ -114,7 +131,7 @@ def test_overrides_and_model_are_applied_into_a_resolved_params_file(tmp_path: P
 def test_bad_overrides_are_refused_by_key(
     tmp_path: Path, overrides: dict, model: str | None, message: str
 ) -> None:
-    from qin.config import write_resolved_params
+    from qin.settings import write_resolved_params
 
     src = tmp_path / "params.yaml"
     src.write_text("train: {epochs: 2}\n")
@@ -122,3 +139,34 @@ def test_bad_overrides_are_refused_by_key(
         write_resolved_params(src, tmp_path / "resolved.yaml", overrides, model)
     assert message in str(err.value)
     assert not (tmp_path / "resolved.yaml").exists()
+
+
+def test_a_model_packages_settings_read_back_as_they_were_written() -> None:
+    from qin.models import model_config
+    from qin.models.settings import DINConfig
+
+    # What model.json holds (the settings' fields, tuples as JSON lists), before and after pydantic.
+    written = {"name": "din", "embedding_dim": 16, "attention_units": [8, 4], "attention_dropout": 0.1,
+               "dnn_units": [32], "net_dropout": 0.0, "batch_norm": False}  # fmt: skip
+    cfg = model_config(written)
+    assert cfg == DINConfig(embedding_dim=16, attention_units=(8, 4), dnn_units=(32,), net_dropout=0.0,
+                            batch_norm=False)  # fmt: skip
+    assert json.loads(json.dumps(cfg.model_dump())) == written
+    with pytest.raises(ValueError, match=r"params key 'model\.embedding_dim': expected an integer"):
+        model_config({**written, "embedding_dim": "16"})
+    with pytest.raises(ValueError, match=r"params key 'model\.name': expected one of"):
+        model_config({"name": "xgb"})
+
+
+def test_section_hash_is_the_hash_of_the_sections_content() -> None:
+    import hashlib
+
+    from qin.config import FusionConfig, replace, section_hash
+
+    cfg = FusionConfig()
+    blob = json.dumps(cfg.model_dump(), sort_keys=True)
+    assert section_hash(cfg) == hashlib.sha256(blob.encode()).hexdigest()[:16]
+    assert section_hash(replace(cfg, seed=1)) != section_hash(cfg)
+    assert section_hash(FusionConfig(seed=cfg.seed)) == section_hash(cfg)
+    with pytest.raises(ValueError, match=r"params key 'embed\.learned\.window': expected an integer >= 0"):
+        replace(cfg, window=-1)

@@ -218,9 +218,9 @@ def test_bad_input_is_refused_by_file_column_and_example_and_nothing_is_written(
 
 @pytest.mark.slow
 def test_the_cli_output_trains_end_to_end(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from qin.config import load_params
     from qin.evaluate import evaluate
     from qin.featurize import featurize
+    from qin.settings import load_params
     from qin.train import train
     from tests.conftest import TINY_PARAMS
 

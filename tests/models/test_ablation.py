@@ -2,7 +2,6 @@
 (Markdown and CSV) and a bar plot; a rerun takes every variant from the cache."""
 
 import csv
-import dataclasses
 from pathlib import Path
 
 import pytest
@@ -19,7 +18,7 @@ def test_variants_are_the_papers_table_around_the_configured_qin() -> None:
     ablations = ["w/o QNN", "w/o ASTA", "ASTA w/ SoftMax", "QNN w/o PReLU", "ASTA w/ Dropout"]
     assert list(todo) == ["QIN", *ablations, "DIN", "DCNv3", "SDCNv3"]
     changed = {
-        name: {f.name for f in dataclasses.fields(qin) if getattr(m, f.name) != getattr(qin, f.name)}
+        name: {f for f in type(qin).model_fields if getattr(m, f) != getattr(qin, f)}
         for name, m in todo.items()
         if isinstance(m, QINConfig)
     }

@@ -7,7 +7,6 @@ out (qin.validate.skip_gate).
 
 from __future__ import annotations
 
-import dataclasses
 from pathlib import Path
 
 import numpy as np
@@ -15,13 +14,15 @@ import pytest
 import torch
 
 from qin import runtime
-from qin.config import FeaturizeConfig, ModelConfig, TrainConfig, load_params, preset
+from qin.config import FeaturizeConfig, replace
 from qin.featurize import Features, featurize
 from qin.inference import load_package
 from qin.models import build_model
 from qin.models.dcnv3 import DCNv3Config
 from qin.models.din import DINConfig
 from qin.models.qin import QINConfig
+from qin.models.settings import ModelConfig
+from qin.settings import TrainConfig, load_params, preset
 from qin.train import Trainer, gather, load_columns, train
 from qin.validate import skip_gate
 
@@ -62,7 +63,7 @@ def features(tiny_data: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def _cfg(root: Path, **overrides: object) -> TrainConfig:
     (root / "params.yaml").write_text(PARAMS)
-    return dataclasses.replace(load_params(root / "params.yaml").train, **overrides)
+    return replace(load_params(root / "params.yaml").train, **overrides)
 
 
 def test_on_cuda_the_rows_move_to_the_gpu_and_training_runs_in_native_bf16(
@@ -82,7 +83,7 @@ def test_a_training_step_never_waits_for_the_gpu(name: str, precision: str, feat
     feats = Features(features)
     items = {k: torch.from_numpy(v) for k, v in feats.items().items()}
     model = build_model(MODELS[name], feats.spec, items).to(CUDA)
-    cfg = dataclasses.replace(preset("cpu"), model=MODELS[name], precision=precision, device="cuda")
+    cfg = replace(preset("cpu"), model=MODELS[name], precision=precision, device="cuda")
     trainer = Trainer(model, cfg, CUDA)
     cols = load_columns(feats, "train", CUDA)
     order = torch.randperm(len(cols["item_id"]), device=CUDA)

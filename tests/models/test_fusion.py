@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 from pathlib import Path
 
 import numpy as np
@@ -11,7 +10,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from qin import fusion
-from qin.config import FusionConfig
+from qin.config import FusionConfig, replace
 from qin.data.similarity import neighbour_agreement
 from qin.fusion import learn_fusion, read_histories, sample_pairs
 
@@ -47,7 +46,7 @@ def test_output_is_one_float32_row_per_item_of_the_chosen_width() -> None:
 
 def test_no_epochs_and_no_propagation_return_the_pca_embedding() -> None:
     features, start, histories, _ = _planted()
-    settings = dataclasses.replace(FAST, epochs=0, propagation=0.0)
+    settings = replace(FAST, epochs=0, propagation=0.0)
     emb, figures = learn_fusion(features, start, histories, settings)
     np.testing.assert_allclose(emb, features @ start, rtol=1e-5, atol=1e-5)
     assert figures["pairs"] == 0
@@ -64,16 +63,14 @@ def test_the_same_seed_gives_the_same_bytes_and_another_seed_does_not() -> None:
     features, start, histories, _ = _planted()
     a, _ = learn_fusion(features, start, histories, FAST)
     b, _ = learn_fusion(features, start, histories, FAST)
-    c, _ = learn_fusion(features, start, histories, dataclasses.replace(FAST, seed=4))
+    c, _ = learn_fusion(features, start, histories, replace(FAST, seed=4))
     assert a.tobytes() == b.tobytes()
     assert not np.array_equal(a, c)
 
 
 def test_loss_decreases_and_items_that_co_occur_end_up_as_neighbours() -> None:
     features, start, histories, group = _planted()
-    settings = dataclasses.replace(
-        FAST, epochs=6, learning_rate=1e-2, anchor_weight=0.0, pairs_per_epoch=2048
-    )
+    settings = replace(FAST, epochs=6, learning_rate=1e-2, anchor_weight=0.0, pairs_per_epoch=2048)
     emb, figures = learn_fusion(features, start, histories, settings)
     assert figures["loss"][-1] < figures["loss"][0] - 0.1
     before = neighbour_agreement(features @ start, group, k=10)
@@ -113,7 +110,7 @@ def test_propagation_mixes_in_the_count_weighted_mean_of_the_co_occurring_items(
     np.testing.assert_array_equal(out[3], emb[3])
     # in learn_fusion, after the (here: no) training, and rescaled to the pca embedding's scale
     features, start, planted, _ = _planted()
-    settings = dataclasses.replace(FAST, epochs=0, propagation=0.5)
+    settings = replace(FAST, epochs=0, propagation=0.5)
     got, figures = learn_fusion(features, start, planted, settings)
     want = fusion.propagate(features @ start, fusion.cooccurrence(planted, len(features), FAST.window), 0.5)
     want *= np.sqrt(np.mean((features @ start) ** 2) / np.mean(want**2))
@@ -125,7 +122,7 @@ def test_propagation_mixes_in_the_count_weighted_mean_of_the_co_occurring_items(
 
 def test_propagation_pulls_items_towards_the_group_their_histories_share() -> None:
     features, start, histories, group = _planted()
-    settings = dataclasses.replace(FAST, epochs=0, propagation=0.5)
+    settings = replace(FAST, epochs=0, propagation=0.5)
     emb, _ = learn_fusion(features, start, histories, settings)
     before = neighbour_agreement(features @ start, group, k=10)
     after = neighbour_agreement(emb, group, k=10)

@@ -18,7 +18,6 @@ import pytest
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from qin.config import ModelConfig, preset
 from qin.data.features import default_spec
 from qin.losses import model_loss
 from qin.models import build_model
@@ -26,6 +25,8 @@ from qin.models.blocks import Batch
 from qin.models.dcnv3 import DCNv3Config
 from qin.models.din import DINConfig
 from qin.models.qin import QINConfig
+from qin.models.settings import ModelConfig
+from qin.settings import preset
 from qin.train import TrainingLoss
 
 # Operators whose output size depends on the values (their size must reach the host) or that copy a value

@@ -1,13 +1,10 @@
 """Model behaviour: shapes, padding invariance, equivalent attention orders, gradients, learning, the
 paper's parameter count, and that each ablation switch replaces the module it names."""
 
-from dataclasses import replace
-
 import pytest
 import torch
 from torch import nn
 
-from qin.config import ModelConfig, preset
 from qin.data.features import default_spec
 from qin.losses import bce, model_loss, tri_bce
 from qin.models import build_model
@@ -15,6 +12,8 @@ from qin.models.blocks import MLP, Batch, MeanPooling, embedding_tables
 from qin.models.dcnv3 import DCNv3Config
 from qin.models.din import DINConfig
 from qin.models.qin import QINConfig, QuadraticLayer, TargetAttention
+from qin.models.settings import ModelConfig
+from qin.settings import preset
 
 SPEC = default_spec(n_items=60, n_tags=25)
 N_TAGS = 25
@@ -263,7 +262,7 @@ def test_tri_bce_side_weights_vanish_when_the_sides_beat_the_fused_logit() -> No
 
 
 def test_unknown_model_name_is_refused() -> None:
-    cfg = replace(QINConfig())
+    cfg = QINConfig().model_copy()
     object.__setattr__(cfg, "name", "dcnv9")
     with pytest.raises(ValueError, match=r"'train\.model\.name': expected one of"):
         build_model(

@@ -1,6 +1,5 @@
 """The trainer: deterministic on CPU, resumes a killed run from its checkpoint, evaluation metrics."""
 
-import dataclasses
 import io
 import json
 import logging
@@ -19,11 +18,12 @@ import torch
 from sklearn.metrics import roc_auc_score
 
 from qin import runtime
-from qin.config import EvaluateConfig, FeaturizeConfig, ValidateConfig, load_params
+from qin.config import EvaluateConfig, FeaturizeConfig, ValidateConfig, replace
 from qin.evaluate import evaluate
 from qin.featurize import Features, featurize
 from qin.metrics import expected_calibration_error, grouped_auc
 from qin.models.blocks import ItemEncoder
+from qin.settings import load_params
 from qin.train import TrainState, checkpoint_path, prefetch, through_pinned_memory, train
 from qin.validate import validate
 
@@ -259,8 +259,8 @@ def test_fast_and_reference_paths_train_to_the_same_metrics(
 
     def history(name: str, distinct: bool, order: str, precision: str) -> list[dict]:
         monkeypatch.setattr(ItemEncoder, "distinct", distinct)
-        model = dataclasses.replace(cfg.model, attention_order=order)
-        run = dataclasses.replace(cfg, model=model, precision=precision)
+        model = replace(cfg.model, attention_order=order)
+        run = replace(cfg, model=model, precision=precision)
         return train(features, tmp_path / name, tmp_path / f"{name}.json", run)["history"]
 
     reference = history("reference", False, "reference", "fp32")
@@ -397,5 +397,5 @@ def test_a_compiled_training_step_trains_the_same_model(
     _compile_params(tmp_path)
     cfg = load_params(tmp_path / "params.yaml").train
     compiled = train(features, tmp_path / "c", tmp_path / "c.json", cfg)
-    eager = train(features, tmp_path / "e", tmp_path / "e.json", dataclasses.replace(cfg, compile=False))
+    eager = train(features, tmp_path / "e", tmp_path / "e.json", replace(cfg, compile=False))
     assert compiled["best_valid_auc"] == pytest.approx(eager["best_valid_auc"], abs=1e-4)

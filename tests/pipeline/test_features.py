@@ -13,12 +13,12 @@ import pandas as pd
 import pytest
 import torch
 
-from qin.config import load_params
 from qin.data import features as F
 from qin.featurize import Features, featurize
 from qin.inference import legacy_name, load_package
 from qin.models import MODELS, build_model, config_class
 from qin.request import BadRequest, example_request
+from qin.settings import Params, load_params
 from qin.train import train
 from qin.validate import ValidationError, validate
 from tests.conftest import TINY_PARAMS
@@ -60,10 +60,19 @@ def test_the_modalities_table_trains_a_model_on_the_inputs_it_declares(modalitie
     scorer = load_package(modalities / "model")
     encoder = scorer.model.features
     assert list(encoder.rows) == ["likes_level", "views_level", "user_id"]
-    assert list(encoder.items.embed) == ["item_id", "item_tags", "item_emb_d128", "txt_emb_BERT", "img_emb_CLIPRN50"]
+    assert list(encoder.items.embed) == [
+        "item_id",
+        "item_tags",
+        "item_emb_d128",
+        "txt_emb_BERT",
+        "img_emb_CLIPRN50",
+    ]
     assert encoder.items.embed["txt_emb_BERT"].weight.shape == (8, 768)
     assert (modalities / "model" / "items.img_emb_CLIPRN50.npy").exists()
-    assert json.loads((modalities / "model" / "model.json").read_text())["features"]["table"] == spec.table.plain()
+    assert (
+        json.loads((modalities / "model" / "model.json").read_text())["features"]["table"]
+        == spec.table.plain()
+    )
 
 
 def test_a_request_must_carry_the_declared_row_columns(modalities: Path, tiny_data: Path) -> None:
@@ -77,7 +86,7 @@ def test_a_request_must_carry_the_declared_row_columns(modalities: Path, tiny_da
     unseen = rows.assign(user_id=rows["user_id"] + 10**12, extra="x")
     assert np.isfinite(scorer.predict_frame(unseen)).all()
     with pytest.raises(BadRequest, match=r"row 0, column 'user_id': expected an integer, found 'u1'"):
-        scorer.predict_frame(rows.assign(user_id=["u1"] + rows["user_id"].tolist()[1:]))
+        scorer.predict_frame(rows.assign(user_id=["u1", *rows["user_id"].tolist()[1:]]))
 
 
 def test_the_example_request_is_the_declared_columns_and_scores(modalities: Path) -> None:
@@ -116,9 +125,13 @@ def test_a_package_written_before_the_table_loads_and_scores_the_same(
     weights = torch.load(new / "weights.pt", weights_only=True)
     inverse = {legacy_name(k): k for k in _old_names(weights)}
     torch.save({inverse[k]: v for k, v in weights.items()}, old / "weights.pt")
-    assert any(k.startswith("features.items.id_emb.") for k in torch.load(old / "weights.pt", weights_only=True))
+    assert any(
+        k.startswith("features.items.id_emb.") for k in torch.load(old / "weights.pt", weights_only=True)
+    )
     rows = _rows(tiny_data)
-    np.testing.assert_array_equal(load_package(old).predict_frame(rows), load_package(new).predict_frame(rows))
+    np.testing.assert_array_equal(
+        load_package(old).predict_frame(rows), load_package(new).predict_frame(rows)
+    )
 
 
 def _old_names(weights: dict) -> list[str]:
@@ -142,13 +155,17 @@ def test_the_gate_requires_the_files_and_columns_the_table_declares(tiny_data: P
     data = tmp_path / "data"
     shutil.copytree(tiny_data, data)
     (data / "item_feature.parquet").unlink()
-    with pytest.raises(ValidationError, match=r"item_feature.parquet: column '<file>': expect the file to exist"):
+    with pytest.raises(
+        ValidationError, match=r"item_feature.parquet: column '<file>': expect the file to exist"
+    ):
         validate(data, tmp_path / "v1", params.validate, F.load(str(TABLES / "modalities.yaml")))
     device = F.parse([*F.default().plain(), {"name": "device", "kind": "categorical", "vocab": 3}])
-    with pytest.raises(ValidationError, match=r"train.parquet: column 'device': .*expected type int64.*found 'missing'"):
+    with pytest.raises(
+        ValidationError, match=r"train.parquet: column 'device': .*expected type int64.*found 'missing'"
+    ):
         validate(data, tmp_path / "v2", params.validate, device)
 
 
-def load_params_for(root: Path):  # noqa: ANN201
+def load_params_for(root: Path) -> Params:
     (root / "params.yaml").write_text(TINY_PARAMS)
     return load_params(root / "params.yaml")

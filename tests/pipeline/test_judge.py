@@ -13,11 +13,11 @@ import pyarrow.parquet as pq
 import pytest
 
 from qin import layout
-from qin.config import Params, load_params
 from qin.evaluate import evaluate
 from qin.featurize import featurize
 from qin.judge import compare, data_hash_of
 from qin.register import alias_history, data_hash, register
+from qin.settings import Params, load_params
 from qin.train import train
 from qin.validate import validate
 

@@ -4,7 +4,6 @@ CLI is derived from it, and stage keys change exactly when what a stage computes
 from __future__ import annotations
 
 import ast
-import dataclasses
 import importlib
 import inspect
 from pathlib import Path
@@ -14,7 +13,8 @@ import yaml
 
 from qin import pipeline
 from qin.cli import build_parser
-from qin.config import Params, declared, load_params, to_yaml
+from qin.config import replace
+from qin.settings import Params, declared, load_params, to_yaml
 from tests.conftest import REPO, TINY_PARAMS
 
 
@@ -73,12 +73,13 @@ def test_a_stages_code_is_its_module_and_the_qin_modules_it_imports() -> None:
         "qin/models/din.py",
         "qin/runtime.py",
         "qin/config.py",
+        "qin/settings.py",  # the train section, its presets
+        "qin/models/settings.py",  # the models' settings
     } <= set(train)
     assert "qin/register.py" not in train and "qin/pipeline.py" not in train
     assert "flows/tracking.py" in pipeline.stage("register").code()
     assert set(pipeline.stage("validate").code()) == {
-        "qin/config.py",
-        "qin/models/__init__.py",  # the registry (no torch): reading params.yaml names the models
+        "qin/config.py",  # its section alone: not the model registry (qin/settings.py reads that)
         "qin/data/__init__.py",
         "qin/data/schema.py",
         "qin/io.py",
@@ -110,7 +111,7 @@ def params(tmp_path: Path) -> Params:
 
 
 def _replace(params: Params, section: str, **changes: object) -> Params:
-    return dataclasses.replace(params, **{section: dataclasses.replace(getattr(params, section), **changes)})
+    return replace(params, **{section: replace(getattr(params, section), **changes)})
 
 
 def test_keys_change_with_what_a_stage_computes_and_nothing_else(params: Params) -> None:
@@ -150,7 +151,7 @@ def _sections_read(s: pipeline.Stage) -> set[str]:
     """The params sections a stage function's module reads, as `params.<section>` (what `call` passes it)."""
     module = importlib.import_module(s.function.split(":")[0])
     tree = ast.parse(Path(inspect.getfile(module)).read_text())
-    sections = {f.name for f in dataclasses.fields(Params)}
+    sections = set(Params.model_fields)
     return {
         node.attr
         for node in ast.walk(tree)

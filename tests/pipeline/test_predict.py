@@ -3,7 +3,6 @@ scores with (a registered version by alias or number, downloaded once and checke
 
 from __future__ import annotations
 
-import dataclasses
 import shutil
 import zipfile
 from pathlib import Path
@@ -14,13 +13,14 @@ import pyarrow.parquet as pq
 import pytest
 
 from qin.cli import main
-from qin.config import load_params
+from qin.config import replace
 from qin.featurize import featurize
 from qin.inference import load_package
 from qin.io import tree_hash
 from qin.predict import PREDICTION, SUBMISSION, predict, read_submission
 from qin.register import VersionInfo
 from qin.resolve import resolve_model
+from qin.settings import load_params
 from qin.train import train
 from qin.validate import ValidationError, validate
 from tests.conftest import TINY_PARAMS
@@ -165,7 +165,7 @@ def test_a_package_path_or_an_mlflow_model_folder_is_taken_as_it_is(
     trained: tuple[Path, Path], tmp_path: Path
 ) -> None:
     model, params_file = trained
-    cfg = dataclasses.replace(load_params(params_file).register, registry="none")  # never asked
+    cfg = replace(load_params(params_file).register, registry="none")  # never asked
     assert resolve_model(str(model), cfg).path == model
     mlflow_model = tmp_path / "mlflow-model"
     shutil.copytree(model, mlflow_model / "artifacts" / "model")

@@ -10,7 +10,6 @@ from typing import Any
 import pytest
 
 from qin import layout, pipeline
-from qin.config import load_params
 from qin.evaluate import evaluate
 from qin.featurize import featurize
 from qin.register import (
@@ -21,6 +20,7 @@ from qin.register import (
     registration_lines,
     write_registration,
 )
+from qin.settings import load_params
 from qin.train import train
 from qin.validate import validate
 from tests import helpers as ws

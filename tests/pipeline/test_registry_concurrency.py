@@ -18,9 +18,9 @@ from typing import Any
 import pytest
 
 from qin import layout
-from qin.config import Params, load_params
 from qin.io import tree_hash
 from qin.register import Candidate, Registered, Registration, read_registration, register
+from qin.settings import Params, load_params
 from tests import helpers as ws
 from tests.conftest import TINY_PARAMS
 from tests.helpers import model_variant
@@ -37,7 +37,7 @@ def fake_package(root: Path, params: Params, auc: float = 0.7) -> dict[str, Path
     model, validation, metrics = root / "model", root / "validate", root / "metrics"
     for d in (model, validation, metrics):
         d.mkdir(parents=True)
-    model_cfg = {"model": dataclasses.asdict(params.train.model), "meta": {}}
+    model_cfg = {"model": params.train.model.model_dump(), "meta": {}}
     (model / "model.json").write_text(json.dumps(model_cfg))
     (validation / "summary.json").write_text(json.dumps({"files": {"train.parquet": {"md5": "0" * 32}}}))
     (metrics / "train.json").write_text(json.dumps({"history": []}))

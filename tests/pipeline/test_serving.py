@@ -30,8 +30,8 @@ COLUMNS = ["likes_level", "views_level", "item_id", "item_seq"]
 def model_dir(tmp_path_factory: pytest.TempPathFactory, tiny_data: Path) -> Path:
     """A tiny QIN trained on the tiny data, saved as a local MLflow pyfunc model directory."""
     from flows.tracking import save_pyfunc
-    from qin.config import load_params
     from qin.featurize import featurize
+    from qin.settings import load_params
     from qin.train import train
     from qin.validate import validate
 

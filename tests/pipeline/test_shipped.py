@@ -11,11 +11,11 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from qin.config import load_params
 from qin.data.importer import import_files
 from qin.data.shipped import reshape_as_shipped
 from qin.featurize import Features, featurize
 from qin.predict import predict, read_submission
+from qin.settings import load_params
 from qin.train import train
 from qin.validate import ValidationError, validate
 from tests.conftest import TINY_PARAMS

@@ -37,8 +37,8 @@ def _in_process(project: Path, stage: str, upstream: dict[str, str], record: str
 
 def test_two_processes_needing_one_key_compute_it_once(project: Path) -> None:
     from qin import pipeline
-    from qin.config import load_params
     from qin.io import tree_hash
+    from qin.settings import load_params
 
     s = pipeline.stage("validate")
     key = pipeline.stage_key(s, load_params(project / "params.yaml"), {"data": tree_hash([project / "data"])})
