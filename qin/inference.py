@@ -110,7 +110,7 @@ class Scorer:
         self.model.eval()
         history, columns = self.spec.history, self.spec.table.columns
         cols = {**cols, history: most_recent(cols[history], self.max_len)}
-        n = len(cols[self.spec.target])
+        n = len(cols[history])
         out = np.empty(n, dtype=np.float32)
         cpu = self.device.type == "cpu"
         reuse = runtime.reuse_freed_memory() if cpu and n > batch_size else contextlib.nullcontext()

@@ -31,6 +31,7 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Iterable, Mapping
+from functools import cached_property
 from pathlib import Path
 from typing import Any, Literal
 
@@ -154,29 +155,29 @@ class FeatureTable(BaseModel):
             raise ValueError("expected at least one item feature (source item_info or item_feature)")
         return self
 
-    @property
+    @cached_property
     def target(self) -> Feature:
         return next(f for f in self.features if f.kind == "target")
 
-    @property
+    @cached_property
     def history(self) -> Feature:
         return next(f for f in self.features if f.kind == "history")
 
-    @property
+    @cached_property
     def row(self) -> tuple[Feature, ...]:
         """The row's own features (not the target or the history)."""
         return tuple(f for f in self.features if f.source == "row" and f.kind not in ("target", "history"))
 
-    @property
+    @cached_property
     def item(self) -> tuple[Feature, ...]:
         return tuple(f for f in self.features if f.belongs == "item")
 
-    @property
+    @cached_property
     def inputs(self) -> tuple[Feature, ...]:
         """The features a row of data or a request carries: row features, the target and the history."""
         return tuple(f for f in self.features if f.source == "row")
 
-    @property
+    @cached_property
     def columns(self) -> tuple[str, ...]:
         """The row columns the models read, in table order: what featurize keeps and a request carries."""
         return tuple(f.col for f in self.inputs)
@@ -266,11 +267,11 @@ class FeatureSpec(BaseModel):
     sizes: dict[str, int]
     n_items: int
 
-    @property
+    @cached_property
     def history(self) -> str:
         return self.table.history.col
 
-    @property
+    @cached_property
     def target(self) -> str:
         return self.table.target.col
 

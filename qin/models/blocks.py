@@ -173,6 +173,9 @@ class FeatureEncoder(nn.Module):
     def __init__(self, spec: FeatureSpec, dim: int, items: Mapping[str, Tensor]) -> None:
         super().__init__()
         self.spec = spec
+        # Read at every call: plain attributes (the spec's views, looked up once).
+        self.row_features = spec.table.row
+        self.target, self.history = spec.target, spec.history
         self.items = ItemEncoder(spec, dim, items)
         self.rows = nn.ModuleDict({f.name: feature_layer(f, spec, dim) for f in spec.table.row})
         self.item_dim = self.items.width
@@ -181,20 +184,20 @@ class FeatureEncoder(nn.Module):
         self.width = self.row_dim + 2 * self.item_dim
 
     def row(self, batch: Batch) -> Tensor:
+        """(B, R): the row features' vectors in table order."""
         parts = []
-        for f in self.spec.table.row:
+        for f in self.row_features:
             values = batch[f.col]
             ids = values.float() if f.kind == "dense" else map_ids(f, values, self.spec.size(f))
             parts.append(self.rows[f.name](ids))
         if not parts:
-            return batch[self.spec.target].new_zeros(
-                (batch[self.spec.target].shape[0], 0), dtype=torch.float32
-            )
+            target = batch[self.target]
+            return target.new_zeros((target.shape[0], 0), dtype=torch.float32)
         return torch.cat(parts, dim=-1)
 
     def forward(self, batch: Batch) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-        seq = batch[self.spec.history]
-        ids = torch.cat([batch[self.spec.target].reshape(-1, 1).to(seq.dtype), seq], dim=1)  # (B, 1 + L)
+        seq = batch[self.history]
+        ids = torch.cat([batch[self.target].reshape(-1, 1).to(seq.dtype), seq], dim=1)  # (B, 1 + L)
         vectors, rows = self.items.table(ids)
         target = vectors.index_select(0, rows[:, 0])
         history_rows = rows[:, 1:].reshape(-1)
