@@ -112,6 +112,14 @@ class Stage:
             return self.code()
         return tuple(sorted({MODELS_DIR if f.startswith(f"{MODELS_DIR}/") else f for f in self.code()}))
 
+    def settings_args(self) -> tuple[str, ...]:
+        """How `call` passes its settings: its one section as `cfg` (and the feature table as `features`
+        when it reads that too), or several as `params`."""
+        own = tuple(x for x in self.sections if x != FEATURES)
+        if len(own) == 1:
+            return ("cfg", *((FEATURES,) if FEATURES in self.sections else ()))
+        return ("params",)
+
     def params_files(self) -> tuple[str, ...]:
         """The files besides params.yaml whose settings it reads: the train presets, when it reads train,
         and the shipped feature tables (params/features/), when it reads the feature table."""
@@ -296,9 +304,8 @@ def call(
     module, name = s.function.split(":")
     fn: Callable[..., Any] = getattr(importlib.import_module(module), name)
     kwargs: dict[str, Any] = {port: Path(paths[port]) for port in s.args()}
-    own = tuple(x for x in s.sections if x != FEATURES)
-    if len(own) == 1:
-        kwargs["cfg"] = getattr(params, own[0])
+    if s.settings_args()[0] == "cfg":
+        kwargs["cfg"] = getattr(params, next(x for x in s.sections if x != FEATURES))
         if FEATURES in s.sections:
             kwargs[FEATURES] = params.features
     else:

@@ -44,6 +44,7 @@ register:
   tracking_uri: sqlite:///mlruns/mlflow.db
   artifact_root: mlruns/artifacts
 predict: {model: auto, batch_size: 4096, device: cpu}
+features: params/features/default.yaml
 """
 
 

@@ -233,7 +233,8 @@ def _expected(err: Mapping[str, Any]) -> str:
 
 
 def load(value: Any) -> FeatureTable:
-    """The table `features:` gives: a list, or the path of a YAML file holding one (a relative path from
+    """The table `features:` gives: a list, or the path of a YAML file holding one under its key `features`
+    (a mapping, as DVC reads a params file; a relative path from
     the working directory, the project root, else from this project's root, where params/features/ is)."""
     if isinstance(value, str):
         path = Path(value)
@@ -244,8 +245,13 @@ def load(value: Any) -> FeatureTable:
                 f"params key 'features': expected a feature table file, found {value!r} (no such file)"
             )
         raw = yaml.safe_load(path.read_text())
+        if not isinstance(raw, dict) or set(raw) != {"features"}:
+            found = repr(raw)[:80]
+            raise ValueError(
+                f"{value}: expected a mapping with one key, 'features' (the list), found {found}"
+            )
         try:
-            return parse(raw)
+            return parse(raw["features"])
         except ValueError as exc:
             raise ValueError(f"{value}: {exc}") from None
     return parse(value)

@@ -318,7 +318,7 @@ def test_featurize_writes_compact_memory_mapped_arrays(tiny_data: Path, tmp_path
     np.testing.assert_array_equal(seq, full[:, -8:])  # the most recent items are kept
     labels = pq.read_table(tiny_data / "train.parquet")["label"].to_numpy()
     np.testing.assert_array_equal(feats.array("train_label"), labels)
-    assert feats.array("item_emb").dtype == np.float32
+    assert feats.array("items.item_emb_d128").dtype == np.float32
     assert feats.has("valid_truth") and not feats.has("train_truth")
     assert set(manifest["sources"]) == {"train", "valid", "test", "item_info"}
     assert manifest["arrays"]["train_item_seq"]["shape"] == [len(labels), 8]

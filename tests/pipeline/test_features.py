@@ -28,7 +28,9 @@ TABLES = Path(__file__).resolve().parents[2] / "params" / "features"
 
 def _trained(root: Path, data: Path, table: str) -> Path:
     (root / "params.yaml").write_text(
-        TINY_PARAMS.replace("epochs: 2", "epochs: 1") + f"features: {TABLES / table}\n"
+        TINY_PARAMS.replace("epochs: 2", "epochs: 1").replace(
+            "features: params/features/default.yaml", f"features: {TABLES / table}"
+        )
     )
     params = load_params(root / "params.yaml")
     validate(data, root / "validation", params.validate, params.features)

@@ -112,7 +112,7 @@ def test_rows_with_items_outside_either_item_table_are_left_out_and_counted(
     (tmp_path / "params.yaml").write_text(TINY_PARAMS.replace("epochs: 2", "epochs: 1"))
     params = load_params(tmp_path / "params.yaml")
     run = _trained(tiny_data, tmp_path / "run", params)
-    n_items = int(np.load(run["model"] / "item_tags.npy").shape[0])
+    n_items = int(np.load(run["model"] / "items.item_tags.npy").shape[0])
     data = tmp_path / "data"
     shutil.copytree(tiny_data, data)
     valid = pq.read_table(data / "valid.parquet")

@@ -48,7 +48,7 @@ def test_every_stage_function_takes_its_ports_and_settings() -> None:
     for s in pipeline.STAGES:
         module, name = s.function.split(":")
         signature = inspect.signature(getattr(importlib.import_module(module), name))
-        given = {*s.args(), "cfg" if len(s.sections) == 1 else "params", *(["key"] if s.resumable else [])}
+        given = {*s.args(), *s.settings_args(), *(["key"] if s.resumable else [])}
         required = {n for n, p in signature.parameters.items() if p.default is inspect.Parameter.empty}
         assert given <= set(signature.parameters), (s.name, given - set(signature.parameters))
         assert required <= given, (s.name, required - given)
@@ -81,6 +81,7 @@ def test_a_stages_code_is_its_module_and_the_qin_modules_it_imports() -> None:
     assert set(pipeline.stage("validate").code()) == {
         "qin/config.py",  # its section alone: not the model registry (qin/settings.py reads that)
         "qin/data/__init__.py",
+        "qin/data/features.py",  # the feature table, whose columns it checks
         "qin/data/schema.py",
         "qin/io.py",
         "qin/validate.py",
@@ -161,8 +162,12 @@ def _sections_read(s: pipeline.Stage) -> set[str]:
 
 def test_every_stage_declares_exactly_the_params_sections_it_reads() -> None:
     for s in pipeline.STAGES:
-        if len(s.sections) == 1:  # it gets its one section as `cfg` and no `params`
-            assert "params" not in inspect.signature(_function(s)).parameters, s.name
+        if (
+            s.settings_args()[0] == "cfg"
+        ):  # its one section as `cfg` (and the table as `features`), no `params`
+            parameters = inspect.signature(_function(s)).parameters
+            assert "params" not in parameters, s.name
+            assert (pipeline.FEATURES in parameters) == (pipeline.FEATURES in s.sections), s.name
         else:
             assert _sections_read(s) == set(s.sections), s.name
 
@@ -180,8 +185,13 @@ def test_a_stage_reading_a_section_it_does_not_declare_is_stopped_by_name(params
     assert set(yaml.safe_load(to_yaml(shown))) == {"validate", "predict"}
 
 
-def test_the_train_presets_are_params_files_of_the_stages_that_read_train() -> None:
+def test_the_train_presets_and_feature_tables_are_params_files_of_the_stages_that_read_them() -> None:
     presets = {f"params/presets/{p.name}" for p in (REPO / "params" / "presets").glob("*.yaml")}
     assert presets == {"params/presets/cpu.yaml", "params/presets/paper.yaml"}
+    tables = {f"params/features/{p.name}" for p in (REPO / "params" / "features").glob("*.yaml")}
+    assert {"params/features/default.yaml", "params/features/user_id.yaml"} <= tables
     for s in pipeline.STAGES:
-        assert set(s.params_files()) == (presets if "train" in s.sections else set()), s.name
+        expected = (presets if "train" in s.sections else set()) | (
+            tables if "features" in s.sections else set()
+        )
+        assert set(s.params_files()) == expected, s.name

@@ -127,7 +127,7 @@ BAD = {  # the tiny data's items: ids 0 (padding) .. 400
     ),
     "level outside 0..10": (
         _second(likes_level=11),
-        "row 1, column 'likes_level': expected an integer level in 0..10, found 11",
+        "row 1, column 'likes_level': expected an integer in 0..10, found 11",
     ),
     "item_id 3.5 (not rounded)": (
         _second(item_id=3.5),
@@ -140,7 +140,7 @@ BAD = {  # the tiny data's items: ids 0 (padding) .. 400
     "null id": (_second(item_id=None), "row 1, column 'item_id': expected an item id in 1..400, found null"),
     "string level": (
         _second(views_level="3"),
-        "row 1, column 'views_level': expected an integer level in 0..10, found '3'",
+        "row 1, column 'views_level': expected an integer in 0..10, found '3'",
     ),
     "missing column": (
         _split([r[:3] for r in GOOD], COLUMNS[:3]),
