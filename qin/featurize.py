@@ -55,6 +55,7 @@ class _Vocab:
     largest value plus one; each split's values checked against them."""
 
     def __init__(self, table: F.FeatureTable) -> None:
+        self.table = table
         self.features = [f for f in table.row if f.kind == "categorical"]
         self.sizes = {f.name: F.vocab_size(f, []) if f.vocab != "data" else 0 for f in self.features}
 
@@ -76,13 +77,12 @@ class _Vocab:
                 )
 
 
-def _write_split(path: Path, tmp: Path, split: str, spec_in: tuple[F.FeatureTable, int], vocab: _Vocab,
-                 manifest: dict) -> int:  # fmt: skip
-    """Stream one split into memory-mapped .npy files, one parquet batch at a time; return its rows."""
-    table_spec, max_len = spec_in
+def _write_split(path: Path, tmp: Path, split: str, max_len: int, vocab: _Vocab, manifest: dict) -> int:
+    """Stream one split into memory-mapped .npy files, one parquet batch at a time; return its rows. Its
+    columns: the table's row inputs (`vocab` holds the table), the user key and the label."""
     pf = pq.ParquetFile(path)
     n = pf.metadata.num_rows
-    inputs = {f.col: f for f in table_spec.inputs}
+    inputs = {f.col: f for f in vocab.table.inputs}
     labelled = split in schema.LABELLED_SPLITS
     columns = list(dict.fromkeys([*inputs, schema.USER, *([schema.LABEL] if labelled else [])]))
     arrays: dict[str, np.memmap] = {}
@@ -189,7 +189,7 @@ def featurize(
         for split in schema.SPLITS:
             path = data_dir / f"{split}.parquet"
             manifest["sources"][split] = file_hash(path)
-            n = _write_split(path, tmp, split, (table, cfg.max_len), vocab, manifest)
+            n = _write_split(path, tmp, split, cfg.max_len, vocab, manifest)
             truth = data_dir / schema.truth_file(split)
             if truth.exists():
                 p = pq.read_table(truth)["p_click"].to_numpy().astype(np.float32)

@@ -122,28 +122,25 @@ def _history_problems(frame: pd.DataFrame, f: Feature, spec: FeatureSpec) -> Ite
 
 def _dense_problems(frame: pd.DataFrame, f: Feature, spec: FeatureSpec) -> Iterable[tuple[int, str]]:
     dim, column = spec.size(f), f.col
-    expected = f"a list of {dim} finite numbers"
     for i, items in enumerate(frame[column].to_numpy()):
-        array = _flat(items) if isinstance(items, list | tuple | np.ndarray) else None
-        numeric = (
-            array is not None
-            and (array.dtype.kind in "iuf")
-            and not any(isinstance(v, bool | np.bool_) for v in array.tolist())
-        )
-        if (
-            array is None
-            or not numeric
-            or len(array) != dim
-            or not np.isfinite(array.astype(np.float64)).all()
-        ):
-            found = (
-                f"{len(array)} values"
-                if array is not None and numeric and len(array) != dim
-                else _found(items)
-                if array is None
-                else "non-finite or non-numeric values"
-            )
-            yield i, f"row {i}, column '{column}': expected {expected}, found {found}"
+        found = _dense_found(items, dim)
+        if found is not None:
+            yield i, f"row {i}, column '{column}': expected a list of {dim} finite numbers, found {found}"
+
+
+def _dense_found(items: Any, dim: int) -> str | None:
+    """What is wrong with a dense cell, in words; None when it is a list of `dim` finite numbers."""
+    array = _flat(items) if isinstance(items, list | tuple | np.ndarray) else None
+    if array is None:
+        return _found(items) if not isinstance(items, list | tuple | np.ndarray) else "nested lists"
+    values = items if isinstance(items, list | tuple) else array.tolist()
+    if array.dtype.kind not in "iuf" or any(isinstance(v, bool | np.bool_) for v in values):
+        return "values that are not numbers"
+    if len(array) != dim:
+        return f"{len(array)} values"
+    if not np.isfinite(array.astype(np.float64)).all():
+        return "values that are not finite"
+    return None
 
 
 def _problems(frame: pd.DataFrame, f: Feature, spec: FeatureSpec) -> Iterable[tuple[int, str]]:

@@ -105,7 +105,7 @@ KIND_CONTRACT = {
 }
 
 
-def declared(name: str, table: F.FeatureTable) -> dict[str, F.Feature]:
+def declared_columns(name: str, table: F.FeatureTable) -> dict[str, F.Feature]:
     """The feature table's columns in file `name` that its contract does not hold, by column."""
     contract = set(schema.schema_for(name).names)
     if name == schema.ITEM_FILE or name == schema.FEATURE_FILE:
@@ -122,7 +122,7 @@ def _type_name(t: pa.DataType) -> str:
 
 
 def _contract_type(name: str, column: str, table: F.FeatureTable) -> str:
-    extra = declared(name, table)
+    extra = declared_columns(name, table)
     if column in extra:
         return KIND_CONTRACT[extra[column].kind]
     return _type_name(schema.schema_for(name).field(column).type)
@@ -263,7 +263,7 @@ def _schema_expectations(name: str, table: F.FeatureTable) -> list:
 
     allowed = [*schema.schema_for(name).names, *OPTIONAL_COLUMNS.get(name, ())]
     pairs = [(c, t) for c in allowed for t in ALLOWED_TYPES[c]]
-    pairs += [(c, t) for c, f in declared(name, table).items() for t in KIND_TYPES[f.kind]]
+    pairs += [(c, t) for c, f in declared_columns(name, table).items() for t in KIND_TYPES[f.kind]]
     return [gxe.ExpectColumnPairValuesToBeInSet(column_A="column", column_B="type", value_pairs_set=pairs)]
 
 
@@ -274,7 +274,7 @@ def _declared_expectations(name: str, table: F.FeatureTable) -> list:
     import great_expectations.expectations as E
 
     exps: list = []
-    for column, f in declared(name, table).items():
+    for column, f in declared_columns(name, table).items():
         if f.kind == "categorical":
             exps.append(E.ExpectColumnValuesToNotBeNull(column=column))
             if f.hash is None and f.oov is None:
@@ -406,7 +406,7 @@ def _check_file(
         return refuse("expect a readable parquet file", f"{type(exc).__name__}: {exc}")
     info["md5"] = file_hash(path)
     info["rows"] = pf.metadata.num_rows
-    expected = [*schema.schema_for(name).names, *declared(name, table)]
+    expected = [*schema.schema_for(name).names, *declared_columns(name, table)]
     found = {f.name: _type_name(f.type) for f in pf.schema_arrow}
     extra = [c for c in found if c not in expected]
     schema_frame = pd.DataFrame(

@@ -95,3 +95,30 @@ def test_the_model_maps_raw_values_to_ids_as_the_table_says() -> None:
     assert map_ids(plain, torch.tensor([1, 4]), 5).tolist() == [1, 4]
     assert F.outside(plain, np.array([1, 5, -1]), 5).tolist() == [False, True, True]
     assert not F.outside(hashed, np.array([10**12]), 10).any()
+
+
+def test_a_dense_row_feature_is_checked_at_the_door_and_arrives_as_floats() -> None:
+    import pandas as pd
+
+    from qin.request import BadRequest, request_arrays
+
+    table = F.parse([*F.default().plain(), {"name": "ctx", "kind": "dense", "dim": 3}])
+    spec = F.FeatureSpec(table=table, sizes={**F.default_spec(50, 9).sizes, "ctx": 3}, n_items=50)
+    good = pd.DataFrame(
+        {
+            "likes_level": [1, 2],
+            "views_level": [3, 4],
+            "item_id": [5, 6],
+            "item_seq": [[1, 2], []],
+            "ctx": [[0.5, 1, -2.0], [0, 0, 0]],
+        }
+    )
+    arrays = request_arrays(good, spec, max_len=4)
+    assert arrays["ctx"].dtype == np.float32 and arrays["ctx"].tolist() == [[0.5, 1, -2], [0, 0, 0]]
+    for cell, found in (([1.0, 2.0], "2 values"), ([1, float("nan"), 2], "values that are not finite"),
+                        ("x", "'x'"), ([1, True, 2], "values that are not numbers")):  # fmt: skip
+        bad = good.assign(ctx=[[0.0, 0.0, 0.0], cell])
+        with pytest.raises(
+            BadRequest, match=rf"row 1, column 'ctx': expected a list of 3 finite numbers, found {found}"
+        ):
+            request_arrays(bad, spec, max_len=4)
