@@ -156,8 +156,8 @@ gpu-wheels: $(STAMP)
 	@du -sh .gpu-wheels
 
 # The GPU check rehearsed on the CPU at tiny sizes, and every module its phases import checked against the
-# GPU image's packages (README) and .gpu-wheels/.
-gpu-rehearsal: $(STAMP)
+# GPU image's packages (README) and .gpu-wheels/ (downloaded first: what the GPU machine would carry).
+gpu-rehearsal: $(STAMP) gpu-wheels
 	PYTHON=$(BIN)/python bench/gpu_check.sh --device cpu --check-imports --out .gpu-check/cpu
 
 # ---- The team stack in containers: docker/compose.yaml, one image (docker/Dockerfile) ------------------

@@ -8,7 +8,9 @@ cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1 DO_NOT_TRACK=true \
     MLFLOW_DISABLE_TELEMETRY=true PREFECT_SERVER_ANALYTICS_ENABLED=false DVC_NO_ANALYTICS=1 GX_ANALYTICS_ENABLED=false
-if compgen -G ".gpu-wheels/*.whl" >/dev/null; then
+# The wheels are the image's Python's (3.12): another Python (the CPU rehearsal's venv, which has every
+# package) leaves them out; --check-imports still counts them as carried.
+if compgen -G ".gpu-wheels/*.whl" >/dev/null && "$PY" -c 'import sys; sys.exit(sys.version_info[:2] != (3, 12))'; then
     site=$(mktemp -d)
     "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target "$site" .gpu-wheels/*.whl \
         || { echo "gpu_check.sh: installing .gpu-wheels/ failed" >&2; exit 1; }
