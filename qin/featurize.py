@@ -149,6 +149,26 @@ def _items(tables: dict[str, tuple[Path, pa.Table]], table: F.FeatureTable, n_it
     return sizes
 
 
+def _item_tables(item_path: Path, feature_path: Path, table: F.FeatureTable, manifest: dict
+                 ) -> dict[str, tuple[Path, pa.Table]]:  # fmt: skip
+    """The item files the table reads (item_info always; item_feature when it declares features from it),
+    by file name, with their md5 in the manifest's sources."""
+    tables = {schema.ITEM_FILE: (item_path, pq.read_table(item_path))}
+    manifest["sources"][schema.ITEM_FILE] = file_hash(item_path)
+    wanted = table.from_file(schema.FEATURE_FILE)
+    if wanted:
+        if not feature_path.exists():
+            raise FileNotFoundError(
+                f"{feature_path}: not found; the feature table reads {[f.name for f in wanted]} from it"
+            )
+        tables[schema.FEATURE_FILE] = (
+            feature_path,
+            pq.read_table(feature_path, columns=[f.col for f in wanted]),
+        )
+        manifest["sources"][schema.FEATURE_FILE] = file_hash(feature_path)
+    return tables
+
+
 def featurize(
     data_dir: str | Path,
     validation_dir: str | Path,
@@ -170,18 +190,7 @@ def featurize(
             "into that folder)"
         )
     manifest: dict = {"max_len": cfg.max_len, "sources": {}, "arrays": {}}
-    tables = {schema.ITEM_FILE: (item_path, pq.read_table(item_path))}
-    manifest["sources"][schema.ITEM_FILE] = file_hash(item_path)
-    if table.from_file(schema.FEATURE_FILE):
-        path = data_dir / f"{schema.FEATURE_FILE}.parquet"
-        if not path.exists():
-            needed = [f.name for f in table.from_file(schema.FEATURE_FILE)]
-            raise FileNotFoundError(f"{path}: not found; the feature table reads {needed} from it")
-        tables[schema.FEATURE_FILE] = (
-            path,
-            pq.read_table(path, columns=[f.col for f in table.from_file(schema.FEATURE_FILE)]),
-        )
-        manifest["sources"][schema.FEATURE_FILE] = file_hash(path)
+    tables = _item_tables(item_path, data_dir / f"{schema.FEATURE_FILE}.parquet", table, manifest)
     n_items = int(tables[schema.ITEM_FILE][1].num_rows)
     with atomic_dir(out_dir) as tmp:
         sizes = _items(tables, table, n_items, tmp, manifest)

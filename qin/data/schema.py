@@ -43,14 +43,13 @@ FEATURE_FILE = "item_feature"
 OPTIONAL_FILES = (FEATURE_FILE,)  # validated (and imported) when present; real data without them is whole
 
 NUM_LEVELS = 11  # likes_level / views_level take values 0..10
-# The model's inputs, declared once: the row columns featurize keeps, a scoring request carries
-# (qin/request.py), inference hands the model and `qin.models.Batch` holds (besides the label).
+# The contract's row columns. Which of them the models read, and how, is the feature table's to say
+# (qin/data/features.py, params/features/).
 USER, LABEL = "user_id", "label"
 SUBMISSION_ID = "ID"  # test.parquet's optional key column, written into prediction.csv
 LEVELS = ("likes_level", "views_level")  # 0..NUM_LEVELS-1
 TARGET = "item_id"
 HISTORY = "item_seq"
-MODEL_INPUTS = (*LEVELS, TARGET, HISTORY)
 # item_info's columns besides the id.
 TAGS, ITEM_EMB = "item_tags", "item_emb_d128"
 TAGS_PER_ITEM = 5
