@@ -3,12 +3,14 @@
 It checks the four contract files, and item_feature.parquet when the data folder has it (the file is
 optional: real data without it still passes).
 
-Each file is checked in two passes:
-1. its schema, as a small frame of (column, type) rows: every expected column present with an allowed
-   type, no extra columns;
-2. its values, on a frame where list cells are replaced by derived scalar columns (`item_seq.len`,
-   `item_seq.min`, `item_seq.max`, `item_emb_d128.nonfinite`, ...), because GX's column expectations do
-   not work on list cells. The frame is derived batch by batch, so memory stays bounded on the full data.
+Each file is checked in two passes, both generated from its columns' kinds: the contract's
+(qin/data/schema.py `CONTRACT`) and the feature table's own columns in that file (qin/checks.py):
+1. its schema, as a small frame of (column, type) rows: every expected column present with a type its kind
+   allows, no extra columns;
+2. its values: each kind's checks (qin/checks.py) are aggregated batch by batch (offending rows counted
+   with their first values, distinct values, sums, the row count) and never on a frame of all rows; GX then
+   judges each check's figure for the whole file (a count of offending rows must be 0, a row count or a
+   mean within its bounds), so memory stays that of one batch on the full data.
 
 Output (always, pass or fail), in the output directory: `summary.json` (machine-readable, with the md5 of
 every data file), `report.md` (for people, readable offline) and `data_docs/` (GX Data Docs HTML; it pulls
@@ -25,15 +27,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pandas as pd
 import pyarrow as pa
-import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+import qin.checks as C
 from qin.config import ValidateConfig
 from qin.data import features as F
 from qin.data import schema
+from qin.data.schema import Column
 from qin.io import atomic_dir, file_hash, read_json, write_json
 
 log = logging.getLogger(__name__)
@@ -46,25 +48,19 @@ FEATURE_BATCH_ROWS = 8_192  # item_feature rows carry 1,792 floats each: derive 
 
 INT_TYPES = ("int8", "int16", "int32", "int64", "uint8", "uint16", "uint32")
 FLOAT_TYPES = ("float", "double")
-# The types a file may store each contract column as (widened on reading), for every column of
-# qin/data/schema.py (a test checks that these are its columns).
-ALLOWED_TYPES: dict[str, tuple[str, ...]] = {
-    schema.USER: INT_TYPES,
-    **{level: INT_TYPES for level in schema.LEVELS},
-    schema.TARGET: INT_TYPES,
-    schema.LABEL: (*FLOAT_TYPES, *INT_TYPES),
-    schema.HISTORY: tuple(f"list<{t}>" for t in INT_TYPES),
-    schema.TAGS: tuple(f"list<{t}>" for t in INT_TYPES),
-    schema.ITEM_EMB: tuple(f"list<{t}>" for t in FLOAT_TYPES),
-    schema.TITLE: ("string", "large_string"),
-    schema.TXT_EMB: tuple(f"list<{t}>" for t in FLOAT_TYPES),
-    schema.IMG_EMB: tuple(f"list<{t}>" for t in FLOAT_TYPES),
-    schema.SUBMISSION_ID: INT_TYPES,
+# The types a file may store a column of each kind as (widened on reading).
+STORED_TYPES: dict[str, tuple[str, ...]] = {
+    **dict.fromkeys(("target", "categorical", "key", "id", "unique"), INT_TYPES),
+    "label": (*FLOAT_TYPES, *INT_TYPES),
+    "text": ("string", "large_string"),
+    **dict.fromkeys(("history", "sequence"), tuple(f"list<{t}>" for t in INT_TYPES)),
+    "dense": tuple(f"list<{t}>" for t in FLOAT_TYPES),
 }
-# Columns a file may carry beyond its contract: the challenge's test.parquet has the submission's key `ID`,
-# and may have a (dummy) label column, which nothing reads.
-OPTIONAL_COLUMNS = {"test": (schema.LABEL, schema.SUBMISSION_ID)}
-IGNORED_COLUMNS = {"test": (schema.LABEL,)}
+# Every contract column's stored types, by its kind (a contract column has one kind in every file).
+ALLOWED_TYPES: dict[str, tuple[str, ...]] = {
+    c.name: STORED_TYPES[c.kind] for cs in (*schema.CONTRACT.values(), *schema.OPTIONAL.values()) for c in cs
+}
+OPTIONAL_COLUMNS = {name: tuple(c.name for c in cs) for name, cs in schema.OPTIONAL.items()}
 
 
 class ValidationError(RuntimeError):
@@ -87,82 +83,10 @@ class Finding:
         return f"{self.file}: column '{self.column}': {self.expectation} failed: {what}{ex}"
 
 
-# The types a declared feature's column may be stored as, by kind (qin/data/features.py), for the columns
-# that are not the contract's own.
-KIND_TYPES: dict[str, tuple[str, ...]] = {
-    "categorical": INT_TYPES,
-    "target": INT_TYPES,
-    "history": tuple(f"list<{t}>" for t in INT_TYPES),
-    "sequence": tuple(f"list<{t}>" for t in INT_TYPES),
-    "dense": tuple(f"list<{t}>" for t in FLOAT_TYPES),
-}
-KIND_CONTRACT = {
-    "categorical": "int64",
-    "target": "int64",
-    "history": "list<int64>",
-    "sequence": "list<int64>",
-    "dense": "list<float>",
-}
-
-
-def declared_columns(name: str, table: F.FeatureTable) -> dict[str, F.Feature]:
-    """The feature table's columns in file `name` that its contract does not hold, by column."""
-    contract = set(schema.schema_for(name).names)
-    if name == schema.ITEM_FILE or name == schema.FEATURE_FILE:
-        features = table.from_file(name)
-    else:
-        features = table.inputs
-    return {f.col: f for f in features if f.col not in contract and not f.is_key}
-
-
 def _type_name(t: pa.DataType) -> str:
     if pa.types.is_list(t) or pa.types.is_large_list(t) or pa.types.is_fixed_size_list(t):
         return f"list<{_type_name(t.value_type)}>"
     return str(t)
-
-
-def _contract_type(name: str, column: str, table: F.FeatureTable) -> str:
-    extra = declared_columns(name, table)
-    if column in extra:
-        return KIND_CONTRACT[extra[column].kind]
-    return _type_name(schema.schema_for(name).field(column).type)
-
-
-def _derive_batch(table: pa.Table) -> pd.DataFrame:
-    """Scalar columns as they are; each list column as .len/.min/.max/.nonfinite per row."""
-    cols: dict[str, Any] = {}
-    for name in table.column_names:
-        col = table[name].combine_chunks()
-        if not _type_name(col.type).startswith("list<"):
-            cols[name] = col.to_pandas()
-            continue
-        lengths = pc.list_value_length(col)
-        cols[f"{name}.len"] = lengths.to_pandas()
-        n = pc.fill_null(lengths, 0).to_numpy().astype(np.int64)
-        # Nulls inside a list become NaN here and are counted as non-finite.
-        values = pc.list_flatten(col).to_numpy(zero_copy_only=False).astype(np.float64)
-        starts = np.concatenate([[0], np.cumsum(n)[:-1]]).astype(np.int64)
-        full = n > 0
-        lo, hi = np.full(len(n), np.nan), np.full(len(n), np.nan)
-        nonfinite = np.zeros(len(n), dtype=np.int64)
-        if values.size:
-            lo[full] = np.minimum.reduceat(values, starts[full])
-            hi[full] = np.maximum.reduceat(values, starts[full])
-            nonfinite[full] = np.add.reduceat((~np.isfinite(values)).astype(np.int64), starts[full])
-        cols[f"{name}.min"], cols[f"{name}.max"], cols[f"{name}.nonfinite"] = lo, hi, nonfinite
-    return pd.DataFrame(cols)
-
-
-def _derive(pf: pq.ParquetFile, batch_rows: int = BATCH_ROWS) -> pd.DataFrame:
-    # Row group by row group: the batch reader, given the whole file, buffers far more than one batch.
-    parts = [
-        _derive_batch(pa.Table.from_batches([b]))
-        for group in range(pf.metadata.num_row_groups)
-        for b in pf.iter_batches(batch_size=batch_rows, row_groups=[group])
-    ]
-    if not parts:
-        return _derive_batch(pf.schema_arrow.empty_table())
-    return pd.concat(parts, ignore_index=True)
 
 
 class _Gx:
@@ -207,190 +131,99 @@ class _Gx:
         return next(iter(result.run_results.values())).to_json_dict()
 
 
-def _plain(v: Any) -> Any:
-    if isinstance(v, list | tuple):
-        return [_plain(x) for x in v]
-    if isinstance(v, np.generic):
-        return v.item()
-    return v
+def _schema_expectations(columns: tuple[Column, ...]) -> list:
+    import great_expectations.expectations as gxe
+
+    pairs = [(c.name, t) for c in columns for t in STORED_TYPES[c.kind]]
+    return [gxe.ExpectColumnPairValuesToBeInSet(column_A="column", column_B="type", value_pairs_set=pairs)]
 
 
-def _findings(file: str, result: dict) -> list[Finding]:
+def _judgements(tallies: list[C.Tally]) -> list:
+    """One GX expectation per check, on the file's figure for it (`Tally.observed`)."""
+    import great_expectations.expectations as E
+    from great_expectations.expectations.metadata_types import FailureSeverity
+
     out = []
-    for r in result["results"]:
-        if r["success"]:
-            continue
-        cfg = r["expectation_config"]
-        kw = cfg["kwargs"]
-        res = r.get("result") or {}
-        exc = (r.get("exception_info") or {}).get("exception_message")
-        cond = kw.get("row_condition")
-        cond = cond.get("pass_through_filter", cond) if isinstance(cond, dict) else cond
-        condition = f" where {cond}" if cond else ""
+    for t in tallies:
+        low, high = t.check.bounds
+        severity = FailureSeverity.WARNING if t.check.severity == "warning" else FailureSeverity.CRITICAL
         out.append(
-            Finding(
-                file=file,
-                column=str(kw.get("column") or kw.get("column_A") or "<table>").split(".")[0],
-                expectation=cfg["type"] + (f" ({exc})" if exc else "") + _bounds(kw) + condition,
-                severity=str(cfg.get("severity") or "critical"),
-                count=res.get("unexpected_count"),
-                examples=_plain(res.get("partial_unexpected_list") or [])[:5],
-                observed=_plain(res.get("observed_value")),
+            E.ExpectColumnValuesToBeBetween(
+                column=t.check.key, min_value=low, max_value=high, severity=severity
             )
         )
     return out
 
 
-def _bounds(kw: dict) -> str:
-    """The expectation's arguments, as a reader needs them ("[0, 10]", "of item_seq.len")."""
-    parts = []
-    if "column" in kw and "." in str(kw["column"]):
-        parts.append(f"on {kw['column']}")
-    lo, hi = kw.get("min_value"), kw.get("max_value")
-    if lo is not None and hi is not None:
-        parts.append(f"in [{lo:g}, {hi:g}]")
-    elif lo is not None or hi is not None:
-        parts.append(f">= {lo:g}" if lo is not None else f"<= {hi:g}")
-    if "value_set" in kw:
-        parts.append(f"in {kw['value_set']}")
-    if "value" in kw:
-        parts.append(f"= {kw['value']}")
-    return f" ({', '.join(parts)})" if parts else ""
-
-
-def _schema_expectations(name: str, table: F.FeatureTable) -> list:
-    import great_expectations.expectations as gxe
-
-    allowed = [*schema.schema_for(name).names, *OPTIONAL_COLUMNS.get(name, ())]
-    pairs = [(c, t) for c in allowed for t in ALLOWED_TYPES[c]]
-    pairs += [(c, t) for c, f in declared_columns(name, table).items() for t in KIND_TYPES[f.kind]]
-    return [gxe.ExpectColumnPairValuesToBeInSet(column_A="column", column_B="type", value_pairs_set=pairs)]
-
-
-def _declared_expectations(name: str, table: F.FeatureTable) -> list:
-    """The value pass's expectations on the feature table's own columns of file `name`, by kind: no nulls;
-    a categorical within its vocabulary (unless it is hashed, or names an oov id: then any integer), ids of
-    a sequence >= 0 and of its length, a dense vector of its dim and finite."""
-    import great_expectations.expectations as E
-
-    exps: list = []
-    for column, f in declared_columns(name, table).items():
-        if f.kind == "categorical":
-            exps.append(E.ExpectColumnValuesToNotBeNull(column=column))
-            if f.hash is None and f.oov is None:
-                top = f.vocab - 1 if isinstance(f.vocab, int) else None
-                exps.append(E.ExpectColumnValuesToBeBetween(column=column, min_value=0, max_value=top))
+def _findings(path: str, tallies: list[C.Tally], figures: dict[str, float], result: dict) -> list[Finding]:
+    """A finding for each check GX failed, with the offending rows' count and first values (or the figure)."""
+    by_key = {t.check.key: t for t in tallies}
+    out = []
+    for r in result["results"]:
+        if r["success"]:
             continue
-        size = f.dim if f.kind == "dense" else f.length
-        exps += [
-            E.ExpectColumnValuesToNotBeNull(column=f"{column}.len"),
-            E.ExpectColumnValuesToBeBetween(column=f"{column}.len", min_value=size, max_value=size),
-            E.ExpectColumnValuesToBeBetween(column=f"{column}.nonfinite", min_value=0, max_value=0),
-        ]
-        if f.kind == "sequence":
-            exps.append(E.ExpectColumnValuesToBeBetween(column=f"{column}.min", min_value=0))
-            if isinstance(f.vocab, int) and f.oov is None:
-                exps.append(E.ExpectColumnValuesToBeBetween(column=f"{column}.max", max_value=f.vocab - 1))
-    return exps
+        t = by_key[r["expectation_config"]["kwargs"]["column"]]
+        exc = (r.get("exception_info") or {}).get("exception_message")
+        figure = figures[t.check.key]
+        out.append(
+            Finding(
+                file=path,
+                column=t.check.column,
+                expectation=t.check.describe() + (f" ({exc})" if exc else ""),
+                severity=t.check.severity,
+                count=int(figure) if t.check.counts_rows else None,
+                examples=t.examples,
+                observed=None if t.check.counts_rows else figure,
+            )
+        )
+    return out
 
 
-def _value_expectations(name: str, n_items: int, cfg: ValidateConfig, columns: list[str]) -> list:
-    """The value pass's expectations for file `name`, whose derived frame has `columns`."""
-    import great_expectations.expectations as E
-    from great_expectations.expectations.metadata_types import FailureSeverity
-
-    exps: list = [E.ExpectTableRowCountToBeBetween(min_value=1)]
-    if name == schema.FEATURE_FILE:
-        return [*exps, *_feature_expectations(n_items, cfg)]
-    if name == schema.ITEM_FILE:
-        return [
-            *exps,
-            E.ExpectColumnValuesToNotBeNull(column=schema.TARGET),
-            E.ExpectColumnPairValuesToBeEqual(column_A=schema.TARGET, column_B="row_index"),
-            E.ExpectColumnValuesToNotBeNull(column=f"{schema.TAGS}.len"),
-            E.ExpectColumnValuesToBeBetween(
-                column=f"{schema.TAGS}.len", min_value=schema.TAGS_PER_ITEM, max_value=schema.TAGS_PER_ITEM
-            ),
-            E.ExpectColumnValuesToBeBetween(column=f"{schema.TAGS}.nonfinite", min_value=0, max_value=0),
-            E.ExpectColumnValuesToBeBetween(column=f"{schema.TAGS}.min", min_value=0),
-            E.ExpectColumnValuesToBeBetween(column=f"{schema.TAGS}.max", max_value=cfg.tag_vocab - 1),
-            E.ExpectColumnValuesToBeBetween(
-                column=f"{schema.TAGS}.max",
-                max_value=0,
-                row_condition="row_index==0",
-                condition_parser="pandas",
-            ),
-            E.ExpectColumnValuesToNotBeNull(column=f"{schema.ITEM_EMB}.len"),
-            E.ExpectColumnValuesToBeBetween(
-                column=f"{schema.ITEM_EMB}.len", min_value=schema.ITEM_EMB_DIM, max_value=schema.ITEM_EMB_DIM
-            ),
-            E.ExpectColumnValuesToBeBetween(column=f"{schema.ITEM_EMB}.nonfinite", min_value=0, max_value=0),
-        ]
-    exps += [E.ExpectColumnValuesToNotBeNull(column=c) for c in (schema.USER, *schema.LEVELS)]
-    exps += [
-        *(
-            E.ExpectColumnValuesToBeBetween(column=level, min_value=0, max_value=schema.NUM_LEVELS - 1)
-            for level in schema.LEVELS
-        ),
-        E.ExpectColumnValuesToNotBeNull(column=schema.TARGET),
-        E.ExpectColumnValuesToBeBetween(column=schema.TARGET, min_value=1, max_value=n_items),
-        E.ExpectColumnValuesToNotBeNull(column=f"{schema.HISTORY}.len"),
-        E.ExpectColumnUniqueValueCountToBeBetween(column=f"{schema.HISTORY}.len", min_value=1, max_value=1),
-        E.ExpectColumnValuesToBeBetween(column=f"{schema.HISTORY}.nonfinite", min_value=0, max_value=0),
-        E.ExpectColumnValuesToBeBetween(column=f"{schema.HISTORY}.min", min_value=0),
-        E.ExpectColumnValuesToBeBetween(column=f"{schema.HISTORY}.max", max_value=n_items),
-    ]
-    if name == "test" and schema.SUBMISSION_ID in columns:
-        exps += [
-            E.ExpectColumnValuesToNotBeNull(column=schema.SUBMISSION_ID),
-            E.ExpectColumnValuesToBeUnique(column=schema.SUBMISSION_ID),
-        ]
-    if name in schema.LABELLED_SPLITS:
-        exps += [
-            E.ExpectColumnValuesToNotBeNull(column=schema.LABEL),
-            E.ExpectColumnValuesToBeInSet(column=schema.LABEL, value_set=[0, 1]),
-            E.ExpectColumnMeanToBeBetween(
-                column=schema.LABEL,
-                min_value=cfg.positive_rate_min,
-                max_value=cfg.positive_rate_max,
-                severity=FailureSeverity.WARNING,
-            ),
-        ]
-    return exps
+def _check_schema(
+    gx: _Gx, path: Path, name: str, found: dict[str, str], columns: tuple[Column, ...]
+) -> list[Finding]:
+    """The schema pass: every expected column present with an allowed type, no columns beyond the optional."""
+    optional = schema.OPTIONAL.get(name, ())
+    expected = [c.name for c in columns]
+    extra = [c for c in found if c not in expected]
+    frame = pd.DataFrame(
+        {
+            "column": expected + extra,
+            "type": [found.get(c, "missing") for c in expected] + [found[c] for c in extra],
+        }
+    )
+    kinds = {c.name: c.kind for c in columns}
+    result = gx.run(f"{name}-schema", frame, _schema_expectations((*columns, *optional)))
+    findings = []
+    for r in result["results"]:
+        if r["success"]:
+            continue
+        expectation = r["expectation_config"]["type"]
+        for col, typ in (r.get("result") or {}).get("partial_unexpected_list") or []:
+            if col in kinds:
+                want = f"type {_type_name(schema.ARROW_TYPES[kinds[col]])}"
+            elif col in OPTIONAL_COLUMNS.get(name, ()):
+                want = f"one of the types {', '.join(ALLOWED_TYPES[col])}, or no such column"
+            else:
+                want = "no such column"
+            findings.append(
+                Finding(str(path), col, f"{expectation} (expected {want})", "critical", None, observed=typ)
+            )
+    return findings
 
 
-def _feature_expectations(n_items: int, cfg: ValidateConfig) -> list:
-    """item_feature: items 1..N (item_info's ids, in order), their tags and levels, two modality vectors of
-    exactly their dimension, every value finite."""
-    import great_expectations.expectations as E
-
-    exps: list = [
-        E.ExpectTableRowCountToEqual(value=n_items),
-        E.ExpectColumnValuesToNotBeNull(column=schema.TARGET),
-        E.ExpectColumnPairValuesToBeEqual(column_A=schema.TARGET, column_B="row_id"),
-        E.ExpectColumnValuesToNotBeNull(column=schema.TITLE),
-        E.ExpectColumnValuesToNotBeNull(column=f"{schema.TAGS}.len"),
-        E.ExpectColumnValuesToBeBetween(column=f"{schema.TAGS}.nonfinite", min_value=0, max_value=0),
-        E.ExpectColumnValuesToBeBetween(column=f"{schema.TAGS}.min", min_value=0),
-        E.ExpectColumnValuesToBeBetween(column=f"{schema.TAGS}.max", max_value=cfg.tag_vocab - 1),
-    ]
-    for level in schema.LEVELS:
-        exps += [
-            E.ExpectColumnValuesToNotBeNull(column=level),
-            E.ExpectColumnValuesToBeBetween(column=level, min_value=0, max_value=schema.NUM_LEVELS - 1),
-        ]
-    for column, dim in ((schema.TXT_EMB, schema.TXT_EMB_DIM), (schema.IMG_EMB, schema.IMG_EMB_DIM)):
-        exps += [
-            E.ExpectColumnValuesToNotBeNull(column=f"{column}.len"),
-            E.ExpectColumnValuesToBeBetween(column=f"{column}.len", min_value=dim, max_value=dim),
-            E.ExpectColumnValuesToBeBetween(column=f"{column}.nonfinite", min_value=0, max_value=0),
-        ]
-    return exps
+def _check_values(gx: _Gx, pf: pq.ParquetFile, path: Path, name: str, checks: list[C.Check]) -> list[Finding]:
+    """The value pass: each check's figure, aggregated batch by batch (qin/checks.py), judged by GX."""
+    tallies = C.scan(pf, checks, FEATURE_BATCH_ROWS if name == schema.FEATURE_FILE else BATCH_ROWS)
+    figures = {t.check.key: t.observed() for t in tallies}
+    result = gx.run(name, pd.DataFrame([figures]), _judgements(tallies))
+    return _findings(str(path), tallies, figures, result)
 
 
 def _check_file(
     gx: _Gx, data_dir: Path, name: str, n_items: int | None, cfg: ValidateConfig, table: F.FeatureTable
 ) -> dict:
+    """Both passes on file `name` (items 1..n_items; None: item_info, whose rows say N)."""
     path = data_dir / f"{name}.parquet"
     info: dict[str, Any] = {"path": str(path), "findings": []}
 
@@ -404,48 +237,20 @@ def _check_file(
         pf = pq.ParquetFile(path)
     except Exception as exc:  # a truncated or non-parquet file
         return refuse("expect a readable parquet file", f"{type(exc).__name__}: {exc}")
-    info["md5"] = file_hash(path)
-    info["rows"] = pf.metadata.num_rows
-    expected = [*schema.schema_for(name).names, *declared_columns(name, table)]
+    info["md5"], info["rows"] = file_hash(path), pf.metadata.num_rows
     found = {f.name: _type_name(f.type) for f in pf.schema_arrow}
-    extra = [c for c in found if c not in expected]
-    schema_frame = pd.DataFrame(
-        {
-            "column": expected + extra,
-            "type": [found.get(c, "missing") for c in expected] + [found[c] for c in extra],
-        }
-    )
-    result = gx.run(f"{name}-schema", schema_frame, _schema_expectations(name, table))
-    findings = []
-    for f in _findings(str(path), result):  # one finding per offending (column, type) pair
-        for col, typ in f.examples:
-            if col in expected:
-                want = f"type {_contract_type(name, col, table)}"
-            elif col in OPTIONAL_COLUMNS.get(name, ()):
-                want = f"one of the types {', '.join(ALLOWED_TYPES[col])}, or no such column"
-            else:
-                want = "no such column"
-            findings.append(
-                Finding(str(path), col, f"{f.expectation} (expected {want})", f.severity, None, observed=typ)
-            )
-    if not findings:
+    columns = C.file_columns(name, table)
+    info["findings"] = _check_schema(gx, path, name, found, columns)
+    if not info["findings"]:
+        items = pf.metadata.num_rows - 1 if n_items is None else n_items
+        checks = C.checks_for(name, columns + C.optional_columns(name, list(found)), items, cfg)
         try:
-            frame = _derive(pf, FEATURE_BATCH_ROWS if name == schema.FEATURE_FILE else BATCH_ROWS)
-        except Exception as exc:  # corrupt pages behind a valid footer
+            info["findings"] = _check_values(gx, pf, path, name, checks)
+        except (OSError, pa.ArrowException) as exc:  # corrupt pages behind a valid footer
             return refuse("expect readable row groups", f"{type(exc).__name__}: {exc}")
-        if name == schema.ITEM_FILE:
-            frame["row_index"] = np.arange(len(frame))
-            n_items = len(frame) - 1
-        if name == schema.FEATURE_FILE:  # no padding row: row r holds item r + 1
-            frame["row_id"] = np.arange(1, len(frame) + 1)
-        assert n_items is not None
-        expectations = _value_expectations(name, n_items, cfg, list(frame.columns))
-        expectations += _declared_expectations(name, table)
-        findings = _findings(str(path), gx.run(name, frame, expectations))
-    ignored = [c for c in IGNORED_COLUMNS.get(name, ()) if c in found]
+    ignored = [c for c in schema.IGNORED.get(name, ()) if c in found]
     if ignored:
         info["notes"] = [f"{path}: column '{c}' is present and ignored (nothing reads it)" for c in ignored]
-    info["findings"] = findings
     return info
 
 

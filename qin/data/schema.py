@@ -29,6 +29,7 @@ id 1..N in id order (no padding row):
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import pyarrow as pa
@@ -60,45 +61,81 @@ TXT_EMB_DIM, IMG_EMB_DIM = 768, 1024
 # The synthetic generator's planted item structure (topic, sub-topic, unit latent vector per item 1..N).
 ITEM_TRUTH_FILE = "item_truth.parquet"
 
-ROW_SCHEMA = pa.schema(
-    [
-        (USER, pa.int64()),
-        (HISTORY, pa.list_(pa.int64())),
-        *((level, pa.int64()) for level in LEVELS),
-        (TARGET, pa.int64()),
-        (LABEL, pa.float64()),
-    ]
-)
-TEST_SCHEMA = pa.schema([f for f in ROW_SCHEMA if f.name != LABEL])
-ITEM_SCHEMA = pa.schema(
-    [
-        (TARGET, pa.int64()),
-        (TAGS, pa.list_(pa.int64())),
-        (ITEM_EMB, pa.list_(pa.float32())),
-    ]
-)
-FEATURE_SCHEMA = pa.schema(
-    [
-        (TARGET, pa.int64()),
-        (TITLE, pa.string()),
-        (TAGS, pa.list_(pa.int64())),
-        *((level, pa.int64()) for level in LEVELS),
-        (TXT_EMB, pa.list_(pa.float32())),
-        (IMG_EMB, pa.list_(pa.float32())),
-    ]
-)
+
+@dataclass(frozen=True)
+class Column:
+    """One column of a data file, with the kind that says how it is stored and how the gate checks it
+    (qin/checks.py). Kinds: those of the feature table (target, history, categorical, sequence, dense), plus
+    the contract's own columns that no model reads: `key` (an item table's id, equal to its row position),
+    `id` (any integer, e.g. the user), `unique` (an integer key, no two rows alike), `label` (0/1) and
+    `text`."""
+
+    name: str
+    kind: str
+    low: int | None = None  # ids (categorical, sequence): the smallest allowed (None: any)
+    high: int | str | None = None  # the largest allowed; a str names a `validate` setting (its value - 1)
+    size: int | None = None  # a sequence's length, a dense vector's dim
+
+
+# How each kind is stored (the contract's types; a file may store a narrower int or float, widened on read).
+ARROW_TYPES: dict[str, pa.DataType] = {
+    "target": pa.int64(),
+    "categorical": pa.int64(),
+    "key": pa.int64(),
+    "id": pa.int64(),
+    "unique": pa.int64(),
+    "label": pa.float64(),
+    "text": pa.string(),
+    "history": pa.list_(pa.int64()),
+    "sequence": pa.list_(pa.int64()),
+    "dense": pa.list_(pa.float32()),
+}
+
+_LEVELS = tuple(Column(level, "categorical", low=0, high=NUM_LEVELS - 1) for level in LEVELS)
+_TAGS = Column(TAGS, "sequence", low=0, high="tag_vocab", size=TAGS_PER_ITEM)
+# The contract, file by file, in column order.
+CONTRACT: dict[str, tuple[Column, ...]] = {
+    "train": (
+        Column(USER, "id"),
+        Column(HISTORY, "history"),
+        *_LEVELS,
+        Column(TARGET, "target"),
+        Column(LABEL, "label"),
+    ),
+    ITEM_FILE: (Column(TARGET, "key"), _TAGS, Column(ITEM_EMB, "dense", size=ITEM_EMB_DIM)),
+    FEATURE_FILE: (
+        Column(TARGET, "key"),
+        Column(TITLE, "text"),
+        _TAGS,
+        *_LEVELS,
+        Column(TXT_EMB, "dense", size=TXT_EMB_DIM),
+        Column(IMG_EMB, "dense", size=IMG_EMB_DIM),
+    ),
+}
+CONTRACT["valid"] = CONTRACT["train"]
+CONTRACT["test"] = tuple(c for c in CONTRACT["train"] if c.name != LABEL)
+# Columns a file may carry beyond its contract: the challenge's test.parquet has the submission's key `ID`,
+# and may have a (dummy) label column, which nothing reads (IGNORED: not checked beyond its type).
+OPTIONAL: dict[str, tuple[Column, ...]] = {"test": (Column(LABEL, "label"), Column(SUBMISSION_ID, "unique"))}
+IGNORED: dict[str, tuple[str, ...]] = {"test": (LABEL,)}
+
+
+def arrow_schema(columns: tuple[Column, ...] | list[Column]) -> pa.Schema:
+    return pa.schema([(c.name, ARROW_TYPES[c.kind]) for c in columns])
+
+
+ROW_SCHEMA = arrow_schema(CONTRACT["train"])
+TEST_SCHEMA = arrow_schema(CONTRACT["test"])
+ITEM_SCHEMA = arrow_schema(CONTRACT[ITEM_FILE])
+FEATURE_SCHEMA = arrow_schema(CONTRACT[FEATURE_FILE])
 
 
 def schema_for(name: str) -> pa.Schema:
-    if name == ITEM_FILE:
-        return ITEM_SCHEMA
-    if name == FEATURE_FILE:
-        return FEATURE_SCHEMA
-    if name == "test":
-        return TEST_SCHEMA
-    if name in LABELLED_SPLITS:
-        return ROW_SCHEMA
-    raise ValueError(f"unknown data file '{name}': expected one of {[*FILES, *OPTIONAL_FILES]}")
+    """The contract's arrow schema of file `name` (the feature table's own columns extend it:
+    qin/checks.py `file_columns`)."""
+    if name not in CONTRACT:
+        raise ValueError(f"unknown data file '{name}': expected one of {[*FILES, *OPTIONAL_FILES]}")
+    return arrow_schema(CONTRACT[name])
 
 
 def truth_file(split: str) -> str:

@@ -79,6 +79,7 @@ def test_a_stages_code_is_its_module_and_the_qin_modules_it_imports() -> None:
     assert "qin/register.py" not in train and "qin/pipeline.py" not in train
     assert "flows/tracking.py" in pipeline.stage("register").code()
     assert set(pipeline.stage("validate").code()) == {
+        "qin/checks.py",  # the checks by kind
         "qin/config.py",  # its section alone: not the model registry (qin/settings.py reads that)
         "qin/data/__init__.py",
         "qin/data/features.py",  # the feature table, whose columns it checks

@@ -1,0 +1,321 @@
+"""The gate's value checks: generated per column kind, computed batch by batch from aggregates.
+
+A file's columns are its contract's (qin/data/schema.py `CONTRACT`) plus the feature table's own columns
+in it (`file_columns`); each has a kind, and the kind says which checks apply (`checks_for`):
+
+    key          not null; equal to its row position (item_info: 0..N; item_feature: 1..N)
+    id           not null
+    unique       not null; no two rows alike
+    label        not null; in {0, 1}; the mean within validate's positive-rate band (a warning)
+    text         not null
+    target       not null; an item id 1..N
+    history      a list per row, one length in the whole file, ids 0..N, no nulls inside
+    categorical  not null; within its vocabulary (none for a hashed id or one with an oov id)
+    sequence     a list of exactly its length, ids within its vocabulary, no nulls inside; item_info's
+                 padding row (row 0) all zeros
+    dense        a vector of exactly its dim, every value finite
+
+Each check is stated as the row-level GX expectation it stands for (`expect_column_values_to_be_between`
+on `item_seq.max`, <= N, ...), but no frame of all rows is ever built: `scan` reads the file a batch at a
+time, derives each list column's per-row length/min/max/non-finite count for that batch only, and keeps per
+check only aggregates: the offending rows' count and their first values, a set of distinct values, a sum,
+the row count. Memory stays that of one batch (plus one integer per row for a `unique` column).
+`Tally.observed` is the file's figure each check is judged by (qin/validate.py hands those figures to GX).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from qin.config import ValidateConfig
+from qin.data import features as F
+from qin.data import schema
+from qin.data.schema import Column
+
+EXAMPLES = 5  # offending values kept per check
+POSITION = {schema.ITEM_FILE: 0, schema.FEATURE_FILE: 1}  # an item file's key: its row position + this
+
+
+def file_columns(name: str, table: F.FeatureTable) -> tuple[Column, ...]:
+    """File `name`'s columns: its contract's, then the feature table's own columns in it, by kind."""
+    contract = schema.CONTRACT[name]
+    known = {c.name for c in contract}
+    features = table.from_file(name) if name in POSITION else table.inputs
+    return contract + tuple(_column(f) for f in features if f.col not in known and not f.is_key)
+
+
+def _column(f: F.Feature) -> Column:
+    bounded = f.hash is None and f.oov is None
+    high = f.vocab - 1 if isinstance(f.vocab, int) and bounded else None
+    low = 0 if bounded or f.kind == "sequence" else None
+    if f.kind == "dense":
+        return Column(f.col, f.kind, size=f.dim)
+    return Column(
+        f.col, f.kind, low=low if f.kind in ("categorical", "sequence") else None, high=high, size=f.length
+    )
+
+
+def optional_columns(name: str, present: list[str]) -> tuple[Column, ...]:
+    """The optional columns file `name` has (checked by their kind), less those nothing reads."""
+    ignored = schema.IGNORED.get(name, ())
+    return tuple(c for c in schema.OPTIONAL.get(name, ()) if c.name in present and c.name not in ignored)
+
+
+@dataclass(frozen=True)
+class Check:
+    """One check of one column (see the module's docstring). `rule` says how a batch is judged:
+    not_null, between, in_set, pair (equal to the row position), distinct (the number of distinct values
+    within [low, high]), unique, rows (the row count within [low, high]) or mean."""
+
+    key: str  # unique within the file: the name of the figure GX judges
+    column: str
+    rule: str
+    expectation: str  # the row-level GX expectation it stands for, as the refusal names it
+    stat: str | None = None  # a list column's per-row figure: len, min, max, nonfinite (None: the value)
+    low: float | None = None
+    high: float | None = None
+    value_set: tuple[float, ...] | None = None
+    first_row_only: bool = False  # item_info's padding row
+    offset: int = 0  # pair: the key equals the row position plus this
+    severity: str = "critical"
+
+    @property
+    def counts_rows(self) -> bool:
+        """Whether the figure is a number of offending rows (which must be 0)."""
+        return self.rule in ("not_null", "between", "in_set", "pair", "unique")
+
+    @property
+    def bounds(self) -> tuple[float | None, float | None]:
+        """The range GX holds the file's figure to."""
+        return (0, 0) if self.counts_rows else (self.low, self.high)
+
+    def describe(self) -> str:
+        """`expect_column_values_to_be_between (on item_seq.max, <= 400)`, as a reader needs it."""
+        parts = [f"on {self.column}.{self.stat}"] if self.stat else []
+        if self.rule == "pair":
+            parts.append("= the row position" + (f" + {self.offset}" if self.offset else ""))
+        elif self.rule == "rows" and self.low == self.high:
+            parts.append(f"= {self.low:g}")
+        elif self.value_set is not None:
+            parts.append(f"in {list(self.value_set)}")
+        elif self.rule in ("between", "distinct", "rows", "mean"):
+            parts.append(_range(self.low, self.high))
+        cond = " where row_index==0" if self.first_row_only else ""
+        return self.expectation + (f" ({', '.join(parts)})" if parts else "") + cond
+
+
+def _range(low: float | None, high: float | None) -> str:
+    if low is not None and high is not None:
+        return f"in [{low:g}, {high:g}]"
+    return f">= {low:g}" if low is not None else f"<= {high:g}"
+
+
+def _check(column: str, rule: str, stat: str | None = None, **kw: Any) -> Check:
+    names = {
+        "not_null": "expect_column_values_to_not_be_null",
+        "between": "expect_column_values_to_be_between",
+        "in_set": "expect_column_values_to_be_in_set",
+        "pair": "expect_column_pair_values_to_be_equal",
+        "distinct": "expect_column_unique_value_count_to_be_between",
+        "unique": "expect_column_values_to_be_unique",
+        "mean": "expect_column_mean_to_be_between",
+    }
+    tag = "padding" if kw.get("first_row_only") else rule
+    key = f"{column}.{stat}:{tag}" if stat else f"{column}:{tag}"
+    return Check(key=key, column=column, rule=rule, expectation=names[rule], stat=stat, **kw)
+
+
+def checks_for(name: str, columns: tuple[Column, ...], n_items: int, cfg: ValidateConfig) -> list[Check]:
+    """Every check of file `name` (whose items are 1..n_items): the row count, then each column's by kind."""
+    if name == schema.FEATURE_FILE:  # one row per item 1..N
+        rows = Check("rows", "<table>", "rows", "expect_table_row_count_to_equal", low=n_items, high=n_items)
+    else:
+        rows = Check("rows", "<table>", "rows", "expect_table_row_count_to_be_between", low=1)
+    out = [rows]
+    for c in columns:
+        out += _KIND_CHECKS[c.kind](name, c, n_items, cfg)
+    return out
+
+
+def _bounded(c: Column, cfg: ValidateConfig) -> tuple[int | None, int | None]:
+    high = getattr(cfg, c.high) - 1 if isinstance(c.high, str) else c.high
+    return c.low, high
+
+
+def _scalar(name: str, c: Column, n_items: int, cfg: ValidateConfig) -> list[Check]:
+    out = [_check(c.name, "not_null")]
+    if c.kind == "key":
+        out.append(_check(c.name, "pair", offset=POSITION[name]))
+    elif c.kind == "unique":
+        out.append(_check(c.name, "unique"))
+    elif c.kind == "label":
+        out += [
+            _check(c.name, "in_set", value_set=(0, 1)),
+            _check(c.name, "mean", low=cfg.positive_rate_min, high=cfg.positive_rate_max, severity="warning"),
+        ]
+    elif c.kind == "target":
+        out.append(_check(c.name, "between", low=1, high=n_items))
+    elif c.kind == "categorical" and _bounded(c, cfg) != (None, None):
+        low, high = _bounded(c, cfg)
+        out.append(_check(c.name, "between", low=low, high=high))
+    return out
+
+
+def _list(name: str, c: Column, n_items: int, cfg: ValidateConfig) -> list[Check]:
+    out = [_check(c.name, "not_null", "len")]
+    if c.kind == "history":  # any length, but one for the whole file
+        out.append(_check(c.name, "distinct", "len", high=1))
+    else:
+        out.append(_check(c.name, "between", "len", low=c.size, high=c.size))
+    out.append(_check(c.name, "between", "nonfinite", low=0, high=0))
+    low, high = (0, n_items) if c.kind == "history" else _bounded(c, cfg)
+    if c.kind == "dense":
+        return out
+    if low is not None:
+        out.append(_check(c.name, "between", "min", low=low))
+    if high is not None:
+        out.append(_check(c.name, "between", "max", high=high))
+    if name == schema.ITEM_FILE and c.kind == "sequence":  # the padding row's ids are all 0
+        out.append(_check(c.name, "between", "max", high=0, first_row_only=True))
+    return out
+
+
+_KIND_CHECKS = {
+    **dict.fromkeys(("key", "id", "unique", "label", "text", "target", "categorical"), _scalar),
+    **dict.fromkeys(("history", "sequence", "dense"), _list),
+}
+
+
+@dataclass
+class Tally:
+    """One check's aggregates over the batches seen so far."""
+
+    check: Check
+    count: int = 0  # offending rows (or, for rows/mean, the rows seen)
+    examples: list[Any] = field(default_factory=list)
+    distinct: set = field(default_factory=set)
+    total: float = 0.0
+    values: list[np.ndarray] = field(default_factory=list)  # unique: every value, to find duplicates
+
+    def offending(self, values: np.ndarray, bad: np.ndarray, start: int = 0) -> None:
+        self.count += int(bad.sum())
+        if len(self.examples) < EXAMPLES and bad.any():
+            hits = np.flatnonzero(bad)[: EXAMPLES - len(self.examples)]
+            whole = self.check.stat is not None  # a list's stat: an int list's min/max are whole numbers
+            if self.check.rule == "pair":
+                self.examples += [[_plain(values[i]), int(i) + start + self.check.offset] for i in hits]
+            else:
+                self.examples += [_plain(values[i], whole) for i in hits]
+
+    def observed(self) -> float:
+        """The file's figure: offending rows, distinct values, rows, or the mean."""
+        if self.check.rule == "unique":
+            self._duplicates()
+        if self.check.rule == "distinct":
+            return len(self.distinct)
+        if self.check.rule == "mean":
+            return self.total / self.count if self.count else float("nan")
+        return self.count
+
+    def _duplicates(self) -> None:
+        values = np.concatenate(self.values) if self.values else np.zeros(0, np.int64)
+        seen, counts = np.unique(values, return_counts=True)
+        bad = np.isin(values, seen[counts > 1])
+        self.count, self.examples, self.values = 0, [], []
+        self.offending(values, bad)
+
+
+def _plain(v: Any, whole: bool = False) -> Any:
+    v = v.item() if isinstance(v, np.generic) else v
+    return int(v) if whole and isinstance(v, float) and v.is_integer() else v
+
+
+@dataclass
+class Derived:
+    """A column of one batch as the checks read it: per-row values (or a list's stat) and which are set."""
+
+    values: np.ndarray | None
+    valid: np.ndarray
+
+
+def _derive(col: pa.ChunkedArray, stat: str | None) -> Derived:
+    """The per-row `stat` (len/min/max/nonfinite) of a list column, or a scalar column's values."""
+    col = col.combine_chunks()
+    valid = pc.is_valid(col).to_numpy(zero_copy_only=False)
+    if stat is None:
+        if pa.types.is_string(col.type) or pa.types.is_large_string(col.type):
+            return Derived(None, valid)
+        return Derived(pc.fill_null(col, 0).to_numpy(zero_copy_only=False), valid)
+    lengths = pc.fill_null(pc.list_value_length(col), 0).to_numpy().astype(np.int64)
+    if stat == "len":
+        return Derived(lengths, valid)
+    # Nulls inside a list become NaN here and are counted as non-finite.
+    flat = pc.list_flatten(col).to_numpy(zero_copy_only=False).astype(np.float64)
+    full = lengths > 0
+    starts = (np.cumsum(lengths) - lengths)[full]
+    out = np.zeros(len(lengths)) if stat == "nonfinite" else np.full(len(lengths), np.nan)
+    if flat.size:
+        if stat == "nonfinite":
+            out[full] = np.add.reduceat((~np.isfinite(flat)).astype(np.int64), starts)
+        else:
+            out[full] = (np.minimum if stat == "min" else np.maximum).reduceat(flat, starts)
+    return Derived(out, valid & (full | (stat == "nonfinite")))
+
+
+def _judge(tally: Tally, d: Derived, start: int) -> None:
+    """Add one batch (its first row is row `start` of the file) to `tally`."""
+    c = tally.check
+    if c.rule == "not_null":
+        tally.count += int((~d.valid).sum())
+        return
+    ok = d.valid & ~np.isnan(d.values.astype(np.float64))
+    if c.first_row_only:
+        ok &= np.arange(start, start + len(ok)) == 0
+    v = d.values
+    if c.rule == "between":
+        bad = ok & (
+            ((v < c.low) if c.low is not None else False) | ((v > c.high) if c.high is not None else False)
+        )
+        tally.offending(v, bad)
+    elif c.rule == "in_set":
+        tally.offending(v, ok & ~np.isin(v, c.value_set))
+    elif c.rule == "pair":
+        tally.offending(v, ok & (v != np.arange(start, start + len(v)) + c.offset), start)
+    elif c.rule == "distinct":
+        tally.distinct |= set(np.unique(v[ok]).tolist())
+    elif c.rule == "unique":
+        tally.values.append(v[ok])
+    elif c.rule == "mean":
+        tally.count, tally.total = tally.count + int(ok.sum()), tally.total + float(v[ok].sum())
+
+
+def batches(pf: pq.ParquetFile, batch_rows: int) -> Iterator[pa.Table]:
+    # Row group by row group: the batch reader, given the whole file, buffers far more than one batch.
+    for group in range(pf.metadata.num_row_groups):
+        for b in pf.iter_batches(batch_size=batch_rows, row_groups=[group]):
+            yield pa.Table.from_batches([b])
+
+
+def scan(pf: pq.ParquetFile, checks: list[Check], batch_rows: int) -> list[Tally]:
+    """Every check's aggregates over file `pf`, read `batch_rows` rows at a time."""
+    tallies = [Tally(c) for c in checks]
+    start = 0
+    for batch in batches(pf, batch_rows):
+        derived: dict[tuple[str, str | None], Derived] = {}
+        for t in tallies:
+            c = t.check
+            if c.rule == "rows":
+                t.count += batch.num_rows
+                continue
+            if (c.column, c.stat) not in derived:
+                derived[c.column, c.stat] = _derive(batch[c.column], c.stat)
+            _judge(t, derived[c.column, c.stat], start)
+        start += batch.num_rows
+    return tallies
