@@ -23,6 +23,7 @@ from collections.abc import Mapping
 from typing import Annotated, Any, ClassVar, Literal, Self, TypeVar, get_args, get_origin
 
 from pydantic import (
+    AfterValidator,
     BaseModel,
     ConfigDict,
     Field,
@@ -33,6 +34,22 @@ from pydantic import (
 )
 
 PresetName = Literal["tiny", "small", "full"]
+
+
+def _share(value: float) -> float:
+    if not 0 <= value <= 1:
+        raise ValueError(f"expected a number in [0, 1], found {value}")
+    return value
+
+
+def _not_negative(value: float) -> float:
+    if not value >= 0:
+        raise ValueError(f"expected a number >= 0, found {value}")
+    return value
+
+
+Share = Annotated[float, AfterValidator(_share)]  # a fraction, 0..1
+NotNegative = Annotated[float, AfterValidator(_not_negative)]
 
 # Settings that were once elsewhere: a file that still has one is told where it went.
 MOVED = {"train.max_len": "featurize.max_len"}
@@ -205,12 +222,12 @@ class DataConfig(Settings):
     emb_noise: float = 0.35  # item_emb "latent": noise added to the projection
     # item_feature.parquet's modalities: noise added to each projection (per dimension). The text carries the
     # topic, the image the sub-topic; more noise makes each alone (and their fusion) recover less.
-    txt_noise: float = 1.5  # txt_emb_BERT (768 dims)
-    img_noise: float = 2.0  # img_emb_CLIPRN50 (1024 dims)
+    txt_noise: NotNegative = 1.5  # txt_emb_BERT (768 dims)
+    img_noise: NotNegative = 2.0  # img_emb_CLIPRN50 (1024 dims)
     history_noise: float = 0.15  # share of history items drawn by popularity rather than interests
     # Share of in-interest history items drawn from the interest's niche (one sub-topic of the topic, per
     # user and interest) rather than from the whole topic: what makes co-occurrence carry sub-topics.
-    history_niche: float = 0.5
+    history_niche: Share = 0.5
     target_from_interest: float = 0.5  # share of targets drawn from the user's interests
     relevance_tau: float = 0.85  # cosine above which a history item is relevant to the target
     w_relevance: float = 3.0  # logit weights: sparse history relevance,
@@ -218,19 +235,6 @@ class DataConfig(Settings):
     w_popularity: float = 0.4  # popularity
     positive_rate: float = 0.25
 
-    @field_validator("txt_noise", "img_noise")
-    @classmethod
-    def _not_negative(cls, value: float) -> float:
-        if not value >= 0:
-            raise ValueError(f"expected a number >= 0, found {value}")
-        return value
-
-    @field_validator("history_niche")
-    @classmethod
-    def _a_share(cls, value: float) -> float:
-        if not 0 <= value <= 1:
-            raise ValueError(f"expected a number in [0, 1], found {value}")
-        return value
 
 
 class ValidateConfig(Settings):
@@ -256,10 +260,10 @@ class FusionConfig(Settings):
     window: int = 5  # items this many positions apart in one history count as co-occurring (0: any)
     pairs_per_epoch: int = 262_144  # drawn afresh each epoch
     hidden: int = 0  # width of a residual block after the linear map (0: the linear map alone)
-    anchor_weight: float = 30.0  # the pull back to the pca solution (qin/fusion.py `_anchor_penalty`)
+    anchor_weight: NotNegative = 30.0  # the pull back to the pca solution (qin/fusion.py `_anchor_penalty`)
     # After training: this share of each item's embedding is replaced by the mean embedding of the items
     # it co-occurs with (within `window`), count-weighted (qin/fusion.py `propagate`); 0: none.
-    propagation: float = 0.5
+    propagation: Share = 0.5
     history_rows: int = 200_000  # train rows whose histories it reads (a fixed sample); 0: all
     seed: int = 20242025
 
@@ -287,19 +291,6 @@ class FusionConfig(Settings):
             raise ValueError(f"expected a positive number, found {value}")
         return value
 
-    @field_validator("anchor_weight")
-    @classmethod
-    def _not_negative(cls, value: float) -> float:
-        if value < 0:
-            raise ValueError(f"expected 0 or more, found {value}")
-        return value
-
-    @field_validator("propagation")
-    @classmethod
-    def _a_share(cls, value: float) -> float:
-        if not 0 <= value <= 1:
-            raise ValueError(f"expected a number in [0, 1], found {value}")
-        return value
 
 
 class EmbedConfig(Settings):
