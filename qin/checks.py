@@ -245,28 +245,31 @@ class Derived:
     valid: np.ndarray
 
 
-def _derive(col: pa.ChunkedArray, stat: str | None) -> Derived:
-    """The per-row `stat` (len/min/max/nonfinite) of a list column, or a scalar column's values."""
+def _derive(col: pa.ChunkedArray, stats: set[str | None]) -> dict[str | None, Derived]:
+    """A column of one batch as its checks read it: a scalar column's values (stat None), or each
+    requested per-row stat (len/min/max/nonfinite) of a list column, its values flattened once."""
     col = col.combine_chunks()
     valid = pc.is_valid(col).to_numpy(zero_copy_only=False)
-    if stat is None:
+    if None in stats:
         if pa.types.is_string(col.type) or pa.types.is_large_string(col.type):
-            return Derived(None, valid)
-        return Derived(pc.fill_null(col, 0).to_numpy(zero_copy_only=False), valid)
+            return {None: Derived(None, valid)}
+        return {None: Derived(pc.fill_null(col, 0).to_numpy(zero_copy_only=False), valid)}
     lengths = pc.fill_null(pc.list_value_length(col), 0).to_numpy().astype(np.int64)
-    if stat == "len":
-        return Derived(lengths, valid)
+    out = {"len": Derived(lengths, valid)}
+    if stats <= {"len"}:
+        return out
     # Nulls inside a list become NaN here and are counted as non-finite.
     flat = pc.list_flatten(col).to_numpy(zero_copy_only=False).astype(np.float64)
     full = lengths > 0
     starts = (np.cumsum(lengths) - lengths)[full]
-    out = np.zeros(len(lengths)) if stat == "nonfinite" else np.full(len(lengths), np.nan)
-    if flat.size:
-        if stat == "nonfinite":
-            out[full] = np.add.reduceat((~np.isfinite(flat)).astype(np.int64), starts)
-        else:
-            out[full] = (np.minimum if stat == "min" else np.maximum).reduceat(flat, starts)
-    return Derived(out, valid & (full | (stat == "nonfinite")))
+    for stat in stats - {"len"}:
+        values = np.zeros(len(lengths)) if stat == "nonfinite" else np.full(len(lengths), np.nan)
+        if flat.size and stat == "nonfinite":
+            values[full] = np.add.reduceat((~np.isfinite(flat)).astype(np.int64), starts)
+        elif flat.size:
+            values[full] = (np.minimum if stat == "min" else np.maximum).reduceat(flat, starts)
+        out[stat] = Derived(values, valid if stat == "nonfinite" else valid & full)
+    return out
 
 
 def _judge(tally: Tally, d: Derived, start: int) -> None:
@@ -306,16 +309,17 @@ def batches(pf: pq.ParquetFile, batch_rows: int) -> Iterator[pa.Table]:
 def scan(pf: pq.ParquetFile, checks: list[Check], batch_rows: int) -> list[Tally]:
     """Every check's aggregates over file `pf`, read `batch_rows` rows at a time."""
     tallies = [Tally(c) for c in checks]
+    stats: dict[str, set[str | None]] = {}
+    for c in checks:
+        if c.rule != "rows":
+            stats.setdefault(c.column, set()).add(c.stat)
     start = 0
     for batch in batches(pf, batch_rows):
-        derived: dict[tuple[str, str | None], Derived] = {}
+        derived = {column: _derive(batch[column], wanted) for column, wanted in stats.items()}
         for t in tallies:
-            c = t.check
-            if c.rule == "rows":
+            if t.check.rule == "rows":
                 t.count += batch.num_rows
-                continue
-            if (c.column, c.stat) not in derived:
-                derived[c.column, c.stat] = _derive(batch[c.column], c.stat)
-            _judge(t, derived[c.column, c.stat], start)
+            else:
+                _judge(t, derived[t.check.column][t.check.stat], start)
         start += batch.num_rows
     return tallies
