@@ -236,7 +236,6 @@ class DataConfig(Settings):
     positive_rate: float = 0.25
 
 
-
 class ValidateConfig(Settings):
     section: ClassVar[str] = "validate"
 
@@ -290,7 +289,6 @@ class FusionConfig(Settings):
         if not value > 0:
             raise ValueError(f"expected a positive number, found {value}")
         return value
-
 
 
 class EmbedConfig(Settings):
