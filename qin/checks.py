@@ -239,9 +239,10 @@ def _plain(v: Any, whole: bool = False) -> Any:
 
 @dataclass
 class Derived:
-    """A column of one batch as the checks read it: per-row values (or a list's stat) and which are set."""
+    """A column of one batch as the checks read it: per-row values (or a list's stat) and which are set
+    (a text column's values are not read: only whether they are set)."""
 
-    values: np.ndarray | None
+    values: np.ndarray
     valid: np.ndarray
 
 
@@ -252,10 +253,10 @@ def _derive(col: pa.ChunkedArray, stats: set[str | None]) -> dict[str | None, De
     valid = pc.is_valid(col).to_numpy(zero_copy_only=False)
     if None in stats:
         if pa.types.is_string(col.type) or pa.types.is_large_string(col.type):
-            return {None: Derived(None, valid)}
+            return {None: Derived(np.zeros(len(valid)), valid)}
         return {None: Derived(pc.fill_null(col, 0).to_numpy(zero_copy_only=False), valid)}
     lengths = pc.fill_null(pc.list_value_length(col), 0).to_numpy().astype(np.int64)
-    out = {"len": Derived(lengths, valid)}
+    out: dict[str | None, Derived] = {"len": Derived(lengths, valid)}
     if stats <= {"len"}:
         return out
     # Nulls inside a list become NaN here and are counted as non-finite.
@@ -283,12 +284,11 @@ def _judge(tally: Tally, d: Derived, start: int) -> None:
         ok &= np.arange(start, start + len(ok)) == 0
     v = d.values
     if c.rule == "between":
-        bad = ok & (
-            ((v < c.low) if c.low is not None else False) | ((v > c.high) if c.high is not None else False)
-        )
-        tally.offending(v, bad)
+        low = -np.inf if c.low is None else c.low
+        high = np.inf if c.high is None else c.high
+        tally.offending(v, ok & ((v < low) | (v > high)))
     elif c.rule == "in_set":
-        tally.offending(v, ok & ~np.isin(v, c.value_set))
+        tally.offending(v, ok & ~np.isin(v, list(c.value_set or ())))
     elif c.rule == "pair":
         tally.offending(v, ok & (v != np.arange(start, start + len(v)) + c.offset), start)
     elif c.rule == "distinct":
