@@ -233,8 +233,12 @@ def start_processes(device_name: str) -> tuple[Processes, str]:
     return procs, (f"cuda:{local_rank}" if cuda else "cpu")
 
 
-def stop_processes(procs: Processes) -> None:
-    if procs.started_group:
+def stop_processes(procs: Processes, failed: bool = False) -> None:
+    """Leave the process group this module started. After a success every process waits for the others
+    (a barrier) and tears the group down. After a failure it does neither: its peers may be inside a
+    collective (an all-reduce of the gradients) that a barrier would never meet, so it leaves at once and
+    exits non-zero, and torchrun, seeing a worker fail, stops the other workers and fails the job."""
+    if procs.started_group and not failed:
         import torch.distributed as dist
 
         dist.barrier()

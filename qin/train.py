@@ -389,9 +389,12 @@ def train(
     try:
         reuse = cfg.reuse_memory and device.type == "cpu"
         with runtime.reuse_freed_memory() if reuse else contextlib.nullcontext():
-            return _train(features_dir, out_dir, metrics_path, cfg, key, procs, device)
-    finally:
-        runtime.stop_processes(procs)
+            result = _train(features_dir, out_dir, metrics_path, cfg, key, procs, device)
+    except BaseException:  # an error, Ctrl-C or SIGTERM: leave without waiting for the others
+        runtime.stop_processes(procs, failed=True)
+        raise
+    runtime.stop_processes(procs)
+    return result
 
 
 def _train(

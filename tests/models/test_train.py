@@ -250,6 +250,32 @@ def test_two_processes_under_torchrun_train_the_model_one_process_trains(
         assert y["valid_logloss"] == pytest.approx(x["valid_logloss"], rel=1e-4)
 
 
+FAULT = Path(__file__).with_name("torchrun_fault.py")
+
+
+def test_a_failing_process_ends_the_whole_torchrun_job_promptly(features: Path, tmp_path: Path) -> None:
+    # Process 1 raises at its 3rd step while process 0 waits in that step's all-reduce: the failed process
+    # must leave without the closing barrier, so that torchrun stops process 0 and fails the job (before,
+    # it hung until the process group's 30-minute timeout). A hang fails the test at the 60 s timeout.
+    (tmp_path / "params.yaml").write_text(EXACT_PARAMS)
+    root = Path(__file__).resolve().parents[2]
+    env = {**os.environ, "QIN_TEST_FAIL_RANK": "1", "QIN_TEST_FAIL_STEP": "3", "PYTHONPATH": str(root)}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", str(FAULT),
+           "--params", str(tmp_path / "params.yaml"), "train", "--features", str(features),
+           "--out", str(tmp_path / "model"), "--metrics", str(tmp_path / "m.json")]  # fmt: skip
+    job = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
+                           start_new_session=True)  # fmt: skip
+    try:
+        output, _ = job.communicate(timeout=60)
+    except subprocess.TimeoutExpired:
+        os.killpg(job.pid, signal.SIGKILL)  # the launcher and its workers
+        job.communicate()
+        pytest.fail("the job still ran 60 s after one of its processes failed")
+    assert job.returncode != 0
+    assert "injected failure in process 1" in output
+    assert not (tmp_path / "model").exists() and not (tmp_path / "m.json").exists()
+
+
 def test_fast_and_reference_paths_train_to_the_same_metrics(
     features: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
