@@ -450,9 +450,9 @@ def _setup(
 
 def _resume(run: _Run) -> None:
     """Continue from the checkpoint if it was written under the run's key; otherwise start afresh."""
-    if not run.checkpoint.exists():
+    saved = _saved(run)
+    if saved is None:
         return
-    saved = torch.load(run.checkpoint, map_location="cpu", weights_only=False)
     if run.key is not None and saved.get("key") == run.key:
         run.state.load_state_dict(saved["state"])
         run.info("resuming from %s: epoch %d, step %d of %d", run.checkpoint, run.state.epoch, run.state.step,
@@ -460,6 +460,21 @@ def _resume(run: _Run) -> None:
     else:
         run.info("ignoring %s: it belongs to other settings or data (key %s, not %s)", run.checkpoint,
                  saved.get("key"), run.key)  # fmt: skip
+
+
+def _saved(run: _Run) -> dict[str, Any] | None:
+    """The checkpoint as process 0 finds it (None: none), sent to every other process: all of them resume
+    from the same state, or none does, even where the others see no file or another one."""
+    saved = None
+    if run.procs.main and run.checkpoint.exists():
+        saved = torch.load(run.checkpoint, map_location="cpu", weights_only=False)
+    if run.procs.world > 1:
+        import torch.distributed as dist
+
+        box = [saved]
+        dist.broadcast_object_list(box, src=0)
+        saved = box[0]
+    return saved
 
 
 def _announce(run: _Run) -> None:

@@ -253,16 +253,14 @@ def test_two_processes_under_torchrun_train_the_model_one_process_trains(
 FAULT = Path(__file__).with_name("torchrun_fault.py")
 
 
-def test_a_failing_process_ends_the_whole_torchrun_job_promptly(features: Path, tmp_path: Path) -> None:
-    # Process 1 raises at its 3rd step while process 0 waits in that step's all-reduce: the failed process
-    # must leave without the closing barrier, so that torchrun stops process 0 and fails the job (before,
-    # it hung until the process group's 30-minute timeout). A hang fails the test at the 60 s timeout.
-    (tmp_path / "params.yaml").write_text(EXACT_PARAMS)
-    root = Path(__file__).resolve().parents[2]
-    env = {**os.environ, "QIN_TEST_FAIL_RANK": "1", "QIN_TEST_FAIL_STEP": "3", "PYTHONPATH": str(root)}
+def _torchrun(root: Path, features: Path, name: str, **faults: str) -> str:
+    """`qin train` under torchrun with 2 processes and `faults` (tests/models/torchrun_fault.py); its
+    output. A job still running after 60 s fails the test (and is killed with its workers)."""
+    repo = Path(__file__).resolve().parents[2]
+    env = {**os.environ, "PYTHONPATH": str(repo), **{f"QIN_TEST_{k.upper()}": v for k, v in faults.items()}}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", str(FAULT),
-           "--params", str(tmp_path / "params.yaml"), "train", "--features", str(features),
-           "--out", str(tmp_path / "model"), "--metrics", str(tmp_path / "m.json")]  # fmt: skip
+           "--params", str(root / "params.yaml"), "train", "--features", str(features),
+           "--out", str(root / name), "--metrics", str(root / f"{name}.json")]  # fmt: skip
     job = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
                            start_new_session=True)  # fmt: skip
     try:
@@ -270,10 +268,32 @@ def test_a_failing_process_ends_the_whole_torchrun_job_promptly(features: Path, 
     except subprocess.TimeoutExpired:
         os.killpg(job.pid, signal.SIGKILL)  # the launcher and its workers
         job.communicate()
-        pytest.fail("the job still ran 60 s after one of its processes failed")
-    assert job.returncode != 0
-    assert "injected failure in process 1" in output
-    assert not (tmp_path / "model").exists() and not (tmp_path / "m.json").exists()
+        pytest.fail(f"torchrun {name} {faults} still ran after 60 s")
+    return f"exit {job.returncode}\n{output}"
+
+
+def test_a_failing_process_ends_the_whole_job_and_the_rerun_resumes_every_process_alike(
+    features: Path, tmp_path: Path
+) -> None:
+    # Process 1 raises at its 5th step while process 0 waits in that step's all-reduce: the failed process
+    # leaves without the closing barrier, so torchrun stops process 0 and fails the job at once (before,
+    # it hung until the process group's 30-minute timeout).
+    checkpoints = "checkpoint_every: 2\n  checkpoint_seconds: 0"
+    (tmp_path / "params.yaml").write_text(EXACT_PARAMS.replace("checkpoint_every: 0", checkpoints))
+    failed = _torchrun(tmp_path, features, "model", fail_rank="1", fail_step="5")
+    assert failed.startswith("exit ") and not failed.startswith("exit 0"), failed
+    assert "injected failure in process 1" in failed
+    assert not (tmp_path / "model").exists() and checkpoint_path(tmp_path / "model").exists()
+    # The rerun resumes from the checkpoint of step 4. Process 0 alone reads it and sends it to the other
+    # (which here cannot read it): both go on from the same state and end where an unbroken run ends.
+    again = _torchrun(tmp_path, features, "model", blind_rank="1")
+    assert again.startswith("exit 0") and "resuming from" in again, again
+    whole = _torchrun(tmp_path, features, "whole")
+    assert whole.startswith("exit 0"), whole
+    a = json.loads((tmp_path / "whole.json").read_text())
+    b = json.loads((tmp_path / "model.json").read_text())
+    assert [h["epoch"] for h in b["history"]] == [1, 2]
+    assert b["best_valid_auc"] == pytest.approx(a["best_valid_auc"], abs=0.002)
 
 
 def test_fast_and_reference_paths_train_to_the_same_metrics(
