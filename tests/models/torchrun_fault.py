@@ -11,7 +11,6 @@ from qin import train
 from qin.cli import main
 
 if os.environ.get("RANK") == os.environ.get("QIN_TEST_BLIND_RANK", "none"):
-
     load = torch.load
 
     def blind_load(source, *args, **kwargs):  # torch also loads from bytes (a tensor sent by pickle)
