@@ -24,6 +24,7 @@ import ast
 import hashlib
 import importlib
 import json
+import os
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from functools import cache
@@ -80,6 +81,8 @@ class Stage:
     models: bool = False
     # It takes a `key` and resumes only a checkpoint written under that key.
     resumable: bool = False
+    # It may run under torchrun: the number of processes (WORLD_SIZE, when above 1) enters its key.
+    distributed: bool = False
     # False: it writes to the outside world (the registry), so it is never cached; a flow run keeps its
     # outputs in the run's record (artifacts/runs/<flow run id>/) instead of a key's folder.
     content_addressed: bool = True
@@ -172,6 +175,7 @@ STAGES: tuple[Stage, ...] = (
         help="train the model; write a self-contained model package",
         models=True,
         resumable=True,
+        distributed=True,
     ),
     Stage(
         "evaluate",
@@ -277,6 +281,9 @@ def stage_key(
             f"stage '{s.name}': expected the identities of {sorted(sources)}, found {sorted(inputs)}"
         )
     what = {"stage": s.name, "code": code_hash(s), "settings": settings(s, params), "inputs": dict(inputs)}
+    processes = int(os.environ.get("WORLD_SIZE", "1")) if s.distributed else 1
+    if processes > 1:  # another trajectory than one process's (one process keeps the keys it had)
+        what["processes"] = processes
     blob = json.dumps({**what, **({"extra": dict(extra)} if extra else {})}, sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:24]
 

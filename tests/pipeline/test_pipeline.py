@@ -139,6 +139,23 @@ def test_keys_change_with_what_a_stage_computes_and_nothing_else(params: Params)
         pipeline.stage_key(train, params, {})
 
 
+def test_the_number_of_training_processes_enters_the_train_key_only(
+    params: Params, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    train, featurize = pipeline.stage("train"), pipeline.stage("featurize")
+    up = {"featurize/features": "f" * 24}
+    alone = pipeline.stage_key(train, params, up)
+    ups = {"data": "d" * 24, "embed/embedding": "e" * 24, "validate/validation": "v" * 24}
+    before = pipeline.stage_key(featurize, params, ups)
+    monkeypatch.setenv("WORLD_SIZE", "1")  # torchrun with one process: one process's key
+    assert pipeline.stage_key(train, params, up) == alone
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    two = pipeline.stage_key(train, params, up)
+    monkeypatch.setenv("WORLD_SIZE", "4")
+    assert len({alone, two, pipeline.stage_key(train, params, up)}) == 3
+    assert pipeline.stage_key(featurize, params, ups) == before
+
+
 def test_a_stage_fed_wrong_keys_is_refused_by_name(params: Params, tmp_path: Path) -> None:
     from qin import store
 
