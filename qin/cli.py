@@ -93,13 +93,24 @@ def _join_keys(args: argparse.Namespace, params: Params) -> None:
 
 
 def track_with_dvc(path: Path) -> None:
-    """`dvc add` the data folder when this project uses DVC, so data.dvc names the new version."""
+    """`dvc add` the data folder when this project uses DVC and the folder is inside it, so data.dvc names
+    the new version; a folder elsewhere is written and left untracked (DVC refuses outputs outside its
+    project). A failing `dvc add` is refused with DVC's own message."""
     if not Path(".dvc").is_dir():
         return
-    cmd = [sys.executable, "-m", "dvc", "add", "-q", str(path)]
+    if not path.resolve().is_relative_to(Path.cwd().resolve()):
+        print(
+            f"{path} is outside this DVC project ({Path.cwd()}): left untracked (DVC adds folders inside it)"
+        )
+        return
+    cmd = [sys.executable, "-m", "dvc", "add", str(path)]
     out = subprocess.run(cmd, capture_output=True, text=True)
     if out.returncode != 0:
-        raise RuntimeError(f"dvc add {path} failed: {out.stderr.strip() or out.stdout.strip()}")
+        said = (
+            "\n".join(x for x in (out.stderr.strip(), out.stdout.strip()) if x)
+            or f"exit status {out.returncode}"
+        )
+        raise RuntimeError(f"dvc add {path} failed:\n{said}")
     print(f"{path}.dvc updated (commit it to record this data version)")
 
 

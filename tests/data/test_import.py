@@ -104,3 +104,28 @@ def test_import_refuses_a_malformed_item_feature_by_name(
     ):
         assert fragment in err, f"{fragment!r} not in:\n{err}"
     assert {p.name: file_hash(p) for p in (dvc_project / "data").iterdir()} == old
+
+
+def test_import_outside_the_project_writes_the_files_and_leaves_them_untracked(
+    dvc_project: Path, tmp_path: Path, tiny_data: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    src = _challenge_folder(tmp_path, tiny_data)
+    out = tmp_path / "elsewhere" / "data"
+    assert main(["data", "import", str(src), "--out", str(out)]) == 0
+    assert sorted(p.name for p in out.iterdir()) == sorted(
+        [f"{n}.parquet" for n in schema.FILES] + ["import.json"]
+    )
+    assert "outside this DVC project" in capsys.readouterr().out
+    assert not (out.parent / "data.dvc").exists() and not (dvc_project / "data.dvc").exists()
+
+
+def test_a_failing_dvc_add_is_refused_with_dvc_s_own_message(dvc_project: Path) -> None:
+    from qin.cli import track_with_dvc
+
+    (dvc_project / ".dvcignore").write_text("ignored\n")
+    (dvc_project / "ignored").mkdir()
+    with pytest.raises(RuntimeError) as err:
+        track_with_dvc(Path("ignored"))
+    message = str(err.value)
+    assert message.startswith("dvc add ignored failed:\n") and "ignored" in message.splitlines()[1]
+    assert len(message.splitlines()[1]) > 20  # DVC's own words, not an empty message
