@@ -2,6 +2,7 @@
 what they wrote; a second `dvc repro` finds all up to date, and changing one params section re-runs only
 the stages that read it."""
 
+import configparser
 import os
 import shutil
 import subprocess
@@ -30,6 +31,9 @@ def test_dvc_repro_twice_and_after_a_params_change(project: Path) -> None:
         (shutil.copytree if src.is_dir() else shutil.copy)(src, project / item)
     _dvc(project, "init", "--no-scm", "-q")
     shutil.copy(REPO / ".dvcignore", project / ".dvcignore")  # the code's bytecode is not a dependency
+    links = configparser.ConfigParser()
+    links.read(REPO / ".dvc" / "config")
+    _dvc(project, "config", "cache.type", links["cache"]["type"])  # the project's: links, not copies
     first = _dvc(project, "repro")
     for stage in ("validate", "embed", "featurize", "train", "evaluate", "register", "predict"):
         assert f"Running stage '{stage}'" in first
@@ -51,6 +55,12 @@ def test_dvc_repro_twice_and_after_a_params_change(project: Path) -> None:
     }
     roc = plots["data"]["ROC (valid)"][0]["content"]["data"]["values"]
     assert len(roc) > 10 and {"fpr", "tpr"} <= set(roc[0])
+
+    # The outputs are links into DVC's cache (hard links, symbolic where those fail), not second copies,
+    # and DVC protects a linked file from writes through the workspace.
+    weights = project / "artifacts" / "model" / "weights.pt"
+    assert weights.is_symlink() or weights.stat().st_nlink >= 2
+    assert not weights.stat().st_mode & 0o222  # read-only
 
     second = _dvc(project, "repro")
     assert "Running stage" not in second
