@@ -33,7 +33,7 @@ import flows  # noqa: F401  (offline settings, before prefect runs anything)
 from flows.shutdown import signals_unwrapped
 from flows.stages import record_dir, report_failure, run_stage, start_run
 from qin import layout, pipeline
-from qin.io import read_json
+from qin.io import hashing_spent, read_json
 from qin.models import MODELS
 from qin.register import Registration, registration_lines
 from qin.settings import load_params
@@ -95,6 +95,9 @@ def qin_train(
         link = run_link(load_params(settings).register, registration.run_id)
 
         print("stages: " + ", ".join(f"{name} {h} ({keys[name]})" for name, h in how.items()))
+        spent = hashing_spent()  # the data's and outputs' content hashes, this process
+        read = f"{spent['files']} files, {spent['bytes'] / 1e6:.1f} MB read"
+        print(f"hashing: {spent['seconds']:.2f} s ({read}; {spent['memo']} hashes from the memo)")
         for line in registration_lines(registration, link):
             print(line)
 
@@ -111,6 +114,7 @@ def qin_train(
             "stage_keys": keys,
             "record": record,
             "mlflow_run_link": link,
+            "hashing": spent,
         }
 
 

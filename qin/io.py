@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import logging
 import os
 import shutil
 import tempfile
@@ -19,6 +20,8 @@ import time
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
+
+log = logging.getLogger(__name__)
 
 
 @contextlib.contextmanager
@@ -89,25 +92,116 @@ def read_json(path: str | Path) -> Any:
     return json.loads(path.read_text())
 
 
-# md5s already computed by this process, by (path, inode, size, mtime): a flow run hashes the raw data for
-# the root key, validation and featurize, and reads each file once (DVC keeps the same kind of memo). A file
-# modified in the last seconds is not memoised: file times are coarser than a fast rewrite.
+# md5s by (path, inode, size, mtime): a flow run hashes the raw data for the root key, validation and
+# featurize, and each file is read once, not once per stage or per process. They are kept in this process
+# (`_md5s`) and, across processes and runs, in a SQLite file (`HashMemo`), as DVC keeps its own state
+# database. A file modified in the last seconds is not memoised: file times are coarser than a fast rewrite.
 _md5s: dict[tuple[str, int, int, int], str] = {}
 _SETTLED_NS = 2_000_000_000
+MEMO_ENV = "QIN_HASH_MEMO"  # the memo's file; "off": none, every hash reads the bytes (a deep check)
+
+
+class HashMemo:
+    """md5s of files by (path, inode, size, mtime_ns) in a SQLite file shared by every process of this
+    user: concurrent runs read and write it safely (SQLite's locking, WAL journal). A memo that cannot be
+    opened or written (a read-only home) is left out: the hashes are then read from the bytes."""
+
+    def __init__(self, path: Path) -> None:
+        self.path: Path | None = path
+        self._conn: Any = None
+        self._pid = -1
+        self._lock = threading.Lock()
+
+    def _connect(self) -> Any:
+        import sqlite3
+
+        assert self.path is not None
+        if self._conn is None or self._pid != os.getpid():  # a forked child opens its own
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            conn = sqlite3.connect(self.path, timeout=30, check_same_thread=False, isolation_level=None)
+            conn.execute("PRAGMA journal_mode=WAL")
+            conn.execute(
+                "CREATE TABLE IF NOT EXISTS md5 (path TEXT, inode INTEGER, size INTEGER, mtime_ns INTEGER,"
+                " md5 TEXT NOT NULL, PRIMARY KEY (path, inode, size, mtime_ns))"
+            )
+            self._conn, self._pid = conn, os.getpid()
+        return self._conn
+
+    def get(self, key: tuple[str, int, int, int]) -> str | None:
+        return self._do("SELECT md5 FROM md5 WHERE path=? AND inode=? AND size=? AND mtime_ns=?", key)
+
+    def put(self, key: tuple[str, int, int, int], md5: str) -> None:
+        # One row per path: an older version's row goes.
+        self._do("DELETE FROM md5 WHERE path=?", key[:1])
+        self._do("INSERT OR REPLACE INTO md5 VALUES (?, ?, ?, ?, ?)", (*key, md5))
+
+    def _do(self, sql: str, args: tuple) -> Any:
+        import sqlite3
+
+        with self._lock:
+            if self.path is None:
+                return None
+            try:
+                row = self._connect().execute(sql, args).fetchone()
+            except (sqlite3.Error, OSError) as exc:
+                log.debug("hash memo %s left out: %s", self.path, exc)
+                self.path = None
+                return None
+            return row[0] if row else None
+
+
+def _memo() -> HashMemo | None:
+    where = os.environ.get(MEMO_ENV)
+    if where == "off":
+        return None
+    if not where:
+        cache = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+        where = str(Path(cache) / "qin" / "md5.sqlite")
+    if _memos.get(where) is None:
+        _memos[where] = HashMemo(Path(where))
+    return _memos[where]
+
+
+_memos: dict[str, HashMemo] = {}
+# What hashing cost this process: seconds reading bytes, files and bytes read, hashes the memos gave.
+_spent = {"seconds": 0.0, "files": 0, "bytes": 0, "memo": 0}
+
+
+def hashing_spent() -> dict[str, float]:
+    """Seconds spent hashing in this process (reading bytes and asking the memo), files and bytes read,
+    and the hashes the memo gave without reading."""
+    return dict(_spent)
 
 
 def file_hash(path: str | Path, chunk: int = 1 << 22) -> str:
-    """md5 of a file's bytes (the digest DVC uses, so the two can be compared)."""
+    """md5 of a file's bytes (the digest DVC uses, so the two can be compared); from the memo when the
+    file's path, inode, size and mtime are those it was hashed with."""
+    t0 = time.perf_counter()
+    try:
+        return _file_hash(path, chunk)
+    finally:
+        _spent["seconds"] += time.perf_counter() - t0
+
+
+def _file_hash(path: str | Path, chunk: int) -> str:
     st = os.stat(path)
-    memo = (str(Path(path).resolve()), st.st_ino, st.st_size, st.st_mtime_ns)
-    if memo in _md5s:
-        return _md5s[memo]
+    key = (str(Path(path).resolve()), st.st_ino, st.st_size, st.st_mtime_ns)
+    memo = _memo()
+    known = _md5s.get(key) or (memo.get(key) if memo else None)
+    if known is not None:
+        _spent["memo"] += 1
+        _md5s[key] = known
+        return known
     h = hashlib.md5()
     with open(path, "rb") as f:
         while block := f.read(chunk):
             h.update(block)
+    _spent["files"] += 1
+    _spent["bytes"] += st.st_size
     if time.time_ns() - st.st_mtime_ns > _SETTLED_NS:
-        _md5s[memo] = h.hexdigest()
+        _md5s[key] = h.hexdigest()
+        if memo is not None:
+            memo.put(key, h.hexdigest())
     return h.hexdigest()
 
 

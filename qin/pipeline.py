@@ -280,7 +280,12 @@ def stage_key(
         raise ValueError(
             f"stage '{s.name}': expected the identities of {sorted(sources)}, found {sorted(inputs)}"
         )
-    what = {"stage": s.name, "code": code_hash(s), "settings": settings(s, params), "inputs": dict(inputs)}
+    what: dict[str, Any] = {
+        "stage": s.name,
+        "code": code_hash(s),
+        "settings": settings(s, params),
+        "inputs": dict(inputs),
+    }
     processes = int(os.environ.get("WORLD_SIZE", "1")) if s.distributed else 1
     if processes > 1:  # another trajectory than one process's (one process keeps the keys it had)
         what["processes"] = processes

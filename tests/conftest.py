@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import shutil
 import sys
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -22,6 +23,8 @@ os.environ.update(
     }
 )
 os.environ.pop("MLFLOW_TRACKING_URI", None)
+# The tests' own md5 memo (qin/io.py HashMemo), not the user's; their subprocesses inherit it.
+os.environ.setdefault("QIN_HASH_MEMO", os.path.join(tempfile.mkdtemp(prefix="qin-test-memo-"), "md5.sqlite"))
 
 REPO = Path(__file__).resolve().parents[1]
 
