@@ -92,17 +92,21 @@ def read_json(path: str | Path) -> Any:
     return json.loads(path.read_text())
 
 
-# md5s by (path, inode, size, mtime): a flow run hashes the raw data for the root key, validation and
+# md5s by (device, inode, size, mtime): a flow run hashes the raw data for the root key, validation and
 # featurize, and each file is read once, not once per stage or per process. They are kept in this process
 # (`_md5s`) and, across processes and runs, in a SQLite file (`HashMemo`), as DVC keeps its own state
-# database. A file modified in the last seconds is not memoised: file times are coarser than a fast rewrite.
-_md5s: dict[tuple[str, int, int, int], str] = {}
+# database. The key holds no path: a rename keeps it, and DVC's hard links share it. A file modified in the
+# last seconds is not memoised (file times are coarser than a fast rewrite) unless its writer vouches that
+# it is final (`vouch`: the store's key folders, which nothing writes again).
+Key = tuple[int, int, int, int]
+_md5s: dict[Key, str] = {}
+_fresh: dict[Key, str] = {}  # hashed while still unsettled: memoised only once vouched for
 _SETTLED_NS = 2_000_000_000
 MEMO_ENV = "QIN_HASH_MEMO"  # the memo's file; "off": none, every hash reads the bytes (a deep check)
 
 
 class HashMemo:
-    """md5s of files by (path, inode, size, mtime_ns) in a SQLite file shared by every process of this
+    """md5s of files by (device, inode, size, mtime_ns) in a SQLite file shared by every process of this
     user: concurrent runs read and write it safely (SQLite's locking, WAL journal). A memo that cannot be
     opened or written (a read-only home) is left out: the hashes are then read from the bytes."""
 
@@ -121,18 +125,17 @@ class HashMemo:
             conn = sqlite3.connect(self.path, timeout=30, check_same_thread=False, isolation_level=None)
             conn.execute("PRAGMA journal_mode=WAL")
             conn.execute(
-                "CREATE TABLE IF NOT EXISTS md5 (path TEXT, inode INTEGER, size INTEGER, mtime_ns INTEGER,"
-                " md5 TEXT NOT NULL, PRIMARY KEY (path, inode, size, mtime_ns))"
+                "CREATE TABLE IF NOT EXISTS md5 (device INTEGER, inode INTEGER, size INTEGER,"
+                " mtime_ns INTEGER, md5 TEXT NOT NULL, PRIMARY KEY (device, inode))"
             )
             self._conn, self._pid = conn, os.getpid()
         return self._conn
 
-    def get(self, key: tuple[str, int, int, int]) -> str | None:
-        return self._do("SELECT md5 FROM md5 WHERE path=? AND inode=? AND size=? AND mtime_ns=?", key)
+    def get(self, key: Key) -> str | None:
+        return self._do("SELECT md5 FROM md5 WHERE device=? AND inode=? AND size=? AND mtime_ns=?", key)
 
-    def put(self, key: tuple[str, int, int, int], md5: str) -> None:
-        # One row per path: an older version's row goes.
-        self._do("DELETE FROM md5 WHERE path=?", key[:1])
+    def put(self, key: Key, md5: str) -> None:
+        """Keep `md5` for the file `key` names (one row per file: its older version's row is replaced)."""
         self._do("INSERT OR REPLACE INTO md5 VALUES (?, ?, ?, ?, ?)", (*key, md5))
 
     def _do(self, sql: str, args: tuple) -> Any:
@@ -173,9 +176,13 @@ def hashing_spent() -> dict[str, float]:
     return dict(_spent)
 
 
+def _key(st: os.stat_result) -> Key:
+    return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
+
+
 def file_hash(path: str | Path, chunk: int = 1 << 22) -> str:
     """md5 of a file's bytes (the digest DVC uses, so the two can be compared); from the memo when the
-    file's path, inode, size and mtime are those it was hashed with."""
+    file's device, inode, size and mtime are those it was hashed with."""
     t0 = time.perf_counter()
     try:
         return _file_hash(path, chunk)
@@ -185,8 +192,7 @@ def file_hash(path: str | Path, chunk: int = 1 << 22) -> str:
 
 def _file_hash(path: str | Path, chunk: int) -> str:
     st = os.stat(path)
-    key = (str(Path(path).resolve()), st.st_ino, st.st_size, st.st_mtime_ns)
-    memo = _memo()
+    key, memo = _key(st), _memo()
     known = _md5s.get(key) or (memo.get(key) if memo else None)
     if known is not None:
         _spent["memo"] += 1
@@ -199,10 +205,25 @@ def _file_hash(path: str | Path, chunk: int) -> str:
     _spent["files"] += 1
     _spent["bytes"] += st.st_size
     if time.time_ns() - st.st_mtime_ns > _SETTLED_NS:
-        _md5s[key] = h.hexdigest()
-        if memo is not None:
-            memo.put(key, h.hexdigest())
+        _remember(key, h.hexdigest(), memo)
+    else:
+        _fresh[key] = h.hexdigest()
     return h.hexdigest()
+
+
+def _remember(key: Key, md5: str, memo: HashMemo | None) -> None:
+    _md5s[key] = md5
+    if memo is not None:
+        memo.put(key, md5)
+
+
+def vouch(folder: str | Path) -> None:
+    """Memoise the md5s this process took of `folder`'s files while they were still fresh: its writer
+    vouches that nothing writes them again (the store's key folders, renamed into place once complete)."""
+    memo = _memo()
+    for f in Path(folder).rglob("*"):
+        if f.is_file() and (md5 := _fresh.pop(_key(f.stat()), None)) is not None:
+            _remember(_key(f.stat()), md5, memo)
 
 
 def tree_hash(paths: Iterable[str | Path]) -> str:

@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from qin import layout, pipeline, runs
-from qin.io import file_lock, is_locked, read_json, tree_hash, write_json
+from qin.io import file_lock, is_locked, read_json, tree_hash, vouch, write_json
 from qin.settings import Params, load_params
 
 log = logging.getLogger(__name__)
@@ -164,6 +164,7 @@ def _compute(
         },
     )
     os.rename(partial, folder)
+    vouch(folder)  # its files are final: a later run need not read them again to verify them
     return _entry(s, key, folder, "ran")
 
 

@@ -84,3 +84,24 @@ def test_concurrent_processes_share_the_memo(tmp_path: Path) -> None:
         expected.update(hashlib.md5((folder / f"f{i}.bin").read_bytes()).hexdigest().encode())
     assert results[0]["digest"] == expected.hexdigest()
     assert _hash_in_a_new_process(folder, memo)["files"] == 0  # every md5 is in the memo
+
+
+def test_a_fresh_file_its_writer_vouches_for_is_memoised_and_survives_a_rename(tmp_path: Path) -> None:
+    partial, memo = tmp_path / "key.partial", tmp_path / "md5.sqlite"
+    partial.mkdir()
+    (partial / "out.bin").write_bytes(os.urandom(5_000))
+    vouched = f"""
+import json, os
+from qin.io import hashing_spent, tree_hash, vouch
+digest = tree_hash([{str(partial)!r}])
+os.rename({str(partial)!r}, {str(tmp_path / "key")!r})  # as the store renames a finished key folder
+vouch({str(tmp_path / "key")!r})
+print(json.dumps({{"digest": digest, **hashing_spent()}}))
+"""
+    env = {**os.environ, "PYTHONPATH": str(REPO), "QIN_HASH_MEMO": str(memo)}
+    out = subprocess.run([sys.executable, "-c", vouched], env=env, capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    first = json.loads(out.stdout)
+    assert first["files"] == 1
+    again = _hash_in_a_new_process(tmp_path / "key", memo)
+    assert (again["files"], again["memo"], again["digest"]) == (0, 1, first["digest"])
