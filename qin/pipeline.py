@@ -33,6 +33,7 @@ from typing import Any, Literal
 
 from qin import layout
 from qin.config import KEY_EXCLUDED
+from qin.data import schema
 from qin.io import file_hash, tree_hash
 from qin.models import module_files
 from qin.settings import Params, declared, preset_files
@@ -56,6 +57,12 @@ class Input:
     option: str  # the `qin <stage>` option
     stage: str  # the stage that writes it, or DATA
     output: str  # that stage's output name
+    # The files of the data folder it reads, which alone make its identity (none named: the whole folder).
+    files: tuple[str, ...] = ()
+
+    def identity_paths(self, path: Path) -> list[Path]:
+        """What its identity hashes, given its path: the files it reads, or the whole path."""
+        return [path / f for f in self.files] if self.files else [path]
 
 
 @dataclass(frozen=True)
@@ -215,7 +222,11 @@ STAGES: tuple[Stage, ...] = (
         "qin.predict:predict",
         # The gate's settings (the test file is checked as `validate` checks it) and its own.
         ("validate", "predict"),
-        inputs=(_DATA_IN, Input("model_dir", "--model", MODEL, "model")),
+        # It reads test.parquet alone (the item table is the package's): the training files are no input.
+        inputs=(
+            Input("data_dir", "--data", DATA, DATA, files=(f"{schema.SPLITS[-1]}.parquet",)),
+            Input("model_dir", "--model", MODEL, "model"),
+        ),
         outputs=(Output("out_dir", "--out", "predict", "artifacts/predict"),),
         help="score test.parquet into the challenge's submission (prediction.csv in a zip) and a manifest",
         models=True,
@@ -234,6 +245,13 @@ def stage(name: str) -> Stage:
 def flow_stages(flow: str) -> tuple[Stage, ...]:
     """The stages `flow` runs, in table order."""
     return tuple(s for s in STAGES if s.flow == flow)
+
+
+def dvc_deps(s: Stage) -> list[str]:
+    """Its dependencies as dvc.yaml lists them: each input's workspace path (the files it reads of the data
+    folder, when it names them) and its code."""
+    inputs = [str(p) for i in s.inputs for p in i.identity_paths(workspace_path(i))]
+    return sorted({*inputs, *s.dvc_code()})
 
 
 def workspace_path(source: Input) -> Path:
@@ -295,7 +313,9 @@ def stage_key(
 
 def content_key(s: Stage, params: Params, paths: Mapping[str, str | Path]) -> str:
     """The key of a stage run on plain paths (`qin <stage>`, DVC): its inputs by content hash."""
-    return stage_key(s, params, {_source(i): tree_hash([paths[i.arg]]) for i in s.inputs})
+    return stage_key(
+        s, params, {_source(i): tree_hash(i.identity_paths(Path(paths[i.arg]))) for i in s.inputs}
+    )
 
 
 def call(

@@ -106,7 +106,7 @@ def _inputs(
         if i.stage in (pipeline.DATA, pipeline.MODEL):
             if i.stage not in sources:
                 raise ValueError(f"stage '{s.name}' reads a model package: expected its path, found none")
-            identities[i.stage] = tree_hash([sources[i.stage]])
+            identities[i.stage] = tree_hash(i.identity_paths(sources[i.stage]))
             paths[i.arg] = sources[i.stage]
             continue
         if i.stage not in upstream:

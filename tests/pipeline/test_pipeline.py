@@ -24,7 +24,7 @@ def _dvc_view(s: pipeline.Stage) -> dict:
     outs += [{o.workspace: {"cache": False}} for o in s.outputs if o.dvc == "uncached"]
     view = {
         "cmd": pipeline.dvc_cmd(s),
-        "deps": sorted({*(str(pipeline.workspace_path(i)) for i in s.inputs), *s.dvc_code()}),
+        "deps": pipeline.dvc_deps(s),
         "params": [*s.sections, *({f: None} for f in s.params_files())],
         "outs": outs,
         "metrics": [o.workspace for o in s.outputs if o.dvc == "metrics"],
@@ -213,3 +213,26 @@ def test_the_train_presets_and_feature_tables_are_params_files_of_the_stages_tha
             tables if "features" in s.sections else set()
         )
         assert set(s.params_files()) == expected, s.name
+
+
+def test_predict_s_key_is_the_test_file_s_and_the_model_s_not_the_training_files(
+    params: Params, tiny_data: Path, tmp_path: Path
+) -> None:
+    import shutil
+
+    data, model = tmp_path / "data", tmp_path / "model"
+    shutil.copytree(tiny_data, data)
+    model.mkdir()
+    (model / "weights.pt").write_bytes(b"w")
+    predict = pipeline.stage("predict")
+
+    def key() -> str:
+        return pipeline.content_key(predict, params, {"data_dir": data, "model_dir": model})
+
+    before = key()
+    (data / "train.parquet").write_bytes((data / "train.parquet").read_bytes() + b"\0")  # other training data
+    (data / "valid.parquet").unlink()
+    assert key() == before
+    (data / "test.parquet").write_bytes((data / "test.parquet").read_bytes() + b"\0")
+    assert key() != before
+    assert "data/test.parquet" in pipeline.dvc_deps(predict) and "data" not in pipeline.dvc_deps(predict)
