@@ -25,7 +25,6 @@ the row count. Memory stays that of one batch (plus one integer per row for a `u
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -38,6 +37,7 @@ from qin.config import ValidateConfig
 from qin.data import features as F
 from qin.data import schema
 from qin.data.schema import Column
+from qin.io import read_batches
 
 EXAMPLES = 5  # offending values kept per check
 POSITION = {schema.ITEM_FILE: 0, schema.FEATURE_FILE: 1}  # an item file's key: its row position + this
@@ -299,13 +299,6 @@ def _judge(tally: Tally, d: Derived, start: int) -> None:
         tally.count, tally.total = tally.count + int(ok.sum()), tally.total + float(v[ok].sum())
 
 
-def batches(pf: pq.ParquetFile, batch_rows: int) -> Iterator[pa.Table]:
-    # Row group by row group: the batch reader, given the whole file, buffers far more than one batch.
-    for group in range(pf.metadata.num_row_groups):
-        for b in pf.iter_batches(batch_size=batch_rows, row_groups=[group]):
-            yield pa.Table.from_batches([b])
-
-
 def scan(pf: pq.ParquetFile, checks: list[Check], batch_rows: int) -> list[Tally]:
     """Every check's aggregates over file `pf`, read `batch_rows` rows at a time."""
     tallies = [Tally(c) for c in checks]
@@ -314,7 +307,7 @@ def scan(pf: pq.ParquetFile, checks: list[Check], batch_rows: int) -> list[Tally
         if c.rule != "rows":
             stats.setdefault(c.column, set()).add(c.stat)
     start = 0
-    for batch in batches(pf, batch_rows):
+    for batch in read_batches(pf, batch_rows):
         derived = {column: _derive(batch[column], wanted) for column, wanted in stats.items()}
         for t in tallies:
             if t.check.rule == "rows":

@@ -53,8 +53,10 @@ from torch import nn
 from qin.config import FusionConfig
 from qin.data import schema
 from qin.featurize import fixed_list
+from qin.io import read_batches
 
 EMBED_BLOCK = 16_384  # items embedded at once when writing the result
+SAMPLE_BATCH_ROWS = 65_536  # training rows read at a time when sampling histories
 
 
 class Fusion(nn.Module):
@@ -245,14 +247,25 @@ def learn_fusion(
 
 def read_histories(train_parquet: Path, max_rows: int | None = None, seed: int = 0) -> np.ndarray:
     """The `item_seq` column of a rows file, and nothing else (no label), as (R, L) int64; with `max_rows`
-    below its row count, a fixed random subset of that many rows (by `seed`), in file order."""
+    below its row count, a fixed random subset of that many rows (by `seed`), in file order, read a batch
+    at a time (the whole column is never in memory)."""
     path = Path(train_parquet)
     if not path.exists():
         raise FileNotFoundError(
             f"{path}: not found (expected the training rows, with column {schema.HISTORY})"
         )
-    table = pq.read_table(path, columns=[schema.HISTORY])
-    if max_rows is not None and max_rows < table.num_rows:
-        keep = np.sort(np.random.default_rng(seed).choice(table.num_rows, max_rows, replace=False))
-        table = table.take(keep)
-    return np.asarray(fixed_list(table, schema.HISTORY), dtype=np.int64)
+    pf = pq.ParquetFile(path)
+    n = pf.metadata.num_rows
+    if max_rows is None or max_rows >= n:
+        table = pq.read_table(path, columns=[schema.HISTORY])
+        return np.asarray(fixed_list(table, schema.HISTORY), dtype=np.int64)
+    keep = np.sort(np.random.default_rng(seed).choice(n, max_rows, replace=False))
+    parts, start = [], 0
+    for batch in read_batches(pf, SAMPLE_BATCH_ROWS, [schema.HISTORY]):
+        lo, hi = np.searchsorted(keep, [start, start + batch.num_rows])
+        if hi > lo:
+            parts.append(
+                np.asarray(fixed_list(batch.take(keep[lo:hi] - start), schema.HISTORY), dtype=np.int64)
+            )
+        start += batch.num_rows
+    return np.concatenate(parts)

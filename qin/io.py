@@ -79,6 +79,16 @@ def write_tables(path: str | Path, tables: Iterable[Any]) -> int:
     return rows
 
 
+def read_batches(pf: Any, rows: int, columns: list[str] | None = None) -> Iterator[Any]:
+    """A parquet file (`pq.ParquetFile`) as pyarrow tables of at most `rows` rows, in file order, row group
+    by row group: the batch reader, given the whole file, buffers far more than one batch."""
+    import pyarrow as pa
+
+    for group in range(pf.metadata.num_row_groups):
+        for b in pf.iter_batches(batch_size=rows, row_groups=[group], columns=columns):
+            yield pa.Table.from_batches([b])
+
+
 def write_json(path: str | Path, obj: Any) -> Path:
     with atomic_file(path) as tmp:
         tmp.write_text(json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n")

@@ -152,8 +152,10 @@ def test_read_histories_reads_only_the_history_column(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     path = tmp_path / "train.parquet"
-    seq = [[0, 0, 3], [1, 2, 3], [0, 4, 5], [2, 2, 1]]
-    pq.write_table(pa.table({"item_seq": seq, "item_id": [1, 2, 3, 4], "label": [0.0, 1.0, 0.0, 1.0]}), path)
+    seq = [[0, 0, 3], [1, 2, 3], [0, 4, 5], [2, 2, 1], [5, 1, 1], [3, 3, 0], [1, 0, 0]]
+    n = len(seq)
+    table = pa.table({"item_seq": seq, "item_id": list(range(1, n + 1)), "label": [0.0, 1.0] * 3 + [0.0]})
+    pq.write_table(table, path, row_group_size=3)
     asked: list[object] = []
     read_table = pq.read_table
 
@@ -162,11 +164,14 @@ def test_read_histories_reads_only_the_history_column(
         return read_table(source, *args, **kwargs)  # type: ignore[arg-type]
 
     monkeypatch.setattr(fusion.pq, "read_table", spy)
+    monkeypatch.setattr(fusion, "SAMPLE_BATCH_ROWS", 2)
     whole = read_histories(path)
     assert asked == [["item_seq"]]
     assert whole.dtype == np.int64 and whole.tolist() == seq
-    some = read_histories(path, max_rows=2, seed=1)
-    assert some.shape == (2, 3) and np.array_equal(some, read_histories(path, max_rows=2, seed=1))
-    assert all(row in seq for row in some.tolist())
+    # A sample is read a batch at a time (never the whole column): the rows of one fixed draw, in order.
+    some = read_histories(path, max_rows=4, seed=1)
+    assert asked == [["item_seq"]]
+    keep = np.sort(np.random.default_rng(1).choice(n, 4, replace=False))
+    assert some.dtype == np.int64 and some.tolist() == whole[keep].tolist()
     with pytest.raises(FileNotFoundError, match="item_seq"):
         read_histories(tmp_path / "missing.parquet")
