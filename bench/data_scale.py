@@ -1,87 +1,109 @@
-"""Benchmark (prints, asserts nothing): wall time and peak RSS of `qin data synth`, `validate`, `embed` (by
-each method: given, and pca and learned, which make item_emb_d128 from the items' text and image) and
-`featurize` at a given preset, each in its own process, measured with /usr/bin/time -v.
+"""Benchmark (prints, asserts nothing): every stage at a data size, each in its own process: `qin data synth`,
+`validate`, `embed` (given, and with --all-embeds pca and learned), `featurize`, one epoch of `train` (the
+cpu preset), `evaluate` and `predict`; for each its wall seconds, peak RSS, peak anonymous memory (RssAnon:
+the page cache of memory-mapped features left out) of the process and its children, sampled every 0.2 s,
+and the disk the work folder then uses.
 
     python bench/data_scale.py --preset full --workdir /tmp/qin-bench
+    python bench/data_scale.py --preset x10 --workdir /big/disk/qin-x10     # 36M training rows: ~40 GB, hours
     taskset -c 0,1 python bench/data_scale.py ...     # as on the 2-core machine the targets are set for
 Targets (2 cores): synth full < 5 min and 8 GB; validate + featurize full < 4 min and 6 GB (issue 3);
-embed learned on the full item table (91,717 items) within 10 min (issue 15).
+embed learned on the full item table (91,717 items) within 10 min (issue 15); x10: every stage under 12 GB
+of peak anonymous memory (issue 26).
 """
 
 from __future__ import annotations
 
 import argparse
-import re
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
+import psutil
+
 EMBED_METHODS = ("given", "pca", "learned")  # featurize reads the given one
+SAMPLE_SECONDS = 0.2
 
 
-def timed(cmd: list[str]) -> tuple[float, float]:
-    out = subprocess.run(["/usr/bin/time", "-v", *cmd], capture_output=True, text=True)
-    if out.returncode != 0:
-        sys.exit(f"{' '.join(cmd)} failed:\n{out.stdout}\n{out.stderr}")
-    wall = re.search(r"Elapsed \(wall clock\) time \(h:mm:ss or m:ss\): (\S+)", out.stderr)
-    rss = re.search(r"Maximum resident set size \(kbytes\): (\d+)", out.stderr)
-    assert wall and rss
-    seconds = sum(float(x) * 60**i for i, x in enumerate(reversed(wall.group(1).split(":"))))
-    return seconds, int(rss.group(1)) / 1024**2
+def _memory(proc: psutil.Process) -> tuple[int, int]:
+    """RSS and RssAnon (bytes) of a process and its children, now."""
+    rss = anon = 0
+    for p in [proc, *proc.children(recursive=True)]:
+        try:
+            status = Path(f"/proc/{p.pid}/status").read_text()
+        except OSError:  # it ended meanwhile
+            continue
+        fields = dict(line.split(":", 1) for line in status.splitlines() if ":" in line)
+        rss += int(fields.get("VmRSS", "0 kB").split()[0]) * 1024
+        anon += int(fields.get("RssAnon", "0 kB").split()[0]) * 1024
+    return rss, anon
+
+
+def timed(cmd: list[str], log: Path) -> tuple[float, float, float]:
+    """Run `cmd` (its output into `log`); its seconds and peak RSS / RssAnon in GB."""
+    t0 = time.perf_counter()
+    with log.open("w") as out:
+        child = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT)
+        proc, peak_rss, peak_anon = psutil.Process(child.pid), 0, 0
+        while child.poll() is None:
+            rss, anon = _memory(proc)
+            peak_rss, peak_anon = max(peak_rss, rss), max(peak_anon, anon)
+            time.sleep(SAMPLE_SECONDS)
+    seconds = time.perf_counter() - t0
+    if child.returncode != 0:
+        sys.exit(f"{' '.join(cmd)} failed (exit {child.returncode}); its output: {log}")
+    return seconds, peak_rss / 1e9, peak_anon / 1e9
+
+
+def disk_gb(folder: Path) -> float:
+    return sum(f.stat().st_size for f in folder.rglob("*") if f.is_file()) / 1e9
+
+
+def steps(work: Path, preset: str, methods: tuple[str, ...]) -> dict[str, list[str]]:
+    """Each step's command, in order, on the work folder."""
+    qin = [sys.executable, "-m", "qin", "--params", str(work / "params.yaml")]
+    data, validation, features = str(work / "data"), str(work / "validate"), str(work / "features")
+    model = str(work / "model")
+    out: dict[str, list[str]] = {
+        "synth": [*qin, "data", "synth", "--preset", preset, "--out", data, "--no-dvc"],
+        "validate": [*qin, "validate", "--data", data, "--out", validation],
+    }
+    for method in methods:
+        settings = work / f"embed-{method}.yaml"
+        settings.write_text(f"embed:\n  method: {method}\n")
+        out[f"embed {method}"] = [sys.executable, "-m", "qin", "--params", str(settings), "embed",
+                                  "--data", data, "--validation", validation,
+                                  "--out", str(work / f"embed-{method}")]  # fmt: skip
+    out["featurize"] = [*qin, "featurize", "--data", data, "--validation", validation,
+                        "--embedding", str(work / "embed-given"), "--out", features]  # fmt: skip
+    out["train 1 epoch"] = [*qin, "train", "--features", features, "--out", model,
+                            "--metrics", str(work / "train.json")]  # fmt: skip
+    out["evaluate"] = [*qin, "evaluate", "--features", features, "--model", model,
+                       "--train-metrics", str(work / "train.json"), "--out", str(work / "evaluate.json"),
+                       "--plots", str(work / "plots"), "--plot-data", str(work / "plot-data")]  # fmt: skip
+    out["predict"] = [*qin, "predict", "--data", data, "--model", model, "--out", str(work / "predict")]
+    return out
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--preset", default="full", choices=["tiny", "small", "full"])
+    parser.add_argument("--preset", default="full", choices=["tiny", "small", "full", "x10"])
     parser.add_argument("--workdir", type=Path, default=Path("/tmp/qin-bench"))
+    parser.add_argument("--all-embeds", action="store_true", help="time embed pca and learned too")
     args = parser.parse_args()
     work = args.workdir
     shutil.rmtree(work, ignore_errors=True)
-    qin = [sys.executable, "-m", "qin"]
     work.mkdir(parents=True)
-    embed = {}
-    for method in EMBED_METHODS:
-        settings = work / f"embed-{method}.yaml"
-        settings.write_text(f"embed:\n  method: {method}\n")
-        embed[f"embed {method}"] = [
-            *qin,
-            "--params",
-            str(settings),
-            "embed",
-            "--data",
-            str(work / "data"),
-            "--validation",
-            str(work / "validate"),
-            "--out",
-            str(work / f"embed-{method}"),
-        ]
-    steps = {
-        "synth": [*qin, "data", "synth", "--preset", args.preset, "--out", str(work / "data"), "--no-dvc"],
-        "validate": [*qin, "validate", "--data", str(work / "data"), "--out", str(work / "validate")],
-        **embed,
-        "featurize": [
-            *qin,
-            "featurize",
-            "--data",
-            str(work / "data"),
-            "--validation",
-            str(work / "validate"),
-            "--embedding",
-            str(work / "embed-given"),
-            "--out",
-            str(work / "features"),
-        ],
-    }
-    print(f"preset {args.preset}")
-    print(f"{'step':<14} {'seconds':>8} {'peak GB':>8}")
-    total = 0.0
-    for name, cmd in steps.items():
-        seconds, gb = timed(cmd)
-        total += seconds if name in ("validate", "featurize") else 0.0
-        print(f"{name:<14} {seconds:8.1f} {gb:8.2f}", flush=True)
-    print(f"{'val+feat':<14} {total:8.1f}")
-    for method in EMBED_METHODS:
+    (work / "params.yaml").write_text("train:\n  preset: cpu\n  epochs: 1\npredict:\n  device: cpu\n")
+    methods = EMBED_METHODS if args.all_embeds else EMBED_METHODS[:1]
+    print(f"preset {args.preset}, work folder {work}")
+    print(f"{'step':<14} {'seconds':>8} {'peak RSS GB':>12} {'peak anon GB':>13} {'disk GB':>8}")
+    for name, cmd in steps(work, args.preset, methods).items():
+        seconds, rss, anon = timed(cmd, work / f"{name.replace(' ', '-')}.log")
+        print(f"{name:<14} {seconds:8.1f} {rss:12.2f} {anon:13.2f} {disk_gb(work):8.1f}", flush=True)
+    for method in methods:
         print(f"embed {method} report: {(work / f'embed-{method}' / 'report.json').read_text()}")
     print((work / "data" / "synth.json").read_text())
 

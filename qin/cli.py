@@ -12,10 +12,10 @@ import subprocess
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args
 
 from qin import layout, pipeline
-from qin.config import replace
+from qin.config import PresetName, replace
 from qin.data import schema
 from qin.settings import Params, load_params
 
@@ -272,7 +272,7 @@ def build_parser() -> argparse.ArgumentParser:
         "synth", help="write synthetic MicroLens_1M_x1 data with known click probabilities"
     )
     p.add_argument("--out", type=Path, default=layout.DATA)
-    p.add_argument("--preset", choices=["tiny", "small", "full"], help="default: params data.preset")
+    p.add_argument("--preset", choices=list(get_args(PresetName)), help="default: params data.preset")
     p.add_argument("--seed", type=int, help="default: params data.seed")
     p.add_argument("--workers", type=int, default=1, help="processes generating the rows (the same bytes)")
     p.add_argument("--no-dvc", action="store_true", help="do not run `dvc add` on the output")

@@ -33,7 +33,7 @@ from pydantic import (
     model_validator,
 )
 
-PresetName = Literal["tiny", "small", "full"]
+PresetName = Literal["tiny", "small", "full", "x10"]
 
 
 def _share(value: float) -> float:

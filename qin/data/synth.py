@@ -78,6 +78,18 @@ PRESETS: dict[str, Preset] = {
         n_users=900_000,
         n_topics=200,
     ),
+    # The full preset with ten times its training rows (the same items, users and valid/test splits): the
+    # scale bench/data_scale.py runs by hand (issue 26).
+    "x10": Preset(
+        36_000_000,
+        10_000,
+        379_142,
+        n_items=91_717,
+        tag_vocab=11_740,
+        seq_len=100,
+        n_users=900_000,
+        n_topics=200,
+    ),
 }
 CHUNK_CELLS = 6_000_000  # history cells (rows x length) generated at once: bounds memory on `full`
 FEATURE_CHUNK_ITEMS = 8_192  # item_feature rows generated at once (~60 MB of float32 vectors)
