@@ -1,5 +1,6 @@
 """The trainer: deterministic on CPU, resumes a killed run from its checkpoint, evaluation metrics."""
 
+import contextlib
 import io
 import json
 import logging
@@ -294,6 +295,43 @@ def test_a_failing_process_ends_the_whole_job_and_the_rerun_resumes_every_proces
     b = json.loads((tmp_path / "model.json").read_text())
     assert [h["epoch"] for h in b["history"]] == [1, 2]
     assert b["best_valid_auc"] == pytest.approx(a["best_valid_auc"], abs=0.002)
+
+
+def test_sigterm_to_torchrun_stops_every_process_and_leaves_a_checkpoint_to_resume(
+    features: Path, tmp_path: Path
+) -> None:
+    (tmp_path / "params.yaml").write_text(RESUME_PARAMS)  # a checkpoint every 4 steps
+    repo = Path(__file__).resolve().parents[2]
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "qin",
+           "--params", str(tmp_path / "params.yaml"), "train", "--features", str(features),
+           "--out", str(tmp_path / "model"), "--metrics", str(tmp_path / "model.json")]  # fmt: skip
+    env = {**os.environ, "PYTHONPATH": str(repo)}
+    job = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env,
+                           start_new_session=True)  # fmt: skip
+    ckpt = checkpoint_path(tmp_path / "model")
+    try:
+        deadline = time.time() + 120
+        while not ckpt.exists() and job.poll() is None and time.time() < deadline:
+            time.sleep(0.05)
+        assert job.poll() is None and ckpt.exists(), "no checkpoint while the job ran"
+        job.send_signal(signal.SIGTERM)  # to the launcher alone, as a scheduler stops a job
+        assert job.wait(timeout=60) != 0
+        deadline = time.time() + 30
+        while time.time() < deadline:  # torchrun stopped its workers: nothing is left in the job's group
+            try:
+                os.killpg(job.pid, 0)
+            except ProcessLookupError:
+                break
+            time.sleep(0.1)
+        else:
+            pytest.fail("a training process outlived its launcher")
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(job.pid, signal.SIGKILL)
+    assert ckpt.exists() and not (tmp_path / "model").exists()
+    again = _torchrun(tmp_path, features, "model")
+    assert again.startswith("exit 0") and "resuming from" in again, again
+    assert [h["epoch"] for h in json.loads((tmp_path / "model.json").read_text())["history"]] == [1, 2, 3]
 
 
 def test_fast_and_reference_paths_train_to_the_same_metrics(
