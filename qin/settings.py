@@ -48,6 +48,12 @@ class TrainConfig(Settings):
     # The model's settings: the class its `name` registers (qin/models/__init__.py), all of its fields.
     model: SerializeAsAny[ModelConfig]
     batch_size: int
+    # Under torchrun with N processes. fixed: the global batch is `batch_size` rows, split among the
+    # processes (a one-process run's steps and schedule, fewer rows per process as N grows). weak: each
+    # process reads only its own contiguous shard of the training rows (1/N of them, the remainder left
+    # out) and takes `batch_size` rows of it a step: the global batch and the learning rate are N times
+    # theirs (the linear scaling rule), an epoch N times fewer steps.
+    scaling: Literal["fixed", "weak"]
     epochs: int
     learning_rate: float
     # L2 penalties added to the loss: on the embedding tables, and (separately) on the network's weights.

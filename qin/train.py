@@ -16,10 +16,13 @@ next (`reuse_memory`). None changes the recipe.
 Several processes: `torchrun --nproc_per_node=N -m qin train ...` (gloo on CPU, nccl on CUDA, one GPU per
 process). Every process draws the same shuffling and takes rows r, r+N, r+2N, ... of each global batch of
 `batch_size` rows, so the global batch, the steps and the learning-rate schedule are those of one process;
-DistributedDataParallel averages the gradients, each process's loss weighted by its share of the rows, so
-the update is the one of the whole batch. BatchNorm normalises over each process's rows (no SyncBatchNorm on
-CPU) and the running statistics of process 0 are kept. Process 0 writes the checkpoints, the package and the
-metrics; valid is scored in shards and gathered, so every process takes the same early-stopping decisions.
+DistributedDataParallel averages the gradients, each process's loss weighted by its share of the rows, so the
+update is the one of the whole batch. With `scaling: weak` each process instead reads only its own contiguous
+shard of the rows (the memory-mapped pages of the others are never touched) and takes `batch_size` rows of it
+a step: the global batch and the learning rate are N times theirs. BatchNorm normalises over each process's
+rows (no SyncBatchNorm on CPU) and the running statistics of process 0 are kept. Process 0 writes the
+checkpoints, the package and the metrics; valid is scored in shards and gathered, so every process takes the
+same early-stopping decisions.
 
 Recipe (the authors'): Adam; L2 on the embedding tables, separate from the network's; gradient-norm
 clipping; the learning rate halves when valid AUC stalls (lr_patience epochs) and training stops after
@@ -77,15 +80,17 @@ def checkpoint_path(out_dir: str | Path) -> Path:
 
 
 def load_columns(
-    feats: Features, split: str, device: torch.device, placement: str = "auto"
+    feats: Features, split: str, device: torch.device, placement: str = "auto", shard: slice | None = None
 ) -> dict[str, Tensor]:
-    """A split's columns as tensors over the memory-mapped arrays (nothing is read yet).
+    """A split's columns (its rows `shard` only, when given) as tensors over the memory-mapped arrays
+    (nothing is read yet: a process reads only the pages of its own rows).
 
     On CUDA they are copied to the GPU when they fit in a quarter of its free memory (placement "auto");
     otherwise (or with placement "host") they stay memory-mapped and each batch goes through pinned memory
     (`host_rows`, one batch ahead: `prefetch`).
     """
-    cols = {k: torch.from_numpy(v) for k, v in feats.split(split, copy_on_write=True).items()}
+    arrays = feats.split(split, copy_on_write=True)
+    cols = {k: torch.from_numpy(v if shard is None else v[shard]) for k, v in arrays.items()}
     if device.type == "cuda" and placement == "auto":
         need = sum(t.numel() * t.element_size() for t in cols.values())
         if need < torch.cuda.mem_get_info(device)[0] / 4:
@@ -176,7 +181,9 @@ class Trainer:
         self.procs = procs or runtime.Processes()
         self.dtype = runtime.resolve_precision(cfg.precision, device)
         self.params = list(model.parameters())
-        self.optimizer = runtime.adam(self.params, cfg.learning_rate, device)
+        # Weak scaling: the global batch is `world` times batch_size, and so is the learning rate.
+        scale = self.procs.world if cfg.scaling == "weak" else 1
+        self.optimizer = runtime.adam(self.params, cfg.learning_rate * scale, device)
         loss: nn.Module = TrainingLoss(model, model_loss(cfg.model.name), cfg.embedding_l2, cfg.net_l2)
         if self.procs.world > 1:
             from torch.nn.parallel import DistributedDataParallel
@@ -366,6 +373,11 @@ class _Run:
         return len(next(iter(self.train_cols.values())))
 
     @property
+    def epoch_rows(self) -> int:
+        """The rows an epoch trains on, all processes together (weak scaling: each its own shard)."""
+        return self.rows * (self.procs.world if self.cfg.scaling == "weak" else 1)
+
+    @property
     def steps_per_epoch(self) -> int:
         return (self.rows + self.cfg.batch_size - 1) // self.cfg.batch_size
 
@@ -436,7 +448,7 @@ def _setup(
     if procs.rank:  # the same initial weights everywhere; each process its own dropout masks
         torch.manual_seed(cfg.seed + procs.rank)
     max_len = feats.history_len  # featurize.max_len's cut: the one history length
-    train_cols = load_columns(feats, "train", device, cfg.data_placement)
+    train_cols = load_columns(feats, "train", device, cfg.data_placement, _shard(feats, cfg, procs))
     valid = {k: np.asarray(v) for k, v in feats.split("valid").items()}
     trainer = Trainer(model, cfg, device, procs)
     scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
@@ -446,6 +458,16 @@ def _setup(
     state = TrainState.start(model, trainer.optimizer, scheduler, cfg.seed, procs, device)
     return _Run(cfg, procs, device, feats, spec, items, max_len, train_cols, valid, trainer,
                 scorer, state, checkpoint, key)  # fmt: skip
+
+
+def _shard(feats: Features, cfg: TrainConfig, procs: runtime.Processes) -> slice | None:
+    """This process's training rows under weak scaling: a contiguous 1/world of them, the same count in
+    every process (so every process takes the same steps; the last rows, fewer than world, are left out);
+    None (all rows) otherwise."""
+    if cfg.scaling != "weak" or procs.world == 1:
+        return None
+    per = feats.array(f"train_{feats.spec.history}").shape[0] // procs.world
+    return slice(procs.rank * per, (procs.rank + 1) * per)
 
 
 def _resume(run: _Run) -> None:
@@ -480,9 +502,11 @@ def _saved(run: _Run) -> dict[str, Any] | None:
 def _announce(run: _Run) -> None:
     cfg, n_params = run.cfg, sum(p.numel() for p in run.trainer.params)
     precision = runtime.precision_name(run.trainer.dtype)
-    run.info("training %s (%d parameters) on %d rows, device %s, %s, %d process(es) of %d thread(s)%s",
-             cfg.model.name, n_params, run.rows, run.device, precision, run.procs.world,
-             torch.get_num_threads(), ", compiled" if cfg.compile else "")  # fmt: skip
+    weak = cfg.scaling == "weak" and run.procs.world > 1
+    scaling = f", weak scaling: {run.rows} rows and {cfg.batch_size} a step per process" if weak else ""
+    run.info("training %s (%d parameters) on %d rows, device %s, %s, %d process(es) of %d thread(s)%s%s",
+             cfg.model.name, n_params, run.epoch_rows, run.device, precision, run.procs.world,
+             torch.get_num_threads(), ", compiled" if cfg.compile else "", scaling)  # fmt: skip
 
 
 def _train_epoch(run: _Run) -> runtime.ResourceMeter:
@@ -504,10 +528,12 @@ def _train_epoch(run: _Run) -> runtime.ResourceMeter:
 
     def load(step: int) -> tuple[int, dict[str, Tensor] | None, float]:
         rows = perm[step * cfg.batch_size : (step + 1) * cfg.batch_size]
-        # BatchNorm needs 2 rows per process: a last global batch smaller than that is left out.
-        if len(rows) < 2 * procs.world:
+        # BatchNorm needs 2 rows per process: a last batch smaller than that is left out (by every process).
+        if len(rows) < (2 if cfg.scaling == "weak" else 2 * procs.world):
             return step, None, 0.0
-        mine = rows[procs.rank :: procs.world]
+        if cfg.scaling == "weak":  # a batch of this process's own shard, as large as every other's
+            return step, host_rows(run.train_cols, rows, pin), 1.0
+        mine = rows[procs.rank :: procs.world]  # this process's part of the global batch
         return step, host_rows(run.train_cols, mine, pin), len(mine) * procs.world / len(rows)
 
     t0 = time.perf_counter()
@@ -554,7 +580,7 @@ def _flush(run: _Run, loss_sum: Tensor, t0: float) -> float:
 def _score(run: _Run, meter: runtime.ResourceMeter) -> dict[str, Any]:
     """Score valid with the epoch's weights (every process, the same BatchNorm statistics); the epoch's
     row of the history."""
-    state, n, epochs = run.state, run.rows, run.cfg.epochs
+    state, n, epochs = run.state, run.epoch_rows, run.cfg.epochs
     run.trainer.sync_buffers()
     probs = run.trainer.predict(run.scorer, run.valid)  # puts the model in eval mode
     auc, ll = roc_auc(run.valid["label"], probs), log_loss(run.valid["label"], probs)
@@ -569,6 +595,7 @@ def _score(run: _Run, meter: runtime.ResourceMeter) -> dict[str, Any]:
         "valid_auc": auc,
         "valid_logloss": ll,
         "learning_rate": lr,
+        "train_steps": int(state.partial["steps"]),
         "train_seconds": seconds,
         "train_samples_per_second": n / seconds if seconds > 0 else 0.0,
         **meter.read(),  # this process, over the epoch's training and validation

@@ -334,6 +334,26 @@ def test_sigterm_to_torchrun_stops_every_process_and_leaves_a_checkpoint_to_resu
     assert [h["epoch"] for h in json.loads((tmp_path / "model.json").read_text())["history"]] == [1, 2, 3]
 
 
+def test_weak_scaling_gives_each_process_its_shard_and_scales_the_batch_and_learning_rate(
+    features: Path, tmp_path: Path
+) -> None:
+    # Two processes, each its own half of the rows, batch_size (64) rows of it a step: an epoch is half the
+    # steps of the fixed global batch, over the same rows, at twice the learning rate.
+    (tmp_path / "params.yaml").write_text(EXACT_PARAMS.replace("  epochs: 2", "  epochs: 2\n  scaling: weak"))
+    weak = _torchrun(tmp_path, features, "weak")
+    assert weak.startswith("exit 0"), weak
+    assert "weak scaling: 1500 rows and 64 a step per process" in weak
+    (tmp_path / "params.yaml").write_text(EXACT_PARAMS)
+    fixed = _torchrun(tmp_path, features, "fixed")
+    assert fixed.startswith("exit 0"), fixed
+    w, f = (json.loads((tmp_path / f"{name}.json").read_text()) for name in ("weak", "fixed"))
+    rows = len(Features(features).array("train_label"))  # 3,000: 1,500 a process
+    assert [h["train_steps"] for h in w["history"]] == [-(-(rows // 2) // 64)] * 2  # 24 a process
+    assert [h["train_steps"] for h in f["history"]] == [-(-rows // 64)] * 2  # 47
+    assert w["history"][0]["learning_rate"] == 2 * f["history"][0]["learning_rate"]
+    assert w["best_valid_auc"] > 0.55  # it learns
+
+
 def test_fast_and_reference_paths_train_to_the_same_metrics(
     features: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
