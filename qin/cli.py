@@ -159,7 +159,7 @@ def _run_stage(args: argparse.Namespace, params: Params) -> None:
             print(f"scoring with {ref.describe()}")
             paths[i.arg], extra = ref.path, ref.identity()
     # A resumable stage's checkpoint must belong to these settings and inputs: its key, by content.
-    key = pipeline.content_key(s, params, paths) if s.resumable else None
+    key = (args.key or pipeline.content_key(s, params, paths)) if s.resumable else None
     line = _summary(s.name, pipeline.call(s, paths, params, key=key, extra=extra), paths)
     if line:
         print(line)
@@ -299,6 +299,8 @@ def build_parser() -> argparse.ArgumentParser:
             p.add_argument(i.option, dest=i.arg, type=Path, default=pipeline.workspace_path(i))
         for o in s.outputs:
             p.add_argument(o.option, dest=o.arg, type=Path, default=Path(o.workspace))
+        if s.resumable:
+            p.add_argument("--key", help="the key its checkpoint must carry (default: its key by content)")
 
     p = stage(
         "promote",

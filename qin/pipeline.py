@@ -25,6 +25,8 @@ import hashlib
 import importlib
 import json
 import os
+import subprocess
+import sys
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from functools import cache
@@ -36,7 +38,7 @@ from qin.config import KEY_EXCLUDED
 from qin.data import schema
 from qin.io import file_hash, tree_hash
 from qin.models import module_files
-from qin.settings import Params, declared, preset_files
+from qin.settings import Params, declared, preset_files, to_yaml
 
 DATA = "data"  # the source of an input that is the raw data folder, not a stage's output
 # The source of an input that is a model package the caller names (qin/predict.py `resolve_model`): in the
@@ -333,6 +335,9 @@ def call(
     a resumable one also gets its `key`; `extra` are more keyword arguments (what the key already holds
     in another form: the registered name and version of the model package `predict` scores).
     """
+    processes = params.train.processes if s.distributed else 0
+    if processes > 1 and "WORLD_SIZE" not in os.environ:  # not yet under torchrun: start it
+        return _torchrun(s, paths, params, key, processes)
     module, name = s.function.split(":")
     fn: Callable[..., Any] = getattr(importlib.import_module(module), name)
     kwargs: dict[str, Any] = {port: Path(paths[port]) for port in s.args()}
@@ -345,6 +350,37 @@ def call(
     if s.resumable:
         kwargs["key"] = key
     return fn(**kwargs, **(extra or {}))
+
+
+def _torchrun(s: Stage, paths: Mapping[str, str | Path], params: Params, key: str | None, n: int) -> Any:
+    """Run `qin <stage>` on `paths` under torchrun with `n` processes on this node (the stage's settings
+    written beside its first output, its key passed on, so its checkpoint is the caller's); the stage's
+    metrics file is its result. A signal or error here stops torchrun, which stops its processes."""
+    first = Path(paths[s.outputs[0].arg])
+    settings = first.parent / f".{first.name}.params.yaml"
+    settings.parent.mkdir(parents=True, exist_ok=True)
+    settings.write_text(to_yaml(params))
+    ports: list[Input | Output] = [*s.inputs, *s.outputs]
+    options = [x for port in ports for x in (port.option, str(paths[port.arg]))]
+    options += ["--key", key] if key else []
+    launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={n}"]
+    cmd = [*launcher, "-m", "qin", "--params", str(settings), s.name, *options]
+    child = subprocess.Popen(cmd)
+    try:
+        code = child.wait()
+    except BaseException:  # Ctrl-C, SIGTERM (as an exception), an error: torchrun stops its workers
+        child.terminate()
+        try:
+            child.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            child.kill()
+        raise
+    finally:
+        settings.unlink(missing_ok=True)
+    if code != 0:
+        raise RuntimeError(f"stage '{s.name}' under torchrun ({n} processes) failed: exit status {code}")
+    metrics = next((paths[o.arg] for o in s.outputs if o.dvc == "metrics"), None)
+    return json.loads(Path(metrics).read_text()) if metrics else None
 
 
 def _source(i: Input) -> str:

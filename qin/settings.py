@@ -54,6 +54,10 @@ class TrainConfig(Settings):
     # out) and takes `batch_size` rows of it a step: the global batch and the learning rate are N times
     # theirs (the linear scaling rule), an epoch N times fewer steps.
     scaling: Literal["fixed", "weak"]
+    # Processes on this node: 0 or 1 trains in the calling process (a flow's, `qin train`'s, dvc's); N > 1
+    # runs the train stage under torchrun with N processes (qin/pipeline.py `call`). Across nodes, start
+    # torchrun on each node yourself (README).
+    processes: int
     epochs: int
     learning_rate: float
     # L2 penalties added to the loss: on the embedding tables, and (separately) on the network's weights.

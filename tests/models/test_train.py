@@ -354,6 +354,18 @@ def test_weak_scaling_gives_each_process_its_shard_and_scales_the_batch_and_lear
     assert w["best_valid_auc"] > 0.55  # it learns
 
 
+def test_train_processes_runs_the_train_stage_under_torchrun(features: Path, tmp_path: Path) -> None:
+    # `train.processes: 2`: `qin train` (as a flow's store or dvc repro, through pipeline.call) starts
+    # torchrun itself; the stage's metrics come back, and the key it resumes under is the caller's.
+    (tmp_path / "params.yaml").write_text(EXACT_PARAMS + "  processes: 2\n")
+    out = _qin_train(tmp_path, features, "model")
+    assert out.returncode == 0, out.stdout + out.stderr
+    metrics = json.loads((tmp_path / "model.json").read_text())
+    assert metrics["processes"] == 2 and len(metrics["history"]) == 2
+    assert "model package in" in out.stdout
+    assert not list(tmp_path.glob(".*params.yaml"))  # the settings it handed torchrun are gone
+
+
 def test_fast_and_reference_paths_train_to_the_same_metrics(
     features: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
