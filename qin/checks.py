@@ -52,14 +52,16 @@ def file_columns(name: str, table: F.FeatureTable) -> tuple[Column, ...]:
 
 
 def _column(f: F.Feature) -> Column:
+    """A declared feature's column, with its kind's bounds: a fixed vocabulary N gives ids 0..N-1; a hashed
+    id, or one with an oov id, may be any integer (a sequence's ids stay >= 0, 0 being its padding)."""
+    if f.kind == "dense":
+        return Column(f.col, f.kind, size=f.dim)
+    if f.kind not in ("categorical", "sequence"):  # target, history: bounded by the item table
+        return Column(f.col, f.kind)
     bounded = f.hash is None and f.oov is None
     high = f.vocab - 1 if isinstance(f.vocab, int) and bounded else None
     low = 0 if bounded or f.kind == "sequence" else None
-    if f.kind == "dense":
-        return Column(f.col, f.kind, size=f.dim)
-    return Column(
-        f.col, f.kind, low=low if f.kind in ("categorical", "sequence") else None, high=high, size=f.length
-    )
+    return Column(f.col, f.kind, low=low, high=high, size=f.length)
 
 
 def optional_columns(name: str, present: list[str]) -> tuple[Column, ...]:

@@ -102,8 +102,20 @@ def test_learned_reads_no_label_and_only_the_training_histories(
         reads.append((Path(source).name, columns))
         return read_table(source, *args, columns=columns, **kwargs)
 
+    class RecordingFile(pyarrow.parquet.ParquetFile):  # a sample is read a batch at a time
+        def __init__(self, source, *args, **kwargs):
+            super().__init__(source, *args, **kwargs)
+            self.file_name = Path(source).name
+
+        def iter_batches(self, *args, columns=None, **kwargs):
+            reads.append((self.file_name, columns))
+            return super().iter_batches(*args, columns=columns, **kwargs)
+
+        def read(self, *args, **kwargs):
+            raise AssertionError(f"{self.file_name}: read whole")
+
     monkeypatch.setattr(pyarrow.parquet, "read_table", recording)
-    monkeypatch.setattr(pyarrow.parquet, "ParquetFile", None)  # no other way into a file
+    monkeypatch.setattr(pyarrow.parquet, "ParquetFile", RecordingFile)  # the ways into a file
     cfg = EmbedConfig(
         method="learned", learned=FusionConfig(epochs=1, pairs_per_epoch=2048, history_rows=500)
     )

@@ -136,6 +136,7 @@ def test_the_flow_logs_and_summarises_the_formatters_lines(
     assert logged[-len(lines) :] == lines
     assert "".join(f"- {line}\n" for line in lines) in published["markdown"]
     assert "| valid_auc | 0.80000 |" in published["markdown"]
+    assert set(result.pop("hashing")) == {"seconds", "files", "bytes", "memo"}  # what hashing cost the run
     assert result == {
         **RECORD.to_json(),
         "stages": {
