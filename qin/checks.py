@@ -19,13 +19,16 @@ Each check is stated as the row-level GX expectation it stands for (`expect_colu
 on `item_seq.max`, <= N, ...), but no frame of all rows is ever built: `scan` reads the file a batch at a
 time, derives each list column's per-row length/min/max/non-finite count for that batch only, and keeps per
 check only aggregates: the offending rows' count and their first values, a set of distinct values, a sum,
-the row count. Memory stays that of one batch (plus one integer per row for a `unique` column).
+the row count. Memory stays that of one batch (a `unique` column's values spill to disk past UNIQUE_HELD).
 `Tally.observed` is the file's figure each check is judged by (qin/validate.py hands those figures to GX).
 """
 
 from __future__ import annotations
 
+import tempfile
+from collections.abc import Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -40,6 +43,8 @@ from qin.data.schema import Column
 from qin.io import read_batches
 
 EXAMPLES = 5  # offending values kept per check
+UNIQUE_HELD = 4_000_000  # (row, value) pairs of a unique column held in memory (64 MB) before they spill
+PARTS = 256  # the files they spill to, by value
 POSITION = {schema.ITEM_FILE: 0, schema.FEATURE_FILE: 1}  # an item file's key: its row position + this
 
 
@@ -204,7 +209,11 @@ class Tally:
     examples: list[Any] = field(default_factory=list)
     distinct: set = field(default_factory=set)
     total: float = 0.0
-    values: list[np.ndarray] = field(default_factory=list)  # unique: every value, to find duplicates
+    keys: Keys | None = None  # unique: every (row, value), held in bounded memory
+
+    def __post_init__(self) -> None:
+        if self.check.rule == "unique":
+            self.keys = Keys()
 
     def offending(self, values: np.ndarray, bad: np.ndarray, start: int = 0) -> None:
         self.count += int(bad.sum())
@@ -218,20 +227,68 @@ class Tally:
 
     def observed(self) -> float:
         """The file's figure: offending rows, distinct values, rows, or the mean."""
-        if self.check.rule == "unique":
-            self._duplicates()
         if self.check.rule == "distinct":
             return len(self.distinct)
         if self.check.rule == "mean":
             return self.total / self.count if self.count else float("nan")
         return self.count
 
-    def _duplicates(self) -> None:
-        values = np.concatenate(self.values) if self.values else np.zeros(0, np.int64)
-        seen, counts = np.unique(values, return_counts=True)
-        bad = np.isin(values, seen[counts > 1])
-        self.count, self.examples, self.values = 0, [], []
-        self.offending(values, bad)
+    def finish(self) -> None:
+        """After the last batch: a unique check counts the rows whose value another row has too."""
+        if self.keys is not None:
+            self.count, self.examples = self.keys.duplicates()
+            self.keys = None
+
+
+class Keys:
+    """The (row, value) pairs of a `unique` column in bounded memory: held until UNIQUE_HELD of them, then
+    spilled to PARTS files on disk by value (every row of one value lands in one file), each file checked
+    on its own at the end. Exact, with memory of UNIQUE_HELD pairs or one file's."""
+
+    def __init__(self) -> None:
+        self.held: list[np.ndarray] = []
+        self.n_held = 0
+        self.spill: tempfile.TemporaryDirectory | None = None
+
+    def add(self, rows: np.ndarray, values: np.ndarray) -> None:
+        self.held.append(np.stack([rows, values.astype(np.int64)], axis=1))
+        self.n_held += len(rows)
+        if self.n_held > UNIQUE_HELD:
+            self._spill()
+
+    def _spill(self) -> None:
+        if self.spill is None:
+            self.spill = tempfile.TemporaryDirectory(prefix="qin-unique-")
+        if not self.held:
+            return
+        pairs = np.concatenate(self.held)
+        part = np.mod(pairs[:, 1], PARTS)
+        for k in np.unique(part):
+            with open(Path(self.spill.name) / f"{k}.bin", "ab") as f:
+                pairs[part == k].tofile(f)
+        self.held, self.n_held = [], 0
+
+    def duplicates(self) -> tuple[int, list[Any]]:
+        """The rows whose value is not unique: their count, and the first EXAMPLES values in row order."""
+        try:
+            parts: Iterator[np.ndarray]
+            if self.spill is not None:
+                self._spill()
+                files = sorted(Path(self.spill.name).iterdir())
+                parts = (np.fromfile(f, dtype=np.int64).reshape(-1, 2) for f in files)
+            else:
+                parts = iter([np.concatenate(self.held) if self.held else np.zeros((0, 2), np.int64)])
+            count, first = 0, np.zeros((0, 2), np.int64)
+            for pairs in parts:
+                seen, counts = np.unique(pairs[:, 1], return_counts=True)
+                bad = pairs[np.isin(pairs[:, 1], seen[counts > 1])]
+                count += len(bad)
+                first = np.concatenate([first, bad])
+                first = first[np.argsort(first[:, 0], kind="stable")][:EXAMPLES]
+            return count, [int(v) for v in first[:, 1]]
+        finally:
+            if self.spill is not None:
+                self.spill.cleanup()
 
 
 def _plain(v: Any, whole: bool = False) -> Any:
@@ -295,8 +352,8 @@ def _judge(tally: Tally, d: Derived, start: int) -> None:
         tally.offending(v, ok & (v != np.arange(start, start + len(v)) + c.offset), start)
     elif c.rule == "distinct":
         tally.distinct |= set(np.unique(v[ok]).tolist())
-    elif c.rule == "unique":
-        tally.values.append(v[ok])
+    elif c.rule == "unique" and tally.keys is not None:
+        tally.keys.add(np.arange(start, start + len(v))[ok], v[ok])
     elif c.rule == "mean":
         tally.count, tally.total = tally.count + int(ok.sum()), tally.total + float(v[ok].sum())
 
@@ -317,4 +374,6 @@ def scan(pf: pq.ParquetFile, checks: list[Check], batch_rows: int) -> list[Tally
             else:
                 _judge(t, derived[t.check.column][t.check.stat], start)
         start += batch.num_rows
+    for t in tallies:
+        t.finish()
     return tallies

@@ -1,6 +1,7 @@
 """The gate's checks by kind (qin/checks.py): generated from the contract and the feature table, and
 aggregated batch by batch to the same figures, counts and examples whatever the batch size."""
 
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -131,3 +132,19 @@ def test_a_declared_column_out_of_its_vocabulary_is_refused_by_name(tiny_data: P
         validate(data, tmp_path / "v", ValidateConfig(), device)
     (line,) = [x for x in str(err.value).splitlines() if "column 'device'" in x]
     assert "valid.parquet" in line and "in [0, 2]" in line and "2 offending rows; e.g. [3, 3]" in line
+
+
+@pytest.mark.parametrize("held", [2, 1_000_000], ids=["spilled to disk", "in memory"])
+def test_duplicates_are_found_exactly_in_bounded_memory(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, held: int
+) -> None:
+    # Held pairs spill to files by value once there are more than `held`: the same rows are found.
+    monkeypatch.setattr(C, "UNIQUE_HELD", held)
+    monkeypatch.setattr(C, "PARTS", 3)
+    ids = [7, 1, 9, 4, 1, 8, 12, 7, 3, 7, 15, 4]
+    pq.write_table(pa.table({"ID": ids}), tmp_path / "ids.parquet")
+    unique = C.checks_for("test", (Column("ID", "unique"),), 8, ValidateConfig())
+    spills = set(Path(tempfile.gettempdir()).glob("qin-unique-*"))
+    got = _figures(tmp_path / "ids.parquet", unique, 4)["ID:unique"]
+    assert got == (7, [7, 1, 4, 1, 7])  # rows 0, 1, 3, 4, 7 (and 9, 11): the first five in row order
+    assert set(Path(tempfile.gettempdir()).glob("qin-unique-*")) == spills  # the spill files are gone
