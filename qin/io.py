@@ -232,8 +232,8 @@ def vouch(folder: str | Path) -> None:
     vouches that nothing writes them again (the store's key folders, renamed into place once complete)."""
     memo = _memo()
     for f in Path(folder).rglob("*"):
-        if f.is_file() and (md5 := _fresh.pop(_key(f.stat()), None)) is not None:
-            _remember(_key(f.stat()), md5, memo)
+        if f.is_file() and (md5 := _fresh.pop(key := _key(f.stat()), None)) is not None:
+            _remember(key, md5, memo)
 
 
 def tree_hash(paths: Iterable[str | Path]) -> str:

@@ -27,6 +27,7 @@ import json
 import os
 import subprocess
 import sys
+import tempfile
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from functools import cache
@@ -357,8 +358,10 @@ def _torchrun(s: Stage, paths: Mapping[str, str | Path], params: Params, key: st
     written beside its first output, its key passed on, so its checkpoint is the caller's); the stage's
     metrics file is its result. A signal or error here stops torchrun, which stops its processes."""
     first = Path(paths[s.outputs[0].arg])
-    settings = first.parent / f".{first.name}.params.yaml"
-    settings.parent.mkdir(parents=True, exist_ok=True)
+    first.parent.mkdir(parents=True, exist_ok=True)
+    fd, name = tempfile.mkstemp(prefix=f".{first.name}.", suffix=".params.yaml", dir=first.parent)
+    os.close(fd)  # a name of this call's own: runs writing beside the same output never share it
+    settings = Path(name)
     settings.write_text(to_yaml(params))
     ports: list[Input | Output] = [*s.inputs, *s.outputs]
     options = [x for port in ports for x in (port.option, str(paths[port.arg]))]

@@ -63,33 +63,18 @@ class Preset:
     n_topics: int
 
 
+_FULL = Preset(
+    3_600_000, 10_000, 379_142, n_items=91_717, tag_vocab=11_740, seq_len=100, n_users=900_000, n_topics=200
+)
 PRESETS: dict[str, Preset] = {
     "tiny": Preset(3_000, 600, 600, n_items=400, tag_vocab=150, seq_len=20, n_users=300, n_topics=8),
     "small": Preset(
         200_000, 10_000, 20_000, n_items=20_000, tag_vocab=2_000, seq_len=50, n_users=40_000, n_topics=40
     ),
-    "full": Preset(
-        3_600_000,
-        10_000,
-        379_142,
-        n_items=91_717,
-        tag_vocab=11_740,
-        seq_len=100,
-        n_users=900_000,
-        n_topics=200,
-    ),
+    "full": _FULL,
     # The full preset with ten times its training rows (the same items, users and valid/test splits): the
     # scale bench/data_scale.py runs by hand (issue 26).
-    "x10": Preset(
-        36_000_000,
-        10_000,
-        379_142,
-        n_items=91_717,
-        tag_vocab=11_740,
-        seq_len=100,
-        n_users=900_000,
-        n_topics=200,
-    ),
+    "x10": replace(_FULL, n_train=10 * _FULL.n_train),
 }
 CHUNK_CELLS = 6_000_000  # history cells (rows x length) generated at once: bounds memory on `full`
 FEATURE_CHUNK_ITEMS = 8_192  # item_feature rows generated at once (~60 MB of float32 vectors)
