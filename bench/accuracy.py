@@ -2,7 +2,7 @@
 
 Trains QIN, its five ablations, DIN, DCNv3 and SDCNv3 with the same budget (epochs, batch, learning rate,
 history length, early stopping) on the featurized data and prints one table: valid AUC, logloss, gAUC, the
-oracle AUC, parameters and seconds. The models and the table come from qin/ablation.py, which the
+oracle AUC, parameters and seconds. The models and the table come from qin/training/ablation.py, which the
 `qin-ablation` flow uses too.
 
     python bench/accuracy.py       # data/ (the small preset) with the train settings of params.yaml
@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from common import parser, prepare
 
-from qin.ablation import no_history_bound, run_variant, select, slug, table_markdown, variants
+from qin.training.ablation import no_history_bound, run_variant, select, slug, table_markdown, variants
 
 
 def main() -> None:

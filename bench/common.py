@@ -7,9 +7,9 @@ import logging
 import tempfile
 from pathlib import Path
 
-from qin.config import replace
 from qin.featurize import featurize
-from qin.settings import Params, TrainConfig, load_params
+from qin.settings.params import Params, TrainConfig, load_params
+from qin.settings.sections import replace
 from qin.validate import validate
 
 

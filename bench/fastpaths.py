@@ -14,9 +14,9 @@ from __future__ import annotations
 
 from common import parser, prepare
 
-from qin.config import replace
 from qin.models.blocks import ItemEncoder
 from qin.models.qin import QINConfig
+from qin.settings.sections import replace
 from qin.train import train
 
 

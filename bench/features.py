@@ -22,7 +22,7 @@ from common import parser
 
 from qin.evaluate import evaluate
 from qin.featurize import featurize
-from qin.settings import load_params
+from qin.settings.params import load_params
 from qin.train import train
 from qin.validate import validate
 

@@ -162,8 +162,8 @@ def _throughput_row(r: dict) -> dict:
 def phase_data(args: argparse.Namespace, out: Figures) -> None:
     """The synthetic data of --size, generated in the background while the GPU phases run (on all but 4
     cores, left to them), with the gate left out: great-expectations is not on the image."""
-    from qin.config import DataConfig
     from qin.data.synth import synthesize
+    from qin.settings.sections import DataConfig
     from qin.validate import skip_gate
 
     workers = max(1, (os.cpu_count() or 1) - 4)
@@ -174,9 +174,9 @@ def phase_data(args: argparse.Namespace, out: Figures) -> None:
 
 
 def phase_full(args: argparse.Namespace, out: Figures) -> None:
-    from qin.config import EvaluateConfig, FeaturizeConfig, replace
     from qin.featurize import featurize
-    from qin.settings import preset
+    from qin.settings.params import preset
+    from qin.settings.sections import EvaluateConfig, FeaturizeConfig, replace
 
     data, feats = args.work / "data", args.work / "features"
     out["size"] = args.size
@@ -188,9 +188,9 @@ def phase_full(args: argparse.Namespace, out: Figures) -> None:
 
     from qin.evaluate import evaluate
     from qin.featurize import Features
-    from qin.inference import load_package
-    from qin.metrics import roc_auc
+    from qin.serving.inference import load_package
     from qin.train import train
+    from qin.training.metrics import roc_auc
 
     cfg = replace(preset("paper"), epochs=1, device=args.device, sync_debug="error")
     model, metrics = args.work / "model", args.work / "train.json"
@@ -227,8 +227,8 @@ def phase_full(args: argparse.Namespace, out: Figures) -> None:
 def phase_predict(args: argparse.Namespace, out: Figures) -> None:
     import torch
 
-    from qin.inference import load_package
     from qin.predict import score_file, write_submission
+    from qin.serving.inference import load_package
 
     model, test = args.work / "model", args.work / "data" / "test.parquet"
     if not (model / "model.json").exists():

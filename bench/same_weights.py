@@ -8,7 +8,8 @@ its weights and its valid predictions; then compare two dumps (base against head
 `dump` runs `qin data synth` (the tiny preset), validate, embed, featurize, train (the cpu preset, fp32,
 2 threads, 2 epochs) and scores the valid split with the package, all with the checkout's code (its own
 `python -m qin`, PYTHONPATH set to it), in a temporary folder; it needs only the `qin` CLI and
-`qin.inference.load_package` / `qin.featurize.Features`, which every version since the model packages has.
+`qin.serving.inference.load_package` / `qin.featurize.Features`, which every version since the model packages
+has.
 `compare` checks the weights tensor by tensor (in state_dict order, under the names the head's package
 loader maps old names to) with `torch.equal`, and the predictions byte for byte.
 """
@@ -35,7 +36,7 @@ train:
 DUMP = """
 import sys, numpy as np, torch
 from qin.featurize import Features
-from qin.inference import load_package
+from qin.serving.inference import load_package
 package, features, out = sys.argv[1:4]
 weights = torch.load(f"{package}/weights.pt", map_location="cpu", weights_only=True)
 valid = {k: np.asarray(v) for k, v in Features(features).split("valid").items()}
@@ -96,7 +97,7 @@ def _merged(base: str, extra: str) -> str:
 def compare(a: Path, b: Path) -> int:
     import numpy as np
 
-    from qin.inference import legacy_name
+    from qin.serving.inference import legacy_name
 
     x, y = np.load(a), np.load(b)
     names_x = [legacy_name(str(n)) for n in x["names"]]

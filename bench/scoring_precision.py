@@ -1,6 +1,7 @@
 """Benchmark (prints, asserts nothing): the valid AUC of one model scored in fp32 and in bf16.
 
-What decides qin.inference.SCORING_PRECISION, the one precision of evaluate (and the valid scores that drive
+What decides qin.serving.inference.SCORING_PRECISION, the one precision of evaluate (and the valid scores
+that drive
 early stopping), predict, serving and bench/throughput.py: bf16 only if its valid AUC stays within 1e-4 of
 fp32's on the small data. The model is the `train` section of --params (the cpu preset by default) trained
 on --data (the default small synthetic data, generated into the work directory when --data does not exist),
@@ -27,8 +28,8 @@ def main() -> None:
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     args = p.parse_args()
     if not args.data.exists():
-        from qin.config import DataConfig
         from qin.data.synth import synthesize
+        from qin.settings.sections import DataConfig
 
         args.data = Path(args.workdir or Path.cwd() / ".bench-data") / "data"
         if not (args.data / "train.parquet").exists():
@@ -36,8 +37,8 @@ def main() -> None:
     _, cfg, work = prepare(args, "scoring-precision")
 
     from qin.featurize import Features
-    from qin.inference import SCORING_PRECISION, load_package
-    from qin.metrics import log_loss, roc_auc
+    from qin.serving.inference import SCORING_PRECISION, load_package
+    from qin.training.metrics import log_loss, roc_auc
 
     model = args.model
     if model is None:
@@ -64,7 +65,7 @@ def main() -> None:
     verdict = "bf16 allowed" if abs(gap) <= TOLERANCE else "fp32"
     print(f"AUC fp32 - bf16 = {gap:+.2e} (tolerance {TOLERANCE:.0e}); largest probability difference "
           f"{worst:.2e}")  # fmt: skip
-    print(f"by the rule: {verdict}; qin.inference.SCORING_PRECISION is {SCORING_PRECISION} "
+    print(f"by the rule: {verdict}; qin.serving.inference.SCORING_PRECISION is {SCORING_PRECISION} "
           f"({len(labels):,} valid rows)")  # fmt: skip
 
 

@@ -1,6 +1,6 @@
 """Benchmark (prints, asserts nothing): online scoring through /invocations, beside the in-process scorer.
 
-Starts the model server as a subprocess (flows/scoring_app.py, `mlflow models serve`, or one after the
+Starts the model server as a subprocess (qinstack/scoring_app.py, `mlflow models serve`, or one after the
 other), waits for /ping, and measures from this process over keep-alive connections, with realistic rows
 (--data: test.parquet, else valid.parquet):
     1 row and 64 rows per request, one client: latency p50/p95/p99 and rows/s
@@ -78,7 +78,7 @@ def free_port() -> int:
 
 def start_server(kind: str, model: str, port: int, workers: int, threads: int) -> subprocess.Popen[bytes]:
     if kind == "asgi":
-        cmd = [sys.executable, "-m", "flows.scoring_app", "--model", model, "--port", str(port),
+        cmd = [sys.executable, "-m", "qinstack.scoring_app", "--model", model, "--port", str(port),
                "--workers", str(workers), "--threads", str(threads)]  # fmt: skip
     else:
         cmd = [sys.executable, "-m", "mlflow", "models", "serve", "-m", model, "--env-manager", "local",
@@ -173,7 +173,7 @@ def in_process(model: str, frame: pd.DataFrame, threads: int, n: int) -> list[tu
     import mlflow
     import torch
 
-    from qin.request import request_arrays
+    from qin.serving.request import request_arrays
 
     scorer = mlflow.pyfunc.load_model(model).unwrap_python_model().scorer
     default_threads = torch.get_num_threads()
@@ -211,7 +211,7 @@ def predict_stage(data: Path | None, model: str) -> dict[str, Any] | None:
         return None
     import mlflow
 
-    from qin.resolve import package_in_mlflow_model
+    from qin.registry.resolve import package_in_mlflow_model
 
     with tempfile.TemporaryDirectory() as tmp:
         local = Path(model)

@@ -1,6 +1,6 @@
 """Benchmark (prints, asserts nothing): two model servers compared under the same machine noise.
 
-Starts flows/scoring_app.py twice, each from its own checkout and with its own MLflow model directory (e.g.
+Starts qinstack/scoring_app.py twice, each from its own checkout and with its own MLflow model directory (e.g.
 the commit before a change and after it), and sends the same requests to both, alternating between them
 request by request from one client, so that a busy machine slows both alike; then prints p50, p99 and
 rows/s of each at 1 and 64 rows per request. `bench/serving.py` measures one server at a time, which on a
@@ -33,7 +33,7 @@ def _port() -> int:
 
 def _start(repo: Path, model: Path) -> tuple[int, subprocess.Popen]:
     port = _port()
-    cmd = [sys.executable, "-m", "flows.scoring_app", "--model", str(model.resolve()), "--port", str(port)]
+    cmd = [sys.executable, "-m", "qinstack.scoring_app", "--model", str(model.resolve()), "--port", str(port)]
     env = {**os.environ, "PYTHONPATH": str(repo.resolve())}
     proc = subprocess.Popen(cmd, cwd=repo, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     for _ in range(600):

@@ -7,7 +7,8 @@ item, a 128-wide multimodal vector; histories of random length, left-padded):
 Each measurement runs in its own process (clean peak memory): a training step is the trainer's own
 (the batch gathered by index as qin.train does it, then Trainer.step: autocast, loss + L2, backward,
 clipping, Adam); scoring is the production path, `qin predict`'s and serving's: a frozen model package's
-Scorer.predict from host arrays, in qin.inference.SCORING_PRECISION. Reported: samples/s as the median of
+Scorer.predict from host arrays, in qin.serving.inference.SCORING_PRECISION. Reported: samples/s as the
+median of
 --reps timed repetitions with min-max, peak memory (RSS on CPU, torch.cuda.max_memory_allocated on GPU), and
 the fraction of the compute limit: analytic matmul FLOPs per sample (training = 3x the forward) x samples/s
 over the FLOP/s this device reaches on the QNN's matmul in the same dtype (%mm), and over its measured bf16
@@ -113,15 +114,15 @@ def measure(args: argparse.Namespace) -> dict:
     """One configuration on one device, in this process."""
     import torch
 
-    from qin import runtime
-    from qin.config import replace
     from qin.data.features import default_spec
-    from qin.inference import Scorer
     from qin.models import build_model
     from qin.models.blocks import ItemEncoder
     from qin.models.qin import QINConfig
-    from qin.settings import TrainConfig, preset
+    from qin.serving.inference import Scorer
+    from qin.settings.params import TrainConfig, preset
+    from qin.settings.sections import replace
     from qin.train import Trainer, host_rows, on_device, prefetch
+    from qin.training import runtime
 
     runtime.set_threads(args.threads)
     device = torch.device(args.device)
@@ -275,7 +276,7 @@ def main() -> None:
     parser.add_argument("--placement", default="device", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.one:
-        from qin import runtime
+        from qin.training import runtime
 
         args.steps = args.steps or (2 if args.config == "paper" else 16)
         args.eval_passes = args.eval_passes or (1 if args.config == "paper" else 4)

@@ -17,7 +17,7 @@ for _key, _value in OFFLINE_ENV.items():
     os.environ.setdefault(_key, _value)
 
 # The ephemeral server needs more than its default 20 s to start on 2 busy cores (set before prefect is
-# imported). Stage outputs are cached by the store (qin/store.py), not by Prefect's persisted results.
+# imported). Stage outputs are cached by the store (qin/runs/store.py), not by Prefect's persisted results.
 os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
 # The library logs per-epoch progress on the "qin" logger; route it through Prefect's handlers.
 os.environ.setdefault("PREFECT_LOGGING_EXTRA_LOGGERS", "qin")

@@ -8,7 +8,8 @@ when it is absent, runs this and starts a worker:
 
     prefect work-pool create qin-pool --type process
     python -m flows.deploy_pool
-    python -m flows.worker --pool qin-pool       # stops its flow runs on SIGTERM / Ctrl-C (flows/worker.py)
+    # stops its flow runs on SIGTERM / Ctrl-C (qinstack/worker.py)
+    python -m qinstack.worker --pool qin-pool
     prefect deployment run qin-train/pool        # in another shell, with the same PREFECT_API_URL
     prefect deployment run qin-ablation/pool
     prefect deployment run qin-embed-eval/pool   # each item embedding judged by DIN and QIN
@@ -26,7 +27,7 @@ from flows.qin_ablation import qin_ablation
 from flows.qin_embed_eval import qin_embed_eval
 from flows.qin_score import qin_score
 from flows.qin_train import qin_train
-from qin.settings import load_params
+from qin.settings.params import load_params
 
 POOL = "qin-pool"
 DEPLOYMENT = "pool"

@@ -6,7 +6,7 @@ import os
 
 from prefect.client.schemas.objects import ConcurrencyLimitConfig, ConcurrencyLimitStrategy
 
-from qin.config import DeployConfig
+from qin.settings.sections import DeployConfig
 
 
 def concurrency_limit(config: DeployConfig) -> ConcurrencyLimitConfig | None:

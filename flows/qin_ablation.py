@@ -19,13 +19,13 @@ from prefect.cache_policies import NO_CACHE
 import flows  # noqa: F401  (offline settings, before prefect runs anything)
 from flows.shutdown import signals_unwrapped
 from flows.stages import record_dir, report_failure, run_stage, start_run
-from qin import layout
-from qin.settings import load_params
+from qin.runs import layout
+from qin.settings.params import load_params
 
 
 @task(name="variant-params", cache_policy=NO_CACHE)
 def variant_params(params: str, out: str, name: str, epochs: int | None, din_challenge: bool) -> str:
-    from qin.ablation import write_variant_params
+    from qin.training.ablation import write_variant_params
 
     return str(write_variant_params(params, out, name, epochs, din_challenge))
 
@@ -34,8 +34,8 @@ def variant_params(params: str, out: str, name: str, epochs: int | None, din_cha
 def compare(
     done: list[dict[str, str]], out: str, data: str, title: str = "QIN ablations and baselines"
 ) -> list[dict[str, Any]]:
-    from qin.ablation import compare as run
-    from qin.ablation import no_history_bound, stage_row
+    from qin.training.ablation import compare as run
+    from qin.training.ablation import no_history_bound, stage_row
 
     rows = [stage_row(d["model"], d["train"], d["evaluate"]) for d in done]
     run(rows, out, no_history_bound(data), title)
@@ -62,7 +62,7 @@ def conclude(
     done: list[dict[str, str]], record: str, data: str, settings: str, logged: Any, title: str
 ) -> dict[str, Any]:
     """A comparison's end: the table and plot in the run's record, logged to MLflow by task `logged`."""
-    from qin.ablation import table_markdown
+    from qin.training.ablation import table_markdown
 
     comparison = f"{record}/comparison"
     rows = compare(done, comparison, data, title)
@@ -81,7 +81,7 @@ def qin_ablation(
     din_challenge: bool = False,
 ) -> dict[str, Any]:
     with signals_unwrapped():  # a signal during an import still crashes (or cancels) the run
-        from qin.ablation import select, slug, variants
+        from qin.training.ablation import select, slug, variants
 
         record = record_dir()
         parameters = {

@@ -22,10 +22,10 @@ import flows  # noqa: F401  (offline settings, before prefect runs anything)
 from flows.qin_ablation import conclude, train_and_evaluate
 from flows.shutdown import signals_unwrapped
 from flows.stages import record_dir, report_failure, run_stage, start_run
-from qin import layout
-from qin.config import EmbedConfig
 from qin.models import MODELS
-from qin.settings import load_params
+from qin.runs import layout
+from qin.settings.params import load_params
+from qin.settings.sections import EmbedConfig
 
 if TYPE_CHECKING:
     Method = str
@@ -42,7 +42,7 @@ LABELS = {"qin": "QIN", "din": "DIN", "dcnv3": "DCNv3", "sdcnv3": "SDCNv3"}  # a
 @task(name="method-params", cache_policy=NO_CACHE)
 def method_params(params: str, out: str, method: str, model: str, epochs: int | None) -> str:
     """The run's settings with `embed.method` and `train.model.name` (as the preset starts that model)."""
-    from qin.settings import write_resolved_params
+    from qin.settings.params import write_resolved_params
 
     overrides: dict[str, Any] = {"embed.method": method, **({"train.epochs": epochs} if epochs else {})}
     return str(write_resolved_params(params, out, overrides, model))

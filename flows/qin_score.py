@@ -1,7 +1,8 @@
 """Prefect flow `qin-score`: a model -> the challenge's submission for test.parquet.
 
 params -> model (the registered version by alias or number, downloaded once per content hash, or a package
-path; qin/resolve.py `resolve_model`) -> predict (the gate on test.parquet, then scoring; cached by the
+path; qin/registry/resolve.py `resolve_model`) -> predict (the gate on test.parquet, then scoring; cached by
+the
 model's content hash, the data and the `validate`/`predict` settings) -> the manifest attached to the model
 version's MLflow run (`predictions/<first 12 of test.parquet's md5>.json`). The run's record,
 artifacts/runs/<flow run id>/, holds its settings and a copy of the manifest with the alias the model was
@@ -26,11 +27,12 @@ from prefect.cache_policies import NO_CACHE
 import flows  # noqa: F401  (offline settings, before prefect runs anything)
 from flows.shutdown import signals_unwrapped
 from flows.stages import record_dir, report_failure, retry_on_io_only, run_stage, start_run
-from qin import layout, pipeline, runs
-from qin.io import read_json, write_json
 from qin.predict import MANIFEST
-from qin.resolve import ModelRef, resolve_model
-from qin.settings import load_params
+from qin.registry.resolve import ModelRef, resolve_model
+from qin.runs import layout, pipeline
+from qin.runs import records as runs
+from qin.runs.io import read_json, write_json
+from qin.settings.params import load_params
 
 
 @task(

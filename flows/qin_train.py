@@ -1,7 +1,7 @@
 """Prefect flow `qin-train`: params -> validate -> embed -> featurize -> train -> evaluate -> register.
 
-The stages and their order come from the stage table (qin/pipeline.py); each is a task (flows/stages.py)
-that runs the stage through the content-addressed store (qin/store.py) or finds its key's outputs there.
+The stages and their order come from the stage table (qin/runs/pipeline.py); each is a task (flows/stages.py)
+that runs the stage through the content-addressed store (qin/runs/store.py) or finds its key's outputs there.
 A run never reads another run's files by mistake: its settings are its own (the run's record,
 artifacts/runs/<flow run id>/, holds params.yaml with `model` and `overrides` applied), and every stage
 output lives in the folder of its key, which differs whenever the settings it reads differ. Runs that need
@@ -32,11 +32,11 @@ from prefect import flow
 import flows  # noqa: F401  (offline settings, before prefect runs anything)
 from flows.shutdown import signals_unwrapped
 from flows.stages import record_dir, report_failure, run_stage, start_run
-from qin import layout, pipeline
-from qin.io import hashing_spent, read_json
 from qin.models import MODELS
 from qin.register import Registration, registration_lines
-from qin.settings import load_params
+from qin.runs import layout, pipeline
+from qin.runs.io import hashing_spent, read_json
+from qin.settings.params import load_params
 
 # The registered model names (qin/models/__init__.py), so the flow's parameter form offers each of them.
 if TYPE_CHECKING:

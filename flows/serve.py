@@ -20,7 +20,7 @@ from flows.deployment import concurrency_limit, share_cores
 from flows.qin_score import qin_score
 from flows.qin_train import qin_train
 from flows.shutdown import GracefulStop
-from qin.settings import load_params
+from qin.settings.params import load_params
 
 DEPLOYMENT = "local"
 

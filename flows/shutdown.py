@@ -1,4 +1,4 @@
-"""Stopping a long-running process (flows.serve, flows.worker) on SIGTERM as on Ctrl-C.
+"""Stopping a long-running process (flows.serve, qinstack.worker) on SIGTERM as on Ctrl-C.
 
 A supervisor (make, systemd, docker, Kubernetes) stops a process with SIGTERM, a terminal with SIGINT. Both
 begin the same graceful stop, which ends the in-flight flow runs with a final state (Cancelled or Crashed)

@@ -1,7 +1,8 @@
-"""The pipeline's Prefect tasks, one per stage of the stage table (qin/pipeline.py), and what the flows share.
+"""The pipeline's Prefect tasks, one per stage of the stage table (qin/runs/pipeline.py), and what the flows
+share.
 
 Each task is a thin adapter: the run's params file, the data folder and the keys of the stages already run
-in, one call to `qin.store.run`, the stage's entry out ({"stage", "key", "dir", "how", "seconds"}; the
+in, one call to `qin.runs.store.run`, the stage's entry out ({"stage", "key", "dir", "how", "seconds"}; the
 register stage's result for it). Prefect's own task cache is off: a stage's identity is its key, and the
 store decides, under a lock per key, whether the key's outputs exist and verify ("Cached") or have to be
 computed ("Completed"); two runs that need one key at once compute it once.
@@ -18,8 +19,9 @@ from prefect.states import Completed, State
 
 import flows  # noqa: F401  (offline settings, before anything else of Prefect's runs)
 from flows.shutdown import termination_signal
-from qin import pipeline, runs, store
 from qin.register import PromotionRefused
+from qin.runs import pipeline, store
+from qin.runs import records as runs
 from qin.validate import ValidationError
 
 P = ParamSpec("P")
@@ -43,7 +45,8 @@ def _run(
     model_dir: str | None = None,
     extra: dict[str, Any] | None = None,
 ) -> Any:
-    """Stage `name` through the store (qin.store.run): a content-addressed stage's entry, as a state named
+    """Stage `name` through the store (qin.runs.store.run): a content-addressed stage's entry, as a state
+    named
     Cached or Completed; the result of one that is not (register)."""
     entry = store.run(name, params, data, upstream, record, model_dir=model_dir, extra=extra)
     if not pipeline.stage(name).content_addressed:

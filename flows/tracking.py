@@ -36,14 +36,14 @@ from mlflow.exceptions import MlflowException
 from mlflow.models import infer_signature
 
 import qin
-from qin.config import RegisterConfig, flatten
-from qin.inference import load_package
-from qin.io import file_lock, read_json
 from qin.register import Candidate, Registered, VersionInfo, model_card
-from qin.request import example_request
-from qin.resolve import package_in_mlflow_model
-from qin.settings import load_params
-from qin.store import lineage
+from qin.registry.resolve import package_in_mlflow_model
+from qin.runs.io import file_lock, read_json
+from qin.runs.store import lineage
+from qin.serving.inference import load_package
+from qin.serving.request import example_request
+from qin.settings.params import load_params
+from qin.settings.sections import RegisterConfig, flatten
 
 PYFUNC_CODE = Path(__file__).with_name("pyfunc_model.py")
 # The user's override, read once: mlflow.set_tracking_uri() itself writes MLFLOW_TRACKING_URI into the

@@ -14,10 +14,10 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, get_args
 
-from qin import layout, pipeline
-from qin.config import PresetName, replace
 from qin.data import schema
-from qin.settings import Params, load_params
+from qin.runs import layout, pipeline
+from qin.settings.params import Params, load_params
+from qin.settings.sections import PresetName, replace
 
 
 def _synth(args: argparse.Namespace, params: Params) -> None:
@@ -153,7 +153,7 @@ def _run_stage(args: argparse.Namespace, params: Params) -> None:
     extra = None
     for i in s.inputs:
         if i.stage == pipeline.MODEL:  # a registered version (downloaded once) or a package path
-            from qin.resolve import resolve_model
+            from qin.registry.resolve import resolve_model
 
             ref = resolve_model(paths[i.arg] or params.predict.model, params.register)
             print(f"scoring with {ref.describe()}")
@@ -183,7 +183,7 @@ def _promote(args: argparse.Namespace, params: Params) -> None:
 
 def _gc(args: argparse.Namespace, params: Params) -> None:
     from qin.register import load_registry, stage_keys
-    from qin.store import gc
+    from qin.runs.store import gc
 
     referenced = stage_keys(load_registry(params.register), params.register.model_name)
     removed = gc(referenced, args.keep, dry_run=args.dry_run)
@@ -196,7 +196,7 @@ def _gc(args: argparse.Namespace, params: Params) -> None:
 
 
 def _show_params(args: argparse.Namespace, params: Params) -> None:
-    from qin.settings import to_yaml
+    from qin.settings.params import to_yaml
 
     print(to_yaml(params), end="")
 

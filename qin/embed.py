@@ -6,8 +6,8 @@ Methods (params `embed.method`):
     pca      the organisers' baseline: every text and image column standardised, both concatenated,
              PCA to 128
     learned  a fusion of both modalities trained on which items the training histories hold together
-             (qin/fusion.py), started from the pca solution; it reads train.parquet's histories only,
-             never a label
+             (qin/embedding/fusion.py), started from the pca solution; it reads train.parquet's histories
+             only, never a label
 
 Output folder:
     item_info.parquet  item_info with the new item_emb_d128 (row 0 stays the zero padding row)
@@ -26,12 +26,12 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from qin.config import EmbedConfig
 from qin.data import schema
-from qin.data.similarity import concat_unit, neighbour_agreements, read_item_truth
+from qin.embedding.pca import fit_pca
+from qin.embedding.similarity import concat_unit, neighbour_agreements, read_item_truth
 from qin.featurize import fixed_list
-from qin.io import atomic_dir, write_json
-from qin.pca import fit_pca
+from qin.runs.io import atomic_dir, write_json
+from qin.settings.sections import EmbedConfig
 from qin.validate import require_passed
 
 ITEMS, REPORT = f"{schema.ITEM_FILE}.parquet", "report.json"
@@ -87,7 +87,7 @@ def _fused(
     figures: dict[str, Any] = {"explained_variance": round(float(pca.explained.sum()), 6)}
     if cfg.method == "pca":
         return pca.transform(features), figures
-    from qin.fusion import learn_fusion, read_histories
+    from qin.embedding.fusion import learn_fusion, read_histories
 
     rows = cfg.learned.history_rows or None
     histories = read_histories(data_dir / "train.parquet", rows, cfg.learned.seed)

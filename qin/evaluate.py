@@ -14,11 +14,11 @@ from typing import Any
 
 import numpy as np
 
-from qin.config import EvaluateConfig
 from qin.featurize import Features
-from qin.inference import load_package
-from qin.io import atomic_dir, read_json, write_json
-from qin.metrics import (
+from qin.runs.io import atomic_dir, read_json, write_json
+from qin.serving.inference import load_package
+from qin.settings.sections import EvaluateConfig
+from qin.training.metrics import (
     calibration,
     expected_calibration_error,
     grouped_auc,

@@ -23,10 +23,10 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from qin.config import FeaturizeConfig
 from qin.data import features as F
 from qin.data import schema
-from qin.io import atomic_dir, file_hash, read_json, write_json
+from qin.runs.io import atomic_dir, file_hash, read_json, write_json
+from qin.settings.sections import FeaturizeConfig
 from qin.validate import require_passed
 
 MANIFEST = "manifest.json"

@@ -12,9 +12,10 @@ folder:
 
 The test file passes the same gate as in `validate` (qin/validate.py), with item ids checked against the
 item table of the model that scores it, before anything is scored; it is then scored in batches of
-`predict.batch_size` rows through `qin.inference.Scorer`, the one scoring path.
+`predict.batch_size` rows through `qin.serving.inference.Scorer`, the one scoring path.
 
-Which model (`predict.model`, or `qin predict --model`) is found by qin/resolve.py: a registered version
+Which model (`predict.model`, or `qin predict --model`) is found by qin/registry/resolve.py: a registered
+version
 (downloaded once per content hash) or a package path. The stage's key holds the package's content hash, so
 a run with the same model, data and settings reuses the submission.
 """
@@ -34,8 +35,8 @@ import pyarrow.parquet as pq
 from qin.data import schema
 from qin.data.features import FeatureSpec
 from qin.featurize import fixed_list
-from qin.io import atomic_dir, read_json, tree_hash, write_json
-from qin.settings import Params
+from qin.runs.io import atomic_dir, read_json, tree_hash, write_json
+from qin.settings.params import Params
 
 log = logging.getLogger(__name__)
 
@@ -59,8 +60,8 @@ def predict(
 ) -> dict[str, Any]:
     """Score `data_dir`/test.parquet with the package `model_dir` into `out_dir` (see the module's text);
     return the manifest. `model_name`, `version`: the package's registered identity, for the manifest;
-    `model_hash`: its content hash when the caller has it (qin/resolve.py computed or checked it)."""
-    from qin.inference import load_package
+    `model_hash`: its content hash when the caller has it (qin/registry/resolve.py computed or checked it)."""
+    from qin.serving.inference import load_package
     from qin.validate import validate_split
 
     cfg = params.predict

@@ -15,7 +15,8 @@ Promotion (`promote`, one code path for the register stage's automatic gate and 
 - `production` (params `register.production_alias`, `champion`): only `qin promote --to production`.
 A version takes an alias when no version holds it, or when its valid AUC beats the holder's by at least
 `register.min_delta`: the two `valid_auc` tags on the same data version (`data_hash` tag); on a new data
-version, both models re-scored on the candidate's valid split (a `Judge`, `judge_on`, qin/judge.py). A
+version, both models re-scored on the candidate's valid split (a `Judge`, `judge_on`, qin/registry/judge.py).
+A
 version whose run or model artifacts are missing is always refused. Every move is recorded on the version as
 a tag `alias_history.<n>` (JSON: when, alias, from which version, metrics, what was compared on new data,
 reason, by whom), read back with `alias_history`. A move is a compare-and-set against the holder the
@@ -42,12 +43,12 @@ from pathlib import Path
 from typing import Any, Literal, Protocol, get_type_hints
 
 import qin
-from qin import layout
-from qin.config import RegisterConfig, flatten, section_hash
-from qin.io import file_lock, read_json, tree_hash, write_json
-from qin.judge import Comparison, digest
-from qin.settings import Params, to_yaml
-from qin.store import lineage
+from qin.registry.judge import Comparison, digest
+from qin.runs import layout
+from qin.runs.io import file_lock, read_json, tree_hash, write_json
+from qin.runs.store import lineage
+from qin.settings.params import Params, to_yaml
+from qin.settings.sections import RegisterConfig, flatten, section_hash
 from qin.validate import DATA_DOCS, REPORT, SUMMARY
 
 
@@ -82,7 +83,9 @@ class Candidate:
 
 
 HISTORY_TAG = "alias_history"
-STAGE_KEYS_TAG = "stage_keys"  # JSON {stage: key}: the stage outputs (qin/store.py) the version came from
+STAGE_KEYS_TAG = (
+    "stage_keys"  # JSON {stage: key}: the stage outputs (qin/runs/store.py) the version came from
+)
 # How often `promote` re-decides when the alias moved under it before it gives up.
 ALIAS_TRIES = 10
 Target = Literal["staging", "production"]
@@ -150,7 +153,8 @@ class Registry(Protocol):
         """Why its run or model artifacts cannot be used (run deleted, model files gone), or None."""
 
     def download_package(self, model_name: str, version: str, dest: Path) -> None:
-        """Copy the version's model package (the files `qin.inference.load_package` reads) into `dest`,
+        """Copy the version's model package (the files `qin.serving.inference.load_package` reads) into
+        `dest`,
         an empty folder."""
 
     def log_scoring(self, model_name: str, version: str, manifest: Path, name: str) -> None:
@@ -292,7 +296,7 @@ def data_hash(validation_dir: str | Path) -> str:
     return digest({name: info.get("md5") for name, info in summary["files"].items()})
 
 
-# A comparison of the two on the candidate's data (qin/judge.py), or why there is none.
+# A comparison of the two on the candidate's data (qin/registry/judge.py), or why there is none.
 Judge = Callable[[VersionInfo, VersionInfo], "Comparison | str"]
 
 
@@ -529,11 +533,12 @@ def judge_on(
     registry: Registry,
     local: dict[str, tuple[Path, str]] | None = None,
 ) -> Judge:
-    """A `Judge` that compares two versions on `data_dir`'s valid split (qin/judge.py), provided it holds
+    """A `Judge` that compares two versions on `data_dir`'s valid split (qin/registry/judge.py), provided it
+    holds
     the candidate's data version. Their packages: `local` (version -> (package, content hash)), else
     downloaded as `qin predict` downloads a registered version."""
-    from qin.judge import compare, data_hash_of
-    from qin.resolve import resolve_model
+    from qin.registry.judge import compare, data_hash_of
+    from qin.registry.resolve import resolve_model
 
     def package(version: VersionInfo) -> tuple[Path, str]:
         if local and version.version in local:

@@ -9,7 +9,8 @@ of a step waits for the GPU (tests/models/test_host_sync.py), so the host runs a
 lives inside the model as buffers, so each distinct item of a batch (target or history) is encoded once and
 gathered in one indexing operation (qin/models/blocks.py).
 
-Speed settings (TrainConfig; qin/runtime.py): bf16 autocast (`precision`), a foreach (CPU) or fused (CUDA)
+Speed settings (TrainConfig; qin/training/runtime.py): bf16 autocast (`precision`), a foreach (CPU) or fused
+(CUDA)
 Adam, optional `torch.compile` (`compile`), CPU `threads`, and on CPU keeping the memory a step frees for the
 next (`reuse_memory`). None changes the recipe.
 
@@ -31,7 +32,8 @@ clipping; the learning rate halves when valid AUC stalls (lr_patience epochs) an
 Resumable: at each epoch end, and within an epoch every `checkpoint_seconds` (looked at every
 `checkpoint_every` steps), the full state (`TrainState`: weights, optimizer, scheduler, RNG states of every
 process, the epoch's shuffling and position, history, best weights) is saved beside the output, under the
-stage key (qin/pipeline.py) of the run that wrote it. A rerun with the same key (the same settings but the
+stage key (qin/runs/pipeline.py) of the run that wrote it. A rerun with the same key (the same settings but
+the
 speed-only ones, the same features) continues from there, mid-epoch included, and reaches the same result
 as an uninterrupted run. The checkpoint is removed once the package is written.
 
@@ -58,16 +60,16 @@ import torch
 from torch import Tensor, nn
 from tqdm import tqdm
 
-from qin import runtime
 from qin.data.features import FeatureSpec
 from qin.featurize import Features
-from qin.inference import Scorer, resolve_device, save_package
-from qin.io import write_json
-from qin.losses import Loss, model_loss
-from qin.metrics import log_loss, roc_auc
 from qin.models import build_model
 from qin.models.blocks import Batch, embedding_tables, network_weights
-from qin.settings import TrainConfig
+from qin.runs.io import write_json
+from qin.serving.inference import Scorer, resolve_device, save_package
+from qin.settings.params import TrainConfig
+from qin.training import runtime
+from qin.training.losses import Loss, model_loss
+from qin.training.metrics import log_loss, roc_auc
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -395,7 +397,8 @@ def train(
     key: str | None = None,
 ) -> dict:
     """Train into `out_dir`. The checkpoint beside it is resumed only if it was written under stage key
-    `key` (qin/pipeline.py: `qin train` and flow runs pass theirs); without a key training starts afresh."""
+    `key` (qin/runs/pipeline.py: `qin train` and flow runs pass theirs); without a key training starts
+    afresh."""
     procs, device_name = runtime.start_processes(cfg.device)
     device = resolve_device(device_name)
     try:

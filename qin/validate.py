@@ -4,10 +4,10 @@ It checks the four contract files, and item_feature.parquet when the data folder
 optional: real data without it still passes).
 
 Each file is checked in two passes, both generated from its columns' kinds: the contract's
-(qin/data/schema.py `CONTRACT`) and the feature table's own columns in that file (qin/checks.py):
+(qin/data/schema.py `CONTRACT`) and the feature table's own columns in that file (qin/data/checks.py):
 1. its schema, as a small frame of (column, type) rows: every expected column present with a type its kind
    allows, no extra columns;
-2. its values: each kind's checks (qin/checks.py) are aggregated batch by batch (offending rows counted
+2. its values: each kind's checks (qin/data/checks.py) are aggregated batch by batch (offending rows counted
    with their first values, distinct values, sums, the row count) and never on a frame of all rows; GX then
    judges each check's figure for the whole file (a count of offending rows must be 0, a row count or a
    mean within its bounds), so memory stays that of one batch on the full data.
@@ -31,12 +31,12 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-import qin.checks as C
-from qin.config import ValidateConfig
+import qin.data.checks as C
 from qin.data import features as F
 from qin.data import schema
 from qin.data.schema import Column
-from qin.io import atomic_dir, file_hash, read_json, write_json
+from qin.runs.io import atomic_dir, file_hash, read_json, write_json
+from qin.settings.sections import ValidateConfig
 
 log = logging.getLogger(__name__)
 
@@ -213,7 +213,7 @@ def _check_schema(
 
 
 def _check_values(gx: _Gx, pf: pq.ParquetFile, path: Path, name: str, checks: list[C.Check]) -> list[Finding]:
-    """The value pass: each check's figure, aggregated batch by batch (qin/checks.py), judged by GX."""
+    """The value pass: each check's figure, aggregated batch by batch (qin/data/checks.py), judged by GX."""
     tallies = C.scan(pf, checks, FEATURE_BATCH_ROWS if name == schema.FEATURE_FILE else BATCH_ROWS)
     figures = {t.check.key: t.observed() for t in tallies}
     result = gx.run(name, pd.DataFrame([figures]), _judgements(tallies))

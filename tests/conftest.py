@@ -23,7 +23,7 @@ os.environ.update(
     }
 )
 os.environ.pop("MLFLOW_TRACKING_URI", None)
-# The tests' own md5 memo (qin/io.py HashMemo), not the user's; their subprocesses inherit it.
+# The tests' own md5 memo (qin/runs/io.py HashMemo), not the user's; their subprocesses inherit it.
 os.environ.setdefault("QIN_HASH_MEMO", os.path.join(tempfile.mkdtemp(prefix="qin-test-memo-"), "md5.sqlite"))
 
 REPO = Path(__file__).resolve().parents[1]
@@ -53,8 +53,8 @@ features: params/features/default.yaml
 
 @pytest.fixture(scope="session")
 def tiny_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from qin.config import DataConfig
     from qin.data.synth import synthesize
+    from qin.settings.sections import DataConfig
 
     out = tmp_path_factory.mktemp("tiny") / "data"
     synthesize(out, DataConfig(preset="tiny", seed=7))

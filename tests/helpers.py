@@ -7,7 +7,7 @@ import shutil
 import socket
 from pathlib import Path
 
-from qin import pipeline
+from qin.runs import pipeline
 
 
 def workspace(stage: str, output: str) -> Path:

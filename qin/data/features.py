@@ -4,7 +4,7 @@ Each row of the table is one input: its name, the column it comes from and in wh
 `kind`, its vocabulary and the width of its embedding. The table drives everything that knows a column:
 the files' schema and the gate's checks on the declared columns (qin/validate.py), featurize's arrays
 (qin/featurize.py), every model's input layer (qin/models/blocks.py `FeatureEncoder`), the scoring
-requests' checks (qin/request.py), and the MLflow signature of a registered model (flows/tracking.py).
+requests' checks (qin/serving/request.py), and the MLflow signature of a registered model (flows/tracking.py).
 
 Kinds:
     target       the row's target item (an id into the item table); exactly one, from the row files

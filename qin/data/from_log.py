@@ -20,7 +20,8 @@ by these rules (each a `FromLogConfig` field, a command-line option):
   `likes_level` of its positives; 0 for an item with none.
 - **Tags**: an item's categories, its `tags_per_item` most frequent kept; ids by frequency, at most
   `tag_vocab` - 1 of them (the gate's bound, params `validate.tag_vocab`).
-- **item_emb_d128**: the PCA (qin/pca.py) of the given vector columns, concatenated; without vectors, TF-IDF
+- **item_emb_d128**: the PCA (qin/embedding/pca.py) of the given vector columns, concatenated; without
+vectors, TF-IDF
   and truncated SVD (scikit-learn) of the title and categories; zero-padded to 128; zeros with no table.
 - **item_feature.parquet** only when the vectors fit its contract (one of 768 and one of 1024 values).
 
@@ -44,7 +45,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from qin.data import schema
-from qin.io import atomic_dir, write_json, write_tables
+from qin.runs.io import atomic_dir, write_json, write_tables
 
 MAPS = "maps"
 RECORD = "from_log.json"
@@ -324,7 +325,7 @@ def item_embedding(
     dim = schema.ITEM_EMB_DIM
     out = np.zeros((n, dim), dtype=np.float32)
     if vectors is not None:
-        from qin.pca import fit_pca
+        from qin.embedding.pca import fit_pca
 
         k = min(dim, vectors.shape[1], n)
         out[:, :k] = fit_pca(vectors, k, standardise=False).transform(vectors)
@@ -583,8 +584,8 @@ def join_keys(prediction: str | Path, data_dir: str | Path, out: str | Path) -> 
     """prediction.csv (or the submission zip) with the original user and item keys of each row, from the
     data folder's test.parquet and maps, into `out` (CSV: ID, user, item, Task2); returns the rows. `ID` is
     the interaction's row number in the log (sampled negatives: after the last row)."""
-    from qin.io import atomic_file
     from qin.predict import read_submission
+    from qin.runs.io import atomic_file
 
     prediction, data_dir = Path(prediction), Path(data_dir)
     pred = read_submission(prediction) if prediction.suffix == ".zip" else pd.read_csv(prediction)

@@ -15,7 +15,7 @@ from pathlib import Path
 import pyarrow.parquet as pq
 
 from qin.data import schema
-from qin.io import atomic_dir, file_hash, write_json
+from qin.runs.io import atomic_dir, file_hash, write_json
 
 
 def import_files(src: str | Path, out: str | Path) -> dict:
@@ -48,7 +48,7 @@ def import_files(src: str | Path, out: str | Path) -> dict:
 
 def _check_optional(src: Path, name: str) -> None:
     """Refuse an optional file that breaks the contract (the gate's message for each failure)."""
-    from qin.config import ValidateConfig
+    from qin.settings.sections import ValidateConfig
     from qin.validate import ValidationError, file_failures
 
     try:

@@ -65,7 +65,8 @@ ITEM_TRUTH_FILE = "item_truth.parquet"
 @dataclass(frozen=True)
 class Column:
     """One column of a data file, with the kind that says how it is stored and how the gate checks it
-    (qin/checks.py). Kinds: those of the feature table (target, history, categorical, sequence, dense), plus
+    (qin/data/checks.py). Kinds: those of the feature table (target, history, categorical, sequence, dense),
+    plus
     the contract's own columns that no model reads: `key` (an item table's id, equal to its row position),
     `id` (any integer, e.g. the user), `unique` (an integer key, no two rows alike), `label` (0/1) and
     `text`."""
@@ -132,7 +133,7 @@ FEATURE_SCHEMA = arrow_schema(CONTRACT[FEATURE_FILE])
 
 def schema_for(name: str) -> pa.Schema:
     """The contract's arrow schema of file `name` (the feature table's own columns extend it:
-    qin/checks.py `file_columns`)."""
+    qin/data/checks.py `file_columns`)."""
     if name not in CONTRACT:
         raise ValueError(f"unknown data file '{name}': expected one of {[*FILES, *OPTIONAL_FILES]}")
     return arrow_schema(CONTRACT[name])

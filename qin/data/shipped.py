@@ -19,7 +19,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from qin.data import schema
-from qin.io import atomic_dir, write_tables
+from qin.runs.io import atomic_dir, write_tables
 
 # How each column is stored in the rewritten files (a list column becomes a fixed-size list of this type).
 NARROW: dict[str, pa.DataType] = {

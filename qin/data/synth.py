@@ -20,7 +20,7 @@ item_feature.parquet (the challenge's per-item features) holds a synthetic title
 levels and two modality vectors, each a noisy projection of part of the latent vector (the text mostly the
 topic, the image the sub-topic and the residual): together they recover item similarity better than
 either alone. item_truth.parquet saves each item's topic, sub-topic and unit latent vector, so that an
-embedding can be scored against the planted similarity (qin/data/similarity.py).
+embedding can be scored against the planted similarity (qin/embedding/similarity.py).
 
 Saved beside the data: the true click probability of every valid/test row, and in synth.json the valid
 oracle AUC (scoring with the truth) and the no-history bound (scoring with E[p | target, likes, views],
@@ -44,11 +44,11 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from qin.config import DataConfig
 from qin.data import schema
-from qin.io import atomic_dir, write_json
-from qin.metrics import roc_auc
-from qin.pca import pca_from_scatter
+from qin.embedding.pca import pca_from_scatter
+from qin.runs.io import atomic_dir, write_json
+from qin.settings.sections import DataConfig
+from qin.training.metrics import roc_auc
 
 
 @dataclass(frozen=True)

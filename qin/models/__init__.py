@@ -3,13 +3,14 @@
 A model is its settings class (a `ModelConfig`, the `train.model` section) in a torch-free module
 (qin/models/settings.py) and one file under qin/models/ holding its `nn.Module` (built from the blocks in
 qin/models/blocks.py; `forward` returns logits). Adding a model is those and one line in `MODELS`; the
-settings reader (qin/settings.py), the CLI and the flows' parameter types take the names from here, the
-trainer takes the loss (qin/losses.py `LOSSES`).
+settings reader (qin/settings/params.py), the CLI and the flows' parameter types take the names from here, the
+trainer takes the loss (qin/training/losses.py `LOSSES`).
 
 This module imports no torch, nor do the settings modules: reading params.yaml (and `qin --help`) stays fast.
 A model's network file is imported when it is built. The import runs one way: this registry and the
-settings modules import qin.config, never the reverse, so the stages that read only their own section do not
-count the models as their code; those that build models (qin/pipeline.py `Stage.models`) count every
+settings modules import qin.settings.sections, never the reverse, so the stages that read only their own
+section do not
+count the models as their code; those that build models (qin/runs/pipeline.py `Stage.models`) count every
 registered model's files.
 """
 
@@ -32,7 +33,7 @@ class Model:
     module: str  # the model's network file, as a module name
     config: str  # its settings class (a ModelConfig) in `settings`
     network: str  # its nn.Module in `module`: Network(cfg, spec, items)
-    loss: str = "bce"  # its training loss: a name in qin.losses.LOSSES
+    loss: str = "bce"  # its training loss: a name in qin.training.losses.LOSSES
     settings: str = "qin.models.settings"  # the torch-free module of its settings class
 
 

@@ -9,7 +9,7 @@ the history mean-pooled (these models have no sequence module).
 - Exponential Cross Network (ECN, deep): x <- x ⊙ H + x; the interaction order doubles each layer.
 - Linear Cross Network (LCN, shallow): x <- x0 ⊙ H + x; the order grows by one each layer.
 DCNv3 is the ECN alone. SDCNv3 runs both and averages their logits; it is trained with Tri-BCE
-(qin/losses.py), for which `side_logits` returns the fused, deep and shallow logits.
+(qin/training/losses.py), for which `side_logits` returns the fused, deep and shallow logits.
 """
 
 from __future__ import annotations

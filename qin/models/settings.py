@@ -1,6 +1,6 @@
 """The models' settings: the `train.model` section, one class per model, told apart by `name`.
 
-Torch-free, so that reading params.yaml (qin/settings.py) imports no torch: each model's file under
+Torch-free, so that reading params.yaml (qin/settings/params.py) imports no torch: each model's file under
 qin/models/ builds its network from its class here (and re-exports it), and the registry
 (qin/models/__init__.py `MODELS`) names the class of each model.
 """
@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import ClassVar, Literal
 
-from qin.config import Settings
+from qin.settings.sections import Settings
 
 
 class ModelConfig(Settings):

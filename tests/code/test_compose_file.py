@@ -1,4 +1,4 @@
-"""docker/compose.yaml agrees with flows/stack.py and docker/.env.example, without a Docker engine.
+"""docker/compose.yaml agrees with qinstack/stack.py and docker/.env.example, without a Docker engine.
 
 The container test (tests/container) runs the stack for real; these catch a compose file that names a
 command or a credential the rest of the project does not know, in `make test`'s time.
@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 import yaml
 
-from flows.stack import read_env_file, write_secrets
+from qinstack.stack import read_env_file, write_secrets
 
 REPO = Path(__file__).resolve().parents[2]
 COMPOSE_FILE = REPO / "docker" / "compose.yaml"
@@ -30,7 +30,9 @@ def test_every_credential_compose_requires_is_generated_by_secrets(tmp_path: Pat
     assert required, "compose.yaml should refuse to start without its credentials (${KEY:?...})"
     write_secrets(tmp_path / ".env")
     missing = required - set(read_env_file(tmp_path / ".env"))
-    assert not missing, f"`flows.stack secrets` does not write {sorted(missing)}, which compose.yaml requires"
+    assert not missing, (
+        f"`qinstack.stack secrets` does not write {sorted(missing)}, which compose.yaml requires"
+    )
 
 
 def test_every_variable_compose_reads_is_documented_in_env_example() -> None:
@@ -44,11 +46,13 @@ def test_each_service_runs_a_flows_stack_command_and_checks_its_health_with_it(n
     service = SERVICES[name]
     command = service["command"]
     out = subprocess.run(
-        [sys.executable, "-m", "flows.stack", *command, "--help"], cwd=REPO, capture_output=True, text=True
+        [sys.executable, "-m", "qinstack.stack", *command, "--help"], cwd=REPO, capture_output=True, text=True
     )
-    assert out.returncode == 0, f"service {name}: `flows.stack {' '.join(command)}` is unknown:\n{out.stderr}"
+    assert out.returncode == 0, (
+        f"service {name}: `qinstack.stack {' '.join(command)}` is unknown:\n{out.stderr}"
+    )
     if name != "data":  # one-shot: compose waits for it to complete instead
-        assert service["healthcheck"]["test"] == ["CMD", "python", "-m", "flows.stack", "health", name]
+        assert service["healthcheck"]["test"] == ["CMD", "python", "-m", "qinstack.stack", "health", name]
 
 
 def test_ports_are_published_on_loopback_only_and_workers_scale() -> None:
@@ -60,7 +64,7 @@ def test_ports_are_published_on_loopback_only_and_workers_scale() -> None:
     assert {"qin-artifacts:/app/artifacts", "qin-data:/app/data"} <= set(worker["volumes"])
     grace = re.fullmatch(r"(\d+)s", worker["stop_grace_period"])
     assert grace and int(grace.group(1)) >= 15, (
-        "the worker needs time to stop its flow runs (flows/worker.py)"
+        "the worker needs time to stop its flow runs (qinstack/worker.py)"
     )
 
 

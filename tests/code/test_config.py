@@ -3,9 +3,9 @@ from pathlib import Path
 
 import pytest
 
-from qin.config import DeployConfig, flatten
 from qin.models.din import DINConfig
-from qin.settings import Params, load_params, preset
+from qin.settings.params import Params, load_params, preset
+from qin.settings.sections import DeployConfig, flatten
 
 
 def test_repo_params_load_and_match_the_dataclasses(tmp_path: Path) -> None:
@@ -99,7 +99,7 @@ def test_a_preset_sets_where_another_model_starts(
 
 
 def test_overrides_and_model_are_applied_into_a_resolved_params_file(tmp_path: Path) -> None:
-    from qin.settings import write_resolved_params
+    from qin.settings.params import write_resolved_params
 
     src = tmp_path / "params.yaml"
     src.write_text("train: {model: {name: qin, embedding_dim: 8, num_layers: 3}, epochs: 2}\nevaluate: {}\n")
@@ -131,7 +131,7 @@ def test_overrides_and_model_are_applied_into_a_resolved_params_file(tmp_path: P
 def test_bad_overrides_are_refused_by_key(
     tmp_path: Path, overrides: dict, model: str | None, message: str
 ) -> None:
-    from qin.settings import write_resolved_params
+    from qin.settings.params import write_resolved_params
 
     src = tmp_path / "params.yaml"
     src.write_text("train: {epochs: 2}\n")
@@ -161,7 +161,7 @@ def test_a_model_packages_settings_read_back_as_they_were_written() -> None:
 def test_section_hash_is_the_hash_of_the_sections_content() -> None:
     import hashlib
 
-    from qin.config import FusionConfig, replace, section_hash
+    from qin.settings.sections import FusionConfig, replace, section_hash
 
     cfg = FusionConfig()
     blob = json.dumps(cfg.model_dump(), sort_keys=True)

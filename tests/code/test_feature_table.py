@@ -12,7 +12,7 @@ import torch
 from qin.data import features as F
 from qin.data import schema
 from qin.models.blocks import map_ids
-from qin.settings import load_params
+from qin.settings.params import load_params
 
 
 def test_the_default_table_is_the_challenge_baselines_inputs() -> None:
@@ -100,7 +100,7 @@ def test_the_model_maps_raw_values_to_ids_as_the_table_says() -> None:
 def test_a_dense_row_feature_is_checked_at_the_door_and_arrives_as_floats() -> None:
     import pandas as pd
 
-    from qin.request import BadRequest, request_arrays
+    from qin.serving.request import BadRequest, request_arrays
 
     table = F.parse([*F.default().plain(), {"name": "ctx", "kind": "dense", "dim": 3}])
     spec = F.FeatureSpec(table=table, sizes={**F.default_spec(50, 9).sizes, "ctx": 3}, n_items=50)

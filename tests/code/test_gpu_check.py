@@ -49,10 +49,10 @@ def _record(tmp_path: Path, code: str) -> list[str]:
 
 def test_the_record_holds_what_the_projects_files_import_outside_the_standard_library(tmp_path: Path) -> None:
     lines = _record(
-        tmp_path, "import json\nimport qin.config\n\ndef later():\n    import pyarrow\n\nlater()\n"
+        tmp_path, "import json\nimport qin.settings.sections\n\ndef later():\n    import pyarrow\n\nlater()\n"
     )
     modules = {line.split()[0] for line in lines}
-    assert "pydantic qin/config.py" in lines  # qin/config.py's own import
+    assert "pydantic qin/settings/sections.py" in lines  # qin/settings/sections.py's own import
     assert "pyarrow" in modules  # an import inside a function, once it runs
     assert "json" not in modules and "qin" not in modules  # the standard library, the project itself
     assert not any(line.split()[1].startswith(".venv") for line in lines)  # packages' own imports
@@ -62,7 +62,7 @@ def test_the_import_check_fails_on_a_module_the_image_lacks(
     tmp_path: Path, capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     record = tmp_path / "imports.txt"
-    record.write_text("torch qin/train.py\nyaml qin/config.py\n")
+    record.write_text("torch qin/train.py\nyaml qin/settings/sections.py\n")
     assert gpu_check.check_imports(record)
     record.write_text("torch qin/train.py\ngreat_expectations qin/validate.py\n")
     assert not gpu_check.check_imports(record)

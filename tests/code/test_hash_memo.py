@@ -1,4 +1,5 @@
-"""The md5 memo (qin/io.py HashMemo): a new process reads no byte of an unchanged file; a changed file (its
+"""The md5 memo (qin/runs/io.py HashMemo): a new process reads no byte of an unchanged file; a changed file
+(its
 size, mtime or inode) is read again; QIN_HASH_MEMO=off reads every byte; concurrent processes share it."""
 
 import hashlib
@@ -13,7 +14,7 @@ from tests.conftest import REPO
 
 HASH = """
 import json, sys
-from qin.io import hashing_spent, tree_hash
+from qin.runs.io import hashing_spent, tree_hash
 digest = tree_hash([sys.argv[1]])
 print(json.dumps({"digest": digest, **hashing_spent()}))
 """
@@ -92,7 +93,7 @@ def test_a_fresh_file_its_writer_vouches_for_is_memoised_and_survives_a_rename(t
     (partial / "out.bin").write_bytes(os.urandom(5_000))
     vouched = f"""
 import json, os
-from qin.io import hashing_spent, tree_hash, vouch
+from qin.runs.io import hashing_spent, tree_hash, vouch
 digest = tree_hash([{str(partial)!r}])
 os.rename({str(partial)!r}, {str(tmp_path / "key")!r})  # as the store renames a finished key folder
 vouch({str(tmp_path / "key")!r})

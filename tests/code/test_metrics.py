@@ -6,7 +6,14 @@ import math
 import numpy as np
 import pytest
 
-from qin.metrics import calibration, expected_calibration_error, grouped_auc, log_loss, roc_auc, roc_curve
+from qin.training.metrics import (
+    calibration,
+    expected_calibration_error,
+    grouped_auc,
+    log_loss,
+    roc_auc,
+    roc_curve,
+)
 
 
 def test_auc_counts_each_positive_negative_pair_and_ties_half() -> None:

@@ -1,4 +1,5 @@
-"""Scoring requests checked at the door (qin/request.py): each kind of bad row refused with its own message
+"""Scoring requests checked at the door (qin/serving/request.py): each kind of bad row refused with its own
+message
 naming the row, the column, what was expected and what was found; good rows, empty and long histories pass."""
 
 from __future__ import annotations
@@ -10,7 +11,7 @@ import pandas as pd
 import pytest
 
 from qin.data.features import default_spec
-from qin.request import BadRequest, check_request, history_matrix, request_arrays
+from qin.serving.request import BadRequest, check_request, history_matrix, request_arrays
 
 N_ITEMS = 100  # ids 0 (padding) .. 99
 SPEC = default_spec(N_ITEMS, n_tags=20)

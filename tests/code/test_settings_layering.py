@@ -1,5 +1,5 @@
-"""The settings import one way: qin/config.py (the sections that stand alone) imports nothing under
-qin/models; the model registry and qin/settings.py (the train section, `Params`) import it. So reading
+"""The settings import one way: qin/settings/sections.py (the sections that stand alone) imports nothing under
+qin/models; the model registry and qin/settings/params.py (the train section, `Params`) import it. So reading
 params.yaml imports no torch, and adding a model changes the code of no stage that reads only its own
 section (validate, embed, featurize): their keys stay, train's changes."""
 
@@ -12,7 +12,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from qin import pipeline
+from qin.runs import pipeline
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -31,7 +31,7 @@ def test_reading_the_settings_imports_no_torch() -> None:
     code = (
         "import sys\n"
         "from qin.models import config_class, model_config\n"
-        "from qin.settings import load_params\n"
+        "from qin.settings.params import load_params\n"
         "params = load_params('params.yaml')\n"
         "assert config_class('din').__name__ == 'DINConfig', config_class('din')\n"
         "assert model_config(params.train.model.model_dump()) == params.train.model\n"
@@ -42,18 +42,21 @@ def test_reading_the_settings_imports_no_torch() -> None:
 
 def test_qin_config_imports_nothing_under_qin_models() -> None:
     # Its source (what a stage's code is made of: imports in function bodies count too) and what runs.
-    assert pipeline._qin_closure("qin.config") == frozenset({"qin/config.py"})
-    code = "import sys\nimport qin.config\nprint(sorted(m for m in sys.modules if m.startswith('qin.')))\n"
-    assert json.loads(_python(code).replace("'", '"')) == ["qin.config"]
+    assert pipeline._qin_closure("qin.settings.sections") == frozenset({"qin/settings/sections.py"})
+    code = (
+        "import sys\nimport qin.settings.sections\n"
+        "print(sorted(m for m in sys.modules if m.startswith('qin.')))\n"
+    )
+    assert json.loads(_python(code).replace("'", '"')) == ["qin.settings", "qin.settings.sections"]
 
 
 def test_the_stages_that_read_their_own_section_run_no_model_file() -> None:
     for name in ("validate", "embed", "featurize"):
         code = pipeline.stage(name).code()
         assert not [f for f in code if f.startswith("qin/models/")], (name, code)
-        assert "qin/settings.py" not in code, name
+        assert "qin/settings/params.py" not in code, name
     train = pipeline.stage("train").code()
-    assert {"qin/models/__init__.py", "qin/models/settings.py", "qin/settings.py"} <= set(train)
+    assert {"qin/models/__init__.py", "qin/models/settings.py", "qin/settings/params.py"} <= set(train)
 
 
 # A model added as the registry's docstring says: its settings class in the torch-free settings module, its
@@ -93,9 +96,9 @@ NEW_ENTRY = '\nMODELS["tinymlp"] = Model("qin.models.tinymlp", "TinyMLPConfig", 
 # The keys of the stages, each on the same settings and inputs, as the project at the path's root makes them.
 KEYS = """
 import json
-from qin import pipeline
+from qin.runs import pipeline
 from qin.models import MODELS
-from qin.settings import load_params
+from qin.settings.params import load_params
 
 params = load_params("params.yaml")
 out = {}

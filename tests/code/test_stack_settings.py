@@ -1,4 +1,4 @@
-"""The team stack's settings without starting it (flows/stack.py): the credentials file, a client's
+"""The team stack's settings without starting it (qinstack/stack.py): the credentials file, a client's
 exports, what a service refuses to start without, the MLflow server's command line; and a registry call to
 a tracking server that is not there fails naming it. The servers themselves: tests/integration."""
 
@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from flows.stack import (
+from qinstack.stack import (
     Settings,
     StackError,
     main,
@@ -38,14 +38,16 @@ def test_secrets_are_generated_once_readable_by_their_owner_only(tmp_path: Path)
 
     assert not write_secrets(path), "an existing credentials file was rewritten"
     assert read_env_file(path) == first
-    assert not list(path.parent.glob(".env.tmp-*")), "a temporary file was left (qin.io.atomic_file's name)"
+    assert not list(path.parent.glob(".env.tmp-*")), (
+        "a temporary file was left (qin.runs.io.atomic_file's name)"
+    )
 
 
 def test_the_secrets_command_runs_with_a_bare_python(tmp_path: Path) -> None:
     """`make up` writes docker/.env before any virtual environment exists: the module's top imports only
     the standard library (site packages off: -S)."""
     out = subprocess.run(
-        [sys.executable, "-S", "-m", "flows.stack", "secrets", str(tmp_path / ".env")],
+        [sys.executable, "-S", "-m", "qinstack.stack", "secrets", str(tmp_path / ".env")],
         cwd=REPO, capture_output=True, text=True, check=False,
     )  # fmt: skip
     assert out.returncode == 0, out.stderr
@@ -109,7 +111,7 @@ def test_the_mlflow_server_command() -> None:
 def test_the_serving_command_runs_the_app_serving_app_names() -> None:
     uri = "models:/qin-ctr/3"
     asgi = serving_command(Settings.from_env({"STACK_BIND": "0.0.0.0", "SERVING_WORKERS": "2"}), uri)
-    assert asgi[1:5] == ["-m", "flows.scoring_app", "--model", uri]  # the default
+    assert asgi[1:5] == ["-m", "qinstack.scoring_app", "--model", uri]  # the default
     option = {asgi[i]: asgi[i + 1] for i in range(len(asgi) - 1) if asgi[i].startswith("--")}
     assert (option["--host"], option["--port"], option["--workers"]) == ("0.0.0.0", "5001", "2")
     mlflow = serving_command(Settings.from_env({"SERVING_APP": "mlflow"}), uri)
@@ -122,7 +124,7 @@ def test_the_serving_command_runs_the_app_serving_app_names() -> None:
 
 def test_a_tracking_server_that_is_not_there_fails_naming_it(monkeypatch: pytest.MonkeyPatch) -> None:
     from flows.tracking import MlflowRegistry, TrackingServerUnavailable
-    from qin.config import RegisterConfig
+    from qin.settings.sections import RegisterConfig
 
     (port,) = free_ports(1)  # nothing listens there
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
@@ -134,7 +136,7 @@ def test_a_tracking_server_that_is_not_there_fails_naming_it(monkeypatch: pytest
 
 def test_serving_health_reads_its_own_ports_status(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Waiting for a version to serve counts as healthy; another serving process's status does not."""
-    from flows import stack
+    from qinstack import stack
 
     monkeypatch.setattr(stack.tempfile, "gettempdir", lambda: str(tmp_path))
     mine, theirs = Settings.from_env({"SERVING_PORT": "6001"}), Settings.from_env({"SERVING_PORT": "6002"})

@@ -1,4 +1,4 @@
-"""The gate's checks by kind (qin/checks.py): generated from the contract and the feature table, and
+"""The gate's checks by kind (qin/data/checks.py): generated from the contract and the feature table, and
 aggregated batch by batch to the same figures, counts and examples whatever the batch size."""
 
 import tempfile
@@ -9,11 +9,11 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-import qin.checks as C
-from qin.config import ValidateConfig
+import qin.data.checks as C
 from qin.data import features as F
 from qin.data import schema
 from qin.data.schema import Column
+from qin.settings.sections import ValidateConfig
 from qin.validate import ValidationError, validate
 
 N_ITEMS = 50

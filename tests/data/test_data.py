@@ -6,10 +6,10 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-from qin.config import DataConfig
 from qin.data import schema
 from qin.data.synth import PRESETS, synthesize
-from qin.io import file_hash
+from qin.runs.io import file_hash
+from qin.settings.sections import DataConfig
 
 
 def test_same_seed_gives_the_same_bytes_and_another_seed_does_not(tmp_path: Path, tiny_data: Path) -> None:

@@ -10,11 +10,11 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-from qin.config import EmbedConfig, FeaturizeConfig, ValidateConfig
 from qin.data import schema
 from qin.embed import ITEMS, REPORT, embed
+from qin.embedding.pca import fit_pca
 from qin.featurize import featurize, fixed_list
-from qin.pca import fit_pca
+from qin.settings.sections import EmbedConfig, FeaturizeConfig, ValidateConfig
 from qin.validate import validate
 
 
@@ -92,7 +92,7 @@ def test_learned_reads_no_label_and_only_the_training_histories(
 ) -> None:
     import pyarrow.parquet
 
-    from qin.config import FusionConfig
+    from qin.settings.sections import FusionConfig
 
     data, validation = validated
     reads: list[tuple[str, list[str] | None]] = []

@@ -12,9 +12,9 @@ import pyarrow.parquet as pq
 import pytest
 
 from qin.cli import main
-from qin.config import ValidateConfig
 from qin.data import schema
 from qin.data.from_log import FromLogConfig, LogError, from_log, join_keys
+from qin.settings.sections import ValidateConfig
 from qin.validate import validate
 
 HISTORY = 8
@@ -220,7 +220,7 @@ def test_bad_input_is_refused_by_file_column_and_example_and_nothing_is_written(
 def test_the_cli_output_trains_end_to_end(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from qin.evaluate import evaluate
     from qin.featurize import featurize
-    from qin.settings import load_params
+    from qin.settings.params import load_params
     from qin.train import train
     from tests.conftest import TINY_PARAMS
 

@@ -12,7 +12,7 @@ import pytest
 
 from qin.cli import main
 from qin.data import schema
-from qin.io import file_hash, read_json
+from qin.runs.io import file_hash, read_json
 
 
 def _challenge_folder(

@@ -9,12 +9,12 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from qin.config import DataConfig
 from qin.data import schema
-from qin.data.similarity import concat_unit, neighbour_agreement, neighbour_agreements, read_item_truth
 from qin.data.synth import PRESETS, synthesize
+from qin.embedding.similarity import concat_unit, neighbour_agreement, neighbour_agreements, read_item_truth
 from qin.featurize import fixed_list
-from qin.io import file_hash
+from qin.runs.io import file_hash
+from qin.settings.sections import DataConfig
 
 
 def _vectors(data: Path, column: str) -> np.ndarray:

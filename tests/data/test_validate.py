@@ -10,9 +10,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from qin.config import FeaturizeConfig, ValidateConfig
 from qin.featurize import featurize
-from qin.io import read_json
+from qin.runs.io import read_json
+from qin.settings.sections import FeaturizeConfig, ValidateConfig
 from qin.validate import ValidationError, validate
 
 Corrupt = Callable[[Path], None]

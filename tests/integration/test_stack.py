@@ -1,5 +1,5 @@
 """The pipeline against the team stack as local processes (`make stack`: PostgreSQL, the MLflow server with
-basic auth, the Prefect server with API auth) and two workers (`python -m flows.stack worker`) sharing a
+basic auth, the Prefect server with API auth) and two workers (`python -m qinstack.stack worker`) sharing a
 scratch project on tiny data: deployment runs through the work pool, the registry over HTTP, two runs at
 once, and the MLflow server killed in the middle of a `register`.
 
@@ -26,7 +26,7 @@ from typing import Any, TypeVar
 
 import pytest
 
-from flows.stack import Settings, postgres_bindir, read_env_file, write_secrets
+from qinstack.stack import Settings, postgres_bindir, read_env_file, write_secrets
 from tests.conftest import REPO, TINY_PARAMS
 from tests.helpers import free_ports
 
@@ -53,7 +53,7 @@ def _poll(what: str, check: Callable[[], T | None], timeout: float, log: Callabl
 @dataclass
 class Stack:
     settings: Settings
-    client_env: dict[str, str]  # what a client of the stack sets (flows.stack env)
+    client_env: dict[str, str]  # what a client of the stack sets (qinstack.stack env)
     state: Path
     log: Path
 
@@ -93,7 +93,7 @@ class Stack:
 
 @pytest.fixture(scope="module")
 def stack() -> Iterator[Stack]:
-    """`python -m flows.stack up` on free ports, its credentials and state in a folder of its own; stopped
+    """`python -m qinstack.stack up` on free ports, its credentials and state in a folder of its own; stopped
     with SIGTERM at the end, which it must obey."""
     try:
         postgres_bindir()
@@ -111,7 +111,7 @@ def stack() -> Iterator[Stack]:
     log = base / "up.log"
     with log.open("wb") as out:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "flows.stack", "up", "--env-file", str(env_file)],
+            [sys.executable, "-m", "qinstack.stack", "up", "--env-file", str(env_file)],
             cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT,
         )  # fmt: skip
     settings = Settings.from_env({**read_env_file(env_file), **ports, "QIN_STACK_DIR": env["QIN_STACK_DIR"]})
@@ -125,7 +125,7 @@ def stack() -> Iterator[Stack]:
     st = Stack(settings, client_env, base / "state", log)
     try:
         _poll("the stack up", lambda: proc.poll() is not None or "stack: up" in log.read_text(), 300, st.logs)
-        assert proc.poll() is None, f"`flows.stack up` exited with {proc.returncode}\n{st.logs()}"
+        assert proc.poll() is None, f"`qinstack.stack up` exited with {proc.returncode}\n{st.logs()}"
         yield st
     finally:
         if proc.poll() is None:
@@ -135,9 +135,9 @@ def stack() -> Iterator[Stack]:
             except subprocess.TimeoutExpired:
                 proc.kill()
                 raise AssertionError(
-                    f"`flows.stack up` still running 60 s after SIGTERM\n{st.logs()}"
+                    f"`qinstack.stack up` still running 60 s after SIGTERM\n{st.logs()}"
                 ) from None
-    assert proc.returncode == 0, f"`flows.stack up` exited with {proc.returncode} on SIGTERM\n{st.logs()}"
+    assert proc.returncode == 0, f"`qinstack.stack up` exited with {proc.returncode} on SIGTERM\n{st.logs()}"
     assert not list((st.state / "run").glob("*.pid")), "a service's pid file outlived the stack"
     shutil.rmtree(base, ignore_errors=True)
 
@@ -183,7 +183,7 @@ class Team:
         return run_id
 
     def record(self, flow_run_id: str) -> dict[str, Any]:
-        """The run's record (qin/runs.py): run.json with its stage keys, and register.json."""
+        """The run's record (qin/runs/records.py): run.json with its stage keys, and register.json."""
         folder = self.project / "artifacts" / "runs" / flow_run_id
         run = json.loads((folder / "run.json").read_text())
         return {
@@ -194,10 +194,11 @@ class Team:
 
 
 def _worker(project: Path, env: dict[str, str], n: int) -> subprocess.Popen[bytes]:
-    """`python -m flows.stack worker` (the compose worker's command) in the project; log: worker-<n>.log."""
+    """`python -m qinstack.stack worker` (the compose worker's command) in the project; log:
+    worker-<n>.log."""
     with (project / f"worker-{n}.log").open("wb") as log:
         return subprocess.Popen(
-            [sys.executable, "-m", "flows.stack", "worker"],
+            [sys.executable, "-m", "qinstack.stack", "worker"],
             cwd=project,
             env=env,
             stdout=log,
@@ -284,8 +285,8 @@ def test_a_deployment_run_through_the_pool_registers_in_the_server(
 ) -> None:
     import mlflow
 
-    from qin.inference import load_package
-    from qin.request import example_request
+    from qin.serving.inference import load_package
+    from qin.serving.request import example_request
 
     run_id = team.finished(
         team.deployment_run("--param", f"overrides={json.dumps({**FAST, 'train.seed': 11})}")
@@ -328,7 +329,7 @@ def _assert_serving(team: Team, rows: Any, expected: list[float]) -> None:
     env = {**team.env, "SERVING_PORT": str(s.serving_port), "SERVING_POLL_S": "1"}
     with (team.project / "serving.log").open("wb") as log:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "flows.stack", "serving"], cwd=team.project, env=env, stdout=log,
+            [sys.executable, "-m", "qinstack.stack", "serving"], cwd=team.project, env=env, stdout=log,
             stderr=subprocess.STDOUT,
         )  # fmt: skip
     try:
@@ -388,7 +389,7 @@ def test_the_mlflow_server_killed_during_register_leaves_no_version_without_arti
     team: Team, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     from flows.tracking import MlflowRegistry
-    from qin.config import RegisterConfig
+    from qin.settings.sections import RegisterConfig
 
     stack = team.stack
     experiments = stack.mlflow("/api/2.0/mlflow/experiments/search?max_results=100")["experiments"]
@@ -403,7 +404,7 @@ def test_the_mlflow_server_killed_during_register_leaves_no_version_without_arti
         return bool(found.get("runs"))
 
     # A run is open on the server only inside `register` (its MLflow run); kill the server there, with
-    # everything it started, as a crash would. `flows.stack up` starts it again, as compose's restart does.
+    # everything it started, as a crash would. `qinstack.stack up` starts it again, as compose's restart does.
     _poll("register's MLflow run", lambda: proc.poll() is not None or registering(), 300, team.logs)
     assert proc.poll() is None, f"the run ended before register opened its MLflow run\n{team.logs()}"
     pid = int((stack.state / "run" / "mlflow.pid").read_text())

@@ -6,10 +6,10 @@ from pathlib import Path
 
 import pytest
 
-from qin.ablation import select, slug, table_markdown, variants
 from qin.models.dcnv3 import DCNv3Config
 from qin.models.din import DINConfig
 from qin.models.qin import QINConfig
+from qin.training.ablation import select, slug, table_markdown, variants
 
 
 def test_variants_are_the_papers_table_around_the_configured_qin() -> None:

@@ -13,17 +13,17 @@ import numpy as np
 import pytest
 import torch
 
-from qin import runtime
-from qin.config import FeaturizeConfig, replace
 from qin.featurize import Features, featurize
-from qin.inference import load_package
 from qin.models import build_model
 from qin.models.dcnv3 import DCNv3Config
 from qin.models.din import DINConfig
 from qin.models.qin import QINConfig
 from qin.models.settings import ModelConfig
-from qin.settings import TrainConfig, load_params, preset
+from qin.serving.inference import load_package
+from qin.settings.params import TrainConfig, load_params, preset
+from qin.settings.sections import FeaturizeConfig, replace
 from qin.train import Trainer, gather, load_columns, train
+from qin.training import runtime
 from qin.validate import skip_gate
 
 pytestmark = [

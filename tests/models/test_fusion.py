@@ -9,10 +9,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from qin import fusion
-from qin.config import FusionConfig, replace
-from qin.data.similarity import neighbour_agreement
-from qin.fusion import learn_fusion, read_histories, sample_pairs
+from qin.embedding import fusion
+from qin.embedding.fusion import learn_fusion, read_histories, sample_pairs
+from qin.embedding.similarity import neighbour_agreement
+from qin.settings.sections import FusionConfig, replace
 
 FAST = FusionConfig(epochs=2, batch_size=64, pairs_per_epoch=512, hidden=16, seed=3)
 

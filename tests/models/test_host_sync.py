@@ -19,15 +19,15 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from qin.data.features import default_spec
-from qin.losses import model_loss
 from qin.models import build_model
 from qin.models.blocks import Batch
 from qin.models.dcnv3 import DCNv3Config
 from qin.models.din import DINConfig
 from qin.models.qin import QINConfig
 from qin.models.settings import ModelConfig
-from qin.settings import preset
+from qin.settings.params import preset
 from qin.train import TrainingLoss
+from qin.training.losses import model_loss
 
 # Operators whose output size depends on the values (their size must reach the host) or that copy a value
 # to the host: nonzero, unique, masked_select, .item() / int(t) / bool(t) (_local_scalar_dense), ...

@@ -6,14 +6,14 @@ import torch
 from torch import nn
 
 from qin.data.features import default_spec
-from qin.losses import bce, model_loss, tri_bce
 from qin.models import build_model
 from qin.models.blocks import MLP, Batch, MeanPooling, embedding_tables
 from qin.models.dcnv3 import DCNv3Config
 from qin.models.din import DINConfig
 from qin.models.qin import QINConfig, QuadraticLayer, TargetAttention
 from qin.models.settings import ModelConfig
-from qin.settings import preset
+from qin.settings.params import preset
+from qin.training.losses import bce, model_loss, tri_bce
 
 SPEC = default_spec(n_items=60, n_tags=25)
 N_TAGS = 25
@@ -138,7 +138,7 @@ def test_under_bf16_autocast_the_gradients_of_a_repeated_item_still_sum_in_float
 
 @pytest.mark.parametrize("name", ["qin", "qin w/o ASTA", "din", "dcnv3", "sdcnv3"])
 def test_a_frozen_item_table_scores_to_the_bit_what_encoding_each_call_scores(name: str) -> None:
-    from qin.inference import Scorer
+    from qin.serving.inference import Scorer
 
     model = _model(CONFIGS[name])
     batch = _batch(b=40, length=12, pad=3)
@@ -276,8 +276,8 @@ def test_each_registered_model_has_its_settings_network_and_loss_in_one_place() 
     import typing
 
     import flows.qin_train
-    from qin import losses
     from qin.models import MODELS, config_class
+    from qin.training import losses
 
     assert typing.get_args(flows.qin_train.ModelName) == tuple(MODELS)
     for name, entry in MODELS.items():

@@ -18,14 +18,14 @@ import pytest
 import torch
 from sklearn.metrics import roc_auc_score
 
-from qin import runtime
-from qin.config import EvaluateConfig, FeaturizeConfig, ValidateConfig, replace
 from qin.evaluate import evaluate
 from qin.featurize import Features, featurize
-from qin.metrics import expected_calibration_error, grouped_auc
 from qin.models.blocks import ItemEncoder
-from qin.settings import load_params
+from qin.settings.params import load_params
+from qin.settings.sections import EvaluateConfig, FeaturizeConfig, ValidateConfig, replace
 from qin.train import TrainState, checkpoint_path, prefetch, through_pinned_memory, train
+from qin.training import runtime
+from qin.training.metrics import expected_calibration_error, grouped_auc
 from qin.validate import validate
 
 RESUME_PARAMS = """
@@ -186,7 +186,7 @@ def test_expected_calibration_error() -> None:
 def test_a_model_keeps_the_history_featurize_kept_and_scores_only_that_history(
     features: Path, tmp_path: Path
 ) -> None:
-    from qin.inference import load_package
+    from qin.serving.inference import load_package
 
     (tmp_path / "params.yaml").write_text(RESUME_PARAMS)
     cfg = load_params(tmp_path / "params.yaml").train

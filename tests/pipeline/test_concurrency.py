@@ -59,7 +59,7 @@ def _versions(project: Path) -> dict[str, Any]:
 def test_concurrent_runs_each_register_their_own_model_and_equal_runs_train_once(
     project: Path, prefect_harness
 ) -> None:
-    from qin.io import tree_hash
+    from qin.runs.io import tree_hash
 
     overrides = {"train.epochs": 2}
     asked = ["qin", "din", "qin"]

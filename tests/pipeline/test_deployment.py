@@ -8,7 +8,7 @@ import os
 import pytest
 
 from flows.deployment import concurrency_limit, share_cores
-from qin.config import DeployConfig
+from qin.settings.sections import DeployConfig
 
 
 def test_the_policy_as_prefect_takes_it() -> None:

@@ -15,10 +15,10 @@ import torch
 
 from qin.data import features as F
 from qin.featurize import Features, featurize
-from qin.inference import legacy_name, load_package
 from qin.models import MODELS, build_model, config_class
-from qin.request import BadRequest, example_request
-from qin.settings import Params, load_params
+from qin.serving.inference import legacy_name, load_package
+from qin.serving.request import BadRequest, example_request
+from qin.settings.params import Params, load_params
 from qin.train import train
 from qin.validate import ValidationError, validate
 from tests.conftest import TINY_PARAMS

@@ -34,7 +34,7 @@ def test_flow_registers_a_loadable_model_and_caches_a_rerun(
     import mlflow
     from prefect.artifacts import Artifact
 
-    from qin.inference import load_package
+    from qin.serving.inference import load_package
 
     first, tasks = _run()
     assert first["stages"] == dict.fromkeys(STAGES, "ran")

@@ -1,4 +1,5 @@
-"""A new data version judged fairly (qin/judge.py): the staging gate re-scores the holder, trained on older
+"""A new data version judged fairly (qin/registry/judge.py): the staging gate re-scores the holder, trained
+on older
 data, on the candidate's valid split, promotes a better candidate and refuses a worse one without
 `--force`, records both AUCs, the rows compared and the data version, and scores a pair only once."""
 
@@ -12,12 +13,12 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from qin import layout
 from qin.evaluate import evaluate
 from qin.featurize import featurize
-from qin.judge import compare, data_hash_of
 from qin.register import alias_history, data_hash, register
-from qin.settings import Params, load_params
+from qin.registry.judge import compare, data_hash_of
+from qin.runs import layout
+from qin.settings.params import Params, load_params
 from qin.train import train
 from qin.validate import validate
 

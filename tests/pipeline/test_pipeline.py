@@ -1,4 +1,4 @@
-"""The stage table (qin/pipeline.py): dvc.yaml agrees with it, the stage functions take what it says, the
+"""The stage table (qin/runs/pipeline.py): dvc.yaml agrees with it, the stage functions take what it says, the
 CLI is derived from it, and stage keys change exactly when what a stage computes can change."""
 
 from __future__ import annotations
@@ -11,10 +11,10 @@ from pathlib import Path
 import pytest
 import yaml
 
-from qin import pipeline
 from qin.cli import build_parser
-from qin.config import replace
-from qin.settings import Params, declared, load_params, to_yaml
+from qin.runs import pipeline
+from qin.settings.params import Params, declared, load_params, to_yaml
+from qin.settings.sections import replace
 from tests.conftest import REPO, TINY_PARAMS
 
 
@@ -39,7 +39,7 @@ def test_dvc_yaml_has_the_tables_stages_deps_params_and_outs() -> None:
         found = {**stages[s.name], "deps": sorted(stages[s.name]["deps"])}
         expected = _dvc_view(s)
         assert found == expected, (
-            f"dvc.yaml stage '{s.name}' differs from qin/pipeline.py; it should read:\n"
+            f"dvc.yaml stage '{s.name}' differs from qin/runs/pipeline.py; it should read:\n"
             + yaml.safe_dump({s.name: expected}, sort_keys=False)
         )
 
@@ -71,20 +71,21 @@ def test_a_stages_code_is_its_module_and_the_qin_modules_it_imports() -> None:
         "qin/train.py",
         "qin/models/qin.py",
         "qin/models/din.py",
-        "qin/runtime.py",
-        "qin/config.py",
-        "qin/settings.py",  # the train section, its presets
+        "qin/training/runtime.py",
+        "qin/settings/sections.py",
+        "qin/settings/params.py",  # the train section, its presets
         "qin/models/settings.py",  # the models' settings
     } <= set(train)
-    assert "qin/register.py" not in train and "qin/pipeline.py" not in train
+    assert "qin/register.py" not in train and "qin/runs/pipeline.py" not in train
     assert "flows/tracking.py" in pipeline.stage("register").code()
     assert set(pipeline.stage("validate").code()) == {
-        "qin/checks.py",  # the checks by kind
-        "qin/config.py",  # its section alone: not the model registry (qin/settings.py reads that)
+        "qin/data/checks.py",  # the checks by kind
+        # its section alone: not the model registry (qin/settings/params.py reads that)
+        "qin/settings/sections.py",
         "qin/data/__init__.py",
         "qin/data/features.py",  # the feature table, whose columns it checks
         "qin/data/schema.py",
-        "qin/io.py",
+        "qin/runs/io.py",
         "qin/validate.py",
     }
 
@@ -157,7 +158,7 @@ def test_the_number_of_training_processes_enters_the_train_key_only(
 
 
 def test_a_stage_fed_wrong_keys_is_refused_by_name(params: Params, tmp_path: Path) -> None:
-    from qin import store
+    from qin.runs import store
 
     (tmp_path / "p.yaml").write_text(TINY_PARAMS)
     with pytest.raises(ValueError, match="stage 'train' reads 'featurize/features': expected the key of"):

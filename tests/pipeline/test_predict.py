@@ -13,14 +13,14 @@ import pyarrow.parquet as pq
 import pytest
 
 from qin.cli import main
-from qin.config import replace
 from qin.featurize import featurize
-from qin.inference import load_package
-from qin.io import tree_hash
 from qin.predict import PREDICTION, SUBMISSION, predict, read_submission
 from qin.register import VersionInfo
-from qin.resolve import resolve_model
-from qin.settings import load_params
+from qin.registry.resolve import resolve_model
+from qin.runs.io import tree_hash
+from qin.serving.inference import load_package
+from qin.settings.params import load_params
+from qin.settings.sections import replace
 from qin.train import train
 from qin.validate import ValidationError, validate
 from tests.conftest import TINY_PARAMS

@@ -10,8 +10,6 @@ from pathlib import Path
 
 import pytest
 
-from qin.config import RegisterConfig
-from qin.judge import Comparison
 from qin.register import (
     ALIAS_TRIES,
     AliasContended,
@@ -28,6 +26,8 @@ from qin.register import (
     read_registration,
     write_registration,
 )
+from qin.registry.judge import Comparison
+from qin.settings.sections import RegisterConfig
 from tests import helpers as ws
 from tests.helpers import model_variant
 
@@ -203,7 +203,7 @@ def test_staging_gate_refuses_worse_and_other_data_and_records_each_move() -> No
 
 
 def test_gate_in_the_register_stage_moves_staging_never_champion(tmp_path: Path) -> None:
-    from qin.settings import Params
+    from qin.settings.params import Params
 
     reg = FakeRegistry([v("1", 0.70), v("2", 0.75)])
     out = tmp_path / "register.json"
@@ -303,12 +303,12 @@ def test_qin_promote_against_mlflow(project: Path, capsys: pytest.CaptureFixture
     from mlflow import MlflowClient
 
     from flows.tracking import MlflowRegistry
-    from qin import layout
     from qin.cli import main
     from qin.evaluate import evaluate
     from qin.featurize import featurize
     from qin.register import register
-    from qin.settings import load_params
+    from qin.runs import layout
+    from qin.settings.params import load_params
     from qin.train import train
     from qin.validate import validate
 
@@ -384,9 +384,9 @@ def test_qin_promote_against_mlflow(project: Path, capsys: pytest.CaptureFixture
 def test_a_judge_whose_packages_cannot_be_had_says_why_and_the_offer_is_refused(
     tiny_data: Path, tmp_path: Path
 ) -> None:
-    from qin.judge import data_hash_of
     from qin.register import judge_on
-    from qin.settings import load_params
+    from qin.registry.judge import data_hash_of
+    from qin.settings.params import load_params
     from tests.conftest import TINY_PARAMS
 
     (tmp_path / "params.yaml").write_text(TINY_PARAMS)

@@ -9,7 +9,6 @@ from typing import Any
 
 import pytest
 
-from qin import layout, pipeline
 from qin.evaluate import evaluate
 from qin.featurize import featurize
 from qin.register import (
@@ -20,7 +19,8 @@ from qin.register import (
     registration_lines,
     write_registration,
 )
-from qin.settings import load_params
+from qin.runs import layout, pipeline
+from qin.settings.params import load_params
 from qin.train import train
 from qin.validate import validate
 from tests import helpers as ws

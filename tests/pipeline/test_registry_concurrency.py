@@ -17,10 +17,10 @@ from typing import Any
 
 import pytest
 
-from qin import layout
-from qin.io import tree_hash
 from qin.register import Candidate, Registered, Registration, read_registration, register
-from qin.settings import Params, load_params
+from qin.runs import layout
+from qin.runs.io import tree_hash
+from qin.settings.params import Params, load_params
 from tests import helpers as ws
 from tests.conftest import TINY_PARAMS
 from tests.helpers import model_variant

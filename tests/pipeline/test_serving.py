@@ -1,4 +1,4 @@
-"""Online scoring through flows/scoring_app.py, started as a real server process on a tiny trained model:
+"""Online scoring through qinstack/scoring_app.py, started as a real server process on a tiny trained model:
 each kind of bad request is refused (400) with its own message naming the row and the column, without a
 traceback, and the server answers a good request after it; empty and long histories score; the served
 scores equal the in-process scores of the same rows; SIGTERM stops it cleanly."""
@@ -31,7 +31,7 @@ def model_dir(tmp_path_factory: pytest.TempPathFactory, tiny_data: Path) -> Path
     """A tiny QIN trained on the tiny data, saved as a local MLflow pyfunc model directory."""
     from flows.tracking import save_pyfunc
     from qin.featurize import featurize
-    from qin.settings import load_params
+    from qin.settings.params import load_params
     from qin.train import train
     from qin.validate import validate
 
@@ -53,7 +53,7 @@ def server(
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     with log.open("wb") as out:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "flows.scoring_app", "--model", str(model_dir), "--port", str(port)],
+            [sys.executable, "-m", "qinstack.scoring_app", "--model", str(model_dir), "--port", str(port)],
             cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT,
         )  # fmt: skip
     deadline = time.monotonic() + 120
@@ -194,7 +194,7 @@ def test_empty_history_scores_and_a_long_one_keeps_its_most_recent_items(server:
 def test_served_scores_equal_the_in_process_scores(
     server: tuple[int, Any], model_dir: Path, rows: pd.DataFrame
 ) -> None:
-    from qin.inference import load_package
+    from qin.serving.inference import load_package
 
     port, _ = server
     expected = load_package(model_dir / "artifacts" / "package").predict_frame(rows)
@@ -224,7 +224,7 @@ def test_stops_cleanly_on_sigterm(server: tuple[int, Any]) -> None:
 
 
 def test_parse_request_builds_frames_and_names_what_is_wrong() -> None:
-    from flows.scoring_app import RequestError, parse_request
+    from qinstack.scoring_app import RequestError, parse_request
 
     frame = parse_request(b'{"dataframe_records": [{"item_id": 3, "item_seq": [1]}, {"item_id": 4}]}')
     assert list(frame.columns) == ["item_id", "item_seq"] and frame["item_seq"].iloc[1] is None

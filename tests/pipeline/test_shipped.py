@@ -15,7 +15,7 @@ from qin.data.importer import import_files
 from qin.data.shipped import reshape_as_shipped
 from qin.featurize import Features, featurize
 from qin.predict import predict, read_submission
-from qin.settings import load_params
+from qin.settings.params import load_params
 from qin.train import train
 from qin.validate import ValidationError, validate
 from tests.conftest import TINY_PARAMS

@@ -1,4 +1,4 @@
-"""The long-running processes stop cleanly: `python -m flows.serve` and `python -m flows.worker`, started
+"""The long-running processes stop cleanly: `python -m flows.serve` and `python -m qinstack.worker`, started
 against a Prefect server with a qin-train run in flight, exit within 10 s of SIGTERM (or of SIGINT sent to
 the process alone, as `kill -INT` or a supervisor sends it), and the run they were running has its final
 state by then, not Running: Cancelled (serve cancels it) or Crashed (the worker's flow-run process is
@@ -171,7 +171,7 @@ def test_worker_crashes_its_run_and_exits_on_sigterm(project: Path, prefect_harn
     deploy("qin-test-pool", "test-pool", root=project)
 
     with (
-        _started("flows.worker", "--pool", "qin-test-pool", project=project) as proc,
+        _started("qinstack.worker", "--pool", "qin-test-pool", project=project) as proc,
         get_client(sync_client=True) as client,
     ):
         flow_run = _run_in_flight(client, "qin-train/test-pool", proc, project)

@@ -1,4 +1,4 @@
-"""The content-addressed store (qin/store.py): a key's folder appears whole, is reused only while it
+"""The content-addressed store (qin/runs/store.py): a key's folder appears whole, is reused only while it
 verifies, is computed once when several processes need it at once, records its lineage; `gc` removes what
 nothing refers to."""
 
@@ -13,8 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from qin import runs, store
-from qin.io import file_lock
+from qin.runs import records as runs
+from qin.runs import store
+from qin.runs.io import file_lock
 from tests.conftest import REPO, TINY_PARAMS
 
 pytestmark = pytest.mark.slow
@@ -22,7 +23,7 @@ pytestmark = pytest.mark.slow
 RUN = """
 import json, logging, sys
 logging.basicConfig(level=logging.INFO)
-from qin import store
+from qin.runs import store
 entry = store.run(sys.argv[1], "params.yaml", "data", json.loads(sys.argv[2]), record=sys.argv[3])
 print(json.dumps(entry))
 """
@@ -36,9 +37,9 @@ def _in_process(project: Path, stage: str, upstream: dict[str, str], record: str
 
 
 def test_two_processes_needing_one_key_compute_it_once(project: Path) -> None:
-    from qin import pipeline
-    from qin.io import tree_hash
-    from qin.settings import load_params
+    from qin.runs import pipeline
+    from qin.runs.io import tree_hash
+    from qin.settings.params import load_params
 
     s = pipeline.stage("validate")
     key = pipeline.stage_key(s, load_params(project / "params.yaml"), {"data": tree_hash([project / "data"])})
@@ -92,7 +93,7 @@ def test_lineage_gc_and_dry_run(project: Path) -> None:
     runs.update(project / "artifacts/runs/a", started="2026-01-01T00:00:01+00:00")
     runs.update(project / "artifacts/runs/b", started="2026-01-01T00:00:02+00:00")
     code = (
-        "import json, sys; from qin.store import gc; print(json.dumps([[str(p), n] for p, n in "
+        "import json, sys; from qin.runs.store import gc; print(json.dumps([[str(p), n] for p, n in "
         "gc(json.loads(sys.argv[1]), int(sys.argv[2]), sys.argv[3] == 'dry')]))"
     )
     cmd = [sys.executable, "-c", code]

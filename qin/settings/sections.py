@@ -4,7 +4,8 @@ One section per stage (`data`, `validate`, `embed`, `featurize`, `train`, `evalu
 and `deploy` for the Prefect deployments. This module holds the sections that stand alone, the base class
 of every settings class (`Settings`) and the one translation of pydantic's errors into messages
 (`settings_error`). The train section, which starts from a preset file and holds a model's settings, and
-`Params`, the whole file, are in qin/settings.py; a model's own settings class is in qin/models/settings.py
+`Params`, the whole file, are in qin/settings/params.py; a model's own settings class is in
+qin/models/settings.py
 (the registry, qin/models/__init__.py, names it). This module imports nothing from qin/models, so the stages
 that read only their own section (validate, embed, featurize) do not run the model registry.
 
@@ -247,7 +248,8 @@ class ValidateConfig(Settings):
 
 
 class FusionConfig(Settings):
-    """The `learned` embedding (qin/fusion.py): a fusion of the text and image features trained on which
+    """The `learned` embedding (qin/embedding/fusion.py): a fusion of the text and image features trained on
+    which
     items the training histories hold together, started from the pca solution."""
 
     section: ClassVar[str] = "embed.learned"
@@ -259,9 +261,11 @@ class FusionConfig(Settings):
     window: int = 5  # items this many positions apart in one history count as co-occurring (0: any)
     pairs_per_epoch: int = 262_144  # drawn afresh each epoch
     hidden: int = 0  # width of a residual block after the linear map (0: the linear map alone)
-    anchor_weight: NotNegative = 30.0  # the pull back to the pca solution (qin/fusion.py `_anchor_penalty`)
+    anchor_weight: NotNegative = (
+        30.0  # the pull back to the pca solution (qin/embedding/fusion.py `_anchor_penalty`)
+    )
     # After training: this share of each item's embedding is replaced by the mean embedding of the items
-    # it co-occurs with (within `window`), count-weighted (qin/fusion.py `propagate`); 0: none.
+    # it co-occurs with (within `window`), count-weighted (qin/embedding/fusion.py `propagate`); 0: none.
     propagation: Share = 0.5
     history_rows: int = 200_000  # train rows whose histories it reads (a fixed sample); 0: all
     seed: int = 20242025

@@ -2,7 +2,8 @@
 
 The train section starts from a preset file (params/presets/) and holds the settings of the model it trains,
 whose class the model registry (qin/models/__init__.py) names: so this module imports the registry and the
-sections of qin/config.py, and qin/config.py imports neither. Neither imports torch: the models' settings
+sections of qin/settings/sections.py, and qin/settings/sections.py imports neither. Neither imports torch:
+the models' settings
 classes live in torch-free modules (qin/models/settings.py).
 """
 
@@ -16,7 +17,10 @@ from typing import Any, ClassVar, Literal
 import yaml
 from pydantic import Field, SerializeAsAny, field_validator
 
-from qin.config import (
+from qin.data import features as F
+from qin.models import config_class
+from qin.models.settings import ModelConfig
+from qin.settings.sections import (
     DataConfig,
     DeployConfig,
     EmbedConfig,
@@ -29,12 +33,9 @@ from qin.config import (
     ValidateConfig,
     refuse_unknown,
 )
-from qin.data import features as F
-from qin.models import config_class
-from qin.models.settings import ModelConfig
 
 # The train presets: params/presets/<name>.yaml, beside params.yaml in the project.
-PRESETS = Path(__file__).resolve().parents[1] / "params" / "presets"
+PRESETS = Path(__file__).resolve().parents[2] / "params" / "presets"
 
 
 class TrainConfig(Settings):
@@ -55,7 +56,7 @@ class TrainConfig(Settings):
     # theirs (the linear scaling rule), an epoch N times fewer steps.
     scaling: Literal["fixed", "weak"]
     # Processes on this node: 0 or 1 trains in the calling process (a flow's, `qin train`'s, dvc's); N > 1
-    # runs the train stage under torchrun with N processes (qin/pipeline.py `call`). Across nodes, start
+    # runs the train stage under torchrun with N processes (qin/runs/pipeline.py `call`). Across nodes, start
     # torchrun on each node yourself (README).
     processes: int
     epochs: int
@@ -213,7 +214,8 @@ def load_params(path: str | Path = "params.yaml") -> Params:
 
 
 class Undeclared:
-    """A params section a stage does not declare (qin/pipeline.py STAGES): reading it raises, naming both."""
+    """A params section a stage does not declare (qin/runs/pipeline.py STAGES): reading it raises, naming
+    both."""
 
     def __init__(self, section: str, stage: str, declared: tuple[str, ...]) -> None:
         self._what = (section, stage, declared)
@@ -222,7 +224,7 @@ class Undeclared:
         section, stage, declared = self._what
         raise RuntimeError(
             f"stage '{stage}' read params key '{section}.{name}', but its sections are {list(declared)}: "
-            f"declare '{section}' in its entry in qin/pipeline.py STAGES (and dvc.yaml's params)"
+            f"declare '{section}' in its entry in qin/runs/pipeline.py STAGES (and dvc.yaml's params)"
         )
 
 
@@ -294,7 +296,7 @@ def write_resolved_params(
 ) -> Path:
     """Write params file `src` with `model` and `overrides` applied to `out` (atomically), after checking
     it loads; the stages then read `out` exactly as they read params.yaml."""
-    from qin.io import atomic_file
+    from qin.runs.io import atomic_file
 
     src = Path(src)
     load_params(src)  # the file itself must be valid first, so an error names the right culprit

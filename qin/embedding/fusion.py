@@ -50,10 +50,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from qin.config import FusionConfig
 from qin.data import schema
 from qin.featurize import fixed_list
-from qin.io import read_batches
+from qin.runs.io import read_batches
+from qin.settings.sections import FusionConfig
 
 EMBED_BLOCK = 16_384  # items embedded at once when writing the result
 SAMPLE_BATCH_ROWS = 65_536  # training rows read at a time when sampling histories

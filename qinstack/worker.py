@@ -1,6 +1,6 @@
 """A process worker for the work pool `qin-pool` that stops cleanly on SIGTERM and SIGINT (Ctrl-C).
 
-    python -m flows.worker [--pool qin-pool]     # needs PREFECT_API_URL, the pool and the deployment
+    python -m qinstack.worker [--pool qin-pool]     # needs PREFECT_API_URL, the pool and the deployment
                                                  # (`make worker` does all three)
 
 `prefect worker start` exits at once on SIGTERM and leaves its in-flight flow runs Running: it starts each
@@ -28,7 +28,7 @@ from prefect.workers.process import ProcessWorker
 from flows.deploy_pool import POOL
 from flows.deployment import share_cores
 from flows.shutdown import GracefulStop, say
-from qin.settings import load_params
+from qin.settings.params import load_params
 
 CHILD_GRACE_S = 7.0  # from the signal to SIGKILL of the flow-run processes
 STOP_BY_S = 8.0  # from the signal to stopping the worker (flows/shutdown.py exits at DEADLINE_S, 9 s)
@@ -142,7 +142,7 @@ class WorkerProcess:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m flows.worker", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m qinstack.worker", description=__doc__.split("\n")[0])
     parser.add_argument("--pool", default=POOL, help=f"the process work pool (default: {POOL})")
     args = parser.parse_args(argv)
     share_cores(load_params().deploy)

@@ -6,7 +6,7 @@
     failure.md      when it failed: the failed stage, the error, the stage's inputs and outputs
 
 The stages read their settings from the record's params.yaml, so two runs started together with different
-settings never read each other's; everything else they write is content-addressed (qin/store.py).
+settings never read each other's; everything else they write is content-addressed (qin/runs/store.py).
 """
 
 from __future__ import annotations
@@ -15,9 +15,9 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from qin import layout, pipeline
-from qin.io import atomic_file, file_lock, read_json, write_json
-from qin.settings import write_resolved_params
+from qin.runs import layout, pipeline
+from qin.runs.io import atomic_file, file_lock, read_json, write_json
+from qin.settings.params import write_resolved_params
 
 RECORD = "run.json"
 PARAMS = "params.yaml"

@@ -36,11 +36,11 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from qin.config import ValidateConfig
 from qin.data import features as F
 from qin.data import schema
 from qin.data.schema import Column
-from qin.io import read_batches
+from qin.runs.io import read_batches
+from qin.settings.sections import ValidateConfig
 
 EXAMPLES = 5  # offending values kept per check
 UNIQUE_HELD = 4_000_000  # (row, value) pairs of a unique column held in memory (64 MB) before they spill

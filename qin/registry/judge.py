@@ -9,7 +9,8 @@ all there). The share of rows compared is recorded with the decision.
 
 A model's AUC on those rows is cached in `layout.JUDGED`, by the package's content hash, the data version
 and the largest item id scored, so re-offering the same pair scores nothing. The
-holder's package is found as `qin predict` finds a registered version (qin/resolve.py: downloaded once per
+holder's package is found as `qin predict` finds a registered version (qin/registry/resolve.py: downloaded
+once per
 content hash, checked against its tag).
 """
 
@@ -24,9 +25,9 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from qin import layout
 from qin.data import schema
-from qin.io import file_hash, file_lock, read_json, write_json
+from qin.runs import layout
+from qin.runs.io import file_hash, file_lock, read_json, write_json
 
 READ_ROWS = 262_144
 SPLIT = "valid"
@@ -79,7 +80,7 @@ def compare(
 ) -> Comparison | str:
     """The candidate's and the holder's AUC on `data_dir`'s valid rows that both can score; or, when no
     AUC can be measured on them, why (a sentence)."""
-    from qin.inference import CONFIG
+    from qin.serving.inference import CONFIG
 
     n_items = min(int(read_json(p / CONFIG)["features"]["n_items"]) for p in (candidate[0], holder[0]))
     path = Path(data_dir) / f"{SPLIT}.parquet"
@@ -108,8 +109,8 @@ def _scored(
 ) -> dict[str, Any]:
     """{rows, auc (None when it cannot be measured), why} of one package on the rows of `path` whose
     items are all <= `max_item`: cached by the package's hash, the data version and `max_item`."""
-    from qin.inference import load_package
-    from qin.metrics import roc_auc
+    from qin.serving.inference import load_package
+    from qin.training.metrics import roc_auc
 
     entry = cache / f"{model_hash[:24]}-{data_hash}-{max_item}.json"
     with file_lock(cache / f"{entry.stem}.lock"):

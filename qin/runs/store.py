@@ -1,6 +1,6 @@
 """Content-addressed stage outputs: what flow runs share, and the only thing they share.
 
-A stage's outputs live in `artifacts/stages/<stage>/<key>/` (the key: qin/pipeline.py), beside a
+A stage's outputs live in `artifacts/stages/<stage>/<key>/` (the key: qin/runs/pipeline.py), beside a
 `stage.json` that records the key, the identities of its inputs, the keys of every stage upstream of it,
 and the content hash of each output. The folder appears whole or not at all: the stage writes into
 `<key>.partial/`, which is renamed to `<key>/` once every output is there. A cache hit is "the key's folder
@@ -24,9 +24,10 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from qin import layout, pipeline, runs
-from qin.io import file_lock, is_locked, read_json, tree_hash, vouch, write_json
-from qin.settings import Params, load_params
+from qin.runs import layout, pipeline
+from qin.runs import records as runs
+from qin.runs.io import file_lock, is_locked, read_json, tree_hash, vouch, write_json
+from qin.settings.params import Params, load_params
 
 log = logging.getLogger(__name__)
 

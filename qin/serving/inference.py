@@ -23,15 +23,15 @@ import pandas as pd
 import torch
 from torch import nn
 
-from qin import runtime
 from qin.data import schema
 from qin.data.features import LEGACY_ITEM_FILES, FeatureSpec
 from qin.data.schema import most_recent
-from qin.io import atomic_dir, read_json, tree_hash, write_json
 from qin.models import build_model, model_config
 from qin.models.blocks import Batch, ItemEncoder
 from qin.models.settings import ModelConfig
-from qin.request import request_arrays
+from qin.runs.io import atomic_dir, read_json, tree_hash, write_json
+from qin.serving.request import request_arrays
+from qin.training import runtime
 
 WEIGHTS, CONFIG = "weights.pt", "model.json"
 # The one precision every score is computed in: evaluate, predict, serving, the valid scores that drive early
@@ -126,7 +126,8 @@ class Scorer:
 
     def predict_frame(self, frame: pd.DataFrame, batch_size: int = 8192) -> np.ndarray:
         """Score raw rows: the history as a list per row (any length: the most recent max_len items are
-        used), the rest as the feature table declares them. A bad row raises qin.request.BadRequest naming
+        used), the rest as the feature table declares them. A bad row raises qin.serving.request.BadRequest
+        naming
         it."""
         return self.predict(request_arrays(frame, self.spec, self.max_len), batch_size)
 

@@ -12,9 +12,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from qin import layout
-from qin.config import RegisterConfig
-from qin.io import atomic_dir, file_lock, tree_hash
+from qin.runs import layout
+from qin.runs.io import atomic_dir, file_lock, tree_hash
+from qin.settings.sections import RegisterConfig
 
 log = logging.getLogger(__name__)
 
@@ -91,7 +91,7 @@ def resolve_model(
 
 def _package_in(path: Path) -> Path:
     """The model package `path` is, or the one inside the MLflow model `path` is."""
-    from qin.inference import CONFIG
+    from qin.serving.inference import CONFIG
 
     if (path / CONFIG).is_file():
         return path

@@ -1,8 +1,9 @@
 """A thin ASGI scoring server for the QIN pyfunc: the same model, routes and JSON as `mlflow models serve`,
 without its per-request overhead.
 
-    python -m flows.scoring_app --model models:/qin-ctr@staging [--host 127.0.0.1] [--port 5001] [--workers 1]
-    python -m flows.scoring_app --model path/to/mlflow-model-dir --threads 1
+    python -m qinstack.scoring_app --model models:/qin-ctr@staging [--host 127.0.0.1] [--port 5001]
+    [--workers 1]
+    python -m qinstack.scoring_app --model path/to/mlflow-model-dir --threads 1
 
 It loads the registered pyfunc with `mlflow.pyfunc.load_model` (a `models:/` URI reads MLFLOW_TRACKING_URI)
 and answers:
@@ -12,8 +13,8 @@ and answers:
                           [[...]]}), `dataframe_records` ([{column: value}]) or `inputs` ({column: [values]}
                           or records);
                           answered {"predictions": [p, ...]}, as MLflow's server answers.
-A request the model refuses (qin/request.py: the row, the column, what was expected and what was found),
-malformed JSON, an unknown top-level key or a body that is not a table is answered 400 with
+A request the model refuses (qin/serving/request.py: the row, the column, what was expected and what was
+found), malformed JSON, an unknown top-level key or a body that is not a table is answered 400 with
 {"error_code": "BAD_REQUEST", "message": ...}; another content type 415, a body over MAX_BODY_BYTES 413.
 Neither echoes the request or carries a traceback. Any other failure is answered 500 with a generic message
 and logged here with its traceback; the server keeps serving.
@@ -186,7 +187,7 @@ def create_app(model: Any, model_uri: str) -> Starlette:
         except RequestError as exc:
             return _error(exc.status, "BAD_REQUEST", exc.message)
         except MlflowException as exc:
-            if exc.get_http_status_code() == 400:  # the model's refusal (qin/request.py), or MLflow's
+            if exc.get_http_status_code() == 400:  # the model's refusal (qin/serving/request.py), or MLflow's
                 return _error(400, "BAD_REQUEST", exc.message)
             log.exception("scoring failed")
             return _error(500, "INTERNAL_ERROR", FAILED)
@@ -245,14 +246,14 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.update({ENV_MODEL: args.model, ENV_THREADS: str(args.threads)})
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     uvicorn.run(
-        "flows.scoring_app:app_from_env",
+        "qinstack.scoring_app:app_from_env",
         factory=True,
         host=args.host,
         port=args.port,
         workers=args.workers,
         access_log=args.access_log,
         lifespan="off",
-        http="flows.scoring_app:NoDelayProtocol",  # by name: uvicorn's workers import it
+        http="qinstack.scoring_app:NoDelayProtocol",  # by name: uvicorn's workers import it
         log_level="info",
     )
     return 0

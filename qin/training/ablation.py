@@ -15,16 +15,16 @@ import time
 from pathlib import Path
 from typing import Any
 
-from qin.config import EvaluateConfig, flatten, replace
 from qin.evaluate import evaluate
-from qin.io import atomic_dir, atomic_file, read_json, write_json
 from qin.models.dcnv3 import DCNv3Config
 from qin.models.din import DINConfig
 from qin.models.qin import QINConfig
 from qin.models.settings import ModelConfig
-from qin.pipeline import content_key, stage
-from qin.settings import Params, TrainConfig, load_params, preset, to_yaml
-from qin.store import MANIFEST
+from qin.runs.io import atomic_dir, atomic_file, read_json, write_json
+from qin.runs.pipeline import content_key, stage
+from qin.runs.store import MANIFEST
+from qin.settings.params import Params, TrainConfig, load_params, preset, to_yaml
+from qin.settings.sections import EvaluateConfig, flatten, replace
 from qin.train import train
 
 COLUMNS = ("model", "valid_auc", "valid_logloss", "valid_gauc", "valid_oracle_auc", "parameters", "seconds")
@@ -129,7 +129,7 @@ def run_variant(
 
 
 def stage_row(name: str, train_dir: str | Path, evaluate_dir: str | Path) -> dict[str, Any]:
-    """A variant's row from its train and evaluate stages' key folders (qin/store.py)."""
+    """A variant's row from its train and evaluate stages' key folders (qin/runs/store.py)."""
     train_dir = Path(train_dir)
     seconds = read_json(train_dir / MANIFEST)["seconds"]
     return row(

@@ -7,10 +7,11 @@ build one task per stage and run them in table order, the failure report lists a
 outputs from it, and a test checks dvc.yaml against it (stages, deps, params, outs).
 
 A stage's identity is its key: a hash of the stage's name, the code it runs, the settings it reads
-(without the speed-only ones and those it holds in another form, `qin.config.KEY_EXCLUDED`) and the
+(without the speed-only ones and those it holds in another form, `qin.settings.sections.KEY_EXCLUDED`) and the
 identities of its inputs. In a flow run an input's identity is the key of the stage that wrote it (the raw
 data's and a model package's content hash at the roots), so keys chain and two runs with the same settings
-on the same data agree on every key; `qin.store` keeps each key's outputs in their own folder. Run on plain
+on the same data agree on every key; `qin.runs.store` keeps each key's outputs in their own folder. Run on
+plain
 paths (the CLI, under DVC), an input's identity is its content hash. The trainer's resumable checkpoint
 belongs to the key it was written under.
 
@@ -34,19 +35,19 @@ from functools import cache
 from pathlib import Path
 from typing import Any, Literal
 
-from qin import layout
-from qin.config import KEY_EXCLUDED
 from qin.data import schema
-from qin.io import file_hash, tree_hash
 from qin.models import module_files
-from qin.settings import Params, declared, preset_files, to_yaml
+from qin.runs import layout
+from qin.runs.io import file_hash, tree_hash
+from qin.settings.params import Params, declared, preset_files, to_yaml
+from qin.settings.sections import KEY_EXCLUDED
 
 DATA = "data"  # the source of an input that is the raw data folder, not a stage's output
 # The source of an input that is a model package the caller names (qin/predict.py `resolve_model`): in the
 # DVC workspace, the train stage's package.
 MODEL = "model"
 TRAIN_FLOW, SCORE_FLOW = "qin-train", "qin-score"
-ROOT = Path(__file__).resolve().parents[1]  # the project root: code paths are relative to it
+ROOT = Path(__file__).resolve().parents[2]  # the project root: code paths are relative to it
 MODELS_DIR = "qin/models"  # the networks (qin/models/__init__.py registers them)
 # The feature table's section (qin/data/features.py): a stage that reads it beside its own section gets it
 # as `features` (`call`); its shipped files are among the stage's params files.
@@ -212,7 +213,7 @@ STAGES: tuple[Stage, ...] = (
             _VALIDATION_IN,
             Input("plots_dir", "--plots", "evaluate", "plots"),
             _EMBED_IN,
-            # The candidate's data: where a holder trained on other data is re-scored (qin/judge.py).
+            # The candidate's data: where a holder trained on other data is re-scored (qin/registry/judge.py).
             _DATA_IN,
         ),
         outputs=(Output("out_path", "--out", "register.json", "artifacts/register.json", dvc="uncached"),),

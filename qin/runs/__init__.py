@@ -1,0 +1,1 @@
+"""How stages run: the stage table, content-addressed outputs, run records, file mechanics."""

@@ -1,0 +1,1 @@
+"""A trained model as a self-contained package, and requests checked at the door."""

@@ -1,0 +1,1 @@
+"""Training internals: runtime (devices, precision, processes), losses, metrics, the ablation set."""
