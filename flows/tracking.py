@@ -36,7 +36,7 @@ from mlflow.exceptions import MlflowException
 from mlflow.models import infer_signature
 
 import qin
-from qin.register import Candidate, Registered, VersionInfo, model_card
+from qin.register import Candidate, Registered, RegistryError, VersionInfo, model_card
 from qin.registry.resolve import package_in_mlflow_model
 from qin.runs.io import file_lock, read_json
 from qin.runs.store import lineage
@@ -151,6 +151,16 @@ def _unreachable(exc: BaseException) -> bool:
     return isinstance(exc, requests.exceptions.ConnectionError) or "Max retries exceeded" in str(exc)
 
 
+def nothing_found(exc: MlflowException) -> bool:
+    """Whether MLflow's error says there is nothing to find, as opposed to a store that failed: the model
+    does not exist (RESOURCE_DOES_NOT_EXIST) or holds no such alias (the registry store answers that with
+    INVALID_PARAMETER_VALUE, "Registered model alias <alias> not found.", locally and over REST alike)."""
+    if exc.error_code == "RESOURCE_DOES_NOT_EXIST":
+        return True
+    said = str(exc.message).lower()
+    return exc.error_code == "INVALID_PARAMETER_VALUE" and "alias" in said and "not found" in said
+
+
 class MlflowRegistry:
     def __init__(self, cfg: RegisterConfig) -> None:
         self.cfg = cfg
@@ -238,10 +248,17 @@ class MlflowRegistry:
 
     @_serialised
     def alias_holder(self, model_name: str, alias: str) -> VersionInfo | None:
+        # Only "not found" means no holder: any other store error taken for "none" could let a promotion
+        # move the alias over the version that holds it.
         try:
             v = self.client.get_model_version_by_alias(model_name, alias)
-        except MlflowException:
-            return None
+        except MlflowException as exc:
+            if nothing_found(exc):
+                return None
+            raise RegistryError(
+                f"reading which version holds alias '{alias}' of model '{model_name}' from the registry at "
+                f"{self.uri} failed: {exc}"
+            ) from exc
         return _version_info(v)
 
     @_serialised

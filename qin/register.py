@@ -113,6 +113,11 @@ class PromotionRefused(RuntimeError):
     """A version may not take the alias it was offered; the message says why."""
 
 
+class RegistryError(RuntimeError):
+    """The registry could not be read or written; the message names what was asked and the store's error.
+    A promotion that meets one changes nothing."""
+
+
 class AliasContended(RuntimeError):
     """The alias kept moving between `promote`'s read and its compare-and-set; nothing was decided."""
 

@@ -617,19 +617,47 @@ def _write_serving_status(port: int, **status: str) -> None:
     write_json(_status_file(port), status)
 
 
-def _alias_holder(client: object, name: str, aliases: tuple[str, ...]) -> tuple[str, str] | None:
+def _alias_holder(registry: object, name: str, aliases: tuple[str, ...]) -> tuple[str, str] | None:
     """(alias, version) of the first alias some version of `name` holds; None when none does."""
-    from mlflow.exceptions import MlflowException
-
     for alias in aliases:
-        try:
-            version = client.get_model_version_by_alias(name, alias)  # type: ignore[attr-defined]
-        except MlflowException as exc:
-            if "RESOURCE_DOES_NOT_EXIST" in str(exc.error_code) or "not found" in str(exc).lower():
-                continue
-            raise
-        return alias, str(version.version)
+        holder = registry.alias_holder(name, alias)  # type: ignore[attr-defined]
+        if holder is not None:
+            return alias, str(holder.version)
     return None
+
+
+class _ModelServer:
+    """The model server of `run_serving`: one child in a process group of its own, started on a models:/
+    URI and stopped with SIGTERM, then SIGKILL after STOP_GRACE_S."""
+
+    def __init__(self, s: Settings) -> None:
+        self.s = s
+        # `mlflow models serve` runs `uvicorn` from PATH: this environment's, also when it is not activated.
+        path = os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])
+        # qinstack.scoring_app imports from this checkout whatever the working directory.
+        pythonpath = os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH", "")) if p)
+        self.env = {**os.environ, **OFFLINE, "PATH": path, "PYTHONPATH": pythonpath}
+        self.child: subprocess.Popen[bytes] | None = None
+
+    def start(self, uri: str) -> None:
+        self.child = subprocess.Popen(serving_command(self.s, uri), env=self.env, start_new_session=True)
+
+    def exited(self) -> bool:
+        return self.child is not None and self.child.poll() is not None
+
+    def stop(self) -> None:
+        if self.child is not None and self.child.poll() is None:
+            os.killpg(self.child.pid, signal.SIGTERM)
+            try:
+                self.child.wait(STOP_GRACE_S)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.child.pid, signal.SIGKILL)
+                self.child.wait()
+        self.child = None
+
+    def kill(self) -> None:
+        if self.child is not None:
+            os.killpg(self.child.pid, signal.SIGKILL)
 
 
 def run_serving(s: Settings) -> int:
@@ -639,39 +667,15 @@ def run_serving(s: Settings) -> int:
     it waits (healthy: nothing to serve yet); when the alias moves it restarts the model server on the new
     version (the registry is read every SERVING_POLL_S, 10 s). The model server runs in a process group of
     its own, stopped with this process."""
-    from mlflow.exceptions import MlflowException
-    from mlflow.tracking import MlflowClient
-
+    from flows.tracking import MlflowRegistry
     from qin.settings.params import load_params
 
     register = load_params("params.yaml").register
-    # `mlflow models serve` runs `uvicorn` from PATH: this environment's, also when it is not activated.
-    path = os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])
-    # qinstack.scoring_app imports from this checkout whatever the working directory.
-    pythonpath = os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH", "")) if p)
-    child_env = {**os.environ, **OFFLINE, "PATH": path, "PYTHONPATH": pythonpath}
     poll_s = float(os.environ.get("SERVING_POLL_S", "10"))
     aliases = (register.production_alias, register.alias)
-    client = MlflowClient()
-    child: subprocess.Popen[bytes] | None = None
+    registry, server = MlflowRegistry(register), _ModelServer(s)
     serving: tuple[str, str] | None = None
-
-    def stop_child() -> None:
-        nonlocal child
-        if child is not None and child.poll() is None:
-            os.killpg(child.pid, signal.SIGTERM)
-            try:
-                child.wait(STOP_GRACE_S)
-            except subprocess.TimeoutExpired:
-                os.killpg(child.pid, signal.SIGKILL)
-                child.wait()
-        child = None
-
-    def kill_child() -> None:
-        if child is not None:
-            os.killpg(child.pid, signal.SIGKILL)
-
-    stop = Stop(on_second=kill_child)
+    stop = Stop(on_second=server.kill)
     _write_serving_status(s.serving_port, state="waiting", aliases=",".join(aliases))
     print(
         f"serving: waiting for a version of {register.model_name} with alias {' or '.join(aliases)}",
@@ -679,28 +683,44 @@ def run_serving(s: Settings) -> int:
     )
     try:
         while not stop.requested:
-            try:
-                holder = _alias_holder(client, register.model_name, aliases)
-            except (MlflowException, OSError) as exc:  # the tracking server is away: keep what is served
-                print(f"serving: cannot read the registry ({exc}); keeping {serving}", flush=True)
-                holder = serving
-            if holder != serving or (child is not None and child.poll() is not None):
-                stop_child()
+            holder = _holder_or(serving, registry, register.model_name, aliases)
+            if holder != serving or server.exited():
+                server.stop()
                 serving = holder
-                if holder is not None:
-                    uri = f"models:/{register.model_name}/{holder[1]}"
-                    print(f"serving: {uri} ('{holder[0]}') on {s.bind}:{s.serving_port}", flush=True)
-                    child = subprocess.Popen(serving_command(s, uri), env=child_env, start_new_session=True)
-                    _write_serving_status(
-                        s.serving_port, state="serving", alias=holder[0], version=holder[1], uri=uri
-                    )
-                else:
-                    _write_serving_status(s.serving_port, state="waiting", aliases=",".join(aliases))
+                _serve(s, server, register.model_name, holder, aliases)
             stop.sleep(poll_s)
     finally:
-        stop_child()
+        server.stop()
         _status_file(s.serving_port).unlink(missing_ok=True)  # stopped: not healthy, whatever it was
     return 0
+
+
+def _holder_or(
+    serving: tuple[str, str] | None, registry: object, name: str, aliases: tuple[str, ...]
+) -> tuple[str, str] | None:
+    """The alias holder now; what is served when the registry cannot be read (the server is away)."""
+    from mlflow.exceptions import MlflowException
+
+    from qin.register import RegistryError
+
+    try:
+        return _alias_holder(registry, name, aliases)
+    except (RegistryError, MlflowException, OSError) as exc:
+        print(f"serving: cannot read the registry ({exc}); keeping {serving}", flush=True)
+        return serving
+
+
+def _serve(
+    s: Settings, server: _ModelServer, name: str, holder: tuple[str, str] | None, aliases: tuple[str, ...]
+) -> None:
+    """Start the model server on `holder` (alias, version) and say so in the status file; None: wait."""
+    if holder is None:
+        _write_serving_status(s.serving_port, state="waiting", aliases=",".join(aliases))
+        return
+    uri = f"models:/{name}/{holder[1]}"
+    print(f"serving: {uri} ('{holder[0]}') on {s.bind}:{s.serving_port}", flush=True)
+    server.start(uri)
+    _write_serving_status(s.serving_port, state="serving", alias=holder[0], version=holder[1], uri=uri)
 
 
 def run_data() -> int:

@@ -409,3 +409,31 @@ def test_a_judge_whose_packages_cannot_be_had_says_why_and_the_offer_is_refused(
     promote(CFG, "staging", "1", registry=reg)
     with pytest.raises(PromotionRefused, match="not compared on the candidate's data: a package could not"):
         promote(CFG, "staging", "2", registry=reg, judge=judge)
+
+
+def test_a_registry_error_reading_the_alias_fails_the_promotion_and_moves_nothing(tmp_path: Path) -> None:
+    """Only "not found" means the alias has no holder: any other store error fails the offer, naming it."""
+    from mlflow.exceptions import MlflowException
+    from mlflow.protos.databricks_pb2 import INTERNAL_ERROR
+
+    from flows.tracking import MlflowRegistry
+    from qin.register import RegistryError
+
+    cfg = CFG.model_copy(update={"tracking_uri": f"sqlite:///{tmp_path / 'mlflow.db'}"})
+    reg = MlflowRegistry(cfg)
+    assert reg.alias_holder(cfg.model_name, "staging") is None  # no such model: no holder
+    reg.client.create_registered_model(cfg.model_name)
+    for _ in range(2):
+        reg.client.create_model_version(cfg.model_name, source=(tmp_path / "model").as_uri())
+    assert reg.alias_holder(cfg.model_name, "staging") is None  # no such alias: no holder
+    reg.client.set_registered_model_alias(cfg.model_name, "staging", "1")
+    reg.missing_artifacts = lambda name, version: None  # type: ignore[method-assign]
+
+    def store_down(name: str, alias: str) -> None:
+        raise MlflowException("database is locked", error_code=INTERNAL_ERROR)
+
+    real = reg.client.get_model_version_by_alias
+    reg.client.get_model_version_by_alias = store_down  # type: ignore[method-assign]
+    with pytest.raises(RegistryError, match=r"alias 'staging' of model 'qin-ctr'.*database is locked"):
+        promote(cfg, "staging", "2", force=True, registry=reg)
+    assert str(real(cfg.model_name, "staging").version) == "1"
