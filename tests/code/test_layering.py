@@ -1,4 +1,5 @@
-"""qin/ is a plain library: it imports no Prefect, MLflow or DVC (directly or through its modules)."""
+"""qin/ is a plain library: it imports no Prefect, MLflow or DVC (directly or through its modules), nor the
+flows or the stack; the flows import no stack module (the stack builds on the flows, never the reverse)."""
 
 import ast
 import subprocess
@@ -6,7 +7,7 @@ import sys
 from pathlib import Path
 
 QIN = Path(__file__).resolve().parents[2] / "qin"
-FORBIDDEN = ("prefect", "mlflow", "dvc", "flows")
+FORBIDDEN = ("prefect", "mlflow", "dvc", "flows", "qinstack")
 
 
 def test_no_forbidden_import_statements_in_qin() -> None:
@@ -36,3 +37,18 @@ def test_importing_every_qin_module_loads_none_of_them() -> None:
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
     assert len(modules) >= 10  # the check covered the library, not an empty list
+
+
+def test_the_flows_import_nothing_from_the_stack() -> None:
+    flows = QIN.parent / "flows"
+    offenders = []
+    for f in flows.rglob("*.py"):
+        for node in ast.walk(ast.parse(f.read_text())):
+            if isinstance(node, ast.Import):
+                names = [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.module:
+                names = [node.module]
+            else:
+                continue
+            offenders += [f"{f.name}: {n}" for n in names if n.split(".")[0] == "qinstack"]
+    assert offenders == []
