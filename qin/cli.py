@@ -10,7 +10,7 @@ import argparse
 import logging
 import subprocess
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, get_args
 
@@ -258,14 +258,25 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("-v", "--verbose", action="store_true")
     sub = parser.add_subparsers(dest="command", required=True)
+    sub.add_parser(
+        "params", help="print the resolved settings (presets applied, defaults filled in)"
+    ).set_defaults(fn=_show_params)
+    _data_parser(sub)
+    for s in pipeline.STAGES:
+        _stage_parser(sub, s)
+    _promote_parser(sub)
+    p = sub.add_parser(
+        "gc",
+        help="remove stage outputs (artifacts/stages/) that no registered version, alias or recent run uses",
+    )
+    p.add_argument("--keep", type=int, default=10, help="keep what the N most recent flow runs used")
+    p.add_argument("--dry-run", action="store_true", help="print what would be removed, remove nothing")
+    p.set_defaults(fn=_gc)
+    return parser
 
-    def stage(name: str, fn: Callable, help: str) -> argparse.ArgumentParser:
-        p = sub.add_parser(name, help=help)
-        p.set_defaults(fn=fn)
-        return p
 
-    stage("params", _show_params, "print the resolved settings (presets applied, defaults filled in)")
-
+def _data_parser(sub: Any) -> None:
+    """`qin data synth`, `qin data import` and the log importer's commands."""
     data = sub.add_parser("data", help="create or import the raw data in data/")
     data_sub = data.add_subparsers(dest="data_command", required=True)
     p = data_sub.add_parser(
@@ -284,31 +295,36 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(fn=_import)
     _from_log_parser(data_sub)
 
-    for s in pipeline.STAGES:
-        p = stage(s.name, _run_stage, s.help)
-        for i in s.inputs:
-            if i.stage == pipeline.MODEL:
-                p.add_argument(
-                    i.option,
-                    dest=i.arg,
-                    metavar="MODEL",
-                    help="a registered version by alias or number, 'auto' (the production alias, else "
-                    "staging) or a model package path (default: params predict.model)",
-                )
-                continue
-            p.add_argument(i.option, dest=i.arg, type=Path, default=pipeline.workspace_path(i))
-        for o in s.outputs:
-            p.add_argument(o.option, dest=o.arg, type=Path, default=Path(o.workspace))
-        if s.resumable:
-            p.add_argument("--key", help="the key its checkpoint must carry (default: its key by content)")
 
-    p = stage(
+def _stage_parser(sub: Any, s: pipeline.Stage) -> None:
+    """`qin <stage>`: an option per input and output of the stage table, defaulting to its workspace path."""
+    p = sub.add_parser(s.name, help=s.help)
+    p.set_defaults(fn=_run_stage)
+    for i in s.inputs:
+        if i.stage == pipeline.MODEL:
+            p.add_argument(
+                i.option,
+                dest=i.arg,
+                metavar="MODEL",
+                help="a registered version by alias or number, 'auto' (the production alias, else "
+                "staging) or a model package path (default: params predict.model)",
+            )
+            continue
+        p.add_argument(i.option, dest=i.arg, type=Path, default=pipeline.workspace_path(i))
+    for o in s.outputs:
+        p.add_argument(o.option, dest=o.arg, type=Path, default=Path(o.workspace))
+    if s.resumable:
+        p.add_argument("--key", help="the key its checkpoint must carry (default: its key by content)")
+
+
+def _promote_parser(sub: Any) -> None:
+    p = sub.add_parser(
         "promote",
-        _promote,
-        "give a registered version the staging alias (if it beats the holder by register.min_delta on its "
-        "data: both re-scored there when the holder's data version differs) or, explicitly, production "
+        help="give a registered version the staging alias (if it beats the holder by register.min_delta on "
+        "its data: both re-scored there when the holder's data version differs) or, explicitly, production "
         "(alias register.production_alias)",
     )
+    p.set_defaults(fn=_promote)
     p.add_argument("--to", required=True, choices=["staging", "production"])
     p.add_argument("--version", help="the model version (default: the newest)")
     p.add_argument(
@@ -323,15 +339,6 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="override the AUC and data-version rules (recorded in the history); never missing artifacts",
     )
-
-    p = stage(
-        "gc",
-        _gc,
-        "remove stage outputs (artifacts/stages/) that no registered version, alias or recent run uses",
-    )
-    p.add_argument("--keep", type=int, default=10, help="keep what the N most recent flow runs used")
-    p.add_argument("--dry-run", action="store_true", help="print what would be removed, remove nothing")
-    return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:

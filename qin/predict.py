@@ -86,25 +86,38 @@ def predict(
         seconds["write"] = time.perf_counter() - t
 
         seconds["total"] = time.perf_counter() - started
-        manifest = {
-            "model": {
-                "model_name": model_name,
-                "version": version,
-                "model_hash": model_hash or tree_hash([model_dir]),
-                "kind": read_json(Path(model_dir) / "model.json")["model"]["name"],
-            },
-            "data": {"file": str(test), "md5": gate["files"][SPLIT]["md5"], "rows": len(probs)},
-            "rows": len(probs),
-            "ids": "the test file's ID column" if ids is not None else "row positions 0..N-1",
-            "settings": {"batch_size": cfg.batch_size, "device": str(scorer.device)},
-            "seconds": {k: round(v, 3) for k, v in seconds.items()},
-            "rows_per_s": round(len(probs) / seconds["score"], 1) if seconds["score"] > 0 else None,
-            "prediction": {"mean": float(probs.mean()), "min": float(probs.min()), "max": float(probs.max())},
-            "validation": {"passed": gate["passed"], "warnings": gate["files"][SPLIT]["warnings"]},
-            "files": [PREDICTION, SUBMISSION],
-        }
+        identity = {"model_name": model_name, "version": version, "model_hash": model_hash}
+        manifest = _manifest(model_dir, identity, test, gate, probs, ids is not None, scorer, cfg, seconds)
         write_json(tmp / MANIFEST, manifest)
     return manifest
+
+
+def _manifest(
+    model_dir: Path,
+    identity: dict[str, str | None],
+    test: Path,
+    gate: dict,
+    probs: np.ndarray,
+    has_ids: bool,
+    scorer: Any,
+    cfg: Any,
+    seconds: dict[str, float],
+) -> dict[str, Any]:
+    """What was scored, with which model and settings, how fast, and what came out (manifest.json)."""
+    model = {**identity, "model_hash": identity["model_hash"] or tree_hash([model_dir])}
+    model["kind"] = read_json(Path(model_dir) / "model.json")["model"]["name"]
+    return {
+        "model": model,
+        "data": {"file": str(test), "md5": gate["files"][SPLIT]["md5"], "rows": len(probs)},
+        "rows": len(probs),
+        "ids": "the test file's ID column" if has_ids else "row positions 0..N-1",
+        "settings": {"batch_size": cfg.batch_size, "device": str(scorer.device)},
+        "seconds": {k: round(v, 3) for k, v in seconds.items()},
+        "rows_per_s": round(len(probs) / seconds["score"], 1) if seconds["score"] > 0 else None,
+        "prediction": {"mean": float(probs.mean()), "min": float(probs.min()), "max": float(probs.max())},
+        "validation": {"passed": gate["passed"], "warnings": gate["files"][SPLIT]["warnings"]},
+        "files": [PREDICTION, SUBMISSION],
+    }
 
 
 def score_file(test: Path, scorer: Any, batch_size: int) -> np.ndarray:

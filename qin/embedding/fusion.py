@@ -202,31 +202,10 @@ def learn_fusion(
     pairs = 0
     for _ in range(settings.epochs):
         a_ids, p_ids = sample_pairs(histories, settings.pairs_per_epoch, settings.window, rng)
-        total, batches = 0.0, 0
-        for s in range(0, len(a_ids) - 1, settings.batch_size):
-            a = torch.from_numpy(a_ids[s : s + settings.batch_size] - 1)  # (B,) rows of features
-            p = torch.from_numpy(p_ids[s : s + settings.batch_size] - 1)
-            if len(a) < 2:
-                break
-            same = (p[:, None] == p[None, :]) & ~torch.eye(len(p), dtype=torch.bool)  # (B, B)
-            za = F.normalize(model(y[a]), dim=1)  # (B, E)
-            zp = F.normalize(model(y[p]), dim=1)
-            loss = info_nce(za, zp, same, settings.temperature)
-            if settings.anchor_weight:
-                loss = loss + settings.anchor_weight * _anchor_penalty(model)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            total += float(loss.detach())
-            batches += 1
-            pairs += len(a)
-        losses.append(total / max(batches, 1))
-    emb = _embed(model, y)  # (N, E)
-    reached = 0
-    if settings.propagation:
-        counts = cooccurrence(histories, len(features), settings.window)
-        reached = int((counts.getnnz(axis=1) > 0).sum())
-        emb = torch.from_numpy(propagate(emb.numpy(), counts, settings.propagation))
+        loss, used = _epoch(model, opt, y, a_ids, p_ids, settings)
+        losses.append(loss)
+        pairs += used
+    emb, reached = _propagated(_embed(model, y), histories, len(features), settings)
     # One factor for the whole matrix: the PCA embedding's root-mean-square entry, so the stage sees
     # the same scale whatever the training and the propagation did to the norms.
     if settings.epochs or settings.propagation:
@@ -243,6 +222,48 @@ def learn_fusion(
         "propagated_items": reached,  # items in at least one co-occurring pair (0 without propagation)
     }
     return out, figures
+
+
+def _epoch(
+    model: Fusion,
+    opt: torch.optim.Optimizer,
+    y: torch.Tensor,
+    a_ids: np.ndarray,
+    p_ids: np.ndarray,
+    settings: FusionConfig,
+) -> tuple[float, int]:
+    """One pass over the sampled (anchor, positive) pairs in batches; the mean loss and the pairs used."""
+    total, batches, pairs = 0.0, 0, 0
+    for s in range(0, len(a_ids) - 1, settings.batch_size):
+        a = torch.from_numpy(a_ids[s : s + settings.batch_size] - 1)  # (B,) rows of features
+        p = torch.from_numpy(p_ids[s : s + settings.batch_size] - 1)
+        if len(a) < 2:
+            break
+        same = (p[:, None] == p[None, :]) & ~torch.eye(len(p), dtype=torch.bool)  # (B, B)
+        za = F.normalize(model(y[a]), dim=1)  # (B, E)
+        zp = F.normalize(model(y[p]), dim=1)
+        loss = info_nce(za, zp, same, settings.temperature)
+        if settings.anchor_weight:
+            loss = loss + settings.anchor_weight * _anchor_penalty(model)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        total += float(loss.detach())
+        batches += 1
+        pairs += len(a)
+    return total / max(batches, 1), pairs
+
+
+def _propagated(
+    emb: torch.Tensor, histories: np.ndarray, n_items: int, settings: FusionConfig
+) -> tuple[torch.Tensor, int]:
+    """The embeddings mixed with their co-occurring items' (settings.propagation), and how many items had
+    any; unchanged and 0 without propagation."""
+    if not settings.propagation:
+        return emb, 0
+    counts = cooccurrence(histories, n_items, settings.window)
+    reached = int((counts.getnnz(axis=1) > 0).sum())
+    return torch.from_numpy(propagate(emb.numpy(), counts, settings.propagation)), reached
 
 
 def read_histories(train_parquet: Path, max_rows: int | None = None, seed: int = 0) -> np.ndarray:
