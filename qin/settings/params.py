@@ -150,12 +150,16 @@ def preset(name: str, model: str | None = None) -> TrainConfig:
 
 def train_section(mapping: dict[str, Any]) -> TrainConfig:
     """The train section of params.yaml: its preset (`preset`, default "cpu") with the keys `mapping` gives
-    over it; a model mapping overrides the model's settings as the preset starts them."""
+    over it; a model mapping overrides the model's settings as the preset starts them. A key set to null
+    takes the preset's value (params.yaml lists the preset's keys so, for `dvc exp run -S train.KEY=V`)."""
     refuse_unknown(TrainConfig, mapping)
+    mapping = {k: v for k, v in mapping.items() if v is not None}
     name = mapping.get("preset", "cpu")
     if not isinstance(name, str):
         raise SettingsError(f"params key 'train.preset': expected a string, found {name!r}")
     model = mapping.get("model")
+    if isinstance(model, dict):
+        model = mapping["model"] = {k: v for k, v in model.items() if v is not None}
     start = preset(name, model.get("name") if isinstance(model, dict) else None)
     merged = {**dict(start), **mapping}
     if isinstance(model, dict):

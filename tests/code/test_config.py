@@ -170,3 +170,28 @@ def test_section_hash_is_the_hash_of_the_sections_content() -> None:
     assert section_hash(FusionConfig(seed=cfg.seed)) == section_hash(cfg)
     with pytest.raises(ValueError, match=r"params key 'embed\.learned\.window': expected an integer >= 0"):
         replace(cfg, window=-1)
+
+
+def test_dvc_set_param_reaches_every_train_setting_the_preset_supplies(tmp_path: Path) -> None:
+    """`dvc exp run -S train.KEY=VALUE` (DVC's documented form, applied by DVC's own override function) works
+    for every key the preset sets, because params.yaml lists each; null there means the preset's value."""
+    import shutil
+
+    import yaml
+    from dvc.utils.hydra import apply_overrides
+
+    repo = Path(__file__).resolve().parents[2]
+    listed = yaml.safe_load((repo / "params.yaml").read_text())["train"]
+    supplied = yaml.safe_load((repo / "params" / "presets" / "cpu.yaml").read_text())["train"]
+    assert set(supplied) - set(listed) == set()
+    assert set(supplied["model"]) - set(listed["model"]) == set()
+    path = tmp_path / "params.yaml"
+    shutil.copy(repo / "params.yaml", path)
+    apply_overrides(path, ["train.epochs=2", "train.model.embedding_dim=64", "train.model.use_qnn=false"])
+    train = load_params(path).train
+    assert (train.epochs, train.model.embedding_dim, train.model.use_qnn) == (2, 64, False)  # type: ignore[attr-defined]
+    assert train.batch_size == preset("cpu").batch_size  # the nulls: the preset's values
+    apply_overrides(path, ["train.preset=paper"])
+    paper = preset("paper")
+    model = paper.model.model_copy(update={"embedding_dim": 64, "use_qnn": False})
+    assert load_params(path).train == paper.model_copy(update={"epochs": 2, "model": model})
