@@ -79,7 +79,7 @@ def qin_train(
     with signals_unwrapped():  # a signal during an import still crashes (or cancels) the run
         from prefect.artifacts import create_markdown_artifact
 
-        from flows.tracking import run_link
+        from flows.tracking import run_link, ui_hint
 
         record = record_dir()
         parameters = {"params": params, "data": data, "model": model, "overrides": overrides}
@@ -100,6 +100,8 @@ def qin_train(
         print(f"hashing: {spent['seconds']:.2f} s ({read}; {spent['memo']} hashes from the memo)")
         for line in registration_lines(registration, link):
             print(line)
+        if hint := ui_hint(load_params(settings).register):
+            print(hint)
 
         metrics = read_json(Path(dirs["evaluate"]) / "evaluate.json")
         create_markdown_artifact(

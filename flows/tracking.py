@@ -23,7 +23,9 @@ import contextlib
 import functools
 import os
 import shutil
+import socket
 import tempfile
+import urllib.parse
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Concatenate, ParamSpec, TypeVar
@@ -330,6 +332,19 @@ def run_link(cfg: RegisterConfig, run_id: str) -> str:
     with store_lock(uri):
         experiment_id = configure(cfg).get_run(run_id).info.experiment_id
     return f"{base.rstrip('/')}/#/experiments/{experiment_id}/runs/{run_id}"
+
+
+def ui_hint(cfg: RegisterConfig) -> str | None:
+    """How to open the run links when nothing answers at `register.ui_url` (a local store: `make ui` serves
+    it); None when a tracking server holds the runs or the UI answers."""
+    if is_server(tracking_uri(cfg)):
+        return None
+    url = urllib.parse.urlsplit(cfg.ui_url)
+    try:
+        with socket.create_connection((url.hostname or "127.0.0.1", url.port or 80), timeout=0.5):
+            return None
+    except OSError:
+        return f"nothing serves the MLflow UI at {cfg.ui_url} now: `make ui` starts it, then open the link"
 
 
 def log_ablation(
