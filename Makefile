@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed
 PREFECT_PORT ?= 4200
 MLFLOW_PORT ?= 5000
 
-# Offline: no telemetry from any tool (STACK.md); Prefect keeps its home in the project.
+# Offline: no telemetry from any tool; Prefect keeps its home in the project.
 export DO_NOT_TRACK := true
 export MLFLOW_DISABLE_TELEMETRY := true
 export PREFECT_SERVER_ANALYTICS_ENABLED := false
@@ -97,8 +97,9 @@ endef
 serve: data
 	$(call with_server,,$(BIN)/python -m flows.serve)
 
-# Deployment qin-train/pool: the process work pool $(PREFECT_POOL) (created if absent), the flow deployed
-# from this checkout, and a worker that runs its flow runs. In another shell:
+# Deployments qin-train/pool, qin-ablation/pool, qin-embed-eval/pool and qin-score/pool: the process work pool
+# $(PREFECT_POOL) (created if absent), the flows deployed from this checkout, and a worker that runs their flow
+# runs. In another shell:
 #   export PREFECT_API_URL=http://127.0.0.1:$(PREFECT_PORT)/api && .venv/bin/prefect deployment run qin-train/pool
 worker: data
 	$(call with_server,\
@@ -143,7 +144,7 @@ postgres: $(STAMP)
 clean:
 	rm -rf artifacts metrics
 
-# ---- The GPU check (bench/gpu_check.sh; README "The GPU check") ------------------------------------------
+# ---- The GPU check (bench/gpu_check.sh; docs/performance.md "The GPU check") ------------------------------
 # The wheels the GPU image lacks (bench/gpu-wheels.txt), for its Python 3.12 on manylinux x86-64, into
 # .gpu-wheels/ (git-ignored; carried with the tree to the GPU machine, 64 MiB at most).
 GPU_PLATFORMS := $(foreach n,manylinux_2_28 manylinux_2_27 manylinux_2_17 manylinux2014 manylinux1,--platform $(n)_x86_64)
@@ -156,7 +157,8 @@ gpu-wheels: $(STAMP)
 	@du -sh .gpu-wheels
 
 # The GPU check rehearsed on the CPU at tiny sizes, and every module its phases import checked against the
-# GPU image's packages (README) and .gpu-wheels/ (downloaded first: what the GPU machine would carry).
+# GPU image's packages (docs/performance.md) and .gpu-wheels/ (downloaded first: what the GPU machine would
+# carry).
 gpu-rehearsal: $(STAMP) gpu-wheels
 	PYTHON=$(BIN)/python bench/gpu_check.sh --device cpu --check-imports --out .gpu-check/cpu
 

@@ -23,8 +23,8 @@ It runs from the source tree with the image's packages (the project's pins are f
     bench/gpu_check.sh --device cpu --check-imports --out OUT   # the rehearsal (.ci/run, make gpu-rehearsal)
 
 --check-imports records, in every process of every phase, the top-level modules the project's own files
-import (bench/import_log/sitecustomize.py) and fails unless each one's distribution is in the README's list
-of the GPU image's packages or among .gpu-wheels/: a missing wheel fails here, not there.
+import (bench/import_log/sitecustomize.py) and fails unless each one's distribution is in the list of the
+GPU image's packages in docs/performance.md or among .gpu-wheels/: a missing wheel fails here, not there.
 """
 
 from __future__ import annotations
@@ -50,7 +50,9 @@ REPORT = "gpu_check.json"
 LOG = "gpu_check.log"
 GPU_TESTS = ("tests/models/test_cuda.py",)
 WHEELS = ROOT / ".gpu-wheels"
-README_BEGIN, README_END = "<!-- gpu-image-packages -->", "<!-- /gpu-image-packages -->"
+# The page that lists the GPU image's packages between these two markers.
+PACKAGES_PAGE = ROOT / "docs" / "performance.md"
+PACKAGES_BEGIN, PACKAGES_END = "<!-- gpu-image-packages -->", "<!-- /gpu-image-packages -->"
 # Per phase: its own time limit in seconds on CUDA; on the CPU rehearsal (tiny sizes) a generous one.
 LIMITS = {"data": 200, "env": 30, "tests": 50, "throughput": 80, "full": 90, "predict": 35}
 CPU_LIMITS = {"data": 200, "env": 120, "tests": 120, "throughput": 300, "full": 300, "predict": 120}
@@ -414,13 +416,14 @@ def print_summary(report: dict) -> None:
 
 
 def image_packages() -> set[str]:
-    """The GPU image's packages the check relies on, as the README lists them (normalised names)."""
-    text = (ROOT / "README.md").read_text()
-    if README_BEGIN not in text or README_END not in text:
+    """The GPU image's packages the check relies on, as docs/performance.md lists them (normalised names)."""
+    text = PACKAGES_PAGE.read_text()
+    if PACKAGES_BEGIN not in text or PACKAGES_END not in text:
         raise SystemExit(
-            f"README.md: no list of the GPU image's packages between {README_BEGIN} and {README_END}"
+            f"{PACKAGES_PAGE.relative_to(ROOT)}: no list of the GPU image's packages between "
+            f"{PACKAGES_BEGIN} and {PACKAGES_END}"
         )
-    block = text.split(README_BEGIN, 1)[1].split(README_END, 1)[0]
+    block = text.split(PACKAGES_BEGIN, 1)[1].split(PACKAGES_END, 1)[0]
     return {normalise(name) for name in re.findall(r"`([A-Za-z0-9_.\-]+)`", block)}
 
 
@@ -434,7 +437,7 @@ def normalise(name: str) -> str:
 
 def check_imports(record: Path) -> bool:
     """Every top-level module the phases' own files imported: from the standard library, the project, the
-    README's list of the image's packages, or .gpu-wheels/. Prints what is missing."""
+    list of the image's packages in docs/performance.md, or .gpu-wheels/. Prints what is missing."""
     from importlib.metadata import packages_distributions
 
     modules = {line.split()[0] for line in record.read_text().splitlines() if line.strip()}
@@ -450,7 +453,8 @@ def check_imports(record: Path) -> bool:
         used[module] = dist
         if dist not in have and dist not in wheels:
             missing.append(
-                f"{module} (distribution {dists[0]}: not in README.md's GPU image list nor in .gpu-wheels/)"
+                f"{module} (distribution {dists[0]}: not in docs/performance.md's GPU image list nor in "
+                ".gpu-wheels/)"
             )
     print(f"imports of the device phases: {', '.join(f'{m} ({d})' for m, d in used.items())}")
     for line in missing:

@@ -1,6 +1,6 @@
 """Orchestration (Prefect) and tracking (MLflow) around the `qin` library.
 
-Telemetry is off for every tool, also when a flow is started without the Makefile (STACK.md).
+Telemetry is off for every tool, also when a flow is started without the Makefile.
 """
 
 import logging

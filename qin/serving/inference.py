@@ -36,7 +36,8 @@ from qin.training import runtime
 WEIGHTS, CONFIG = "weights.pt", "model.json"
 # The one precision every score is computed in: evaluate, predict, serving, the valid scores that drive early
 # stopping, and bench/throughput.py's scoring figures. bf16 would be taken only if the valid AUC it gives
-# stayed within 1e-4 of fp32's; bench/scoring_precision.py measures that on the small data (README, Speed).
+# stayed within 1e-4 of fp32's; bench/scoring_precision.py measures that on the small data
+# (docs/performance.md).
 SCORING_PRECISION = "fp32"
 
 

@@ -57,7 +57,7 @@ class TrainConfig(Settings):
     scaling: Literal["fixed", "weak"]
     # Processes on this node: 0 or 1 trains in the calling process (a flow's, `qin train`'s, dvc's); N > 1
     # runs the train stage under torchrun with N processes (qin/runs/pipeline.py `call`). Across nodes, start
-    # torchrun on each node yourself (README).
+    # torchrun on each node yourself (docs/performance.md).
     processes: int
     epochs: int
     learning_rate: float

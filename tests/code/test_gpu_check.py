@@ -25,7 +25,7 @@ def test_every_gpu_marked_test_is_in_the_files_the_check_runs() -> None:
     assert marked == set(gpu_check.GPU_TESTS)
 
 
-def test_the_readme_lists_the_gpu_images_packages() -> None:
+def test_the_performance_page_lists_the_gpu_images_packages() -> None:
     assert {"torch", "numpy", "pandas", "pyarrow", "pyyaml", "scikit-learn"} <= gpu_check.image_packages()
     assert "great-expectations" not in gpu_check.image_packages()
 
