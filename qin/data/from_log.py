@@ -522,20 +522,11 @@ def _write_items(
     table = items.set_index("key").reindex(keys) if items is not None else None
     cats = _categories(table[cfg.tags] if table is not None and cfg.tags else None, cfg.tags_sep, n_items)
     tags, tag_map, dropped = item_tags(cats, cfg)
-    titles = (
-        [str(t) if isinstance(t, str) else "" for t in table[cfg.title]]
-        if table is not None and cfg.title
-        else [""] * n_items
-    )
+    titles, texts = _titles_and_texts(table, cats, cfg, n_items)
     vectors = (
         _vectors(Path(items_path or ""), table.reset_index(), cfg.vectors)
         if table is not None and cfg.vectors
         else []
-    )
-    texts = (
-        [f"{t} {' '.join(c)}".strip() for t, c in zip(titles, cats, strict=True)]
-        if table is not None
-        else None
     )
     emb, how = item_embedding(n_items, np.concatenate(vectors, axis=1) if vectors else None, texts, cfg.seed)
     ids = np.arange(n_items + 1, dtype=np.int64)
@@ -548,25 +539,56 @@ def _write_items(
     )
     pq.write_table(info, tmp / f"{schema.ITEM_FILE}.parquet")
     pq.write_table(pa.Table.from_pandas(tag_map, preserve_index=False), tmp / MAPS / "tags.parquet")
-    figures: dict[str, Any] = {"n_tags": len(tag_map), "tags_dropped": dropped, "item_emb": how}
-    dims = sorted(v.shape[1] for v in vectors)
-    if dims == sorted((schema.TXT_EMB_DIM, schema.IMG_EMB_DIM)):
-        txt = next(v for v in vectors if v.shape[1] == schema.TXT_EMB_DIM)
-        img = next(v for v in vectors if v.shape[1] == schema.IMG_EMB_DIM)
-        feature = pa.table(
-            {
-                schema.TARGET: ids[1:],
-                schema.TITLE: titles,
-                schema.TAGS: _list(tags),
-                schema.LEVELS[0]: like_lv[1:],
-                schema.LEVELS[1]: view_lv[1:],
-                schema.TXT_EMB: _list(txt),
-                schema.IMG_EMB: _list(img),
-            }
-        )
-        pq.write_table(feature, tmp / f"{schema.FEATURE_FILE}.parquet")
-    figures["item_feature"] = dims == sorted((schema.TXT_EMB_DIM, schema.IMG_EMB_DIM))
-    return figures
+    feature = _write_item_feature(tmp, ids[1:], titles, tags, like_lv[1:], view_lv[1:], vectors)
+    return {"n_tags": len(tag_map), "tags_dropped": dropped, "item_emb": how, "item_feature": feature}
+
+
+def _titles_and_texts(
+    table: pd.DataFrame | None, cats: list[list[str]], cfg: FromLogConfig, n_items: int
+) -> tuple[list[str], list[str] | None]:
+    """Each item's title ("" without one) and the text that TF-IDF reads (its title and categories; None
+    without an item table)."""
+    titles = (
+        [str(t) if isinstance(t, str) else "" for t in table[cfg.title]]
+        if table is not None and cfg.title
+        else [""] * n_items
+    )
+    texts = (
+        [f"{t} {' '.join(c)}".strip() for t, c in zip(titles, cats, strict=True)]
+        if table is not None
+        else None
+    )
+    return titles, texts
+
+
+def _write_item_feature(
+    tmp: Path,
+    ids: np.ndarray,
+    titles: list[str],
+    tags: np.ndarray,
+    like_lv: np.ndarray,
+    view_lv: np.ndarray,
+    vectors: list[np.ndarray],
+) -> bool:
+    """item_feature.parquet of items `ids` (1..N) when the vectors are one of 768 and one of 1024 values;
+    returns whether it was written."""
+    if sorted(v.shape[1] for v in vectors) != sorted((schema.TXT_EMB_DIM, schema.IMG_EMB_DIM)):
+        return False
+    txt = next(v for v in vectors if v.shape[1] == schema.TXT_EMB_DIM)
+    img = next(v for v in vectors if v.shape[1] == schema.IMG_EMB_DIM)
+    feature = pa.table(
+        {
+            schema.TARGET: ids,
+            schema.TITLE: titles,
+            schema.TAGS: _list(tags),
+            schema.LEVELS[0]: like_lv,
+            schema.LEVELS[1]: view_lv,
+            schema.TXT_EMB: _list(txt),
+            schema.IMG_EMB: _list(img),
+        }
+    )
+    pq.write_table(feature, tmp / f"{schema.FEATURE_FILE}.parquet")
+    return True
 
 
 def _padded(x: np.ndarray) -> np.ndarray:

@@ -131,8 +131,11 @@ def _segment_cdf(group: np.ndarray, weight: np.ndarray, n_groups: int) -> np.nda
     return group + (cum - g_before) / np.where(g_total > 0, g_total, 1.0)
 
 
-def _build_world(p: Preset, cfg: DataConfig) -> World:
-    rng = _rng(cfg.seed, 0)
+def _item_latents(
+    p: Preset, cfg: DataConfig, rng: np.random.Generator
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Each item's topic, global sub-topic id and the three parts of its latent vector (centre, offset,
+    residual), all (N+1, ...) with row 0 unused."""
     n, k, c = p.n_items, cfg.latent_dim, p.n_topics
     centres = rng.standard_normal((c, k))
     sub = rng.standard_normal((c, cfg.subtopics, k)) * 0.6
@@ -141,9 +144,12 @@ def _build_world(p: Preset, cfg: DataConfig) -> World:
     sub_of = rng.integers(0, cfg.subtopics, n + 1)
     centre, offset = centres[topic_of], sub[topic_of, sub_of]
     residual = 0.25 * rng.standard_normal((n + 1, k))
-    latent = centre + offset + residual
-    unit = (latent / np.linalg.norm(latent, axis=1, keepdims=True)).astype(np.float32)
+    return topic_of, topic_of * cfg.subtopics + sub_of, centre, offset, residual
 
+
+def _popularity_and_levels(n: int, rng: np.random.Generator) -> tuple[np.ndarray, ...]:
+    """(pop, pop_z, likes, views) of items 0..N: heavy-tailed popularity (0 for row 0), its standardised
+    log, and the likes and views levels that follow it (likes also an item's quality)."""
     log_pop = rng.standard_normal(n + 1) * 1.2
     pop = np.exp(log_pop)
     pop[0] = 0.0
@@ -151,16 +157,19 @@ def _build_world(p: Preset, cfg: DataConfig) -> World:
     quality = rng.standard_normal(n + 1)
     views = np.clip(np.rint(5 + 2.0 * pop_z + 0.7 * rng.standard_normal(n + 1)), 0, 10).astype(np.int64)
     likes = np.clip(np.rint(5 + 1.2 * pop_z + 1.2 * quality), 0, 10).astype(np.int64)
+    return pop, pop_z, likes, views
 
-    order = np.argsort(topic_of[1:], kind="stable") + 1
-    topic_cdf = _segment_cdf(topic_of[order], pop[order], c)
-    subtopic_of = topic_of * cfg.subtopics + sub_of
-    sub_order = np.argsort(subtopic_of[1:], kind="stable") + 1
-    sub_cdf = _segment_cdf(subtopic_of[sub_order], pop[sub_order], c * cfg.subtopics)
-    topic_mass = np.bincount(topic_of[1:], weights=pop[1:], minlength=c) / pop[1:].sum()
-    global_cdf = np.cumsum(pop[1:]) / pop[1:].sum()
 
-    # Tags: each topic owns a block of the vocabulary; 2..5 tags per item, 15% drawn from anywhere.
+def _popularity_cdf(group_of: np.ndarray, pop: np.ndarray, n_groups: int) -> tuple[np.ndarray, np.ndarray]:
+    """Items 1..N sorted by group (topic or sub-topic) and their within-group popularity CDFs (see World)."""
+    order = np.argsort(group_of[1:], kind="stable") + 1
+    return _segment_cdf(group_of[order], pop[order], n_groups), order
+
+
+def _item_tags(p: Preset, topic_of: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """(N+1, 5) tags, 0 padding: each topic owns a block of the vocabulary; 2..5 tags per item, 15% drawn
+    from anywhere."""
+    n, c = p.n_items, p.n_topics
     vocab = np.arange(1, p.tag_vocab)
     rng.shuffle(vocab)
     blocks = np.array_split(vocab, c)
@@ -174,34 +183,63 @@ def _build_world(p: Preset, cfg: DataConfig) -> World:
     tags[noisy] = rng.integers(1, p.tag_vocab, int(noisy.sum()))
     tags[np.arange(schema.TAGS_PER_ITEM)[None, :] >= n_tags[:, None]] = 0
     tags[0] = 0
+    return tags
 
-    emb = np.zeros((n + 1, schema.ITEM_EMB_DIM), dtype=np.float32)  # "pca": filled in below
+
+def _latent_emb(latent: np.ndarray, cfg: DataConfig, rng: np.random.Generator) -> np.ndarray:
+    """item_emb `latent`: items 1..N's latent vectors through a random projection to 128, plus noise."""
+    k, n = cfg.latent_dim, len(latent) - 1
+    proj = rng.standard_normal((k, schema.ITEM_EMB_DIM)) / np.sqrt(k)
+    return latent[1:] @ proj + cfg.emb_noise * rng.standard_normal((n + 1, schema.ITEM_EMB_DIM))[1:]
+
+
+def _user_interests(p: Preset, cfg: DataConfig, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """(interests, niches), (U, 3) each: 1..3 interest topics per user, each with a niche sub-topic; the
+    slots beyond a user's interests repeat the first."""
+    n_int = rng.integers(1, 4, p.n_users)
+    topics = rng.integers(0, p.n_topics, (p.n_users, 3))
+    niche_of = topics * cfg.subtopics + rng.integers(0, cfg.subtopics, (p.n_users, 3))
+    extra = np.arange(3)[None, :] < n_int[:, None]
+    return np.where(extra, topics, topics[:, :1]), np.where(extra, niche_of, niche_of[:, :1])
+
+
+def _calibrated_intercept(world: World, p: Preset, cfg: DataConfig) -> float:
+    """The intercept that makes about cfg.positive_rate of a probe sample's rows positive (bisection)."""
+    logit = _logit_parts(world, cfg, _rows(world, p, cfg, _rng(cfg.seed, 2), 20_000))
+    lo, hi = -20.0, 20.0
+    for _ in range(60):
+        mid = (lo + hi) / 2
+        lo, hi = (lo, mid) if np.mean(1 / (1 + np.exp(-(logit + mid)))) > cfg.positive_rate else (mid, hi)
+    return (lo + hi) / 2
+
+
+def _build_world(p: Preset, cfg: DataConfig) -> World:
+    """The items (stream (seed, 0), drawn in this order), the users (seed, 1) and the intercept (seed, 2)."""
+    rng = _rng(cfg.seed, 0)
+    topic_of, subtopic_of, centre, offset, residual = _item_latents(p, cfg, rng)
+    latent = centre + offset + residual
+    pop, pop_z, likes, views = _popularity_and_levels(p.n_items, rng)
+    topic_cdf, topic_items = _popularity_cdf(topic_of, pop, p.n_topics)
+    sub_cdf, sub_items = _popularity_cdf(subtopic_of, pop, p.n_topics * cfg.subtopics)
+    tags = _item_tags(p, topic_of, rng)
+    emb = np.zeros((p.n_items + 1, schema.ITEM_EMB_DIM), dtype=np.float32)  # "pca": filled in below
     if cfg.item_emb == "latent":  # the last draws from this stream: "pca" leaves every other file unchanged
-        proj = rng.standard_normal((k, schema.ITEM_EMB_DIM)) / np.sqrt(k)
-        emb[1:] = latent[1:] @ proj + cfg.emb_noise * rng.standard_normal((n + 1, schema.ITEM_EMB_DIM))[1:]
-
-    urng = _rng(cfg.seed, 1)
-    n_int = urng.integers(1, 4, p.n_users)
-    topics = urng.integers(0, c, (p.n_users, 3))
-    niche_of = topics * cfg.subtopics + urng.integers(0, cfg.subtopics, (p.n_users, 3))
-    extra = np.arange(3)[None, :] < n_int[:, None]  # slots beyond a user's interests repeat the first
-    interests = np.where(extra, topics, topics[:, :1])
-    niches = np.where(extra, niche_of, niche_of[:, :1])
-
+        emb[1:] = _latent_emb(latent, cfg, rng)
+    interests, niches = _user_interests(p, cfg, _rng(cfg.seed, 1))
     world = World(
-        unit=unit,
+        unit=(latent / np.linalg.norm(latent, axis=1, keepdims=True)).astype(np.float32),
         pop_z=pop_z,
         likes=likes,
         views=views,
         topic_of=topic_of,
         topic_cdf=topic_cdf,
-        topic_items=order,
-        topic_mass=topic_mass,
-        global_cdf=global_cdf,
+        topic_items=topic_items,
+        topic_mass=np.bincount(topic_of[1:], weights=pop[1:], minlength=p.n_topics) / pop[1:].sum(),
+        global_cdf=np.cumsum(pop[1:]) / pop[1:].sum(),
         interests=interests,
         niches=niches,
         sub_cdf=sub_cdf,
-        sub_items=sub_order,
+        sub_items=sub_items,
         tags=tags,
         emb=emb,
         intercept=0.0,
@@ -212,13 +250,7 @@ def _build_world(p: Preset, cfg: DataConfig) -> World:
     )
     if cfg.item_emb == "pca":
         emb[1:] = _organisers_emb(world, cfg)
-    # Calibrate the intercept on a probe sample so that the positive rate is about cfg.positive_rate.
-    logit = _logit_parts(world, cfg, _rows(world, p, cfg, _rng(cfg.seed, 2), 20_000))
-    lo, hi = -20.0, 20.0
-    for _ in range(60):
-        mid = (lo + hi) / 2
-        lo, hi = (lo, mid) if np.mean(1 / (1 + np.exp(-(logit + mid)))) > cfg.positive_rate else (mid, hi)
-    return replace(world, intercept=(lo + hi) / 2)
+    return replace(world, intercept=_calibrated_intercept(world, p, cfg))
 
 
 def _sample_from_groups(
@@ -295,6 +327,56 @@ def _probability(world: World, cfg: DataConfig, rows: dict[str, np.ndarray]) -> 
     return 1.0 / (1.0 + np.exp(-(_logit_parts(world, cfg, rows) + world.intercept)))
 
 
+def _user_weight(world: World, cfg: DataConfig, m: np.ndarray, topic: np.ndarray) -> np.ndarray:
+    """w(m) x Z, the likelihood (up to a factor that cancels) that a user with `m` of its 3 interest slots on
+    `topic` produces a target of that topic."""
+    f = cfg.target_from_interest
+    return (1 - f) + f * m / (3.0 * world.topic_mass[topic])
+
+
+def _topic_holders(world: World, p: Preset, cfg: DataConfig) -> tuple[np.ndarray, ...]:
+    """(holders, cdf, weight, count): the users holding each topic in one of their interest slots, sorted by
+    topic, and their weights' within-topic CDFs (_segment_cdf); per topic, its holders' total weight and
+    their number."""
+    n_topics = len(world.topic_mass)
+    keys, m = np.unique(
+        (np.arange(p.n_users)[:, None] * n_topics + world.interests).ravel(), return_counts=True
+    )
+    user, topic = keys // n_topics, keys % n_topics
+    order = np.argsort(topic, kind="stable")
+    user, topic, m = user[order], topic[order], m[order]
+    w = _user_weight(world, cfg, m, topic)
+    cdf = _segment_cdf(topic, w, n_topics)
+    return (
+        user,
+        cdf,
+        np.bincount(topic, weights=w, minlength=n_topics),
+        np.bincount(topic, minlength=n_topics),
+    )
+
+
+def _posterior_users(
+    world: World,
+    p: Preset,
+    holders: np.ndarray,
+    cdf: np.ndarray,
+    c: np.ndarray,
+    half: int,
+    rng: np.random.Generator,
+) -> np.ndarray:
+    """(2 * len(c) * half,) users: `half` per topic of `c` among its holders, drawn by weight (`holders`,
+    `cdf`: from _topic_holders), then `half` per topic among the other users, uniformly."""
+    cc = np.repeat(c, half)
+    pos = np.minimum(np.searchsorted(cdf, cc + rng.random(cc.shape)), len(holders) - 1)
+    others = rng.integers(0, p.n_users, cc.shape)
+    for _ in range(100):  # rejection: users that do not hold c (they are the large majority)
+        bad = (world.interests[others] == cc[:, None]).any(axis=1)
+        if not bad.any():
+            break
+        others[bad] = rng.integers(0, p.n_users, int(bad.sum()))
+    return np.concatenate([holders[pos], others])
+
+
 def no_history_scores(
     world: World,
     p: Preset,
@@ -310,23 +392,7 @@ def no_history_scores(
     (drawn in proportion to w), half from the rest (uniformly, w(0) each); the two means are mixed by the
     groups' total weights.
     """
-    f = cfg.target_from_interest
-    n_topics = len(world.topic_mass)
-    keys, m = np.unique(
-        (np.arange(p.n_users)[:, None] * n_topics + world.interests).ravel(), return_counts=True
-    )
-    user, topic = keys // n_topics, keys % n_topics
-    order = np.argsort(topic, kind="stable")
-    user, topic, m = user[order], topic[order], m[order]
-
-    def weight(mm: np.ndarray, c: np.ndarray) -> np.ndarray:
-        return (1 - f) + f * mm / (3.0 * world.topic_mass[c])  # x Z, which cancels
-
-    w = weight(m, topic)
-    cdf = _segment_cdf(topic, w, n_topics)
-    w_holders = np.bincount(topic, weights=w, minlength=n_topics)
-    n_holders = np.bincount(topic, minlength=n_topics)
-
+    holders, cdf, w_holders, n_holders = _topic_holders(world, p, cfg)
     n = len(rows["item_id"])
     scores = np.empty(n)
     half = samples // 2
@@ -335,21 +401,12 @@ def no_history_scores(
         sl = slice(start, min(n, start + step))
         c = world.topic_of[rows["item_id"][sl]]
         k = len(c)
-        cc = np.repeat(c, half)
-        pos = np.minimum(np.searchsorted(cdf, cc + rng.random(cc.shape)), len(user) - 1)
-        holders = user[pos]
-        others = rng.integers(0, p.n_users, cc.shape)
-        for _ in range(100):  # rejection: users that do not hold c (they are the large majority)
-            bad = (world.interests[others] == cc[:, None]).any(axis=1)
-            if not bad.any():
-                break
-            others[bad] = rng.integers(0, p.n_users, int(bad.sum()))
-        users = np.concatenate([holders, others])
+        users = _posterior_users(world, p, holders, cdf, c, half, rng)
         sampled = {key: np.tile(np.repeat(rows[key][sl], half), 2) for key in rows if key != "item_seq"}
         sampled["item_seq"] = _histories(world, p, cfg, users, rng)
         prob = _probability(world, cfg, sampled).reshape(2, k, half).mean(axis=2)
         w_in = np.where(n_holders[c] > 0, w_holders[c], 0.0)
-        w_out = (p.n_users - n_holders[c]) * weight(np.zeros(k), c)
+        w_out = (p.n_users - n_holders[c]) * _user_weight(world, cfg, np.zeros(k), c)
         scores[sl] = (w_in * prob[0] + w_out * prob[1]) / (w_in + w_out)
     return scores
 
