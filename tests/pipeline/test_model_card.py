@@ -5,7 +5,8 @@ from pathlib import Path
 
 import pytest
 
-from qin.register import Candidate, model_card
+from qin.registry.card import model_card
+from qin.registry.protocol import Candidate
 
 CARDS = Path(__file__).with_name("model_cards")
 
