@@ -56,7 +56,7 @@ def log_manifest(params: str, model: dict[str, Any], manifest: str) -> str | Non
     """Attach the manifest to the version's MLflow run; None for a package that is not registered."""
     if model["model_name"] is None:
         return None
-    from qin.register import load_registry
+    from qin.registry.protocol import load_registry
 
     name = read_json(manifest)["data"]["md5"][:12]  # one file per test split scored
     load_registry(load_params(params).register).log_scoring(

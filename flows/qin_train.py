@@ -7,7 +7,7 @@ artifacts/runs/<flow run id>/, holds params.yaml with `model` and `overrides` ap
 output lives in the folder of its key, which differs whenever the settings it reads differ. Runs that need
 the same key at once compute it once. `register` is never cached: it registers a model hash once
 (an already registered one is reported instead) and offers the version the `staging` alias through the
-gate (qin/register.py); `champion` (production) is moved only by `qin promote --to production`.
+gate (qin/registry/promotion.py); `champion` (production) is moved only by `qin promote --to production`.
 
 Parameters: `params` and `data` (paths), `model` (a registered name: qin, din, dcnv3, sdcnv3) and
 `overrides` (dotted params keys to values, e.g. {"train.learning_rate": 0.001}).
@@ -33,7 +33,7 @@ import flows  # noqa: F401  (offline settings, before prefect runs anything)
 from flows.shutdown import signals_unwrapped
 from flows.stages import record_dir, report_failure, run_stage, start_run
 from qin.models import MODELS
-from qin.register import Registration, registration_lines
+from qin.registry.registration import Registration, registration_lines
 from qin.runs import layout, pipeline
 from qin.runs.io import hashing_spent, read_json
 from qin.settings.params import load_params

@@ -19,7 +19,7 @@ from prefect.states import Completed, State
 
 import flows  # noqa: F401  (offline settings, before anything else of Prefect's runs)
 from flows.shutdown import termination_signal
-from qin.register import PromotionRefused
+from qin.registry.promotion import PromotionRefused
 from qin.runs import pipeline, store
 from qin.runs import records as runs
 from qin.validate import ValidationError

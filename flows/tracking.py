@@ -1,4 +1,4 @@
-"""MLflow: the one module that talks to it. Implements qin.register.Registry.
+"""MLflow: the one module that talks to it. Implements qin.registry.protocol.Registry.
 
 Everything lives under mlruns/: the sqlite tracking/registry store and the artifacts. Runs go to one
 experiment per data version (`<register.experiment>/data-<data hash[:8]>`). A run holds the resolved
@@ -38,7 +38,8 @@ from mlflow.exceptions import MlflowException
 from mlflow.models import infer_signature
 
 import qin
-from qin.register import Candidate, Registered, RegistryError, VersionInfo, model_card
+from qin.registry.card import model_card
+from qin.registry.protocol import Candidate, Registered, RegistryError, VersionInfo
 from qin.registry.resolve import package_in_mlflow_model
 from qin.runs.io import file_lock, read_json
 from qin.runs.store import lineage

@@ -140,7 +140,7 @@ def _summary(name: str, result: Any, paths: dict[str, Path]) -> str | None:
             f"({result['rows_per_s']:.0f} rows/s), {seconds['total']:.1f} s with the gate and the files"
         )
     if name == "register":
-        from qin.register import registration_lines
+        from qin.registry.registration import registration_lines
 
         return "\n".join(registration_lines(result))
     return None
@@ -166,23 +166,26 @@ def _run_stage(args: argparse.Namespace, params: Params) -> None:
 
 
 def _promote(args: argparse.Namespace, params: Params) -> None:
-    from qin.register import judge_on, load_registry, promote
+    from qin.registry.judge import judge_on
+    from qin.registry.promotion import promote
+    from qin.registry.protocol import load_registry
 
     registry = load_registry(params.register)
     judge = judge_on(args.data, params, registry)
     r = promote(params.register, args.to, args.version, force=args.force, registry=registry, judge=judge)
-    if r["moved"]:
-        previous = f"from version {r['previous']}" if r["previous"] else "(no previous holder)"
+    if r.moved:
+        previous = f"from version {r.previous}" if r.previous else "(no previous holder)"
         print(
-            f"{r['model_name']} version {r['version']} now holds '{r['alias']}' {previous}: {r['reason']}; "
-            f"recorded as version tag {r['history_tag']}"
+            f"{r.model_name} version {r.version} now holds '{r.alias}' {previous}: {r.reason}; "
+            f"recorded as version tag {r.history_tag}"
         )
     else:
-        print(f"{r['model_name']}: {r['reason']}; nothing to do")
+        print(f"{r.model_name}: {r.reason}; nothing to do")
 
 
 def _gc(args: argparse.Namespace, params: Params) -> None:
-    from qin.register import load_registry, stage_keys
+    from qin.registry.protocol import load_registry
+    from qin.registry.provenance import stage_keys
     from qin.runs.store import gc
 
     referenced = stage_keys(load_registry(params.register), params.register.model_name)

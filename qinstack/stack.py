@@ -701,7 +701,7 @@ def _holder_or(
     """The alias holder now; what is served when the registry cannot be read (the server is away)."""
     from mlflow.exceptions import MlflowException
 
-    from qin.register import RegistryError
+    from qin.registry.protocol import RegistryError
 
     try:
         return _alias_holder(registry, name, aliases)

@@ -8,15 +8,15 @@ an id for; keys mapped by `qin data from-log` keep their ids across versions, so
 all there). The share of rows compared is recorded with the decision.
 
 A model's AUC on those rows is cached in `layout.JUDGED`, by the package's content hash, the data version
-and the largest item id scored, so re-offering the same pair scores nothing. The
-holder's package is found as `qin predict` finds a registered version (qin/registry/resolve.py: downloaded
-once per
-content hash, checked against its tag).
+and the largest item id scored, so re-offering the same pair scores nothing. `judge_on` gives `promote`
+its `Judge`; the holder's package is found as `qin predict` finds a registered version
+(qin/registry/resolve.py: downloaded once per content hash, checked against its tag).
 """
 
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -26,8 +26,11 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from qin.data import schema
+from qin.registry.protocol import Registry, VersionInfo
+from qin.registry.resolve import resolve_model
 from qin.runs import layout
 from qin.runs.io import file_hash, file_lock, read_json, write_json
+from qin.settings.params import Params
 
 READ_ROWS = 262_144
 SPLIT = "valid"
@@ -53,9 +56,14 @@ class Comparison:
         }
 
 
+# A comparison of the two (candidate, holder) on the candidate's data, or why there is none (`judge_on`).
+Judge = Callable[[VersionInfo, VersionInfo], Comparison | str]
+
+
 def data_hash_of(data_dir: str | Path) -> str:
     """The data version of the files now in `data_dir`: the digest `register` tags a version with
-    (qin.register.data_hash, from the md5s `validate` recorded), computed from the files themselves."""
+    (qin.registry.provenance.data_hash, from the md5s `validate` recorded), computed from the files
+    themselves."""
     data_dir = Path(data_dir)
     names = [*schema.FILES, *(n for n in schema.OPTIONAL_FILES if (data_dir / f"{n}.parquet").exists())]
     missing = [n for n in names if not (data_dir / f"{n}.parquet").is_file()]
@@ -96,6 +104,41 @@ def compare(
             f"(ids up to {n_items - 1}): {results[0].get('why') or results[1].get('why')}"
         )
     return Comparison(data_hash, rows, rows / total, results[0]["auc"], results[1]["auc"])
+
+
+def judge_on(
+    data_dir: str | Path,
+    params: Params,
+    registry: Registry,
+    local: dict[str, tuple[Path, str]] | None = None,
+) -> Judge:
+    """A `Judge` that compares two versions on `data_dir`'s valid split (`compare`), provided it holds the
+    candidate's data version. Their packages: `local` (version -> (package, content hash)), else downloaded
+    as `qin predict` downloads a registered version."""
+
+    def package(version: VersionInfo) -> tuple[Path, str]:
+        if local and version.version in local:
+            return local[version.version]
+        ref = resolve_model(version.version, params.register, registry=registry)
+        return ref.path, ref.model_hash
+
+    def judge(candidate: VersionInfo, holder: VersionInfo) -> Comparison | str:
+        try:
+            here = data_hash_of(data_dir)
+        except FileNotFoundError as exc:
+            return f"the candidate's data is needed to compare them on it: {exc}"
+        if candidate.data_hash != here:
+            return (
+                f"{data_dir} holds data version {here}, not the candidate's, so they cannot be compared on "
+                f"it (give the folder holding data version {candidate.data_hash})"
+            )
+        try:
+            packages = package(candidate), package(holder)
+        except (OSError, ValueError, KeyError, RuntimeError) as exc:  # e.g. the holder's files are gone
+            return f"a package could not be had to score: {type(exc).__name__}: {exc}"
+        return compare(data_dir, here, *packages, params.evaluate.batch_size)
+
+    return judge
 
 
 def _scored(

@@ -2,7 +2,7 @@
 
 A registered version's package is downloaded once into artifacts/models/<content hash>/ and checked against
 the version's `model_hash` tag; a later run finds it there. The registry is the plug-in named in params
-(`register.registry`, qin/register.py), so this library never imports MLflow.
+(`register.registry`, qin/registry/protocol.py), so this library never imports MLflow.
 """
 
 from __future__ import annotations
@@ -10,8 +10,8 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
+from qin.registry.protocol import Registry, load_registry
 from qin.runs import layout
 from qin.runs.io import atomic_dir, file_lock, tree_hash
 from qin.settings.sections import RegisterConfig
@@ -42,7 +42,7 @@ class ModelRef:
 
 
 def resolve_model(
-    spec: str, cfg: RegisterConfig, root: str | Path = layout.MODELS, registry: Any = None
+    spec: str, cfg: RegisterConfig, root: str | Path = layout.MODELS, registry: Registry | None = None
 ) -> ModelRef:
     """The model `spec` names: "auto" (the production alias, else the staging one), an alias, a version
     number, or a path (a model package, or an MLflow model folder holding one as its pyfunc's "package"
@@ -54,8 +54,6 @@ def resolve_model(
     if spec != "auto" and ("/" in spec or spec.startswith(".")):
         raise FileNotFoundError(f"predict.model {spec!r}: no such model package")
     if registry is None:
-        from qin.register import load_registry
-
         registry = load_registry(cfg)
     name = cfg.model_name
     if spec.isdigit():

@@ -86,7 +86,8 @@ class Stage:
     inputs: tuple[Input, ...]
     outputs: tuple[Output, ...]
     help: str
-    # Code the stage runs that its imports do not show: the registry plug-in (an entry point).
+    # Code the stage runs that its imports do not show: the registry plug-in (an entry point), and files it
+    # reads beside its code (the model card's template). The qin modules a plug-in imports are its code too.
     plugins: tuple[str, ...] = ()
     # It builds networks by name (qin.models.build_model), so every registered model's file is its code.
     models: bool = False
@@ -110,10 +111,11 @@ class Stage:
         return tuple(i.arg for i in self.inputs) + tuple(o.arg for o in self.outputs)
 
     def code(self) -> tuple[str, ...]:
-        """The source files it runs, relative to the project root: its module, every `qin` module that
-        module imports (transitively), its plug-ins and, when it builds networks, the registered models'
-        files (and what they import)."""
+        """The source files it runs, relative to the project root: its module, its plug-ins, every `qin`
+        module those import (transitively) and, when it builds networks, the registered models' files (and
+        what they import)."""
         modules = [self.function.split(":")[0]]
+        modules += [p.removesuffix(".py").replace("/", ".") for p in self.plugins if p.endswith(".py")]
         if self.models:
             modules += [f.removesuffix(".py").replace("/", ".") for f in module_files()]
         return tuple(sorted({*(f for m in modules for f in _qin_closure(m)), *self.plugins}))
@@ -218,7 +220,7 @@ STAGES: tuple[Stage, ...] = (
         ),
         outputs=(Output("out_path", "--out", "register.json", "artifacts/register.json", dvc="uncached"),),
         help="log the run and register the model; move the alias if it is better",
-        plugins=("flows/tracking.py", "flows/pyfunc_model.py"),
+        plugins=("flows/tracking.py", "flows/pyfunc_model.py", "qin/registry/model_card.md.j2"),
         content_addressed=False,
     ),
     Stage(

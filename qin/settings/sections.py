@@ -386,7 +386,7 @@ class RegisterConfig(Settings):
     section: ClassVar[str] = "register"
 
     model_name: str = "qin-ctr"
-    # The alias the register stage moves automatically, through the gate (qin/register.py `promote`).
+    # The alias the register stage moves automatically, through its gate (qin/registry/promotion.py).
     alias: str = "staging"
     # The alias `qin promote --to production` moves; never moved automatically.
     production_alias: str = "champion"

@@ -15,8 +15,10 @@ import pytest
 
 from qin.evaluate import evaluate
 from qin.featurize import featurize
-from qin.register import alias_history, data_hash, register
+from qin.register import register
 from qin.registry.judge import compare, data_hash_of
+from qin.registry.promotion import alias_history
+from qin.registry.provenance import data_hash
 from qin.runs import layout
 from qin.settings.params import Params, load_params
 from qin.train import train

@@ -15,7 +15,7 @@ import pytest
 from qin.cli import main
 from qin.featurize import featurize
 from qin.predict import PREDICTION, SUBMISSION, predict, read_submission
-from qin.register import VersionInfo
+from qin.registry.protocol import VersionInfo
 from qin.registry.resolve import resolve_model
 from qin.runs.io import tree_hash
 from qin.serving.inference import load_package

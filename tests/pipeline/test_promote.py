@@ -10,23 +10,18 @@ from pathlib import Path
 
 import pytest
 
-from qin.register import (
+from qin.registry.judge import Comparison
+from qin.registry.promotion import (
     ALIAS_TRIES,
     AliasContended,
-    Candidate,
-    GateDecision,
     PromotionRefused,
-    Registered,
-    Registration,
-    VersionInfo,
     alias_history,
     decide,
     gate,
     promote,
-    read_registration,
-    write_registration,
 )
-from qin.registry.judge import Comparison
+from qin.registry.protocol import Candidate, Registered, VersionInfo
+from qin.registry.registration import GateDecision, Registration, read_registration, write_registration
 from qin.settings.sections import RegisterConfig
 from tests import helpers as ws
 from tests.helpers import model_variant
@@ -107,10 +102,10 @@ def test_promote_asks_the_judge_only_across_data_versions_and_records_its_figure
         return Comparison("d2", 300, 0.5, candidate_auc=auc, holder_auc=0.75)
 
     promote(CFG, "staging", "1", registry=reg, judge=judge)
-    assert promote(CFG, "staging", "2", registry=reg, judge=judge)["moved"]
+    assert promote(CFG, "staging", "2", registry=reg, judge=judge).moved
     assert asked == []  # same data version: the tags' AUCs decide
     moved = promote(CFG, "staging", "3", registry=reg, judge=judge)
-    assert moved["moved"] and moved["compared"]["rows"] == 300 and asked == [("3", "2")]
+    assert moved.moved and moved.compared is not None and moved.compared.rows == 300 and asked == [("3", "2")]
     entry = alias_history(reg.by_number["3"])[-1]
     assert entry["compared"] == {
         "data_hash": "d2",
@@ -181,7 +176,7 @@ class FakeRegistry:
 def test_staging_gate_refuses_worse_and_other_data_and_records_each_move() -> None:
     reg = FakeRegistry([v("1", 0.70), v("2", 0.7005), v("3", 0.80, data="d2"), v("4", 0.75)])
     first = promote(CFG, "staging", "1", registry=reg)
-    assert (first["moved"], first["previous"], first["history_tag"]) == (True, None, "alias_history.1")
+    assert (first.moved, first.previous, first.history_tag) == (True, None, "alias_history.1")
 
     with pytest.raises(
         PromotionRefused, match=r"version 2 may not take 'staging': valid_auc 0\.70050 does not"
@@ -193,7 +188,7 @@ def test_staging_gate_refuses_worse_and_other_data_and_records_each_move() -> No
     assert alias_history(reg.by_number["2"]) == alias_history(reg.by_number["3"]) == []
 
     best = promote(CFG, "staging", registry=reg)  # the newest: version 4
-    assert (best["version"], best["moved"], best["previous"]) == ("4", True, "1")
+    assert (best.version, best.moved, best.previous) == ("4", True, "1")
     assert reg.aliases == {"staging": "4"}
     (entry,) = alias_history(reg.by_number["4"])
     assert entry["alias"] == "staging" and entry["from_version"] == "1" and entry["version"] == "4"
@@ -233,11 +228,11 @@ def test_refusals_without_raising_and_missing_artifacts_are_never_forced() -> No
     reg = FakeRegistry([v("1", 0.70), v("2", 0.60), v("3", 0.90)], missing={"3": "its run run3 is deleted"})
     promote(CFG, "staging", "1", registry=reg)
     soft = promote(CFG, "staging", "2", strict=False, registry=reg)
-    assert (soft["refused"], soft["has_alias"], soft["moved"]) == (True, False, False)
+    assert (soft.refused, soft.has_alias, soft.moved) == (True, False, False)
     with pytest.raises(PromotionRefused, match="its artifacts are missing: its run run3 is deleted"):
         promote(CFG, "staging", "3", force=True, registry=reg)
     forced = promote(CFG, "staging", "2", force=True, registry=reg)
-    assert forced["moved"] and forced["reason"].startswith("forced (valid_auc 0.60000 does not beat")
+    assert forced.moved and forced.reason.startswith("forced (valid_auc 0.60000 does not beat")
     assert alias_history(reg.by_number["2"])[0]["forced"] is True
     with pytest.raises(PromotionRefused, match="has no version 9"):
         promote(CFG, "staging", "9", registry=reg)
@@ -274,8 +269,8 @@ def test_a_move_is_decided_again_and_goes_ahead_when_the_new_holder_is_worse() -
     reg = RacedRegistry([v("1", 0.70), v("2", 0.75), v("3", 0.65)], interloper="3")
     reg.aliases["staging"] = "1"
     result = promote(CFG, "staging", "2", registry=reg)
-    assert (result["moved"], result["previous"], reg.attempts) == (True, "3", 2)
-    assert "beats version 3's 0.65000" in result["reason"]
+    assert (result.moved, result.previous, reg.attempts) == (True, "3", 2)
+    assert "beats version 3's 0.65000" in result.reason
     assert reg.aliases == {"staging": "2"}
     (entry,) = alias_history(reg.by_number["2"])
     assert (entry["from_version"], entry["metrics"]["from_valid_auc"]) == ("3", 0.65)
@@ -384,8 +379,7 @@ def test_qin_promote_against_mlflow(project: Path, capsys: pytest.CaptureFixture
 def test_a_judge_whose_packages_cannot_be_had_says_why_and_the_offer_is_refused(
     tiny_data: Path, tmp_path: Path
 ) -> None:
-    from qin.register import judge_on
-    from qin.registry.judge import data_hash_of
+    from qin.registry.judge import data_hash_of, judge_on
     from qin.settings.params import load_params
     from tests.conftest import TINY_PARAMS
 
@@ -417,7 +411,7 @@ def test_a_registry_error_reading_the_alias_fails_the_promotion_and_moves_nothin
     from mlflow.protos.databricks_pb2 import INTERNAL_ERROR
 
     from flows.tracking import MlflowRegistry
-    from qin.register import RegistryError
+    from qin.registry.protocol import RegistryError
 
     cfg = CFG.model_copy(update={"tracking_uri": f"sqlite:///{tmp_path / 'mlflow.db'}"})
     reg = MlflowRegistry(cfg)

@@ -11,11 +11,11 @@ import pytest
 
 from qin.evaluate import evaluate
 from qin.featurize import featurize
-from qin.register import (
+from qin.register import register
+from qin.registry.registration import (
     GateDecision,
     Registration,
     read_registration,
-    register,
     registration_lines,
     write_registration,
 )
@@ -70,6 +70,13 @@ def test_a_register_json_that_does_not_hold_a_record_is_refused_naming_the_key(
     path.write_text(json.dumps(raw))
     with pytest.raises(ValueError, match=rf"register\.json: .*{says}"):
         read_registration(path)
+
+
+def test_an_auc_written_as_an_integer_reads_as_a_float(tmp_path: Path) -> None:
+    path = tmp_path / "register.json"
+    path.write_text(json.dumps({**RECORD.to_json(), "valid_auc": 1}))
+    read = read_registration(path)
+    assert (read.valid_auc, type(read.valid_auc)) == (1.0, float)
 
 
 @pytest.mark.parametrize(

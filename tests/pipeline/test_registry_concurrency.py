@@ -17,7 +17,9 @@ from typing import Any
 
 import pytest
 
-from qin.register import Candidate, Registered, Registration, read_registration, register
+from qin.register import register
+from qin.registry.protocol import Candidate, Registered
+from qin.registry.registration import Registration, read_registration
 from qin.runs import layout
 from qin.runs.io import tree_hash
 from qin.settings.params import Params, load_params
