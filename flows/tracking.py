@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import json
 import os
 import shutil
 import socket
@@ -33,13 +34,15 @@ from typing import Any, Concatenate, ParamSpec, TypeVar
 import mlflow
 import requests
 from mlflow import MlflowClient
+from mlflow.entities import Dataset, DatasetInput, InputTag
 from mlflow.environment_variables import MLFLOW_HTTP_REQUEST_MAX_RETRIES
 from mlflow.exceptions import MlflowException
 from mlflow.models import infer_signature
+from mlflow.utils.mlflow_tags import MLFLOW_DATASET_CONTEXT, MLFLOW_RUN_NOTE
 
 import qin
-from qin.registry.card import model_card
-from qin.registry.protocol import Candidate, Registered, RegistryError, VersionInfo
+from qin.registry.card import model_card, version_description
+from qin.registry.protocol import Candidate, DataVersion, Registered, RegistryError, VersionInfo
 from qin.registry.resolve import package_in_mlflow_model
 from qin.runs.io import file_lock, read_json
 from qin.runs.store import lineage
@@ -154,6 +157,19 @@ def _unreachable(exc: BaseException) -> bool:
     return isinstance(exc, requests.exceptions.ConnectionError) or "Max retries exceeded" in str(exc)
 
 
+def dataset_input(data: DataVersion) -> DatasetInput:
+    """The data a run trained on as an MLflow dataset input: named by its folder, its content digest (the
+    `data_hash` tag), its folder as a local source, each file's rows as its profile; context "training"."""
+    dataset = Dataset(
+        name=data.folder.name,
+        digest=data.digest,
+        source_type="local",
+        source=json.dumps({"uri": data.folder.as_uri()}),
+        profile=json.dumps({"rows": data.rows}),
+    )
+    return DatasetInput(dataset, tags=[InputTag(MLFLOW_DATASET_CONTEXT, "training")])
+
+
 def nothing_found(exc: MlflowException) -> bool:
     """Whether MLflow's error says there is nothing to find, as opposed to a store that failed: the model
     does not exist (RESOURCE_DOES_NOT_EXIST) or holds no such alias (the registry store answers that with
@@ -212,6 +228,8 @@ class MlflowRegistry:
         mlflow.set_system_metrics_samples_before_logging(1)
         with mlflow.start_run(experiment_id=exp_id, run_name=run_name, log_system_metrics=True) as run:
             mlflow.log_params(candidate.params)
+            if candidate.data is not None:
+                self.client.log_inputs(run.info.run_id, [dataset_input(candidate.data)])
             if candidate.config_yaml:
                 mlflow.log_text(candidate.config_yaml, "config/params.yaml")
             mlflow.log_metrics(candidate.metrics)
@@ -227,7 +245,11 @@ class MlflowRegistry:
             # never leaves a version that `find` or the promotion rules cannot read.
             created = mlflow.register_model(info.model_uri, model_name, tags=tags)
             version = str(created.version)
-            mlflow.log_text(model_card(candidate, model_name, version), "model_card.md")
+            card = model_card(candidate, model_name, version)
+            mlflow.log_text(card, "model_card.md")
+            mlflow.set_tag(MLFLOW_RUN_NOTE, card)  # what the MLflow UI shows as the run's description
+        description = version_description(candidate, model_name, version, run.info.run_id)
+        self.client.update_model_version(model_name, version, description=description)
         return Registered(run_id=run.info.run_id, version=version)
 
     @_serialised

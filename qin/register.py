@@ -17,7 +17,7 @@ from typing import Any
 
 from qin.registry.promotion import gate, lock_path
 from qin.registry.protocol import Candidate, Registered, Registry, load_registry
-from qin.registry.provenance import provenance_tags, stage_keys_tag
+from qin.registry.provenance import provenance_tags, stage_keys_tag, validated_data
 from qin.registry.registration import Registration, write_registration
 from qin.runs.io import file_lock, read_json, tree_hash
 from qin.settings.params import Params, to_yaml
@@ -111,6 +111,7 @@ def build_candidate(
         artifacts=_reports(train_metrics, eval_metrics, validation_dir, plots_dir, embed_dir),
         config_yaml=to_yaml(params),
         extra_tags=stage_keys_tag(eval_metrics),
+        data=validated_data(validation_dir),
     )
 
 

@@ -26,6 +26,20 @@ def _template() -> jinja2.Template:
     return env.from_string(files("qin.registry").joinpath(TEMPLATE).read_text())
 
 
+def version_description(candidate: Candidate, model_name: str, version: str, run_id: str) -> str:
+    """The registered version's description: what it is and where it came from."""
+    tags, auc = candidate.tags, candidate.metrics.get("valid_auc")
+    what = f"{model_name} version {version}: a `{candidate.params.get('train.model.name', '?')}` CTR model"
+    data = candidate.data
+    source = f"data {tags.get('data_hash')}" + (f" from {data.folder}" if data is not None else "")
+    shown = f"{auc:.4f}" if auc is not None else "not measured"
+    return (
+        f"{what}, trained on {source}; valid AUC {shown}. Code: git {tags.get('git_commit')}, qin "
+        f"{tags.get('qin_version')}; settings and reports in MLflow run {run_id}, whose description is the "
+        "model card."
+    )
+
+
 def model_card(candidate: Candidate, model_name: str, version: str) -> str:
     """A short Markdown model card for the registered version: its provenance tags, its metrics (sorted by
     name, 5 significant digits), intended use and limitations. A tag it lacks reads None."""

@@ -19,6 +19,16 @@ HISTORY_TAG = "alias_history"
 
 
 @dataclass(frozen=True)
+class DataVersion:
+    """The data a package was trained on, as `validate` recorded it: its folder, its digest (the `data_hash`
+    tag) and each file's rows."""
+
+    folder: Path
+    digest: str
+    rows: dict[str, int]
+
+
+@dataclass(frozen=True)
 class Candidate:
     model_dir: Path
     model_hash: str
@@ -30,6 +40,7 @@ class Candidate:
     artifacts: list[tuple[Path, str]] = field(default_factory=list)
     config_yaml: str = ""  # the full resolved settings, as `qin params` prints them
     extra_tags: dict[str, str] = field(default_factory=dict)  # more version tags (e.g. the stage keys)
+    data: DataVersion | None = None  # the run's dataset input
 
     def version_tags(self) -> dict[str, str]:
         """Every tag the version is created with: what `find` and the promotion rules read, the provenance,

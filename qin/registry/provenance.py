@@ -12,7 +12,7 @@ from pathlib import Path
 
 import qin
 from qin.registry.judge import digest
-from qin.registry.protocol import Registry
+from qin.registry.protocol import DataVersion, Registry
 from qin.runs.io import read_json
 from qin.runs.store import lineage
 from qin.validate import SUMMARY
@@ -68,6 +68,15 @@ def data_hash(validation_dir: str | Path) -> str:
     """Hash of the validated data files (their md5s, as recorded by `validate`)."""
     summary = read_json(Path(validation_dir) / SUMMARY)
     return digest({name: info.get("md5") for name, info in summary["files"].items()})
+
+
+def validated_data(validation_dir: str | Path) -> DataVersion:
+    """The data version `validate` checked into `validation_dir`: the folder of its files, their digest (as
+    `data_hash`) and their rows."""
+    files = read_json(Path(validation_dir) / SUMMARY)["files"]
+    folder = Path(next(iter(files.values()))["path"]).resolve().parent
+    rows = {name: int(info["rows"]) for name, info in files.items() if "rows" in info}
+    return DataVersion(folder, data_hash(validation_dir), rows)
 
 
 def stage_keys(registry: Registry, model_name: str) -> list[dict[str, str]]:

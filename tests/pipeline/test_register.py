@@ -193,3 +193,19 @@ def test_gate_moves_the_alias_only_for_a_better_model(project: Path) -> None:
     client = MlflowClient(tracking_uri=uri, registry_uri=uri)
     assert str(client.get_model_version_by_alias("qin-ctr", "staging").version) == "3"
     assert json.loads(ws.REGISTRATION.read_text())["version"] == "3"
+
+    # What a user reads in the MLflow UI: the run's description is its model card, its dataset input the
+    # data version it was trained on, and the version says what it is and where it came from.
+    run = client.get_run(better.run_id)
+    card = client.download_artifacts(better.run_id, "model_card.md", str(project / "card"))
+    assert run.data.tags["mlflow.note.content"] == Path(card).read_text()
+    assert run.data.tags["mlflow.note.content"].startswith("# Model card: qin-ctr version 3")
+    (dataset,) = run.inputs.dataset_inputs
+    data_folder = (project / layout.DATA).resolve()
+    assert (dataset.dataset.name, dataset.dataset.digest) == ("data", run.data.tags["data_hash"])
+    assert json.loads(dataset.dataset.source) == {"uri": data_folder.as_uri()}
+    assert json.loads(dataset.dataset.profile)["rows"]["train"] > 0
+    assert [(t.key, t.value) for t in dataset.tags] == [("mlflow.data.context", "training")]
+    described = client.get_model_version("qin-ctr", "3").description
+    assert described.startswith("qin-ctr version 3: a `qin` CTR model, trained on data ")
+    assert str(data_folder) in described and better.run_id in described and "valid AUC 0.8000" in described
