@@ -130,7 +130,7 @@ def test_a_checkpoint_written_under_another_key_is_ignored(
     caplog.set_level(logging.INFO, logger="qin.train")
     s = train(features, tmp_path / "m", tmp_path / "m.json", cfg, key="mine")
     assert "ignoring" in caplog.text and "resuming" not in caplog.text
-    assert [h["epoch"] for h in s["history"]] == [1]
+    assert [h["epoch"] for h in s.history] == [1]
     assert not ckpt.exists() and not ckpt.with_name(ckpt.name + ".tmp").exists()
 
 
@@ -139,8 +139,8 @@ def test_training_on_cpu_is_deterministic(features: Path, tmp_path: Path) -> Non
     cfg = load_params(tmp_path / "params.yaml").train
     a = train(features, tmp_path / "a", tmp_path / "a.json", cfg)
     b = train(features, tmp_path / "b", tmp_path / "b.json", cfg)
-    assert [h["valid_auc"] for h in a["history"]] == [h["valid_auc"] for h in b["history"]]
-    assert a["model_hash"] == b["model_hash"]
+    assert [h["valid_auc"] for h in a.history] == [h["valid_auc"] for h in b.history]
+    assert a.model_hash == b.model_hash
 
 
 def test_evaluate_writes_metrics_and_plots(features: Path, tmp_path: Path) -> None:
@@ -155,8 +155,8 @@ def test_evaluate_writes_metrics_and_plots(features: Path, tmp_path: Path) -> No
         tmp_path / "plots",
         tmp_path / "t.json",
     )
-    assert set(m) >= {"valid_auc", "valid_logloss", "valid_gauc", "valid_ece", "valid_oracle_auc"}
-    assert json.loads((tmp_path / "e.json").read_text()) == m
+    assert set(m.to_json()) >= {"valid_auc", "valid_logloss", "valid_gauc", "valid_ece", "valid_oracle_auc"}
+    assert json.loads((tmp_path / "e.json").read_text()) == m.to_json()
     for png in ("roc.png", "calibration.png", "learning_curve.png"):
         assert (tmp_path / "plots" / png).read_bytes()[:4] == b"\x89PNG"
 
@@ -377,7 +377,7 @@ def test_fast_and_reference_paths_train_to_the_same_metrics(
         monkeypatch.setattr(ItemEncoder, "distinct", distinct)
         model = replace(cfg.model, attention_order=order)
         run = replace(cfg, model=model, precision=precision)
-        return train(features, tmp_path / name, tmp_path / f"{name}.json", run)["history"]
+        return train(features, tmp_path / name, tmp_path / f"{name}.json", run).history
 
     reference = history("reference", False, "reference", "fp32")
     fast = history("fast", True, "fused", "fp32")
@@ -514,4 +514,4 @@ def test_a_compiled_training_step_trains_the_same_model(
     cfg = load_params(tmp_path / "params.yaml").train
     compiled = train(features, tmp_path / "c", tmp_path / "c.json", cfg)
     eager = train(features, tmp_path / "e", tmp_path / "e.json", replace(cfg, compile=False))
-    assert compiled["best_valid_auc"] == pytest.approx(eager["best_valid_auc"], abs=1e-4)
+    assert compiled.best_valid_auc == pytest.approx(eager.best_valid_auc, abs=1e-4)
