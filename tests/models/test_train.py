@@ -18,9 +18,10 @@ import pytest
 import torch
 from sklearn.metrics import roc_auc_score
 
-from qin.evaluate import evaluate
+from qin.evaluate import EvaluateMetrics, evaluate
 from qin.featurize import Features, featurize
 from qin.models.blocks import ItemEncoder
+from qin.runs.io import read_record, write_json
 from qin.settings.params import load_params
 from qin.settings.sections import EvaluateConfig, FeaturizeConfig, ValidateConfig, replace
 from qin.train import TrainState, checkpoint_path, prefetch, through_pinned_memory, train
@@ -159,6 +160,17 @@ def test_evaluate_writes_metrics_and_plots(features: Path, tmp_path: Path) -> No
     assert json.loads((tmp_path / "e.json").read_text()) == m.to_json()
     for png in ("roc.png", "calibration.png", "learning_curve.png"):
         assert (tmp_path / "plots" / png).read_bytes()[:4] == b"\x89PNG"
+
+
+def test_a_metrics_file_reads_back_into_its_result_and_a_wrong_one_is_refused_by_key(tmp_path: Path) -> None:
+    m = EvaluateMetrics(0.7, 0.5, 0.6, 0.01, 10, 0.3)  # no true click probability: no oracle figures
+    write_json(tmp_path / "e.json", m.to_json())
+    assert "valid_oracle_auc" not in json.loads((tmp_path / "e.json").read_text())
+    assert read_record(tmp_path / "e.json", EvaluateMetrics) == m
+    wrong = {k: v for k, v in m.to_json().items() if k != "valid_auc"} | {"valid_aucc": 0.7}
+    write_json(tmp_path / "wrong.json", wrong)
+    with pytest.raises(ValueError, match=r"wrong\.json: .*missing \['valid_auc'\], unknown \['valid_aucc'\]"):
+        read_record(tmp_path / "wrong.json", EvaluateMetrics)
 
 
 def test_grouped_auc_is_the_row_weighted_mean_of_per_user_auc() -> None:
