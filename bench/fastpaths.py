@@ -40,9 +40,9 @@ def main() -> None:
         run_cfg = replace(cfg, precision=precision, model=replace(cfg.model, attention_order=order))
         slug = name.replace(" ", "_")
         s = train(work / "features", work / slug, work / f"{slug}.json", run_cfg)
-        best = next(h for h in s["history"] if h["epoch"] == s["best_epoch"])
-        speed = sum(h["train_samples_per_second"] for h in s["history"]) / len(s["history"])
-        results[name] = (best["valid_auc"], best["valid_logloss"], s["best_epoch"], s["precision"], speed)
+        best = next(h for h in s.history if h["epoch"] == s.best_epoch)
+        speed = sum(h["train_samples_per_second"] for h in s.history) / len(s.history)
+        results[name] = (best["valid_auc"], best["valid_logloss"], s.best_epoch, s.precision, speed)
         print(f"done: {name}", flush=True)
     ItemEncoder.distinct = True
     ref_auc = results["reference"][0]

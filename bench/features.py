@@ -47,8 +47,8 @@ def run_table(table: Path, args: argparse.Namespace, work: Path) -> dict:
     size = sum(p.stat().st_size for p in (out / "model").rglob("*") if p.is_file())
     return {
         "table": table.stem,
-        **metrics,
-        "parameters": summary.get("parameters"),
+        **metrics.to_json(),
+        "parameters": summary.parameters,
         "package_mb": size / 1e6,
         "seconds": time.perf_counter() - started,
     }

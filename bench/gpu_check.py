@@ -184,7 +184,7 @@ def phase_full(args: argparse.Namespace, out: Figures) -> None:
     out["size"] = args.size
     with out.timed("featurize"):
         manifest = featurize(data, args.work / "validation", feats, FeaturizeConfig(max_len=64))
-    out["train_rows"] = manifest["arrays"]["train_item_id"]["shape"][0]
+    out["train_rows"] = manifest.arrays["train_item_id"]["shape"][0]
 
     import numpy as np
 
@@ -206,19 +206,20 @@ def phase_full(args: argparse.Namespace, out: Figures) -> None:
         traceback.print_exc()
         with out.timed("train_sync_warn"):
             summary = train(feats, model, metrics, replace(cfg, sync_debug="warn"))
-    epoch = summary["history"][-1]
-    out["parameters"] = summary["parameters"]
-    out["train_precision"] = summary["precision"]
+    epoch = summary.history[-1]
+    out["parameters"] = summary.parameters
+    out["train_precision"] = summary.precision
     out["train_samples_s"] = round(epoch["train_samples_per_second"])
     out["train_epoch_seconds"] = round(epoch["train_seconds"], 2)
     out["gpu_peak_gb"] = round(epoch.get("gpu_peak_mb", 0) / 1024, 2)
     out["peak_rss_gb"] = round(epoch["peak_rss_mb"] / 1024, 2)
     out["valid_auc_in_training"] = round(epoch["valid_auc"], 5)
-    out["checkpoints"] = summary["checkpoints"]
+    out["checkpoints"] = dict(summary.checkpoints)
     with out.timed("evaluate"):  # the production path: the package, frozen item table, SCORING_PRECISION
         scored = evaluate(feats, model, args.work / "evaluate.json", EvaluateConfig())
-    out["valid_auc"] = round(scored["valid_auc"], 5)
-    out["valid_oracle_auc"] = round(scored.get("valid_oracle_auc", float("nan")), 5)
+    out["valid_auc"] = round(scored.valid_auc, 5)
+    oracle = scored.valid_oracle_auc
+    out["valid_oracle_auc"] = round(float("nan") if oracle is None else oracle, 5)
     valid = {k: np.asarray(v) for k, v in Features(feats).split("valid").items()}
     labels = valid.pop("label")
     for precision in ("fp32", "bf16"):  # the same package scored in each

@@ -47,8 +47,8 @@ def main() -> None:
         model = work / "model"
         if not (model / "model.json").exists():
             summary = train(work / "features", model, work / "train.json", cfg)
-            print(f"trained {cfg.model.name} ({cfg.preset} preset): best epoch {summary['best_epoch']}, "
-                  f"valid AUC {summary['best_valid_auc']:.5f}")  # fmt: skip
+            print(f"trained {cfg.model.name} ({cfg.preset} preset): best epoch {summary.best_epoch}, "
+                  f"valid AUC {summary.best_valid_auc:.5f}")  # fmt: skip
     valid = {k: np.asarray(v) for k, v in Features(work / "features").split("valid").items()}
     labels = valid.pop("label")
     scores = {}

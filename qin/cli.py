@@ -120,24 +120,25 @@ def _summary(name: str, result: Any, paths: dict[str, Path]) -> str | None:
     if name == "validate":
         return f"validation passed: report in {out}/"
     if name == "embed":
-        agreement = result.get("neighbour_agreement", {}).get("subtopic", {})
+        agreement = (result.neighbour_agreement or {}).get("subtopic", {})
         shown = ", ".join(f"{k} {v:.3f}" for k, v in agreement.items())
-        line = f"item table ({result['method']}) in {out}/"
+        line = f"item table ({result.method}) in {out}/"
         return line + (f"; sub-topic agreement: {shown}" if shown else "")
     if name == "featurize":
-        return f"features in {out}/ ({len(result['arrays'])} arrays)"
+        return f"features in {out}/ ({len(result.arrays)} arrays)"
     if name == "train":
-        if "model_hash" not in result:  # only the process that wrote the package (0 under torchrun)
+        if result.model_hash is None:  # only the process that wrote the package (0 under torchrun)
             return None
-        best = f"best epoch {result['best_epoch']}, valid AUC {result['best_valid_auc']:.4f}"
+        best = f"best epoch {result.best_epoch}, valid AUC {result.best_valid_auc:.4f}"
         return f"model package in {out}/ ({best})"
     if name == "evaluate":
-        return " ".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}" for k, v in result.items())
+        figures = result.to_json().items()
+        return " ".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}" for k, v in figures)
     if name == "predict":
-        seconds = result["seconds"]
+        seconds = result.seconds
         return (
-            f"{out}/submission.zip: {result['rows']} rows scored in {seconds['score']:.1f} s "
-            f"({result['rows_per_s']:.0f} rows/s), {seconds['total']:.1f} s with the gate and the files"
+            f"{out}/submission.zip: {result.rows} rows scored in {seconds['score']:.1f} s "
+            f"({result.rows_per_s:.0f} rows/s), {seconds['total']:.1f} s with the gate and the files"
         )
     if name == "register":
         from qin.registry.registration import registration_lines

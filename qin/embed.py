@@ -19,6 +19,8 @@ Output folder:
 from __future__ import annotations
 
 import time
+from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -30,14 +32,33 @@ from qin.data import schema
 from qin.embedding.pca import fit_pca
 from qin.embedding.similarity import concat_unit, neighbour_agreements, read_item_truth
 from qin.featurize import fixed_list
-from qin.runs.io import atomic_dir, write_json
+from qin.runs.io import atomic_dir, record_json, write_json
 from qin.settings.sections import EmbedConfig
 from qin.validate import require_passed
 
 ITEMS, REPORT = f"{schema.ITEM_FILE}.parquet", "report.json"
 
 
-def embed(data_dir: str | Path, validation_dir: str | Path, out_dir: str | Path, cfg: EmbedConfig) -> dict:
+@dataclass(frozen=True)
+class EmbedReport:
+    """The stage's result, as report.json holds it (the optional figures only where they apply)."""
+
+    method: str
+    items: int
+    seconds: float
+    explained_variance: float | None = None  # pca and learned: the PCA's share of the variance
+    learned: Mapping[str, Any] | None = None  # learned: the fusion's figures (qin/embedding/fusion.py)
+    # Synthetic data: level ("subtopic", "topic") -> embedding -> nearest-neighbour agreement.
+    neighbour_agreement: Mapping[str, Mapping[str, float]] | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        """The report.json object."""
+        return record_json(self, optional=("explained_variance", "learned", "neighbour_agreement"))
+
+
+def embed(
+    data_dir: str | Path, validation_dir: str | Path, out_dir: str | Path, cfg: EmbedConfig
+) -> EmbedReport:
     """Write the item table with `cfg.method`'s item_emb_d128 and its report into `out_dir`; return the
     report."""
     data_dir = Path(data_dir)
@@ -45,22 +66,28 @@ def embed(data_dir: str | Path, validation_dir: str | Path, out_dir: str | Path,
     start = time.perf_counter()
     items = pq.read_table(data_dir / ITEMS)
     shipped = fixed_list(items, schema.ITEM_EMB).astype(np.float32)
-    report: dict[str, Any] = {"method": cfg.method, "items": items.num_rows - 1}
     modalities = _modalities(data_dir, items.num_rows - 1) if cfg.method != "given" else None
+    explained, learned = None, None
     if modalities is None:
         emb = shipped
     else:
         emb = np.zeros_like(shipped)
-        emb[1:], figures = _fused(cfg, data_dir, modalities)
-        report |= figures
-    report["seconds"] = round(time.perf_counter() - start, 3)
-    report |= _agreement(data_dir, shipped[1:], emb[1:], modalities)
+        emb[1:], explained, learned = _fused(cfg, data_dir, modalities)
+    seconds = round(time.perf_counter() - start, 3)  # the embedding's, without the agreement's
+    report = EmbedReport(
+        method=cfg.method,
+        items=items.num_rows - 1,
+        seconds=seconds,
+        explained_variance=explained,
+        learned=learned,
+        neighbour_agreement=_agreement(data_dir, shipped[1:], emb[1:], modalities),
+    )
     with atomic_dir(out_dir) as tmp:
         table = items.set_column(
             items.schema.get_field_index(schema.ITEM_EMB), schema.ITEM_EMB, _list_column(emb)
         )
         pq.write_table(table, tmp / ITEMS)
-        write_json(tmp / REPORT, report)
+        write_json(tmp / REPORT, report.to_json())
     return report
 
 
@@ -80,28 +107,30 @@ def _modalities(data_dir: Path, n_items: int) -> tuple[np.ndarray, np.ndarray]:
 
 def _fused(
     cfg: EmbedConfig, data_dir: Path, modalities: tuple[np.ndarray, np.ndarray]
-) -> tuple[np.ndarray, dict[str, Any]]:
-    """The (N, 128) embedding of items 1..N by `cfg.method`, and its figures."""
+) -> tuple[np.ndarray, float, dict[str, Any] | None]:
+    """The (N, 128) embedding of items 1..N by `cfg.method`, the PCA's explained variance and (learned) the
+    fusion's figures."""
     features = np.concatenate(modalities, axis=1)
     pca = fit_pca(features, schema.ITEM_EMB_DIM)
-    figures: dict[str, Any] = {"explained_variance": round(float(pca.explained.sum()), 6)}
+    explained = round(float(pca.explained.sum()), 6)
     if cfg.method == "pca":
-        return pca.transform(features), figures
+        return pca.transform(features), explained, None
     from qin.embedding.fusion import learn_fusion, read_histories
 
     rows = cfg.learned.history_rows or None
     histories = read_histories(data_dir / "train.parquet", rows, cfg.learned.seed)
     start = (pca.components * pca.scale).astype(np.float32)
     emb, learned = learn_fusion(pca.standardise(features), start, histories, cfg.learned)
-    return emb, {**figures, "learned": learned}
+    return emb, explained, learned
 
 
 def _agreement(
     data_dir: Path, shipped: np.ndarray, emb: np.ndarray, modalities: tuple[np.ndarray, np.ndarray] | None
-) -> dict[str, Any]:
-    """Nearest-neighbour agreement (k=10) with the planted sub-topics and topics, when the data has them."""
+) -> dict[str, dict[str, float]] | None:
+    """Nearest-neighbour agreement (k=10) with the planted sub-topics and topics, by level and embedding,
+    when the data has them (None otherwise)."""
     if not (data_dir / schema.ITEM_TRUTH_FILE).exists():
-        return {}
+        return None
     truth = read_item_truth(data_dir)
     candidates = {"shipped": shipped, "result": emb}
     if modalities is not None:
@@ -109,11 +138,7 @@ def _agreement(
         candidates |= {"text": text, "image": image, "text+image": concat_unit(text, image)}
     levels = {level: truth[level] for level in ("subtopic", "topic")}
     scores = {name: neighbour_agreements(e, levels) for name, e in candidates.items()}
-    return {
-        "neighbour_agreement": {
-            level: {name: round(scores[name][level], 4) for name in candidates} for level in levels
-        }
-    }
+    return {level: {name: round(scores[name][level], 4) for name in candidates} for level in levels}
 
 
 def _list_column(matrix: np.ndarray) -> pa.ListArray:

@@ -9,13 +9,14 @@ curves of the training run) and the same curves as CSV data files for `dvc plots
 from __future__ import annotations
 
 import csv
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from qin.featurize import Features
-from qin.runs.io import atomic_dir, read_json, write_json
+from qin.runs.io import atomic_dir, read_json, record_json, write_json
 from qin.serving.inference import load_package
 from qin.settings.sections import EvaluateConfig
 from qin.training.metrics import (
@@ -31,6 +32,25 @@ CALIBRATION_BINS = 15
 ROC_POINTS = 500  # the ROC data file keeps at most this many points (evenly spaced along the curve)
 
 
+@dataclass(frozen=True)
+class EvaluateMetrics:
+    """The stage's result, as the metrics file (evaluate.json) holds it: the valid split's figures."""
+
+    valid_auc: float
+    valid_logloss: float
+    valid_gauc: float  # user-grouped AUC
+    valid_ece: float  # expected calibration error
+    valid_rows: int
+    valid_positive_rate: float
+    # The true click probability's AUC and logloss, where the data ships it (synthetic); None otherwise.
+    valid_oracle_auc: float | None = None
+    valid_oracle_logloss: float | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        """The evaluate.json object (the oracle's figures only where known)."""
+        return record_json(self, optional=("valid_oracle_auc", "valid_oracle_logloss"))
+
+
 def evaluate(
     features_dir: str | Path,
     model_dir: str | Path,
@@ -39,29 +59,28 @@ def evaluate(
     plots_dir: str | Path | None = None,
     train_metrics: str | Path | None = None,
     plot_data: str | Path | None = None,
-) -> dict:
+) -> EvaluateMetrics:
     feats = Features(features_dir)
     valid = feats.split("valid")
     probs = load_package(model_dir, device="auto").predict(valid, cfg.batch_size)
     labels = np.asarray(valid["label"])
-    metrics = {
-        "valid_auc": roc_auc(labels, probs),
-        "valid_logloss": log_loss(labels, probs),
-        "valid_gauc": grouped_auc(labels, probs, feats.array("valid_user_id")),
-        "valid_ece": expected_calibration_error(labels, probs, CALIBRATION_BINS),
-        "valid_rows": len(labels),
-        "valid_positive_rate": float(labels.mean()),
-    }
     truth = np.asarray(feats.array("valid_truth")) if feats.has("valid_truth") else None
-    if truth is not None:
-        metrics["valid_oracle_auc"] = roc_auc(labels, truth)
-        metrics["valid_oracle_logloss"] = log_loss(labels, truth)
+    metrics = EvaluateMetrics(
+        valid_auc=roc_auc(labels, probs),
+        valid_logloss=log_loss(labels, probs),
+        valid_gauc=grouped_auc(labels, probs, feats.array("valid_user_id")),
+        valid_ece=expected_calibration_error(labels, probs, CALIBRATION_BINS),
+        valid_rows=len(labels),
+        valid_positive_rate=float(labels.mean()),
+        valid_oracle_auc=None if truth is None else roc_auc(labels, truth),
+        valid_oracle_logloss=None if truth is None else log_loss(labels, truth),
+    )
     history = read_json(train_metrics)["history"] if train_metrics else []
     if plots_dir is not None:
         _plots(Path(plots_dir), labels, probs, truth, history)
     if plot_data is not None:
         write_plot_data(Path(plot_data), labels, probs, history)
-    write_json(out_path, metrics)
+    write_json(out_path, metrics.to_json())
     return metrics
 
 

@@ -16,7 +16,10 @@ What it keeps is what the feature table declares (qin/data/features.py). Output 
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -25,12 +28,27 @@ import pyarrow.parquet as pq
 
 from qin.data import features as F
 from qin.data import schema
-from qin.runs.io import atomic_dir, file_hash, read_json, write_json
+from qin.runs.io import atomic_dir, file_hash, read_json, record_json, write_json
 from qin.settings.sections import FeaturizeConfig
 from qin.validate import require_passed
 
 MANIFEST = "manifest.json"
 BATCH_ROWS = 250_000
+
+
+@dataclass(frozen=True)
+class FeaturizeManifest:
+    """The stage's result, as manifest.json holds it."""
+
+    max_len: int  # featurize.max_len
+    sources: Mapping[str, str]  # file name -> md5 of each source file
+    arrays: Mapping[str, Mapping[str, Any]]  # array name -> its "shape" and "dtype"
+    n_items: int  # item ids 0..n_items-1 (0: padding)
+    spec: Mapping[str, Any]  # the feature spec (`FeatureSpec.plain`)
+
+    def to_json(self) -> dict[str, Any]:
+        """The manifest.json object."""
+        return record_json(self)
 
 
 def fixed_list(table, column: str) -> np.ndarray:
@@ -77,15 +95,16 @@ class _Vocab:
                 )
 
 
-def _write_split(path: Path, tmp: Path, split: str, max_len: int, vocab: _Vocab, manifest: dict) -> int:
-    """Stream one split into memory-mapped .npy files, one parquet batch at a time; return its rows. Its
-    columns: the table's row inputs (`vocab` holds the table), the user key and the label."""
+def _write_split(path: Path, tmp: Path, split: str, max_len: int, vocab: _Vocab, arrays: dict) -> int:
+    """Stream one split into memory-mapped .npy files, one parquet batch at a time, each one's shape and
+    dtype into `arrays`; return its rows. Its columns: the table's row inputs (`vocab` holds the table), the
+    user key and the label."""
     pf = pq.ParquetFile(path)
     n = pf.metadata.num_rows
     inputs = {f.col: f for f in vocab.table.inputs}
     labelled = split in schema.LABELLED_SPLITS
     columns = list(dict.fromkeys([*inputs, schema.USER, *([schema.LABEL] if labelled else [])]))
-    arrays: dict[str, np.memmap] = {}
+    written: dict[str, np.memmap] = {}
     row = 0
     for batch in pf.iter_batches(batch_size=BATCH_ROWS, columns=columns):
         table = pa.Table.from_batches([batch])
@@ -94,17 +113,17 @@ def _write_split(path: Path, tmp: Path, split: str, max_len: int, vocab: _Vocab,
         if labelled:
             values[schema.LABEL] = table[schema.LABEL].to_numpy().astype(np.float32)
         vocab.see(split, path, values)
-        if not arrays:  # shapes are known from the first batch (one history length per file)
+        if not written:  # shapes are known from the first batch (one history length per file)
             for col, v in values.items():
-                arrays[col] = np.lib.format.open_memmap(
+                written[col] = np.lib.format.open_memmap(
                     tmp / f"{split}_{col}.npy", mode="w+", dtype=v.dtype, shape=(n, *v.shape[1:])
                 )
         for col, v in values.items():
-            arrays[col][row : row + len(v)] = v
+            written[col][row : row + len(v)] = v
         row += len(batch)
-    for col, arr in arrays.items():
+    for col, arr in written.items():
         arr.flush()
-        manifest["arrays"][f"{split}_{col}"] = {"shape": list(arr.shape), "dtype": str(arr.dtype)}
+        arrays[f"{split}_{col}"] = {"shape": list(arr.shape), "dtype": str(arr.dtype)}
     return n
 
 
@@ -123,8 +142,9 @@ def _item_values(f: F.Feature, items: pa.Table, n_items: int, path: Path) -> np.
 
 
 def _items(tables: dict[str, tuple[Path, pa.Table]], table: F.FeatureTable, n_items: int, tmp: Path,
-           manifest: dict) -> dict[str, int]:  # fmt: skip
-    """Write each item feature's array; return each item feature's size (vocabulary or width)."""
+           arrays: dict) -> dict[str, int]:  # fmt: skip
+    """Write each item feature's array (its shape and dtype into `arrays`); return each item feature's size
+    (vocabulary or width)."""
     sizes = {}
     for f in table.item:
         if f.is_key:
@@ -145,16 +165,16 @@ def _items(tables: dict[str, tuple[Path, pa.Table]], table: F.FeatureTable, n_it
                 f"found {sorted(set(values[bad][:5].tolist()))}"
             )
         np.save(tmp / f"items.{f.name}.npy", values)
-        manifest["arrays"][f"items.{f.name}"] = {"shape": list(values.shape), "dtype": str(values.dtype)}
+        arrays[f"items.{f.name}"] = {"shape": list(values.shape), "dtype": str(values.dtype)}
     return sizes
 
 
-def _item_tables(item_path: Path, feature_path: Path, table: F.FeatureTable, manifest: dict
+def _item_tables(item_path: Path, feature_path: Path, table: F.FeatureTable, sources: dict
                  ) -> dict[str, tuple[Path, pa.Table]]:  # fmt: skip
     """The item files the table reads (item_info always; item_feature when it declares features from it),
-    by file name, with their md5 in the manifest's sources."""
+    by file name, with their md5 in `sources`."""
     tables = {schema.ITEM_FILE: (item_path, pq.read_table(item_path))}
-    manifest["sources"][schema.ITEM_FILE] = file_hash(item_path)
+    sources[schema.ITEM_FILE] = file_hash(item_path)
     wanted = table.from_file(schema.FEATURE_FILE)
     if wanted:
         if not feature_path.exists():
@@ -165,7 +185,7 @@ def _item_tables(item_path: Path, feature_path: Path, table: F.FeatureTable, man
             feature_path,
             pq.read_table(feature_path, columns=[f.col for f in wanted]),
         )
-        manifest["sources"][schema.FEATURE_FILE] = file_hash(feature_path)
+        sources[schema.FEATURE_FILE] = file_hash(feature_path)
     return tables
 
 
@@ -176,7 +196,7 @@ def featurize(
     cfg: FeaturizeConfig,
     embed_dir: str | Path | None = None,
     features: F.FeatureTable | None = None,
-) -> dict:
+) -> FeaturizeManifest:
     """The arrays of the validated splits in `data_dir`, with the item table the embed stage wrote in
     `embed_dir` (its item_emb_d128); without one, the data's own. `features`: the feature table (default:
     params/features/default.yaml)."""
@@ -189,29 +209,29 @@ def featurize(
             f"{item_path}: not found; expected the item table the embed stage writes (run embed first, "
             "into that folder)"
         )
-    manifest: dict = {"max_len": cfg.max_len, "sources": {}, "arrays": {}}
-    tables = _item_tables(item_path, data_dir / f"{schema.FEATURE_FILE}.parquet", table, manifest)
+    sources: dict[str, str] = {}
+    arrays: dict[str, dict[str, Any]] = {}
+    tables = _item_tables(item_path, data_dir / f"{schema.FEATURE_FILE}.parquet", table, sources)
     n_items = int(tables[schema.ITEM_FILE][1].num_rows)
     with atomic_dir(out_dir) as tmp:
-        sizes = _items(tables, table, n_items, tmp, manifest)
+        sizes = _items(tables, table, n_items, tmp, arrays)
         vocab = _Vocab(table)
         for split in schema.SPLITS:
             path = data_dir / f"{split}.parquet"
-            manifest["sources"][split] = file_hash(path)
-            n = _write_split(path, tmp, split, cfg.max_len, vocab, manifest)
+            sources[split] = file_hash(path)
+            n = _write_split(path, tmp, split, cfg.max_len, vocab, arrays)
             truth = data_dir / schema.truth_file(split)
             if truth.exists():
                 p = pq.read_table(truth)["p_click"].to_numpy().astype(np.float32)
                 if len(p) != n:
                     raise ValueError(f"{truth}: {len(p)} rows, expected {n} as in {path}")
                 np.save(tmp / f"{split}_truth.npy", p)
-                manifest["arrays"][f"{split}_truth"] = {"shape": list(p.shape), "dtype": str(p.dtype)}
+                arrays[f"{split}_truth"] = {"shape": list(p.shape), "dtype": str(p.dtype)}
         sizes |= {f.name: int(f.dim or 0) for f in table.row if f.kind == "dense"}
         sizes |= vocab.sizes
         spec = F.FeatureSpec(table=table, sizes=sizes, n_items=n_items)
-        manifest["n_items"] = n_items
-        manifest["spec"] = spec.plain()
-        write_json(tmp / MANIFEST, manifest)
+        manifest = FeaturizeManifest(cfg.max_len, sources, arrays, n_items, spec.plain())
+        write_json(tmp / MANIFEST, manifest.to_json())
     return manifest
 
 

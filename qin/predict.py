@@ -25,8 +25,10 @@ from __future__ import annotations
 import logging
 import time
 import zipfile
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pyarrow as pa
@@ -35,8 +37,11 @@ import pyarrow.parquet as pq
 from qin.data import schema
 from qin.data.features import FeatureSpec
 from qin.featurize import fixed_list
-from qin.runs.io import atomic_dir, read_json, tree_hash, write_json
+from qin.runs.io import atomic_dir, read_json, record_json, tree_hash, write_json
 from qin.settings.params import Params
+
+if TYPE_CHECKING:
+    from qin.validate import ValidationSummary
 
 log = logging.getLogger(__name__)
 
@@ -49,6 +54,27 @@ COLUMNS = (schema.SUBMISSION_ID, "Task2")
 READ_ROWS = 262_144  # parquet rows read at a time
 
 
+@dataclass(frozen=True)
+class PredictManifest:
+    """The stage's result, as manifest.json holds it: what was scored, with which model and settings, how
+    fast, and what came out."""
+
+    model: Mapping[str, str | None]  # model_name, version (None: a package given by path), model_hash, kind
+    data: Mapping[str, Any]  # the test file, its md5 and rows
+    rows: int
+    ids: str  # where prediction.csv's IDs come from
+    settings: Mapping[str, Any]  # batch_size, device
+    seconds: Mapping[str, float]  # validate, score, write, total
+    rows_per_s: float | None  # scored rows per second (None: no time measured)
+    prediction: Mapping[str, float]  # mean, min, max
+    validation: Mapping[str, Any]  # the gate's "passed" and the test file's "warnings"
+    files: Sequence[str]  # what the output folder holds for the challenge
+
+    def to_json(self) -> dict[str, Any]:
+        """The manifest.json object."""
+        return record_json(self)
+
+
 def predict(
     data_dir: Path,
     model_dir: Path,
@@ -57,7 +83,7 @@ def predict(
     model_name: str | None = None,
     version: str | None = None,
     model_hash: str | None = None,
-) -> dict[str, Any]:
+) -> PredictManifest:
     """Score `data_dir`/test.parquet with the package `model_dir` into `out_dir` (see the module's text);
     return the manifest. `model_name`, `version`: the package's registered identity, for the manifest;
     `model_hash`: its content hash when the caller has it (qin/registry/resolve.py computed or checked it)."""
@@ -88,7 +114,7 @@ def predict(
         seconds["total"] = time.perf_counter() - started
         identity = {"model_name": model_name, "version": version, "model_hash": model_hash}
         manifest = _manifest(model_dir, identity, test, gate, probs, ids is not None, scorer, cfg, seconds)
-        write_json(tmp / MANIFEST, manifest)
+        write_json(tmp / MANIFEST, manifest.to_json())
     return manifest
 
 
@@ -96,28 +122,29 @@ def _manifest(
     model_dir: Path,
     identity: dict[str, str | None],
     test: Path,
-    gate: dict,
+    gate: ValidationSummary,
     probs: np.ndarray,
     has_ids: bool,
     scorer: Any,
     cfg: Any,
     seconds: dict[str, float],
-) -> dict[str, Any]:
+) -> PredictManifest:
     """What was scored, with which model and settings, how fast, and what came out (manifest.json)."""
     model = {**identity, "model_hash": identity["model_hash"] or tree_hash([model_dir])}
     model["kind"] = read_json(Path(model_dir) / "model.json")["model"]["name"]
-    return {
-        "model": model,
-        "data": {"file": str(test), "md5": gate["files"][SPLIT]["md5"], "rows": len(probs)},
-        "rows": len(probs),
-        "ids": "the test file's ID column" if has_ids else "row positions 0..N-1",
-        "settings": {"batch_size": cfg.batch_size, "device": str(scorer.device)},
-        "seconds": {k: round(v, 3) for k, v in seconds.items()},
-        "rows_per_s": round(len(probs) / seconds["score"], 1) if seconds["score"] > 0 else None,
-        "prediction": {"mean": float(probs.mean()), "min": float(probs.min()), "max": float(probs.max())},
-        "validation": {"passed": gate["passed"], "warnings": gate["files"][SPLIT]["warnings"]},
-        "files": [PREDICTION, SUBMISSION],
-    }
+    checked = gate.files[SPLIT]
+    return PredictManifest(
+        model=model,
+        data={"file": str(test), "md5": checked["md5"], "rows": len(probs)},
+        rows=len(probs),
+        ids="the test file's ID column" if has_ids else "row positions 0..N-1",
+        settings={"batch_size": cfg.batch_size, "device": str(scorer.device)},
+        seconds={k: round(v, 3) for k, v in seconds.items()},
+        rows_per_s=round(len(probs) / seconds["score"], 1) if seconds["score"] > 0 else None,
+        prediction={"mean": float(probs.mean()), "min": float(probs.min()), "max": float(probs.max())},
+        validation={"passed": gate.passed, "warnings": checked["warnings"]},
+        files=(PREDICTION, SUBMISSION),
+    )
 
 
 def score_file(test: Path, scorer: Any, batch_size: int) -> np.ndarray:

@@ -49,7 +49,7 @@ import logging
 import os
 import sys
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -64,7 +64,7 @@ from qin.data.features import FeatureSpec
 from qin.featurize import Features
 from qin.models import build_model
 from qin.models.blocks import Batch, embedding_tables, network_weights
-from qin.runs.io import write_json
+from qin.runs.io import record_json, write_json
 from qin.serving.inference import Scorer, resolve_device, save_package
 from qin.settings.params import TrainConfig
 from qin.training import runtime
@@ -74,6 +74,27 @@ from qin.training.metrics import log_loss, roc_auc
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 U = TypeVar("U")
+
+
+@dataclass(frozen=True)
+class TrainSummary:
+    """The stage's result, as the metrics file (train.json) holds it."""
+
+    model: str  # the model's name
+    parameters: int
+    device: str
+    precision: str
+    processes: int
+    best_epoch: int
+    best_valid_auc: float
+    history: Sequence[Mapping[str, Any]]  # one row of metrics per epoch (`_score`)
+    checkpoints: Mapping[str, Any]  # this run's checkpoints: their "count" and "seconds" to save
+    # The package's content hash; None in a process other than 0, which writes neither package nor file.
+    model_hash: str | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        """The train.json object."""
+        return record_json(self, optional=("model_hash",))
 
 
 def checkpoint_path(out_dir: str | Path) -> Path:
@@ -395,7 +416,7 @@ def train(
     metrics_path: str | Path,
     cfg: TrainConfig,
     key: str | None = None,
-) -> dict:
+) -> TrainSummary:
     """Train into `out_dir`. The checkpoint beside it is resumed only if it was written under stage key
     `key` (qin/runs/pipeline.py: `qin train` and flow runs pass theirs); without a key training starts
     afresh."""
@@ -420,7 +441,7 @@ def _train(
     key: str | None,
     procs: runtime.Processes,
     device: torch.device,
-) -> dict:
+) -> TrainSummary:
     run = _setup(features_dir, cfg, procs, device, checkpoint_path(out_dir), key)
     _resume(run)
     _announce(run)
@@ -633,27 +654,28 @@ def _checkpoint(run: _Run) -> None:
     run.save_seconds.append(time.perf_counter() - t)
 
 
-def _finish(run: _Run, out_dir: str | Path, metrics_path: str | Path) -> dict:
+def _finish(run: _Run, out_dir: str | Path, metrics_path: str | Path) -> TrainSummary:
     """Back to the best epoch's weights; process 0 writes the package and metrics, drops the checkpoint."""
     cfg, state, model = run.cfg, run.state, run.trainer.model
     model.load_state_dict(state.best["state"])
-    summary = {
-        "model": cfg.model.name,
-        "parameters": sum(p.numel() for p in model.parameters()),
-        "device": str(run.device),
-        "precision": runtime.precision_name(run.trainer.dtype),
-        "processes": run.procs.world,
-        "best_epoch": state.best["epoch"],
-        "best_valid_auc": state.best["auc"],
-        "history": state.history,
-        "checkpoints": {"count": len(run.save_seconds), "seconds": round(sum(run.save_seconds), 3)},
-    }
+    model_hash = None
     if run.procs.main:
         meta = {"best_epoch": state.best["epoch"], "valid_auc": state.best["auc"],
                 "sources": run.feats.manifest["sources"]}  # fmt: skip
-        summary["model_hash"] = save_package(
-            out_dir, model, cfg.model, run.spec, run.max_len, run.items, meta
-        )
-        write_json(metrics_path, summary)
+        model_hash = save_package(out_dir, model, cfg.model, run.spec, run.max_len, run.items, meta)
+    summary = TrainSummary(
+        model=cfg.model.name,
+        parameters=sum(p.numel() for p in model.parameters()),
+        device=str(run.device),
+        precision=runtime.precision_name(run.trainer.dtype),
+        processes=run.procs.world,
+        best_epoch=state.best["epoch"],
+        best_valid_auc=state.best["auc"],
+        history=state.history,
+        checkpoints={"count": len(run.save_seconds), "seconds": round(sum(run.save_seconds), 3)},
+        model_hash=model_hash,
+    )
+    if run.procs.main:
+        write_json(metrics_path, summary.to_json())
         run.checkpoint.unlink(missing_ok=True)
     return summary

@@ -13,16 +13,17 @@ Each file is checked in two passes, both generated from its columns' kinds: the 
    mean within its bounds), so memory stays that of one batch on the full data.
 
 Output (always, pass or fail), in the output directory: `summary.json` (machine-readable, with the md5 of
-every data file), `report.md` (for people, readable offline) and `data_docs/` (GX Data Docs HTML; it pulls
-its styling from CDNs, so it is plain offline). On failure `ValidationError` carries one line per failed
-expectation naming the file, column, expectation, the count and up to 5 offending values.
+every data file; the stage returns it as a `ValidationSummary`), `report.md` (for people, readable offline)
+and `data_docs/` (GX Data Docs HTML; it pulls its styling from CDNs, so it is plain offline). On failure
+`ValidationError` carries one line per failed expectation naming the file, column, expectation, the count
+and up to 5 offending values.
 """
 
 from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -35,7 +36,7 @@ import qin.data.checks as C
 from qin.data import features as F
 from qin.data import schema
 from qin.data.schema import Column
-from qin.runs.io import atomic_dir, file_hash, read_json, write_json
+from qin.runs.io import atomic_dir, file_hash, read_json, record_json, write_json
 from qin.settings.sections import ValidateConfig
 
 log = logging.getLogger(__name__)
@@ -65,6 +66,21 @@ OPTIONAL_COLUMNS = {name: tuple(c.name for c in cs) for name, cs in schema.OPTIO
 
 class ValidationError(RuntimeError):
     """The data broke the contract; the message names every failed expectation."""
+
+
+@dataclass(frozen=True)
+class ValidationSummary:
+    """The gate's result, as summary.json holds it: whether the data passed, and what it found per file."""
+
+    passed: bool
+    data_dir: str
+    # File name -> its path, md5, rows, failures, warnings and notes (or `skipped`).
+    files: Mapping[str, Mapping[str, Any]]
+    gate_skipped: str | None = None  # why the gate was left out (`skip_gate`); None: it ran
+
+    def to_json(self) -> dict[str, Any]:
+        """The summary.json object (`gate_skipped` only where the gate was left out)."""
+        return record_json(self, optional=("gate_skipped",))
 
 
 @dataclass
@@ -256,7 +272,7 @@ def _check_file(
 
 def validate(
     data_dir: str | Path, out_dir: str | Path, cfg: ValidateConfig, features: F.FeatureTable | None = None
-) -> dict:
+) -> ValidationSummary:
     """Validate the four files in `data_dir` (and item_feature.parquet when it is there, or the feature
     table reads from it); write summary.json, report.md and data_docs/ to `out_dir`. `features`: the feature
     table, whose columns the files must hold (default: params/features/default.yaml).
@@ -295,7 +311,7 @@ def validate_split(
     out_dir: str | Path,
     cfg: ValidateConfig,
     features: F.FeatureTable | None = None,
-) -> dict:
+) -> ValidationSummary:
     """The same gate for one split on its own, with item ids up to `max_item_id` and the columns of
     `features` (e.g. `predict` checks test.parquet against the item table and the feature table of the
     model that scores it); reports in `out_dir` as `validate` writes them. Raises `ValidationError` when a
@@ -318,16 +334,16 @@ def file_failures(data_dir: str | Path, name: str, n_items: int, cfg: ValidateCo
     return [f.line() for f in info["findings"] if f.severity == "critical"]
 
 
-def _gate(data_dir: Path, out_dir: Path, check: Callable[[_Gx], dict[str, dict]]) -> dict:
+def _gate(data_dir: Path, out_dir: Path, check: Callable[[_Gx], dict[str, dict]]) -> ValidationSummary:
     """Run `check` (file name -> its findings) in one GX context; write the reports; raise on failure."""
     with atomic_dir(out_dir) as tmp:
         files = check(_Gx(tmp / DATA_DOCS))
         findings = [f for info in files.values() for f in info["findings"]]
         critical = [f for f in findings if f.severity == "critical"]
-        summary = {
-            "passed": not critical,
-            "data_dir": str(data_dir),
-            "files": {
+        summary = ValidationSummary(
+            passed=not critical,
+            data_dir=str(data_dir),
+            files={
                 name: {
                     **{k: v for k, v in info.items() if k != "findings"},
                     "failures": [f.line() for f in info["findings"] if f.severity == "critical"],
@@ -335,8 +351,8 @@ def _gate(data_dir: Path, out_dir: Path, check: Callable[[_Gx], dict[str, dict]]
                 }
                 for name, info in files.items()
             },
-        }
-        write_json(tmp / SUMMARY, summary)
+        )
+        write_json(tmp / SUMMARY, summary.to_json())
         (tmp / REPORT).write_text(_markdown(summary))
     for f in findings:
         if f.severity != "critical":
@@ -349,14 +365,14 @@ def _gate(data_dir: Path, out_dir: Path, check: Callable[[_Gx], dict[str, dict]]
     return summary
 
 
-def _markdown(summary: dict) -> str:
-    lines = [f"# Data validation: {'PASSED' if summary['passed'] else 'FAILED'}", ""]
+def _markdown(summary: ValidationSummary) -> str:
+    lines = [f"# Data validation: {'PASSED' if summary.passed else 'FAILED'}", ""]
     lines += ["| file | rows | md5 | result |", "|---|---|---|---|"]
-    for info in summary["files"].values():
+    for info in summary.files.values():
         status = "skipped" if info.get("skipped") else ("ok" if not info["failures"] else "FAILED")
         lines.append(f"| {info['path']} | {info.get('rows', '-')} | {info.get('md5', '-')} | {status} |")
     for kind in ("failures", "warnings", "notes"):
-        items = [x for info in summary["files"].values() for x in info.get(kind, ())]
+        items = [x for info in summary.files.values() for x in info.get(kind, ())]
         if items:
             lines += ["", f"## {kind.capitalize()}", ""] + [f"- {x}" for x in items]
     lines += ["", f"GX Data Docs (HTML): `{DATA_DOCS}/index.html`"]
@@ -381,7 +397,7 @@ def require_passed(validation_dir: str | Path, data_dir: str | Path) -> None:
             )
 
 
-def skip_gate(data_dir: str | Path, out_dir: str | Path, why: str) -> dict:
+def skip_gate(data_dir: str | Path, out_dir: str | Path, why: str) -> ValidationSummary:
     """A summary that lets featurize read `data_dir` without the gate: for a machine without
     great-expectations (bench/gpu_check.py on a GPU image, tests/models/test_cuda.py), never for a
     pipeline run (no stage calls it). It names the files by md5, as `validate` does, and says why the gate
@@ -389,13 +405,13 @@ def skip_gate(data_dir: str | Path, out_dir: str | Path, why: str) -> dict:
     data_dir = Path(data_dir)
     names = [*schema.FILES, *(n for n in schema.OPTIONAL_FILES if (data_dir / f"{n}.parquet").exists())]
     paths = {n: data_dir / f"{n}.parquet" for n in names}
-    summary = {
-        "passed": True,
-        "gate_skipped": why,
-        "data_dir": str(data_dir),
-        "files": {n: {"path": str(p), "md5": file_hash(p)} for n, p in paths.items()},
-    }
+    summary = ValidationSummary(
+        passed=True,
+        data_dir=str(data_dir),
+        files={n: {"path": str(p), "md5": file_hash(p)} for n, p in paths.items()},
+        gate_skipped=why,
+    )
     with atomic_dir(Path(out_dir)) as tmp:
-        write_json(tmp / SUMMARY, summary)
+        write_json(tmp / SUMMARY, summary.to_json())
         (tmp / REPORT).write_text(f"# Data validation: SKIPPED\n\n{why}\n")
     return summary

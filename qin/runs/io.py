@@ -1,4 +1,4 @@
-"""Atomic writes, content hashes and inter-process locks.
+"""Atomic writes, content hashes, inter-process locks, and the JSON form of the stages' result records.
 
 Every stage writes its outputs under a temporary name and renames them into place only once they are
 complete, so an interrupted run never leaves a half-written file that a later stage (or cache) would trust.
@@ -9,6 +9,7 @@ hash being registered, an alias being moved.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import hashlib
 import json
 import logging
@@ -19,9 +20,13 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypeVar
+
+if TYPE_CHECKING:
+    from _typeshed import DataclassInstance
 
 log = logging.getLogger(__name__)
+R = TypeVar("R", bound="DataclassInstance")
 
 
 @contextlib.contextmanager
@@ -100,6 +105,31 @@ def read_json(path: str | Path) -> Any:
     if not path.exists():
         raise FileNotFoundError(f"{path}: not found")
     return json.loads(path.read_text())
+
+
+def record_json(record: DataclassInstance, optional: Iterable[str] = ()) -> dict[str, Any]:
+    """A stage's result (a frozen dataclass) as the JSON object the stage writes: its fields in order, their
+    mappings and sequences copied, the fields named in `optional` left out when None."""
+    return {k: v for k, v in dataclasses.asdict(record).items() if v is not None or k not in optional}
+
+
+def read_record(path: str | Path, record: type[R]) -> R:
+    """The JSON object a stage wrote (`record_json`) back into its result: its keys must be the record's
+    fields, every field without a default among them."""
+    raw = read_json(path)
+    if not isinstance(raw, dict):
+        raise ValueError(f"{path}: expected a JSON object (a {record.__name__}), found {type(raw).__name__}")
+    fields = dataclasses.fields(record)
+    names = [f.name for f in fields]
+    unset = dataclasses.MISSING
+    required = [f.name for f in fields if f.default is unset and f.default_factory is unset]
+    missing, unknown = [k for k in required if k not in raw], sorted(set(raw) - set(names))
+    if missing or unknown:
+        raise ValueError(
+            f"{path}: expected the keys of a {record.__name__} ({', '.join(names)}), found {sorted(raw)}: "
+            f"missing {missing}, unknown {unknown}"
+        )
+    return record(**raw)
 
 
 # md5s by (device, inode, size, mtime): a flow run hashes the raw data for the root key, validation and

@@ -38,7 +38,7 @@ from typing import Any, Literal
 from qin.data import schema
 from qin.models import module_files
 from qin.runs import layout
-from qin.runs.io import file_hash, tree_hash
+from qin.runs.io import file_hash, read_record, tree_hash
 from qin.settings.params import Params, declared, preset_files, to_yaml
 from qin.settings.sections import KEY_EXCLUDED
 
@@ -95,10 +95,18 @@ class Stage:
     resumable: bool = False
     # It may run under torchrun: the number of processes (WORLD_SIZE, when above 1) enters its key.
     distributed: bool = False
+    # "module:Class" of the result its metrics output holds: what it returns when run under torchrun.
+    result: str | None = None
     # False: it writes to the outside world (the registry), so it is never cached; a flow run keeps its
     # outputs in the run's record (artifacts/runs/<flow run id>/) instead of a key's folder.
     content_addressed: bool = True
     flow: str = TRAIN_FLOW  # the Prefect flow that runs it
+
+    def __post_init__(self) -> None:
+        if self.distributed and self.result is None:
+            raise ValueError(
+                f"stage '{self.name}': distributed, expected its result class (`result`), found none"
+            )
 
     def output(self, name: str) -> Output:
         for out in self.outputs:
@@ -189,6 +197,7 @@ STAGES: tuple[Stage, ...] = (
         models=True,
         resumable=True,
         distributed=True,
+        result="qin.train:TrainSummary",
     ),
     Stage(
         "evaluate",
@@ -342,8 +351,7 @@ def call(
     processes = params.train.processes if s.distributed else 0
     if processes > 1 and "WORLD_SIZE" not in os.environ:  # not yet under torchrun: start it
         return _torchrun(s, paths, params, key, processes)
-    module, name = s.function.split(":")
-    fn: Callable[..., Any] = getattr(importlib.import_module(module), name)
+    fn: Callable[..., Any] = _named(s.function)
     kwargs: dict[str, Any] = {port: Path(paths[port]) for port in s.args()}
     if s.settings_args()[0] == "cfg":
         kwargs["cfg"] = getattr(params, next(x for x in s.sections if x != FEATURES))
@@ -358,8 +366,9 @@ def call(
 
 def _torchrun(s: Stage, paths: Mapping[str, str | Path], params: Params, key: str | None, n: int) -> Any:
     """Run `qin <stage>` on `paths` under torchrun with `n` processes on this node (the stage's settings
-    written beside its first output, its key passed on, so its checkpoint is the caller's); the stage's
-    metrics file is its result. A signal or error here stops torchrun, which stops its processes."""
+    written beside its first output, its key passed on, so its checkpoint is the caller's); its result is
+    read back from its metrics file, which process 0 wrote. A signal or error here stops torchrun, which
+    stops its processes."""
     first = Path(paths[s.outputs[0].arg])
     first.parent.mkdir(parents=True, exist_ok=True)
     fd, name = tempfile.mkstemp(prefix=f".{first.name}.", suffix=".params.yaml", dir=first.parent)
@@ -385,8 +394,15 @@ def _torchrun(s: Stage, paths: Mapping[str, str | Path], params: Params, key: st
         settings.unlink(missing_ok=True)
     if code != 0:
         raise RuntimeError(f"stage '{s.name}' under torchrun ({n} processes) failed: exit status {code}")
-    metrics = next((paths[o.arg] for o in s.outputs if o.dvc == "metrics"), None)
-    return json.loads(Path(metrics).read_text()) if metrics else None
+    metrics = next(paths[o.arg] for o in s.outputs if o.dvc == "metrics")
+    assert s.result is not None  # a distributed stage names it (Stage.__post_init__)
+    return read_record(metrics, _named(s.result))
+
+
+def _named(name: str) -> Any:
+    """What "module:attribute" names, its module imported."""
+    module, attribute = name.split(":")
+    return getattr(importlib.import_module(module), attribute)
 
 
 def _source(i: Input) -> str:

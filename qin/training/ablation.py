@@ -15,17 +15,17 @@ import time
 from pathlib import Path
 from typing import Any
 
-from qin.evaluate import evaluate
+from qin.evaluate import EvaluateMetrics, evaluate
 from qin.models.dcnv3 import DCNv3Config
 from qin.models.din import DINConfig
 from qin.models.qin import QINConfig
 from qin.models.settings import ModelConfig
-from qin.runs.io import atomic_dir, atomic_file, read_json, write_json
+from qin.runs.io import atomic_dir, atomic_file, read_json, read_record, write_json
 from qin.runs.pipeline import content_key, stage
 from qin.runs.store import MANIFEST
 from qin.settings.params import Params, TrainConfig, load_params, preset, to_yaml
 from qin.settings.sections import EvaluateConfig, flatten, replace
-from qin.train import train
+from qin.train import TrainSummary, train
 
 COLUMNS = ("model", "valid_auc", "valid_logloss", "valid_gauc", "valid_oracle_auc", "parameters", "seconds")
 
@@ -91,15 +91,16 @@ def write_variant_params(
     return Path(out)
 
 
-def row(name: str, train_summary: dict[str, Any], metrics: dict[str, Any], seconds: float) -> dict[str, Any]:
-    """A variant's row of the comparison table, from train.json, evaluate.json and the training time."""
+def row(name: str, train_summary: TrainSummary, metrics: EvaluateMetrics, seconds: float) -> dict[str, Any]:
+    """A variant's row of the comparison table, from its train and evaluate results and the training time."""
+    figures = {k: getattr(metrics, k) for k in COLUMNS[1:5]}
     return {
         "model": name,
-        **{k: metrics.get(k, float("nan")) for k in COLUMNS[1:5]},
-        "parameters": train_summary["parameters"],
+        **{k: float("nan") if v is None else v for k, v in figures.items()},
+        "parameters": train_summary.parameters,
         "seconds": round(seconds, 1),
-        "best_epoch": train_summary["best_epoch"],
-        "epochs_run": len(train_summary["history"]),
+        "best_epoch": train_summary.best_epoch,
+        "epochs_run": len(train_summary.history),
     }
 
 
@@ -132,9 +133,8 @@ def stage_row(name: str, train_dir: str | Path, evaluate_dir: str | Path) -> dic
     """A variant's row from its train and evaluate stages' key folders (qin/runs/store.py)."""
     train_dir = Path(train_dir)
     seconds = read_json(train_dir / MANIFEST)["seconds"]
-    return row(
-        name, read_json(train_dir / "train.json"), read_json(Path(evaluate_dir) / "evaluate.json"), seconds
-    )
+    summary = read_record(train_dir / "train.json", TrainSummary)
+    return row(name, summary, read_record(Path(evaluate_dir) / "evaluate.json", EvaluateMetrics), seconds)
 
 
 def table_markdown(rows: list[dict[str, Any]], no_history_auc: float | None = None) -> str:

@@ -50,7 +50,7 @@ def test_given_keeps_the_shipped_table_and_pca_replaces_only_its_embedding(
     data, validation = validated
     report = embed(data, validation, tmp_path / "given", EmbedConfig(method="given"))
     assert pq.read_table(tmp_path / "given" / ITEMS).equals(pq.read_table(data / ITEMS))
-    assert report["method"] == "given" and "shipped" in report["neighbour_agreement"]["subtopic"]
+    assert report.method == "given" and "shipped" in report.neighbour_agreement["subtopic"]
 
     report = embed(data, validation, tmp_path / "pca", EmbedConfig(method="pca"))
     shipped, pca = pq.read_table(data / ITEMS), pq.read_table(tmp_path / "pca" / ITEMS)
@@ -59,8 +59,8 @@ def test_given_keeps_the_shipped_table_and_pca_replaces_only_its_embedding(
     emb = _emb(tmp_path / "pca")
     assert emb.shape == (shipped.num_rows, schema.ITEM_EMB_DIM) and not emb[0].any()  # row 0: padding
     assert not np.array_equal(emb, _emb(tmp_path / "given")) and np.isfinite(emb).all()
-    assert 0 < report["explained_variance"] <= 1
-    assert set(report["neighbour_agreement"]["subtopic"]) == {
+    assert 0 < report.explained_variance <= 1
+    assert set(report.neighbour_agreement["subtopic"]) == {
         "shipped",
         "text",
         "image",
@@ -70,7 +70,7 @@ def test_given_keeps_the_shipped_table_and_pca_replaces_only_its_embedding(
     again = embed(data, validation, tmp_path / "again", EmbedConfig(method="pca"))
     assert np.array_equal(_emb(tmp_path / "again"), emb)  # deterministic
     assert (tmp_path / "pca" / REPORT).exists()
-    assert again["explained_variance"] == report["explained_variance"]
+    assert again.explained_variance == report.explained_variance
 
 
 def test_pca_without_the_items_features_is_refused_by_name(tiny_data: Path, tmp_path: Path) -> None:
@@ -128,7 +128,7 @@ def test_learned_reads_no_label_and_only_the_training_histories(
         schema.ITEM_TRUTH_FILE,
     }
     assert all(columns == [schema.HISTORY] for name, columns in reads if name == "train.parquet")
-    assert report["learned"]["pairs"] > 0 and _emb(tmp_path / "learned").shape[1] == schema.ITEM_EMB_DIM
+    assert report.learned["pairs"] > 0 and _emb(tmp_path / "learned").shape[1] == schema.ITEM_EMB_DIM
 
 
 def test_featurize_refuses_an_embed_folder_without_its_item_table(tiny_data: Path, tmp_path: Path) -> None:

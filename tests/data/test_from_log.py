@@ -78,8 +78,8 @@ def _keys(data: Path, name: str) -> dict[int, str]:
 
 def test_the_output_passes_the_gate(converted: dict, tmp_path: Path) -> None:
     summary = validate(converted["data"], tmp_path / "v", ValidateConfig(tag_vocab=10))
-    assert summary["passed"]
-    assert "column 'label' is present and ignored" in " ".join(summary["files"]["test"]["notes"])
+    assert summary.passed
+    assert "column 'label' is present and ignored" in " ".join(summary.files["test"]["notes"])
     record = converted["record"]
     assert sum(record["rows"].values()) == len(converted["log"])
     assert record["item_emb"] == "pca of 16 given values to 16" and not record["item_feature"]
@@ -263,5 +263,5 @@ def test_the_cli_output_trains_end_to_end(tmp_path: Path, monkeypatch: pytest.Mo
     featurize("data", "v", "f", params.featurize)
     train("f", "model", "train.json", params.train)
     metrics = evaluate("f", "model", "evaluate.json", params.evaluate)
-    assert metrics["valid_rows"] == pq.ParquetFile("data/valid.parquet").metadata.num_rows
-    assert metrics["valid_auc"] > 0.55  # the clicks depend on the user's taste for the item's genre
+    assert metrics.valid_rows == pq.ParquetFile("data/valid.parquet").metadata.num_rows
+    assert metrics.valid_auc > 0.55  # the clicks depend on the user's taste for the item's genre

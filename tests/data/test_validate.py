@@ -250,11 +250,11 @@ CORRUPTIONS: dict[str, tuple[Corrupt, tuple[str, ...]]] = {
 
 def test_clean_data_passes_and_writes_the_reports(tiny_data: Path, tmp_path: Path) -> None:
     summary = validate(tiny_data, tmp_path / "v", ValidateConfig())
-    assert summary["passed"]
+    assert summary.passed
     assert read_json(tmp_path / "v" / "summary.json")["files"]["train"]["md5"]
     assert "PASSED" in (tmp_path / "v" / "report.md").read_text()
     assert (tmp_path / "v" / "data_docs" / "index.html").exists()
-    assert summary["files"]["item_feature"]["md5"]  # validated when present
+    assert summary.files["item_feature"]["md5"]  # validated when present
 
 
 def test_data_without_item_feature_passes(tiny_data: Path, tmp_path: Path) -> None:
@@ -262,14 +262,14 @@ def test_data_without_item_feature_passes(tiny_data: Path, tmp_path: Path) -> No
     shutil.copytree(tiny_data, data)
     (data / "item_feature.parquet").unlink()
     summary = validate(data, tmp_path / "v", ValidateConfig())
-    assert summary["passed"] and "item_feature" not in summary["files"]
+    assert summary.passed and "item_feature" not in summary.files
 
 
 def test_a_test_file_may_carry_an_unused_label_column(tiny_data: Path, tmp_path: Path) -> None:
     data = tmp_path / "data"
     shutil.copytree(tiny_data, data)
     _edit("test", lambda t: t.append_column("label", pa.array(np.zeros(t.num_rows))))(data)
-    assert validate(data, tmp_path / "v", ValidateConfig())["passed"]
+    assert validate(data, tmp_path / "v", ValidateConfig()).passed
 
 
 @pytest.mark.parametrize("case", list(CORRUPTIONS))
@@ -320,8 +320,8 @@ def test_featurize_writes_compact_memory_mapped_arrays(tiny_data: Path, tmp_path
     np.testing.assert_array_equal(feats.array("train_label"), labels)
     assert feats.array("items.item_emb_d128").dtype == np.float32
     assert feats.has("valid_truth") and not feats.has("train_truth")
-    assert set(manifest["sources"]) == {"train", "valid", "test", "item_info"}
-    assert manifest["arrays"]["train_item_seq"]["shape"] == [len(labels), 8]
+    assert set(manifest.sources) == {"train", "valid", "test", "item_info"}
+    assert manifest.arrays["train_item_seq"]["shape"] == [len(labels), 8]
 
 
 def test_the_gate_knows_a_stored_type_for_every_contract_column_and_no_other() -> None:

@@ -72,9 +72,9 @@ def test_on_cuda_the_rows_move_to_the_gpu_and_training_runs_in_native_bf16(
     cols = load_columns(Features(features), "train", CUDA)
     assert all(c.is_cuda for c in cols.values())
     s = train(features, tmp_path / "m", tmp_path / "m.json", _cfg(tmp_path, precision="auto"))
-    assert s["device"].startswith("cuda")
-    assert s["precision"] == ("bf16" if torch.cuda.is_bf16_supported(including_emulation=False) else "fp32")
-    assert s["best_valid_auc"] > 0.5
+    assert s.device.startswith("cuda")
+    assert s.precision == ("bf16" if torch.cuda.is_bf16_supported(including_emulation=False) else "fp32")
+    assert s.best_valid_auc > 0.5
 
 
 @pytest.mark.parametrize("precision", ["fp32", "bf16"])
@@ -101,7 +101,7 @@ def test_rows_pinned_on_the_host_one_batch_ahead_train_what_resident_rows_train(
     resident = train(features, tmp_path / "a", tmp_path / "a.json", _cfg(tmp_path, sync_debug="error"))
     pinned = train(features, tmp_path / "b", tmp_path / "b.json", _cfg(tmp_path, data_placement="host"))
     # The same batches in the same order; CUDA's atomic sums make the two runs differ by float rounding.
-    for x, y in zip(resident["history"], pinned["history"], strict=True):
+    for x, y in zip(resident.history, pinned.history, strict=True):
         assert y["train_loss"] == pytest.approx(x["train_loss"], rel=1e-3)
         assert y["valid_auc"] == pytest.approx(x["valid_auc"], abs=5e-3)
 

@@ -18,9 +18,10 @@ import pytest
 import torch
 from sklearn.metrics import roc_auc_score
 
-from qin.evaluate import evaluate
+from qin.evaluate import EvaluateMetrics, evaluate
 from qin.featurize import Features, featurize
 from qin.models.blocks import ItemEncoder
+from qin.runs.io import read_record, write_json
 from qin.settings.params import load_params
 from qin.settings.sections import EvaluateConfig, FeaturizeConfig, ValidateConfig, replace
 from qin.train import TrainState, checkpoint_path, prefetch, through_pinned_memory, train
@@ -130,7 +131,7 @@ def test_a_checkpoint_written_under_another_key_is_ignored(
     caplog.set_level(logging.INFO, logger="qin.train")
     s = train(features, tmp_path / "m", tmp_path / "m.json", cfg, key="mine")
     assert "ignoring" in caplog.text and "resuming" not in caplog.text
-    assert [h["epoch"] for h in s["history"]] == [1]
+    assert [h["epoch"] for h in s.history] == [1]
     assert not ckpt.exists() and not ckpt.with_name(ckpt.name + ".tmp").exists()
 
 
@@ -139,8 +140,8 @@ def test_training_on_cpu_is_deterministic(features: Path, tmp_path: Path) -> Non
     cfg = load_params(tmp_path / "params.yaml").train
     a = train(features, tmp_path / "a", tmp_path / "a.json", cfg)
     b = train(features, tmp_path / "b", tmp_path / "b.json", cfg)
-    assert [h["valid_auc"] for h in a["history"]] == [h["valid_auc"] for h in b["history"]]
-    assert a["model_hash"] == b["model_hash"]
+    assert [h["valid_auc"] for h in a.history] == [h["valid_auc"] for h in b.history]
+    assert a.model_hash == b.model_hash
 
 
 def test_evaluate_writes_metrics_and_plots(features: Path, tmp_path: Path) -> None:
@@ -155,10 +156,21 @@ def test_evaluate_writes_metrics_and_plots(features: Path, tmp_path: Path) -> No
         tmp_path / "plots",
         tmp_path / "t.json",
     )
-    assert set(m) >= {"valid_auc", "valid_logloss", "valid_gauc", "valid_ece", "valid_oracle_auc"}
-    assert json.loads((tmp_path / "e.json").read_text()) == m
+    assert set(m.to_json()) >= {"valid_auc", "valid_logloss", "valid_gauc", "valid_ece", "valid_oracle_auc"}
+    assert json.loads((tmp_path / "e.json").read_text()) == m.to_json()
     for png in ("roc.png", "calibration.png", "learning_curve.png"):
         assert (tmp_path / "plots" / png).read_bytes()[:4] == b"\x89PNG"
+
+
+def test_a_metrics_file_reads_back_into_its_result_and_a_wrong_one_is_refused_by_key(tmp_path: Path) -> None:
+    m = EvaluateMetrics(0.7, 0.5, 0.6, 0.01, 10, 0.3)  # no true click probability: no oracle figures
+    write_json(tmp_path / "e.json", m.to_json())
+    assert "valid_oracle_auc" not in json.loads((tmp_path / "e.json").read_text())
+    assert read_record(tmp_path / "e.json", EvaluateMetrics) == m
+    wrong = {k: v for k, v in m.to_json().items() if k != "valid_auc"} | {"valid_aucc": 0.7}
+    write_json(tmp_path / "wrong.json", wrong)
+    with pytest.raises(ValueError, match=r"wrong\.json: .*missing \['valid_auc'\], unknown \['valid_aucc'\]"):
+        read_record(tmp_path / "wrong.json", EvaluateMetrics)
 
 
 def test_grouped_auc_is_the_row_weighted_mean_of_per_user_auc() -> None:
@@ -377,7 +389,7 @@ def test_fast_and_reference_paths_train_to_the_same_metrics(
         monkeypatch.setattr(ItemEncoder, "distinct", distinct)
         model = replace(cfg.model, attention_order=order)
         run = replace(cfg, model=model, precision=precision)
-        return train(features, tmp_path / name, tmp_path / f"{name}.json", run)["history"]
+        return train(features, tmp_path / name, tmp_path / f"{name}.json", run).history
 
     reference = history("reference", False, "reference", "fp32")
     fast = history("fast", True, "fused", "fp32")
@@ -514,4 +526,4 @@ def test_a_compiled_training_step_trains_the_same_model(
     cfg = load_params(tmp_path / "params.yaml").train
     compiled = train(features, tmp_path / "c", tmp_path / "c.json", cfg)
     eager = train(features, tmp_path / "e", tmp_path / "e.json", replace(cfg, compile=False))
-    assert compiled["best_valid_auc"] == pytest.approx(eager["best_valid_auc"], abs=1e-4)
+    assert compiled.best_valid_auc == pytest.approx(eager.best_valid_auc, abs=1e-4)

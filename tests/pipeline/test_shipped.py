@@ -42,8 +42,8 @@ def test_the_shipped_storage_passes_the_gate_and_says_the_test_label_is_ignored(
     root, summary = shipped["root"], shipped["summary"]
     assert pq.read_schema(root / "data" / "test.parquet").names[0] == "ID"
     assert pa.types.is_fixed_size_list(pq.read_schema(root / "data" / "train.parquet").field("item_seq").type)
-    assert summary["passed"]
-    assert any("column 'label' is present and ignored" in n for n in summary["files"]["test"]["notes"])
+    assert summary.passed
+    assert any("column 'label' is present and ignored" in n for n in summary.files["test"]["notes"])
     assert "column 'label' is present and ignored" in (root / "validation" / "report.md").read_text()
     ids = shipped["ids"]
     assert len(np.unique(ids)) == len(ids) and not (np.sort(ids) == np.arange(len(ids))).all()
@@ -72,10 +72,10 @@ def test_the_submission_is_keyed_by_the_files_ids_in_row_order(
     manifest = predict(data, root / "model", tmp_path / "predict", params)
     submission = read_submission(tmp_path / "predict" / "submission.zip")
     np.testing.assert_array_equal(submission["ID"].to_numpy(), shipped["ids"])
-    assert manifest["ids"] == "the test file's ID column"
+    assert manifest.ids == "the test file's ID column"
     # The same rows in the contract's storage (no ID) get the same scores, keyed by row position.
     plain = predict(tiny_data, root / "model", tmp_path / "plain", params)
-    assert plain["ids"] == "row positions 0..N-1"
+    assert plain.ids == "row positions 0..N-1"
     positions = read_submission(tmp_path / "plain" / "submission.zip")
     np.testing.assert_array_equal(positions["ID"].to_numpy(), np.arange(len(positions)))
     np.testing.assert_array_equal(submission["Task2"].to_numpy(), positions["Task2"].to_numpy())
