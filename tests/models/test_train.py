@@ -237,6 +237,7 @@ def _qin_train(root: Path, features: Path, name: str, processes: int = 0) -> sub
     return subprocess.run(cmd, capture_output=True, text=True, timeout=600)
 
 
+@pytest.mark.processes
 def test_two_processes_under_torchrun_train_the_model_one_process_trains(
     features: Path, tmp_path: Path
 ) -> None:
@@ -285,6 +286,7 @@ def _torchrun(root: Path, features: Path, name: str, **faults: str) -> str:
     return f"exit {job.returncode}\n{output}"
 
 
+@pytest.mark.processes
 def test_a_failing_process_ends_the_whole_job_and_the_rerun_resumes_every_process_alike(
     features: Path, tmp_path: Path
 ) -> None:
@@ -309,6 +311,7 @@ def test_a_failing_process_ends_the_whole_job_and_the_rerun_resumes_every_proces
     assert b["best_valid_auc"] == pytest.approx(a["best_valid_auc"], abs=0.002)
 
 
+@pytest.mark.processes
 def test_sigterm_to_torchrun_stops_every_process_and_leaves_a_checkpoint_to_resume(
     features: Path, tmp_path: Path
 ) -> None:
@@ -346,6 +349,7 @@ def test_sigterm_to_torchrun_stops_every_process_and_leaves_a_checkpoint_to_resu
     assert [h["epoch"] for h in json.loads((tmp_path / "model.json").read_text())["history"]] == [1, 2, 3]
 
 
+@pytest.mark.processes
 def test_weak_scaling_gives_each_process_its_shard_and_scales_the_batch_and_learning_rate(
     features: Path, tmp_path: Path
 ) -> None:
@@ -366,6 +370,7 @@ def test_weak_scaling_gives_each_process_its_shard_and_scales_the_batch_and_lear
     assert w["best_valid_auc"] > 0.55  # it learns
 
 
+@pytest.mark.processes
 def test_train_processes_runs_the_train_stage_under_torchrun(features: Path, tmp_path: Path) -> None:
     # `train.processes: 2`: `qin train` (as a flow's store or dvc repro, through pipeline.call) starts
     # torchrun itself; the stage's metrics come back, and the key it resumes under is the caller's.

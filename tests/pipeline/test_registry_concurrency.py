@@ -196,6 +196,7 @@ def mlflow_client(project: Path) -> Any:
 
 
 @pytest.mark.slow
+@pytest.mark.processes
 def test_racing_processes_registering_one_package_create_one_version(project: Path) -> None:
     results = race(project, ["a"] * 4)
     assert {(r["version"], r["run_id"]) for r in results} == {("1", results[0]["run_id"])}
@@ -208,6 +209,7 @@ def test_racing_processes_registering_one_package_create_one_version(project: Pa
 
 
 @pytest.mark.slow
+@pytest.mark.processes
 def test_racing_processes_registering_different_packages_each_get_a_tagged_version(project: Path) -> None:
     results = race(project, ["a", "b", "c"])
     assert sorted(r["version"] for r in results) == ["1", "2", "3"]
