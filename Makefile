@@ -120,18 +120,19 @@ ui: $(STAMP)
 	@mkdir -p mlruns
 	$(BIN)/mlflow ui --backend-store-uri sqlite:///mlruns/mlflow.db --host 127.0.0.1 --port $(MLFLOW_PORT) --workers 1
 
-# The team stack without containers: PostgreSQL, the MLflow server and the Prefect server as local processes,
-# with the settings docker/compose.yaml uses (qinstack/stack.py), credentials in docker/.env (written when
-# missing), state and logs in .stack/. Runs until Ctrl-C or SIGTERM. In another shell:
-#   eval "$$(.venv/bin/python -m qinstack.stack env)" && make worker      # then qin, prefect, mlflow use it
+# The team stack without containers: PostgreSQL, the MLflow server and the Prefect server as local processes
+# under supervisord in the foreground (config rendered into .stack/ from qinstack/supervisord.conf.j2), with
+# the commands and settings docker/compose.yaml uses (`python -m qinstack`), credentials in docker/.env
+# (written when missing), state and logs in .stack/. Runs until Ctrl-C or SIGTERM. In another shell:
+#   eval "$$(.venv/bin/python -m qinstack env)" && make worker      # then qin, prefect, mlflow use it
 stack: $(STAMP) postgres
-	$(BIN)/python -m qinstack.stack up
+	$(BIN)/python -m qinstack up
 
 # PostgreSQL's server programs, for `make stack` and the integration test: found on PATH or under
 # /usr/lib/postgresql, else installed from Debian's packages (as root; its own cluster is not started).
 POSTGRES_DEB ?= postgresql-15
 postgres: $(STAMP)
-	@$(BIN)/python -c "import qinstack.stack as s; s.postgres_bindir()" 2>/dev/null || { \
+	@$(BIN)/python -c "from qinstack.postgres import postgres_bindir; postgres_bindir()" 2>/dev/null || { \
 		if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
 			echo "installing $(POSTGRES_DEB) (Debian)"; \
 			apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
@@ -161,23 +162,24 @@ gpu-rehearsal: $(STAMP) gpu-wheels
 	PYTHON=$(BIN)/python bench/gpu_check.sh --device cpu --check-imports --out .gpu-check/cpu
 
 # ---- The team stack in containers: docker/compose.yaml, one image (docker/Dockerfile) ------------------
-# `make up` writes docker/.env with generated passwords when it is missing (plain $(PYTHON): qinstack/stack.py's
-# `secrets` needs only the standard library), builds the image and waits until every service is healthy.
+# `make up` writes docker/.env with generated passwords when it is missing (plain $(PYTHON): `python -m
+# qinstack secrets` needs only the standard library), builds the image and waits until every service is
+# healthy.
 # `make down` stops the stack and keeps its volumes (databases, artifacts, data); `docker compose -f
 # docker/compose.yaml down -v` would delete them. Host ports: MLFLOW_PORT, PREFECT_PORT, SERVING_PORT in
-# docker/.env (set them there, not in the shell: every later `docker compose` call, and `qinstack.stack env`,
+# docker/.env (set them there, not in the shell: every later `docker compose` call, and `python -m qinstack env`,
 # reads them from that file).
 COMPOSE := docker compose -f docker/compose.yaml
 
 .PHONY: up down container-test
 
 up:
-	$(PYTHON) -m qinstack.stack secrets docker/.env
+	$(PYTHON) -m qinstack secrets docker/.env
 	QIN_GIT_COMMIT=$$(git rev-parse HEAD 2>/dev/null || echo unknown) $(COMPOSE) up -d --build --wait
 	@echo "MLflow UI:   http://$$($(COMPOSE) port mlflow 5000)  (log in with MLFLOW_TRACKING_USERNAME/PASSWORD of docker/.env)"
 	@echo "Prefect UI:  http://$$($(COMPOSE) port prefect 4200)  (PREFECT_API_AUTH_STRING of docker/.env)"
 	@echo "Serving:     http://$$($(COMPOSE) port serving 5001)/invocations  (models:/qin-ctr@champion, else @staging)"
-	@echo "Point this shell at the stack:  eval \"\$$($(PYTHON) -m qinstack.stack env docker/.env)\""
+	@echo "Point this shell at the stack:  eval \"\$$($(PYTHON) -m qinstack env docker/.env)\""
 
 down:
 	$(COMPOSE) down
