@@ -8,7 +8,8 @@ STAMP := $(VENV)/.installed
 PREFECT_PORT ?= 4200
 MLFLOW_PORT ?= 5000
 
-# Offline: no telemetry from any tool (STACK.md); Prefect keeps its home in the project.
+# Offline: no telemetry from any tool (STACK.md; flows/__init__.py's OFFLINE_ENV, checked by
+# tests/code/test_offline_env.py); Prefect keeps its home in the project.
 export DO_NOT_TRACK := true
 export MLFLOW_DISABLE_TELEMETRY := true
 export PREFECT_SERVER_ANALYTICS_ENABLED := false

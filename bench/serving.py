@@ -38,6 +38,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from flows import OFFLINE_ENV
+
 REPO = Path(__file__).resolve().parents[1]
 COLUMNS = ["likes_level", "views_level", "item_id", "item_seq"]
 
@@ -273,8 +275,8 @@ def main() -> None:
         help="a data folder (e.g. the full-size synthetic data) for `qin predict`",
     )
     args = p.parse_args()
-    os.environ.setdefault("DO_NOT_TRACK", "true")
-    os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+    for key, value in OFFLINE_ENV.items():  # this process and the servers it starts
+        os.environ.setdefault(key, value)
 
     frame = load_rows(args.data, args.rows)
     one, many = bodies(frame, 1), bodies(frame, 64)
