@@ -15,7 +15,7 @@ from typing import Any
 import anyio
 from prefect.runner import Runner
 
-from flows.deployment import concurrency_limit, share_cores
+from flows.deployment import concurrency_limit, require_api, share_cores
 from flows.prefect_shim import cancel_flow_run, in_flight, runner_loop
 from flows.qin_score import qin_score
 from flows.qin_train import qin_train
@@ -59,6 +59,7 @@ class StoppableRunner(Runner):
 
 
 def main() -> None:
+    require_api("python -m flows.serve", "serve")
     # No schedule to pause on shutdown (Prefect's default pauses the deployment): that would only cost API
     # calls while the supervisor's clock runs.
     runner = StoppableRunner(name=DEPLOYMENT, pause_on_shutdown=False)
