@@ -58,55 +58,25 @@ lint: $(STAMP)
 repro: data
 	$(BIN)/dvc repro
 
-# $(2), a long-running command, with the Prefect server PREFECT_API_URL names (the team stack's: `make stack`,
+# A long-running command with the Prefect server PREFECT_API_URL names (the team stack's: `make stack`,
 # `make up`), else a local one on 127.0.0.1:$(PREFECT_PORT): started (log in .prefect/server.log) unless one
-# already answers there, and then stopped with $(2); $(1) runs first.
-# $(2) runs in the background while the shell waits for it, because a shell runs its traps only once its
-# foreground child has exited: SIGTERM (to make, as a supervisor sends it) or Ctrl-C reaches the trap at once,
-# which forwards SIGTERM to $(2), waits for it to stop its flow runs, then stops the server it started. A
-# second signal is forwarded as a second SIGTERM to both, which then exit at once.
-# (A background job starts with SIGINT ignored, and $(2) keeps it so: its stop is the forwarded SIGTERM. The
-# server's CLI takes SIGINT back, so it runs in a session of its own, where Ctrl-C does not reach it: it
-# must outlive $(2), which reports its flow runs' final states to it. `setsid` is util-linux; without it
-# Ctrl-C stops the server at once and $(2) can no longer report them.)
-PREFECT_API := http://127.0.0.1:$(PREFECT_PORT)/api
-define with_server
-	@mkdir -p .prefect; pid=; server=; \
-	stop() { \
-		trap 'kill -TERM $$pid $$server 2>/dev/null' INT TERM; \
-		if [ -n "$$pid" ]; then kill -TERM $$pid 2>/dev/null; \
-			while kill -0 $$pid 2>/dev/null; do wait $$pid; done; pid=; fi; \
-		if [ -n "$$server" ]; then kill -TERM $$server 2>/dev/null; \
-			while kill -0 $$server 2>/dev/null; do wait $$server; done; server=; fi; }; \
-	trap stop EXIT; trap 'exit 130' INT; trap 'exit 143' TERM; \
-	if [ -n "$$PREFECT_API_URL" ]; then echo "using the Prefect server at $$PREFECT_API_URL"; \
-	elif curl -sf $(PREFECT_API)/health >/dev/null; then echo "using the Prefect server at $(PREFECT_API)"; \
-		export PREFECT_API_URL=$(PREFECT_API); else \
-	$$(command -v setsid) $(BIN)/prefect server start --host 127.0.0.1 --port $(PREFECT_PORT) \
-		> .prefect/server.log 2>&1 & \
-	server=$$!; \
-	echo "waiting for the Prefect server (log: .prefect/server.log)"; \
-	until curl -sf $(PREFECT_API)/health >/dev/null; do \
-		kill -0 $$server 2>/dev/null || { cat .prefect/server.log; exit 1; }; sleep 1; done; \
-		echo "Prefect UI: http://127.0.0.1:$(PREFECT_PORT)"; export PREFECT_API_URL=$(PREFECT_API); fi; \
-	$(1) \
-	$(2) & pid=$$!; wait $$pid; status=$$?; pid=; exit $$status
-endef
+# already answers there, and stopped after the command. SIGTERM or Ctrl-C reach the command as SIGTERM, and
+# the server is stopped once the command has stopped its flow runs (flows/with_server.py).
+WITH_SERVER := $(BIN)/python -m flows.with_server --port $(PREFECT_PORT) --
 
 # Deployments qin-train/local and qin-score/local: the flows served by this process. In another shell:
 #   export PREFECT_API_URL=http://127.0.0.1:$(PREFECT_PORT)/api && .venv/bin/prefect deployment run qin-train/local
 serve: data
-	$(call with_server,,$(BIN)/python -m flows.serve)
+	$(WITH_SERVER) $(BIN)/python -m flows.serve
 
 # Deployment qin-train/pool: the process work pool $(PREFECT_POOL) (created if absent), the flow deployed
 # from this checkout, and a worker that runs its flow runs. In another shell:
 #   export PREFECT_API_URL=http://127.0.0.1:$(PREFECT_PORT)/api && .venv/bin/prefect deployment run qin-train/pool
 worker: data
-	$(call with_server,\
-	$(BIN)/prefect work-pool inspect $(PREFECT_POOL) >/dev/null 2>&1 || \
-		$(BIN)/prefect work-pool create $(PREFECT_POOL) --type process || exit 1; \
-	$(BIN)/python -m flows.deploy_pool --pool $(PREFECT_POOL) || exit 1;,\
-	$(BIN)/python -m qinstack.worker --pool $(PREFECT_POOL))
+	$(WITH_SERVER) sh -c '$(BIN)/prefect work-pool inspect $(PREFECT_POOL) >/dev/null 2>&1 \
+		|| $(BIN)/prefect work-pool create $(PREFECT_POOL) --type process || exit 1; \
+		$(BIN)/python -m flows.deploy_pool --pool $(PREFECT_POOL) || exit 1; \
+		exec $(BIN)/python -m qinstack.worker --pool $(PREFECT_POOL)'
 
 # The challenge's submission for data/test.parquet: `make predict [MODEL=champion|staging|N|path]` (default:
 # params.yaml predict.model, i.e. the champion, else staging). Writes artifacts/predict/submission.zip.

@@ -21,9 +21,12 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
 from types import FrameType
+from typing import TYPE_CHECKING
 
 import psutil
-from prefect.exceptions import TerminationSignal
+
+if TYPE_CHECKING:
+    from prefect.exceptions import TerminationSignal
 
 DEADLINE_S = 9.0
 
@@ -122,6 +125,8 @@ class GracefulStop:
 
 def termination_signal(exc: BaseException | None) -> TerminationSignal | None:
     """The TerminationSignal that `exc` is, or was raised from or during; None if there is none."""
+    from prefect.exceptions import TerminationSignal  # here: stopping a process needs no Prefect
+
     seen: set[int] = set()
     while exc is not None and id(exc) not in seen:
         if isinstance(exc, TerminationSignal):
