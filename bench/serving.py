@@ -37,8 +37,10 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+import psutil
 
 from flows import OFFLINE_ENV
+from flows.shutdown import stop_processes
 
 REPO = Path(__file__).resolve().parents[1]
 COLUMNS = ["likes_level", "views_level", "item_id", "item_seq"]
@@ -107,12 +109,9 @@ def start_server(kind: str, model: str, port: int, workers: int, threads: int) -
 
 
 def stop_server(proc: subprocess.Popen[bytes]) -> None:
-    proc.terminate()
-    try:
-        proc.wait(30)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
+    if proc.poll() is None:
+        stop_processes([psutil.Process(proc.pid)], grace_s=30, what="model server")
+    proc.wait()
 
 
 # --- the clients -------------------------------------------------------------------------------------------
