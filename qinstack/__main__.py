@@ -19,10 +19,8 @@ import argparse
 import sys
 from pathlib import Path
 
+from qinstack.health import SERVICES
 from qinstack.settings import ENV_FILE, Settings, StackError, print_env, write_secrets
-
-SERVICES = ("postgres", "mlflow", "prefect", "worker", "serving")
-HEALTH = ("postgres", "mlflow", "prefect", "serving", "worker")
 
 
 def parser() -> argparse.ArgumentParser:
@@ -38,7 +36,7 @@ def parser() -> argparse.ArgumentParser:
         "ready", help="wait until `up`'s services are healthy, then say where they are"
     ).add_argument("--env-file", type=Path, default=ENV_FILE)
     sub.add_parser("health", help="exit 0 when the service is healthy").add_argument(
-        "service", choices=HEALTH
+        "service", choices=SERVICES
     )
     sub.add_parser("secrets", help="write the credentials file when it is missing").add_argument(
         "path", type=Path, nargs="?", default=ENV_FILE
