@@ -8,7 +8,8 @@ STAMP := $(VENV)/.installed
 PREFECT_PORT ?= 4200
 MLFLOW_PORT ?= 5000
 
-# Offline: no telemetry from any tool; Prefect keeps its home in the project.
+# Offline: no telemetry from any tool (flows/__init__.py's OFFLINE_ENV, checked by
+# tests/code/test_offline_env.py); Prefect keeps its home in the project.
 export DO_NOT_TRACK := true
 export MLFLOW_DISABLE_TELEMETRY := true
 export PREFECT_SERVER_ANALYTICS_ENABLED := false
@@ -20,7 +21,7 @@ export PATH := $(CURDIR)/$(BIN):$(PATH)
 
 PREFECT_POOL ?= qin-pool
 
-.PHONY: install run test lint data repro serve worker promote predict ui clean stack postgres integration-test \
+.PHONY: install run test process-test lint data repro serve worker promote predict ui clean stack postgres integration-test \
 	gpu-wheels gpu-rehearsal
 
 install: $(STAMP)
@@ -45,6 +46,11 @@ TEST_WORKERS ?= 2
 test: $(STAMP) lint
 	$(BIN)/python -m pytest -n $(TEST_WORKERS)
 
+# The tests that run several training or registering processes at once (torchrun jobs, concurrent flow runs,
+# racing registrations), marked `processes`: a later step of .ci/run, so that `make test` stays short.
+process-test: $(STAMP)
+	$(BIN)/python -m pytest -n $(TEST_WORKERS) -m processes
+
 # The team stack's integration test: PostgreSQL, MLflow and Prefect servers as local processes (tests/integration).
 integration-test: $(STAMP) postgres
 	$(BIN)/python -m pytest -m integration tests/integration
@@ -57,56 +63,26 @@ lint: $(STAMP)
 repro: data
 	$(BIN)/dvc repro
 
-# $(2), a long-running command, with the Prefect server PREFECT_API_URL names (the team stack's: `make stack`,
+# A long-running command with the Prefect server PREFECT_API_URL names (the team stack's: `make stack`,
 # `make up`), else a local one on 127.0.0.1:$(PREFECT_PORT): started (log in .prefect/server.log) unless one
-# already answers there, and then stopped with $(2); $(1) runs first.
-# $(2) runs in the background while the shell waits for it, because a shell runs its traps only once its
-# foreground child has exited: SIGTERM (to make, as a supervisor sends it) or Ctrl-C reaches the trap at once,
-# which forwards SIGTERM to $(2), waits for it to stop its flow runs, then stops the server it started. A
-# second signal is forwarded as a second SIGTERM to both, which then exit at once.
-# (A background job starts with SIGINT ignored, and $(2) keeps it so: its stop is the forwarded SIGTERM. The
-# server's CLI takes SIGINT back, so it runs in a session of its own, where Ctrl-C does not reach it: it
-# must outlive $(2), which reports its flow runs' final states to it. `setsid` is util-linux; without it
-# Ctrl-C stops the server at once and $(2) can no longer report them.)
-PREFECT_API := http://127.0.0.1:$(PREFECT_PORT)/api
-define with_server
-	@mkdir -p .prefect; pid=; server=; \
-	stop() { \
-		trap 'kill -TERM $$pid $$server 2>/dev/null' INT TERM; \
-		if [ -n "$$pid" ]; then kill -TERM $$pid 2>/dev/null; \
-			while kill -0 $$pid 2>/dev/null; do wait $$pid; done; pid=; fi; \
-		if [ -n "$$server" ]; then kill -TERM $$server 2>/dev/null; \
-			while kill -0 $$server 2>/dev/null; do wait $$server; done; server=; fi; }; \
-	trap stop EXIT; trap 'exit 130' INT; trap 'exit 143' TERM; \
-	if [ -n "$$PREFECT_API_URL" ]; then echo "using the Prefect server at $$PREFECT_API_URL"; \
-	elif curl -sf $(PREFECT_API)/health >/dev/null; then echo "using the Prefect server at $(PREFECT_API)"; \
-		export PREFECT_API_URL=$(PREFECT_API); else \
-	$$(command -v setsid) $(BIN)/prefect server start --host 127.0.0.1 --port $(PREFECT_PORT) \
-		> .prefect/server.log 2>&1 & \
-	server=$$!; \
-	echo "waiting for the Prefect server (log: .prefect/server.log)"; \
-	until curl -sf $(PREFECT_API)/health >/dev/null; do \
-		kill -0 $$server 2>/dev/null || { cat .prefect/server.log; exit 1; }; sleep 1; done; \
-		echo "Prefect UI: http://127.0.0.1:$(PREFECT_PORT)"; export PREFECT_API_URL=$(PREFECT_API); fi; \
-	$(1) \
-	$(2) & pid=$$!; wait $$pid; status=$$?; pid=; exit $$status
-endef
+# already answers there, and stopped after the command. SIGTERM or Ctrl-C reach the command as SIGTERM, and
+# the server is stopped once the command has stopped its flow runs (flows/with_server.py).
+WITH_SERVER := $(BIN)/python -m flows.with_server --port $(PREFECT_PORT) --
 
 # Deployments qin-train/local and qin-score/local: the flows served by this process. In another shell:
 #   export PREFECT_API_URL=http://127.0.0.1:$(PREFECT_PORT)/api && .venv/bin/prefect deployment run qin-train/local
 serve: data
-	$(call with_server,,$(BIN)/python -m flows.serve)
+	$(WITH_SERVER) $(BIN)/python -m flows.serve
 
 # Deployments qin-train/pool, qin-ablation/pool, qin-embed-eval/pool and qin-score/pool: the process work pool
 # $(PREFECT_POOL) (created if absent), the flows deployed from this checkout, and a worker that runs their flow
 # runs. In another shell:
 #   export PREFECT_API_URL=http://127.0.0.1:$(PREFECT_PORT)/api && .venv/bin/prefect deployment run qin-train/pool
 worker: data
-	$(call with_server,\
-	$(BIN)/prefect work-pool inspect $(PREFECT_POOL) >/dev/null 2>&1 || \
-		$(BIN)/prefect work-pool create $(PREFECT_POOL) --type process || exit 1; \
-	$(BIN)/python -m flows.deploy_pool --pool $(PREFECT_POOL) || exit 1;,\
-	$(BIN)/python -m qinstack.worker --pool $(PREFECT_POOL))
+	$(WITH_SERVER) sh -c '$(BIN)/prefect work-pool inspect $(PREFECT_POOL) >/dev/null 2>&1 \
+		|| $(BIN)/prefect work-pool create $(PREFECT_POOL) --type process || exit 1; \
+		$(BIN)/python -m flows.deploy_pool --pool $(PREFECT_POOL) || exit 1; \
+		exec $(BIN)/python -m qinstack.worker --pool $(PREFECT_POOL)'
 
 # The challenge's submission for data/test.parquet: `make predict [MODEL=champion|staging|N|path]` (default:
 # params.yaml predict.model, i.e. the champion, else staging). Writes artifacts/predict/submission.zip.
@@ -121,18 +97,19 @@ ui: $(STAMP)
 	@mkdir -p mlruns
 	$(BIN)/mlflow ui --backend-store-uri sqlite:///mlruns/mlflow.db --host 127.0.0.1 --port $(MLFLOW_PORT) --workers 1
 
-# The team stack without containers: PostgreSQL, the MLflow server and the Prefect server as local processes,
-# with the settings docker/compose.yaml uses (qinstack/stack.py), credentials in docker/.env (written when
-# missing), state and logs in .stack/. Runs until Ctrl-C or SIGTERM. In another shell:
-#   eval "$$(.venv/bin/python -m qinstack.stack env)" && make worker      # then qin, prefect, mlflow use it
+# The team stack without containers: PostgreSQL, the MLflow server and the Prefect server as local processes
+# under supervisord in the foreground (config rendered into .stack/ from qinstack/supervisord.conf.j2), with
+# the commands and settings docker/compose.yaml uses (`python -m qinstack`), credentials in docker/.env
+# (written when missing), state and logs in .stack/. Runs until Ctrl-C or SIGTERM. In another shell:
+#   eval "$$(.venv/bin/python -m qinstack env)" && make worker      # then qin, prefect, mlflow use it
 stack: $(STAMP) postgres
-	$(BIN)/python -m qinstack.stack up
+	$(BIN)/python -m qinstack up
 
 # PostgreSQL's server programs, for `make stack` and the integration test: found on PATH or under
 # /usr/lib/postgresql, else installed from Debian's packages (as root; its own cluster is not started).
 POSTGRES_DEB ?= postgresql-15
 postgres: $(STAMP)
-	@$(BIN)/python -c "import qinstack.stack as s; s.postgres_bindir()" 2>/dev/null || { \
+	@$(BIN)/python -c "from qinstack.postgres import postgres_bindir; postgres_bindir()" 2>/dev/null || { \
 		if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
 			echo "installing $(POSTGRES_DEB) (Debian)"; \
 			apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
@@ -163,23 +140,24 @@ gpu-rehearsal: $(STAMP) gpu-wheels
 	PYTHON=$(BIN)/python bench/gpu_check.sh --device cpu --check-imports --out .gpu-check/cpu
 
 # ---- The team stack in containers: docker/compose.yaml, one image (docker/Dockerfile) ------------------
-# `make up` writes docker/.env with generated passwords when it is missing (plain $(PYTHON): qinstack/stack.py's
-# `secrets` needs only the standard library), builds the image and waits until every service is healthy.
+# `make up` writes docker/.env with generated passwords when it is missing (plain $(PYTHON): `python -m
+# qinstack secrets` needs only the standard library), builds the image and waits until every service is
+# healthy.
 # `make down` stops the stack and keeps its volumes (databases, artifacts, data); `docker compose -f
 # docker/compose.yaml down -v` would delete them. Host ports: MLFLOW_PORT, PREFECT_PORT, SERVING_PORT in
-# docker/.env (set them there, not in the shell: every later `docker compose` call, and `qinstack.stack env`,
+# docker/.env (set them there, not in the shell: every later `docker compose` call, and `python -m qinstack env`,
 # reads them from that file).
 COMPOSE := docker compose -f docker/compose.yaml
 
 .PHONY: up down container-test
 
 up:
-	$(PYTHON) -m qinstack.stack secrets docker/.env
+	$(PYTHON) -m qinstack secrets docker/.env
 	QIN_GIT_COMMIT=$$(git rev-parse HEAD 2>/dev/null || echo unknown) $(COMPOSE) up -d --build --wait
 	@echo "MLflow UI:   http://$$($(COMPOSE) port mlflow 5000)  (log in with MLFLOW_TRACKING_USERNAME/PASSWORD of docker/.env)"
 	@echo "Prefect UI:  http://$$($(COMPOSE) port prefect 4200)  (PREFECT_API_AUTH_STRING of docker/.env)"
 	@echo "Serving:     http://$$($(COMPOSE) port serving 5001)/invocations  (models:/qin-ctr@champion, else @staging)"
-	@echo "Point this shell at the stack:  eval \"\$$($(PYTHON) -m qinstack.stack env docker/.env)\""
+	@echo "Point this shell at the stack:  eval \"\$$($(PYTHON) -m qinstack env docker/.env)\""
 
 down:
 	$(COMPOSE) down

@@ -37,6 +37,10 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+import psutil
+
+from flows import OFFLINE_ENV
+from flows.shutdown import stop_processes
 
 REPO = Path(__file__).resolve().parents[1]
 COLUMNS = ["likes_level", "views_level", "item_id", "item_seq"]
@@ -105,12 +109,9 @@ def start_server(kind: str, model: str, port: int, workers: int, threads: int) -
 
 
 def stop_server(proc: subprocess.Popen[bytes]) -> None:
-    proc.terminate()
-    try:
-        proc.wait(30)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
+    if proc.poll() is None:
+        stop_processes([psutil.Process(proc.pid)], grace_s=30, what="model server")
+    proc.wait()
 
 
 # --- the clients -------------------------------------------------------------------------------------------
@@ -273,8 +274,8 @@ def main() -> None:
         help="a data folder (e.g. the full-size synthetic data) for `qin predict`",
     )
     args = p.parse_args()
-    os.environ.setdefault("DO_NOT_TRACK", "true")
-    os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+    for key, value in OFFLINE_ENV.items():  # this process and the servers it starts
+        os.environ.setdefault(key, value)
 
     frame = load_rows(args.data, args.rows)
     one, many = bodies(frame, 1), bodies(frame, 64)

@@ -1,6 +1,9 @@
 """Orchestration (Prefect) and tracking (MLflow) around the `qin` library.
 
-Telemetry is off for every tool, also when a flow is started without the Makefile.
+Telemetry is off for every tool, also when a flow is started without the Makefile. OFFLINE_ENV is the one
+list of those settings: Python code imports it (qinstack, tests, bench); the Makefile, docker/compose.yaml,
+docker/Dockerfile and bench/gpu_check.sh write it out, checked against it by tests/code/test_offline_env.py.
+Standard library only: `python -m qinstack secrets` runs with a bare Python.
 """
 
 import logging

@@ -22,7 +22,7 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from flows.deployment import concurrency_limit
+from flows.deployment import concurrency_limit, require_api
 from flows.qin_ablation import qin_ablation
 from flows.qin_embed_eval import qin_embed_eval
 from flows.qin_score import qin_score
@@ -59,6 +59,7 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m flows.deploy_pool", description=__doc__.split("\n")[0])
     parser.add_argument("--pool", default=POOL, help=f"the process work pool (default: {POOL})")
     pool = parser.parse_args(argv).pool
+    require_api("python -m flows.deploy_pool", "worker")
     for deployment, deployment_id in deploy(pool).items():
         print(f"deployed {deployment} to work pool {pool} (id {deployment_id}), source {ROOT}")
 

@@ -1,8 +1,10 @@
-"""What both deployments of `qin-train` share: the concurrency policy of params.yaml `deploy`."""
+"""What both deployments of `qin-train` share: the concurrency policy of params.yaml `deploy`, each run's
+share of the cores, and a Prefect API that answers."""
 
 from __future__ import annotations
 
 import os
+import sys
 
 from prefect.client.schemas.objects import ConcurrencyLimitConfig, ConcurrencyLimitStrategy
 
@@ -28,3 +30,24 @@ def share_cores(config: DeployConfig) -> None:
     changes no stage key."""
     if config.concurrency_limit and "OMP_NUM_THREADS" not in os.environ:
         os.environ["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // config.concurrency_limit))
+
+
+def require_api(program: str, make_target: str) -> None:
+    """Exit with one line on stderr when PREFECT_API_URL names a server that does not answer: otherwise the
+    first deployment call fails in a long traceback of the HTTP client's. Nothing to check without it."""
+    from prefect import get_client
+    from prefect.settings import PREFECT_API_URL
+
+    url = PREFECT_API_URL.value()
+    if not url:
+        return
+    with get_client(sync_client=True) as client:
+        error = client.api_healthcheck()
+    if error is not None:
+        print(
+            f"{program}: the Prefect API at {url} does not answer ({type(error).__name__}: {error}); start "
+            f"its server (the team stack's: `make stack` or `make up`), or unset PREFECT_API_URL and `make "
+            f"{make_target}` starts a local one",
+            file=sys.stderr,
+        )
+        sys.exit(2)

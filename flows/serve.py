@@ -11,12 +11,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from typing import Any
-from uuid import UUID
 
 import anyio
 from prefect.runner import Runner
 
-from flows.deployment import concurrency_limit, share_cores
+from flows.deployment import concurrency_limit, require_api, share_cores
+from flows.prefect_shim import cancel_flow_run, in_flight, runner_loop
 from flows.qin_score import qin_score
 from flows.qin_train import qin_train
 from flows.shutdown import GracefulStop
@@ -26,13 +26,9 @@ DEPLOYMENT = "local"
 
 
 class StoppableRunner(Runner):
-    """A Runner that stops on SIGTERM.
-
-    Prefect 3.8.8's `Runner.handle_sigterm` calls `self.stop()` from inside the event loop, where the
-    async-dispatched `stop` returns an `astop()` coroutine that nobody awaits, and its `sys.exit(0)` is
-    swallowed by the loop: the process ignores SIGTERM and its flow runs stay Running. This one hands
-    `astop()` to the loop: it cancels the in-flight runs (their processes are SIGTERMed, the runs marked
-    Cancelled), then `start()` returns.
+    """A Runner that stops on SIGTERM (Prefect's own handler does not: flows/prefect_shim.py). It hands
+    `astop()` to the runner's loop: that cancels the in-flight runs (their processes are SIGTERMed, the runs
+    marked Cancelled), then `start()` returns.
     """
 
     def __init__(self, **kwargs: Any) -> None:
@@ -45,31 +41,25 @@ class StoppableRunner(Runner):
         self.graceful_stop.handle(*args)
 
     def _begin_stop(self, signum: int) -> None:
-        if not self.started or self._loop is None:
+        loop = runner_loop(self)
+        if not self.started or loop is None:
             raise KeyboardInterrupt  # still starting up: no flow run to stop yet
         # A signal handler runs between two bytecodes of the loop's thread; call_soon_threadsafe also wakes
         # the loop if it is waiting in select().
-        self._loop.call_soon_threadsafe(self._schedule_stop)
+        loop.call_soon_threadsafe(self._schedule_stop)
 
     def _schedule_stop(self) -> None:
         self._stop_task = asyncio.get_running_loop().create_task(self.astop())
 
     async def cancel_all(self) -> None:
-        # Prefect cancels the in-flight runs one after the other, and each takes at least 3 s (it looks at a
-        # SIGTERMed process again only after max(grace / 10, 1) s): side by side, N runs stop in 3 s, not 3N.
+        # Side by side: N runs stop in 3 s, not 3N (Prefect's own cancel_all: flows/prefect_shim.py).
         async with anyio.create_task_group() as group:
-            for flow_run_id in self._process_manager.flow_run_ids():
-                group.start_soon(self._cancel, flow_run_id)
-
-    async def _cancel(self, flow_run_id: UUID) -> None:
-        try:
-            flow_run = await self._client.read_flow_run(flow_run_id)
-            await self._cancellation_manager.cancel(flow_run, state_msg="Runner is shutting down.")
-        except Exception:
-            self._logger.exception("could not cancel flow run %s", flow_run_id)
+            for flow_run_id in in_flight(self):
+                group.start_soon(cancel_flow_run, self, flow_run_id, "Runner is shutting down.")
 
 
 def main() -> None:
+    require_api("python -m flows.serve", "serve")
     # No schedule to pause on shutdown (Prefect's default pauses the deployment): that would only cost API
     # calls while the supervisor's clock runs.
     runner = StoppableRunner(name=DEPLOYMENT, pause_on_shutdown=False)

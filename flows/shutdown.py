@@ -1,4 +1,5 @@
-"""Stopping a long-running process (flows.serve, qinstack.worker) on SIGTERM as on Ctrl-C.
+"""Stopping a long-running process (flows.serve, qinstack.worker) on SIGTERM as on Ctrl-C, and stopping
+another process: `stop_processes`, the one SIGTERM, grace period, SIGKILL sequence of the project.
 
 A supervisor (make, systemd, docker, Kubernetes) stops a process with SIGTERM, a terminal with SIGINT. Both
 begin the same graceful stop, which ends the in-flight flow runs with a final state (Cancelled or Crashed)
@@ -17,11 +18,15 @@ import contextlib
 import os
 import signal
 import threading
-from collections.abc import Callable, Iterator
+import time
+from collections.abc import Callable, Iterable, Iterator
 from types import FrameType
+from typing import TYPE_CHECKING
 
 import psutil
-from prefect.exceptions import TerminationSignal
+
+if TYPE_CHECKING:
+    from prefect.exceptions import TerminationSignal
 
 DEADLINE_S = 9.0
 
@@ -36,6 +41,46 @@ def kill_children() -> None:
     for child in psutil.Process().children(recursive=True):
         with contextlib.suppress(psutil.NoSuchProcess):
             child.kill()
+
+
+def running(process: psutil.Process) -> bool:
+    """Alive and not yet a zombie. Polled rather than waited for: waiting reaps a child, which its parent's
+    own code (a Popen, an event loop's child watcher) must do to learn its real exit code."""
+    try:
+        return process.status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
+
+
+def _send(process: psutil.Process, signum: int, group: bool) -> None:
+    """`signum` to `process`'s group, else to `process` (SIGKILL: also to every process below it)."""
+    with contextlib.suppress(psutil.NoSuchProcess, ProcessLookupError):
+        if group:
+            if process.is_running():  # its pid not reused since (psutil compares start times)
+                os.killpg(process.pid, signum)
+            return
+        below = process.children(recursive=True) if signum == signal.SIGKILL else []
+        for each in [*below, process]:
+            with contextlib.suppress(psutil.NoSuchProcess):
+                each.send_signal(signum)
+
+
+def stop_processes(
+    processes: Iterable[psutil.Process], grace_s: float, *, group: bool = False, what: str = "process"
+) -> list[psutil.Process]:
+    """SIGTERM each of `processes` (with `group`: its process group), wait up to `grace_s` for them to exit,
+    then SIGKILL those still running (their group, else them and every process below them). Returns those
+    killed. Blocking: from an event loop, run it in a thread (`asyncio.to_thread`)."""
+    processes = list(processes)
+    for process in processes:
+        _send(process, signal.SIGTERM, group)
+    deadline = time.monotonic() + grace_s
+    while (alive := [p for p in processes if running(p)]) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    for process in alive:
+        say(f"{what} {process.pid} still running {grace_s:.0f} s after SIGTERM: killing it")
+        _send(process, signal.SIGKILL, group)
+    return alive
 
 
 def exit_now(code: int) -> None:
@@ -80,6 +125,8 @@ class GracefulStop:
 
 def termination_signal(exc: BaseException | None) -> TerminationSignal | None:
     """The TerminationSignal that `exc` is, or was raised from or during; None if there is none."""
+    from prefect.exceptions import TerminationSignal  # here: stopping a process needs no Prefect
+
     seen: set[int] = set()
     while exc is not None and id(exc) not in seen:
         if isinstance(exc, TerminationSignal):

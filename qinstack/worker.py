@@ -1,7 +1,9 @@
-"""A process worker for the work pool `qin-pool` that stops cleanly on SIGTERM and SIGINT (Ctrl-C).
+"""The worker service: a process worker for the work pool `qin-pool` that stops cleanly on SIGTERM and SIGINT
+(Ctrl-C), and `python -m qinstack worker`, which deploys the flows to the pool before it starts one.
 
-    python -m qinstack.worker [--pool qin-pool]     # needs PREFECT_API_URL, the pool and the deployment
-                                                 # (`make worker` does all three)
+    python -m qinstack worker                       # compose's worker: the pool, the deployments, a worker
+    python -m qinstack.worker [--pool qin-pool]     # the worker alone: needs PREFECT_API_URL, the pool and
+                                                    # the deployments (`make worker` does all three)
 
 `prefect worker start` exits at once on SIGTERM and leaves its in-flight flow runs Running: it starts each
 in a session of its own (so that a terminal's Ctrl-C does not reach it) and never tells it to stop. This
@@ -16,34 +18,34 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import os
+import sys
 import time
+from pathlib import Path
 from typing import Any
 from uuid import UUID
 
 import psutil
 from prefect import get_client
 from prefect.states import Crashed
-from prefect.workers.process import ProcessWorker
 
-from flows.deploy_pool import POOL
+from flows.deploy_pool import POOL, deploy
 from flows.deployment import share_cores
-from flows.shutdown import GracefulStop, say
+from flows.prefect_shim import ProcessWorkerApart
+from flows.shutdown import GracefulStop, running, say, stop_processes
 from qin.settings.params import load_params
+from qinstack.health import http_status, wait_until
+from qinstack.settings import Settings, StackError
 
 CHILD_GRACE_S = 7.0  # from the signal to SIGKILL of the flow-run processes
 STOP_BY_S = 8.0  # from the signal to stopping the worker (flows/shutdown.py exits at DEADLINE_S, 9 s)
 
 
-class StoppableWorker(ProcessWorker):
+class StoppableWorker(ProcessWorkerApart):
     """A process worker that takes no new flow run once `stopping` is set."""
 
+    dispatch_key = "qin-stoppable-process"
     stopping = False
-
-    @classmethod
-    def __dispatch_key__(cls) -> str:
-        # Workers are registered by type: under "process" this class would replace ProcessWorker (with a
-        # warning). Its `type` stays "process", which the pool checks.
-        return "qin-stoppable-process"
 
     async def get_and_submit_flow_runs(self) -> list[Any]:
         if self.stopping:
@@ -60,31 +62,13 @@ def flow_run_id(process: psutil.Process) -> UUID | None:
     return UUID(value) if value else None
 
 
-def running(process: psutil.Process) -> bool:
-    """Alive and not yet a zombie. Polled rather than waited for: waiting reaps the child, which the worker's
-    event loop then cannot, and it would report exit code 255 instead of the real one."""
-    try:
-        return process.status() != psutil.STATUS_ZOMBIE
-    except psutil.NoSuchProcess:
-        return False
-
-
 async def stop_flow_runs(grace_s: float) -> set[UUID]:
     """SIGTERM the flow-run processes (the worker's children), SIGKILL those still running after `grace_s`;
-    returns their flow runs."""
+    returns their flow runs. In a thread: the worker's event loop reaps the children meanwhile (waiting for
+    them here would reap them first, and the worker would report exit code 255 instead of the real one)."""
     children = psutil.Process().children()
     flow_runs = {flow_run for flow_run in map(flow_run_id, children) if flow_run is not None}
-    for child in children:
-        with contextlib.suppress(psutil.NoSuchProcess):
-            child.terminate()
-    deadline = time.monotonic() + grace_s
-    while (alive := [c for c in children if running(c)]) and time.monotonic() < deadline:
-        await asyncio.sleep(0.1)
-    for child in alive:
-        say(f"flow-run process {child.pid} still running {grace_s:.0f} s after SIGTERM: killing it")
-        with contextlib.suppress(psutil.NoSuchProcess):
-            for process in [*child.children(recursive=True), child]:
-                process.kill()
+    await asyncio.to_thread(stop_processes, children, grace_s, what="flow-run process")
     return flow_runs
 
 
@@ -112,20 +96,20 @@ class WorkerProcess:
     def __init__(self, pool: str) -> None:
         self.pool = pool
         self.graceful_stop = GracefulStop(self._on_signal)
-        self._signalled = asyncio.Event()
-        self._loop: asyncio.AbstractEventLoop | None = None
+        self.signalled = asyncio.Event()
+        self.loop: asyncio.AbstractEventLoop | None = None
 
     def _on_signal(self, signum: int) -> None:
-        if self._loop is None:
+        if self.loop is None:
             raise KeyboardInterrupt  # still starting up: no flow run to stop yet
         # A signal handler runs between two bytecodes of the loop's thread: hand the stop to the loop.
-        self._loop.call_soon_threadsafe(self._signalled.set)
+        self.loop.call_soon_threadsafe(self.signalled.set)
 
     async def run(self) -> None:
-        self._loop = asyncio.get_running_loop()
+        self.loop = asyncio.get_running_loop()
         worker = StoppableWorker(work_pool_name=self.pool)
         work = asyncio.create_task(worker.start())
-        signalled = asyncio.create_task(self._signalled.wait())
+        signalled = asyncio.create_task(self.signalled.wait())
         await asyncio.wait({work, signalled}, return_when=asyncio.FIRST_COMPLETED)
         if work.done():  # the worker stopped by itself: an error, raised here
             signalled.cancel()
@@ -139,6 +123,39 @@ class WorkerProcess:
         work.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await work
+
+
+def ensure_pool(name: str) -> None:
+    """The process work pool `name`, created unless it exists."""
+    from prefect.client.schemas.actions import WorkPoolCreate
+    from prefect.exceptions import ObjectAlreadyExists, ObjectNotFound
+
+    with get_client(sync_client=True) as client:
+        try:
+            client.read_work_pool(name)
+        except ObjectNotFound:
+            with contextlib.suppress(ObjectAlreadyExists):  # another worker created it since we looked
+                client.create_work_pool(WorkPoolCreate(name=name, type="process"))
+                print(f"worker: created the process work pool {name}", flush=True)
+
+
+def run_worker(s: Settings) -> int:
+    """The worker service: a worker on the process work pool QIN_POOL, after (re)deploying the pool's
+    deployments (flows/deploy_pool.py) from the working directory (a checkout: flows/, params.yaml, data/),
+    where their runs then start. Start as many as you like against the same servers: they share the stage
+    store (artifacts/) and data/ when they share this folder (compose: the same volumes)."""
+    s.require("worker", "PREFECT_API_AUTH_STRING")
+    api = os.environ.get("PREFECT_API_URL")
+    if not api:
+        raise StackError("PREFECT_API_URL is not set (the Prefect server's API)")
+    wait_until(f"the Prefect API at {api}", lambda: http_status(api + "/health", s.prefect_auth) == 200)
+    ensure_pool(s.pool)
+    for deployment, deployment_id in deploy(s.pool, root=Path.cwd()).items():
+        print(f"worker: deployed {deployment} ({deployment_id}) to {s.pool}", flush=True)
+    # A process of its own, which `python -m qinstack health worker` finds by its command line.
+    command = [sys.executable, "-m", "qinstack.worker", "--pool", s.pool]
+    os.execv(command[0], command)
+    return 1  # not reached
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -11,17 +11,10 @@ from pathlib import Path
 
 import pytest
 
-# Offline, before prefect is imported.
-os.environ.update(
-    {
-        "DO_NOT_TRACK": "true",
-        "MLFLOW_DISABLE_TELEMETRY": "true",
-        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
-        "GX_ANALYTICS_ENABLED": "false",
-        "DVC_NO_ANALYTICS": "1",
-        "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "120",
-    }
-)
+from flows import OFFLINE_ENV
+
+# Offline (flows/__init__.py's settings, whatever the shell set), before prefect is imported.
+os.environ.update({**OFFLINE_ENV, "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "120"})
 os.environ.pop("MLFLOW_TRACKING_URI", None)
 # The tests' own md5 memo (qin/runs/io.py HashMemo), not the user's; their subprocesses inherit it.
 os.environ.setdefault("QIN_HASH_MEMO", os.path.join(tempfile.mkdtemp(prefix="qin-test-memo-"), "md5.sqlite"))

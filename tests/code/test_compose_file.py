@@ -1,4 +1,4 @@
-"""docker/compose.yaml agrees with qinstack/stack.py and docker/.env.example, without a Docker engine.
+"""docker/compose.yaml agrees with qinstack/ and docker/.env.example, without a Docker engine.
 
 The container test (tests/container) runs the stack for real; these catch a compose file that names a
 command or a credential the rest of the project does not know, in `make test`'s time.
@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 import yaml
 
-from qinstack.stack import read_env_file, write_secrets
+from qinstack.settings import read_env_file, write_secrets
 
 REPO = Path(__file__).resolve().parents[2]
 COMPOSE_FILE = REPO / "docker" / "compose.yaml"
@@ -31,7 +31,7 @@ def test_every_credential_compose_requires_is_generated_by_secrets(tmp_path: Pat
     write_secrets(tmp_path / ".env")
     missing = required - set(read_env_file(tmp_path / ".env"))
     assert not missing, (
-        f"`qinstack.stack secrets` does not write {sorted(missing)}, which compose.yaml requires"
+        f"`python -m qinstack secrets` does not write {sorted(missing)}, which compose.yaml requires"
     )
 
 
@@ -42,17 +42,17 @@ def test_every_variable_compose_reads_is_documented_in_env_example() -> None:
 
 
 @pytest.mark.parametrize("name", QIN_SERVICES)
-def test_each_service_runs_a_flows_stack_command_and_checks_its_health_with_it(name: str) -> None:
+def test_each_service_runs_a_qinstack_command_and_checks_its_health_with_it(name: str) -> None:
     service = SERVICES[name]
     command = service["command"]
     out = subprocess.run(
-        [sys.executable, "-m", "qinstack.stack", *command, "--help"], cwd=REPO, capture_output=True, text=True
+        [sys.executable, "-m", "qinstack", *command, "--help"], cwd=REPO, capture_output=True, text=True
     )
     assert out.returncode == 0, (
-        f"service {name}: `qinstack.stack {' '.join(command)}` is unknown:\n{out.stderr}"
+        f"service {name}: `python -m qinstack {' '.join(command)}` is unknown:\n{out.stderr}"
     )
     if name != "data":  # one-shot: compose waits for it to complete instead
-        assert service["healthcheck"]["test"] == ["CMD", "python", "-m", "qinstack.stack", "health", name]
+        assert service["healthcheck"]["test"] == ["CMD", "python", "-m", "qinstack", "health", name]
 
 
 def test_ports_are_published_on_loopback_only_and_workers_scale() -> None:

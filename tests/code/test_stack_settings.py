@@ -1,9 +1,10 @@
-"""The team stack's settings without starting it (qinstack/stack.py): the credentials file, a client's
+"""The team stack's settings without starting it (qinstack/): the credentials file, a client's
 exports, what a service refuses to start without, the MLflow server's command line; and a registry call to
 a tracking server that is not there fails naming it. The servers themselves: tests/integration."""
 
 from __future__ import annotations
 
+import configparser
 import stat
 import subprocess
 import sys
@@ -11,16 +12,10 @@ from pathlib import Path
 
 import pytest
 
-from qinstack.stack import (
-    Settings,
-    StackError,
-    main,
-    mlflow_allowed_hosts,
-    mlflow_server_command,
-    read_env_file,
-    serving_command,
-    write_secrets,
-)
+from qinstack.__main__ import main
+from qinstack.servers import mlflow_allowed_hosts, mlflow_server_command
+from qinstack.serving import serving_command
+from qinstack.settings import Settings, StackError, read_env_file, write_secrets
 from tests.conftest import REPO
 from tests.helpers import free_ports
 
@@ -47,7 +42,7 @@ def test_the_secrets_command_runs_with_a_bare_python(tmp_path: Path) -> None:
     """`make up` writes docker/.env before any virtual environment exists: the module's top imports only
     the standard library (site packages off: -S)."""
     out = subprocess.run(
-        [sys.executable, "-S", "-m", "qinstack.stack", "secrets", str(tmp_path / ".env")],
+        [sys.executable, "-S", "-m", "qinstack", "secrets", str(tmp_path / ".env")],
         cwd=REPO, capture_output=True, text=True, check=False,
     )  # fmt: skip
     assert out.returncode == 0, out.stderr
@@ -136,14 +131,56 @@ def test_a_tracking_server_that_is_not_there_fails_naming_it(monkeypatch: pytest
 
 def test_serving_health_reads_its_own_ports_status(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Waiting for a version to serve counts as healthy; another serving process's status does not."""
-    from qinstack import stack
+    from qinstack import health
 
-    monkeypatch.setattr(stack.tempfile, "gettempdir", lambda: str(tmp_path))
+    monkeypatch.setattr(health.tempfile, "gettempdir", lambda: str(tmp_path))
     mine, theirs = Settings.from_env({"SERVING_PORT": "6001"}), Settings.from_env({"SERVING_PORT": "6002"})
-    assert not stack.healthy("serving", mine)  # not started
-    stack._write_serving_status(theirs.serving_port, state="waiting")
-    assert not stack.healthy("serving", mine)
-    stack._write_serving_status(mine.serving_port, state="waiting")
-    assert stack.healthy("serving", mine)
-    stack._write_serving_status(mine.serving_port, state="serving", version="3")
-    assert not stack.healthy("serving", mine), "healthy while its model server does not answer"
+    assert not health.healthy("serving", mine)  # not started
+    health.write_serving_status(theirs.serving_port, state="waiting")
+    assert not health.healthy("serving", mine)
+    health.write_serving_status(mine.serving_port, state="waiting")
+    assert health.healthy("serving", mine)
+    health.write_serving_status(mine.serving_port, state="serving", version="3")
+    assert not health.healthy("serving", mine), "healthy while its model server does not answer"
+
+
+def test_make_stack_supervises_each_service_and_writes_no_credential(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from qinstack.up import SERVICES, render_config
+
+    password = "not-to-be-written-anywhere"
+    monkeypatch.setenv("POSTGRES_PASSWORD", password)
+    state = tmp_path / "state"
+    text = render_config(state, tmp_path / ".env").read_text()
+    assert password not in text
+    config = configparser.RawConfigParser()
+    config.read_string(text)
+    assert config["supervisord"]["nodaemon"] == "true"
+    assert 'DO_NOT_TRACK="true"' in config["supervisord"]["environment"]
+    for service in SERVICES:
+        program = config[f"program:{service}"]
+        assert program["command"].endswith(f" -m qinstack {service}")
+        assert (program["autorestart"], program["stopsignal"], program["stopasgroup"]) == (
+            "true",
+            "TERM",
+            "true",
+        )
+        assert int(program["stopwaitsecs"]) >= 10
+        assert Path(program["stdout_logfile"]) == state / "logs" / f"{service}.log"
+    # Started in this order, stopped in the reverse one: the servers before the database.
+    priorities = [int(config[f"program:{service}"]["priority"]) for service in SERVICES]
+    assert SERVICES[0] == "postgres" and priorities == sorted(priorities) and len(set(priorities)) == 3
+    with pytest.raises(StackError, match="expected a value without '%'"):
+        render_config(tmp_path / "50%", tmp_path / ".env")
+
+
+def test_supervisord_reads_the_rendered_config(tmp_path: Path) -> None:
+    options = pytest.importorskip("supervisor.options", reason="supervisor: make install (requirements.lock)")
+    from qinstack.up import SERVICES, render_config
+
+    server = options.ServerOptions()
+    server.realize(args=["-c", str(render_config(tmp_path / "state", tmp_path / ".env"))])
+    programs = {c.name: c for group in server.process_group_configs for c in group.process_configs}
+    assert set(programs) == {*SERVICES, "ready"}
+    assert programs["ready"].autorestart is False and programs["mlflow"].stopwaitsecs == 15

@@ -108,7 +108,7 @@ class Stack:
         return {k: v for k, v in os.environ.items() if not k.startswith(SETTING_PREFIXES)}
 
     def client_env(self) -> dict[str, str]:
-        """A host client's environment pointed at this stack (what `qinstack.stack env` prints)."""
+        """A host client's environment pointed at this stack (what `python -m qinstack env` prints)."""
         return {
             **self.compose_env(),
             "MLFLOW_TRACKING_URI": self.mlflow,
@@ -201,7 +201,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     home = tmp_path_factory.mktemp("stack")
     env_file = home / "stack.env"
     # The credentials as `make up` writes them (generated passwords), then this test's ports and data.
-    subprocess.run([sys.executable, "-m", "qinstack.stack", "secrets", str(env_file)], cwd=REPO, check=True)
+    subprocess.run([sys.executable, "-m", "qinstack", "secrets", str(env_file)], cwd=REPO, check=True)
     settings = read_env_file(env_file)
     project = f"qin-ct-{os.getpid()}"
     mlflow_port, prefect_port, serving_port = free_ports(3)

@@ -2,7 +2,8 @@
 against a Prefect server with a qin-train run in flight, exit within 10 s of SIGTERM (or of SIGINT sent to
 the process alone, as `kill -INT` or a supervisor sends it), and the run they were running has its final
 state by then, not Running: Cancelled (serve cancels it) or Crashed (the worker's flow-run process is
-terminated). Each test really starts the process, in the scratch project as working directory."""
+terminated). Each test really starts the process, in the scratch project as working directory. And the one
+SIGTERM, grace, SIGKILL sequence (flows.shutdown.stop_processes) on processes that obey and that do not."""
 
 from __future__ import annotations
 
@@ -237,3 +238,80 @@ def test_a_stage_task_does_not_retry_a_wrapped_signal() -> None:
         wrapped.__cause__ = signal_raised
     assert retry_on_io_only(None, None, Failed(data=wrapped)) is False
     assert retry_on_io_only(None, None, Failed(data=OSError("disk busy"))) is True
+
+
+# A process that ignores SIGTERM (as do the children it starts: an ignored signal stays ignored across
+# fork and exec), says so, then sleeps.
+STUBBORN = """
+import signal, subprocess, sys, time
+signal.signal(signal.SIGTERM, signal.SIG_IGN)
+child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"])
+print(child.pid, flush=True)
+time.sleep(120)
+"""
+
+
+def _stubborn(**popen: Any) -> tuple[subprocess.Popen[str], psutil.Process]:
+    """A STUBBORN process and its child, once both ignore SIGTERM."""
+    proc = subprocess.Popen([sys.executable, "-c", STUBBORN], stdout=subprocess.PIPE, text=True, **popen)
+    assert proc.stdout is not None
+    return proc, psutil.Process(int(proc.stdout.readline()))
+
+
+def _gone(process: psutil.Process) -> bool:
+    """Whether `process` (not a child of this one: its exit is not ours to wait for) has ended, within 5 s."""
+    from flows.shutdown import running
+
+    deadline = time.monotonic() + 5
+    while running(process) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return not running(process)
+
+
+def test_stop_processes_gives_sigterm_its_grace_and_never_reaps() -> None:
+    from flows.shutdown import stop_processes
+
+    proc = subprocess.Popen([sys.executable, "-c", "import time; print(flush=True); time.sleep(120)"],
+                            stdout=subprocess.PIPE)  # fmt: skip
+    assert proc.stdout is not None and proc.stdout.readline()  # started: Python's SIGTERM default applies
+    started = time.monotonic()
+    assert stop_processes([psutil.Process(proc.pid)], grace_s=30) == []
+    assert time.monotonic() - started < 10, "waited out the grace period for a process that had exited"
+    # Not reaped: its parent still learns how it ended.
+    assert proc.wait(5) == -signal.SIGTERM
+
+
+def test_stop_processes_kills_what_outlives_the_grace_period_and_what_it_started() -> None:
+    from flows.shutdown import stop_processes
+
+    proc, child = _stubborn()
+    started = time.monotonic()
+    killed = stop_processes([psutil.Process(proc.pid)], grace_s=1.0)
+    assert [p.pid for p in killed] == [proc.pid]
+    assert time.monotonic() - started >= 1.0
+    assert proc.wait(5) == -signal.SIGKILL
+    assert _gone(child), "the process it had started outlived it"
+
+
+def test_stop_processes_signals_a_whole_process_group() -> None:
+    from flows.shutdown import stop_processes
+
+    proc, child = _stubborn(start_new_session=True)
+    assert os.getpgid(child.pid) == proc.pid
+    assert [p.pid for p in stop_processes([psutil.Process(proc.pid)], grace_s=0.5, group=True)] == [proc.pid]
+    assert proc.wait(5) == -signal.SIGKILL
+    assert _gone(child), "a process of its group outlived it"
+
+
+def test_stop_processes_sends_sigterm_to_the_whole_group() -> None:
+    from flows.shutdown import stop_processes
+
+    starts_one = STUBBORN.replace("signal.signal(signal.SIGTERM, signal.SIG_IGN)", "")
+    proc = subprocess.Popen(
+        [sys.executable, "-c", starts_one], stdout=subprocess.PIPE, text=True, start_new_session=True
+    )
+    assert proc.stdout is not None
+    child = psutil.Process(int(proc.stdout.readline()))
+    assert stop_processes([psutil.Process(proc.pid)], grace_s=30, group=True) == []
+    assert proc.wait(5) == -signal.SIGTERM
+    assert _gone(child), "SIGTERM reached the leader of the group only"
