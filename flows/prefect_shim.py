@@ -1,5 +1,5 @@
 """Every use of a private Prefect API, in one place: Prefect is pinned in requirements.lock (3.8.8), and
-tests/code/test_prefect_shim.py checks that the installed Prefect still has each name below with the call
+tests/pipeline/test_prefect_shim.py checks that the installed Prefect still has each name below with the call
 shape used here, so that an upgrade that changes one fails there, naming this module.
 
 What each works around:
