@@ -41,7 +41,8 @@ def fake_package(root: Path, params: Params, auc: float = 0.7) -> dict[str, Path
         d.mkdir(parents=True)
     model_cfg = {"model": params.train.model.model_dump(), "meta": {}}
     (model / "model.json").write_text(json.dumps(model_cfg))
-    (validation / "summary.json").write_text(json.dumps({"files": {"train.parquet": {"md5": "0" * 32}}}))
+    train = {"path": str(root / "data" / "train.parquet"), "md5": "0" * 32, "rows": 1}
+    (validation / "summary.json").write_text(json.dumps({"files": {"train": train}}))
     (metrics / "train.json").write_text(json.dumps({"history": []}))
     (metrics / "evaluate.json").write_text(json.dumps({"valid_auc": auc}))
     return {"model_dir": model, "validation_dir": validation, "train": metrics / "train.json"}
