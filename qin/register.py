@@ -101,17 +101,18 @@ def build_candidate(
     """What the stage logs for the package in `model_dir` (content hash `model_hash`): the final metrics and
     per-epoch history, every setting, the provenance tags, the reports and, for a flow run, the stage keys
     behind it."""
+    data = validated_data(validation_dir)
     return Candidate(
         model_dir=model_dir,
         model_hash=model_hash,
         metrics={k: float(v) for k, v in read_json(eval_metrics).items()},
         history=read_json(train_metrics)["history"],
         params=_settings(params),
-        tags=provenance_tags(model_hash, validation_dir, section_hash(params.train)),
+        tags=provenance_tags(model_hash, data, section_hash(params.train)),
         artifacts=_reports(train_metrics, eval_metrics, validation_dir, plots_dir, embed_dir),
         config_yaml=to_yaml(params),
         extra_tags=stage_keys_tag(eval_metrics),
-        data=validated_data(validation_dir),
+        data=data,
     )
 
 

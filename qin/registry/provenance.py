@@ -22,12 +22,13 @@ STAGE_KEYS_TAG = (
 )
 
 
-def provenance_tags(model_hash: str, validation_dir: str | Path, params_hash: str) -> dict[str, str]:
-    """Where the package `model_hash` came from: the data version it was validated as (`validation_dir`),
-    its train settings' hash, the library's code hash, the git commit and the qin version."""
+def provenance_tags(model_hash: str, data: DataVersion, params_hash: str) -> dict[str, str]:
+    """Where the package `model_hash` came from: the data version it was validated as (`data`, from
+    `validated_data`), its train settings' hash, the library's code hash, the git commit and the qin
+    version."""
     return {
         "model_hash": model_hash,
-        "data_hash": data_hash(validation_dir),
+        "data_hash": data.digest,
         "params_hash": params_hash,
         "code_hash": code_hash(),
         "git_commit": git_commit(),
@@ -66,8 +67,12 @@ def code_hash() -> str:
 
 def data_hash(validation_dir: str | Path) -> str:
     """Hash of the validated data files (their md5s, as recorded by `validate`)."""
-    summary = read_json(Path(validation_dir) / SUMMARY)
-    return digest({name: info.get("md5") for name, info in summary["files"].items()})
+    return _digest(read_json(Path(validation_dir) / SUMMARY)["files"])
+
+
+def _digest(files: dict[str, dict]) -> str:
+    """The data version's digest from the files `validate` recorded (their md5s by name)."""
+    return digest({name: info.get("md5") for name, info in files.items()})
 
 
 def validated_data(validation_dir: str | Path) -> DataVersion:
@@ -76,7 +81,7 @@ def validated_data(validation_dir: str | Path) -> DataVersion:
     files = read_json(Path(validation_dir) / SUMMARY)["files"]
     folder = Path(next(iter(files.values()))["path"]).resolve().parent
     rows = {name: int(info["rows"]) for name, info in files.items() if "rows" in info}
-    return DataVersion(folder, data_hash(validation_dir), rows)
+    return DataVersion(folder, _digest(files), rows)
 
 
 def stage_keys(registry: Registry, model_name: str) -> list[dict[str, str]]:
