@@ -7,6 +7,7 @@ and the disk the work folder then uses.
     python bench/data_scale.py --preset full --workdir /tmp/qin-bench
     python bench/data_scale.py --preset x10 --workdir /big/disk/qin-x10     # 36M training rows: ~40 GB, hours
     taskset -c 0,1 python bench/data_scale.py ...     # as on the 2-core machine the targets are set for
+    python bench/data_scale.py --preset x10 --workdir /big/disk/qin-x10 --from train   # after a stop: resumes
 Targets (2 cores): synth full < 5 min and 8 GB; validate + featurize full < 4 min and 6 GB (issue 3);
 embed learned on the full item table (91,717 items) within 10 min (issue 15); x10: every stage under 12 GB
 of peak anonymous memory (issue 26).
@@ -92,15 +93,25 @@ def main() -> None:
     parser.add_argument("--preset", default="full", choices=["tiny", "small", "full", "x10"])
     parser.add_argument("--workdir", type=Path, default=Path("/tmp/qin-bench"))
     parser.add_argument("--all-embeds", action="store_true", help="time embed pca and learned too")
+    parser.add_argument("--from", dest="start", metavar="STEP",
+                        help="keep the work folder; start at this step (train resumes)")  # fmt: skip
     args = parser.parse_args()
     work = args.workdir
-    shutil.rmtree(work, ignore_errors=True)
-    work.mkdir(parents=True)
-    (work / "params.yaml").write_text("train:\n  preset: cpu\n  epochs: 1\npredict:\n  device: cpu\n")
+    if args.start is None:
+        shutil.rmtree(work, ignore_errors=True)
+        work.mkdir(parents=True)
+        (work / "params.yaml").write_text("train:\n  preset: cpu\n  epochs: 1\npredict:\n  device: cpu\n")
     methods = EMBED_METHODS if args.all_embeds else EMBED_METHODS[:1]
+    todo = list(steps(work, args.preset, methods).items())
+    if args.start is not None:
+        names = [name for name, _ in todo]
+        first = next((i for i, name in enumerate(names) if name.startswith(args.start)), None)
+        if first is None or not (work / "params.yaml").exists():
+            sys.exit(f"--from {args.start}: expected one of {names}, and {work} from an earlier run")
+        todo = todo[first:]
     print(f"preset {args.preset}, work folder {work}")
     print(f"{'step':<14} {'seconds':>8} {'peak RSS GB':>12} {'peak anon GB':>13} {'disk GB':>8}")
-    for name, cmd in steps(work, args.preset, methods).items():
+    for name, cmd in todo:
         seconds, rss, anon = timed(cmd, work / f"{name.replace(' ', '-')}.log")
         print(f"{name:<14} {seconds:8.1f} {rss:12.2f} {anon:13.2f} {disk_gb(work):8.1f}", flush=True)
     for method in methods:
