@@ -5,7 +5,7 @@ the page cache of memory-mapped features left out) of the process and its childr
 and the disk the work folder then uses.
 
     python bench/data_scale.py --preset full --workdir /tmp/qin-bench
-    python bench/data_scale.py --preset x10 --workdir /big/disk/qin-x10     # 36M training rows: ~40 GB, hours
+    python bench/data_scale.py --preset x10 --workdir /big/disk/qin-x10     # 36M training rows: 16 GB, ~2 h
     taskset -c 0,1 python bench/data_scale.py ...     # as on the 2-core machine the targets are set for
     python bench/data_scale.py --preset x10 --workdir /big/disk/qin-x10 --from train   # after a stop: resumes
 Targets (2 cores): synth full < 5 min and 8 GB; validate + featurize full < 4 min and 6 GB (issue 3);

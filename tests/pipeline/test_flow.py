@@ -168,3 +168,20 @@ def test_flow_fails_on_bad_data_with_the_validation_message(project: Path, prefe
     assert (partial / "validation" / "report.md").exists()
     assert f"{partial.name}/validation/report.md" in report
     assert not (project / "mlruns").exists()
+
+
+@pytest.mark.processes
+def test_flow_trains_under_torchrun_with_train_processes(project: Path, prefect_harness) -> None:
+    # `train.processes: 2` from a flow run: the train task starts torchrun (through pipeline.call, as
+    # `qin train` and dvc repro do); the registered run is the two processes' model, under a key of its own.
+    import mlflow
+
+    one, _ = _run(overrides={"train.epochs": 1})
+    two, tasks = _run(overrides={"train.epochs": 1, "train.processes": 2})
+    assert two["stages"] == {**dict.fromkeys(STAGES[:3], "cached"), "train": "ran", "evaluate": "ran"}
+    assert tasks["train"] == "Completed" and two["stage_keys"]["train"] != one["stage_keys"]["train"]
+    trained = project / "artifacts" / "stages" / "train" / two["stage_keys"]["train"]
+    metrics = json.loads((trained / "train.json").read_text())
+    assert metrics["processes"] == 2 and len(metrics["history"]) == 1
+    mlflow.set_tracking_uri(f"sqlite:///{project / 'mlruns' / 'mlflow.db'}")
+    assert mlflow.get_run(two["run_id"]).data.params["train.processes"] == "2"
