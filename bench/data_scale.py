@@ -101,13 +101,15 @@ def main() -> None:
         shutil.rmtree(work, ignore_errors=True)
         work.mkdir(parents=True)
         (work / "params.yaml").write_text("train:\n  preset: cpu\n  epochs: 1\npredict:\n  device: cpu\n")
+    elif not (work / "params.yaml").exists():
+        sys.exit(f"--from {args.start}: expected {work} to hold an earlier run (its params.yaml); found none")
     methods = EMBED_METHODS if args.all_embeds else EMBED_METHODS[:1]
     todo = list(steps(work, args.preset, methods).items())
     if args.start is not None:
         names = [name for name, _ in todo]
         first = next((i for i, name in enumerate(names) if name.startswith(args.start)), None)
-        if first is None or not (work / "params.yaml").exists():
-            sys.exit(f"--from {args.start}: expected one of {names}, and {work} from an earlier run")
+        if first is None:
+            sys.exit(f"--from {args.start}: expected the start of a step's name, one of {names}")
         todo = todo[first:]
     print(f"preset {args.preset}, work folder {work}")
     print(f"{'step':<14} {'seconds':>8} {'peak RSS GB':>12} {'peak anon GB':>13} {'disk GB':>8}")

@@ -173,7 +173,7 @@ def test_flow_fails_on_bad_data_with_the_validation_message(project: Path, prefe
 @pytest.mark.processes
 def test_flow_trains_under_torchrun_with_train_processes(project: Path, prefect_harness) -> None:
     # `train.processes: 2` from a flow run: the train task starts torchrun (through pipeline.call, as
-    # `qin train` and dvc repro do); the registered run is the two processes' model, under a key of its own.
+    # `qin train` and dvc repro do); its MLflow run is the two processes' model, under a train key of its own.
     import mlflow
 
     one, _ = _run(overrides={"train.epochs": 1})
