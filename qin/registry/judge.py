@@ -62,7 +62,7 @@ Judge = Callable[[VersionInfo, VersionInfo], Comparison | str]
 
 def data_hash_of(data_dir: str | Path) -> str:
     """The data version of the files now in `data_dir`: the digest `register` tags a version with
-    (qin.registry.provenance.data_hash, from the md5s `validate` recorded), computed from the files
+    (qin.registry.provenance.validated_data's, from the md5s `validate` recorded), computed from the files
     themselves."""
     data_dir = Path(data_dir)
     names = [*schema.FILES, *(n for n in schema.OPTIONAL_FILES if (data_dir / f"{n}.parquet").exists())]

@@ -65,23 +65,13 @@ def code_hash() -> str:
     return h.hexdigest()[:16]
 
 
-def data_hash(validation_dir: str | Path) -> str:
-    """Hash of the validated data files (their md5s, as recorded by `validate`)."""
-    return _digest(read_json(Path(validation_dir) / SUMMARY)["files"])
-
-
-def _digest(files: dict[str, dict]) -> str:
-    """The data version's digest from the files `validate` recorded (their md5s by name)."""
-    return digest({name: info.get("md5") for name, info in files.items()})
-
-
 def validated_data(validation_dir: str | Path) -> DataVersion:
-    """The data version `validate` checked into `validation_dir`: the folder of its files, their digest (as
-    `data_hash`) and their rows."""
+    """The data version `validate` checked into `validation_dir`: the folder of its files, their digest (of
+    the md5s `validate` recorded, by name: the `data_hash` tag) and their rows."""
     files = read_json(Path(validation_dir) / SUMMARY)["files"]
     folder = Path(next(iter(files.values()))["path"]).resolve().parent
     rows = {name: int(info["rows"]) for name, info in files.items() if "rows" in info}
-    return DataVersion(folder, _digest(files), rows)
+    return DataVersion(folder, digest({name: info.get("md5") for name, info in files.items()}), rows)
 
 
 def stage_keys(registry: Registry, model_name: str) -> list[dict[str, str]]:

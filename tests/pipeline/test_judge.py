@@ -18,7 +18,7 @@ from qin.featurize import featurize
 from qin.register import register
 from qin.registry.judge import compare, data_hash_of
 from qin.registry.promotion import alias_history
-from qin.registry.provenance import data_hash
+from qin.registry.provenance import validated_data
 from qin.runs import layout
 from qin.settings.params import Params, load_params
 from qin.train import train
@@ -70,7 +70,7 @@ def test_a_new_data_version_takes_staging_only_when_better_on_its_own_valid_spli
 
     # Version 2 (data v2) beats the holder, version 1 (data v1), on v2's valid split: it takes staging.
     assert better.moved and better.previous == "1", better.reason
-    hash1, hash2 = data_hash(runs["v1"]["validation"]), data_hash(runs["v2"]["validation"])
+    hash1, hash2 = (validated_data(runs[v]["validation"]).digest for v in ("v1", "v2"))
     assert hash2 == data_hash_of(v2) != hash1 == data_hash_of(v1)
     assert f"on data version {hash2}'s valid rows that both can score (600, 100.0%)" in better.reason
     assert "(re-scored)" in better.reason
